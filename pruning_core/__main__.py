@@ -1,0 +1,3 @@
+from pruning_core.cli import run
+
+run()

@@ -1,0 +1,136 @@
+"""Commands: models, datasets, evaluate, train, app."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pruning_core.checkpoint import output_dir, save_model_dir, write_json
+from pruning_core.cli.common import add_model_args, resolve, stderr_progress
+from pruning_core.data import list_datasets, load_dataset
+from pruning_core.errors import UserError
+from pruning_core.evaluate import evaluate
+from pruning_core.models import get_entry, list_models, load_model, model_spec
+from pruning_core.train import OPTIMIZERS, SCHEDULES, TrainConfig, fit
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add this module's commands."""
+    p = sub.add_parser("models", parents=[common], help="list available models")
+    p.set_defaults(handler=cmd_models)
+    p = sub.add_parser("datasets", parents=[common], help="list available datasets")
+    p.set_defaults(handler=cmd_datasets)
+
+    p = sub.add_parser("evaluate", parents=[common], help="accuracy, top-5, loss of a model on a dataset")
+    add_model_args(p)
+    p.add_argument("--split", default="val", choices=["val", "train", "calib"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("train", parents=[common], help="train a dense baseline")
+    p.add_argument("--model", required=True, help="architecture name, or a model directory to continue")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    p.add_argument("--schedule", default="cosine", choices=SCHEDULES)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--out", required=True, type=Path, help="output directory (model + metrics.json)")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("app", parents=[common], help="launch the Streamlit app")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--headless", action="store_true", help="do not open a browser")
+    p.set_defaults(handler=cmd_app)
+
+
+def cmd_models(args: argparse.Namespace) -> Any:
+    return [e.to_dict() for e in list_models()]
+
+
+def cmd_datasets(args: argparse.Namespace) -> Any:
+    return [e.to_dict() for e in list_datasets()] + [
+        {"name": "idx:DIR", "description": "MNIST-format IDX files in DIR", "offline": True},
+        {"name": "folder:DIR", "description": "ImageFolder layout (or a .zip of one)", "offline": True},
+    ]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from pruning_core.device import resolve_device
+
+    loaded, data = resolve(args)
+    assert data is not None
+    device = resolve_device(args.device)
+    res = evaluate(loaded.model.to(device), data, loaded.spec, split=args.split, device=device, limit=args.limit)
+    return {"model": args.model, "dataset": args.dataset, "split": args.split, **res.to_dict()}
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    data = load_dataset(args.dataset)
+    config = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        device=args.device,
+        seed=args.seed,
+    )
+    if Path(args.model).is_dir():
+        loaded = load_model(args.model)
+        arch, spec, model = loaded.arch, loaded.spec, loaded.model
+        if arch is None:
+            raise UserError("cannot continue training a model without a known architecture")
+    else:
+        arch = args.model
+        entry = get_entry(arch)
+        size = max(data.size, 32) if entry.family == "torchvision" else None
+        spec = model_spec(arch, num_classes=data.num_classes, image_size=size)
+        if data.channels != spec.channels and {data.channels, spec.channels} != {1, 3}:
+            spec = model_spec(arch, num_classes=data.num_classes, in_channels=data.channels, image_size=size)
+        import torch
+
+        torch.manual_seed(args.seed)
+        model = entry.builder(num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size)
+    data.check_spec(spec)
+    start = time.perf_counter()
+    result = fit(model, data, spec, config, progress=stderr_progress("train", args.quiet))
+    final = evaluate(model, data, spec)
+    metrics = {
+        "model": arch,
+        "dataset": args.dataset,
+        **final.to_dict(full=False),
+        "epochs": args.epochs,
+        "history": result.history,
+        "seconds": time.perf_counter() - start,
+        "config": config.to_dict(),
+    }
+    kw = {"num_classes": spec.num_classes, "in_channels": spec.channels, "image_size": spec.size}
+    meta = {"arch": arch, "arch_kwargs": kw, "spec": spec.to_dict(), "dataset": args.dataset, "metrics": metrics}
+    with output_dir(args.out) as tmp:
+        save_model_dir(tmp, model, meta)
+        write_json(tmp / "metrics.json", metrics)
+    return {**metrics, "out": str(args.out)}
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    app = Path(__file__).resolve().parents[2] / "app.py"
+    if not app.exists():
+        raise UserError(f"app.py not found at {app} (run from a source checkout)")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--browser.gatherUsageStats", "false"]  # fmt: skip
+    if args.headless:
+        cmd += ["--server.headless", "true"]
+    os.execv(sys.executable, cmd) if os.name == "posix" else subprocess.run(cmd, check=False)
+    return None

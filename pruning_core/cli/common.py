@@ -1,0 +1,63 @@
+"""Arguments and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from pruning_core.data import DataBundle, load_dataset
+from pruning_core.models import LoadedModel, load_model
+from pruning_core.train import Progress
+
+
+def add_model_args(p: argparse.ArgumentParser, *, dataset: bool = True, dataset_required: bool = True) -> None:
+    """--model/--arch/--trust-pickle (and --dataset)."""
+    p.add_argument("--model", required=True, help="registry name, model directory or checkpoint file")
+    p.add_argument("--arch", help="architecture of a checkpoint file (a registry name)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a full pickled module (it can run code: only for files you trust)",
+    )
+    if dataset:
+        p.add_argument(
+            "--dataset",
+            required=dataset_required,
+            help="registry name, idx:DIR, folder:DIR or FILE.zip",
+        )
+
+
+def resolve(args: argparse.Namespace) -> tuple[LoadedModel, DataBundle | None]:
+    """Load the dataset (if any) first so a checkpoint file can take its class count."""
+    data = load_dataset(args.dataset) if getattr(args, "dataset", None) else None
+    is_file = args.model.endswith((".pt", ".pth", ".safetensors"))
+    loaded = load_model(
+        args.model,
+        arch=args.arch,
+        trust=args.trust_pickle,
+        num_classes=data.num_classes if (data is not None and is_file and args.arch) else None,
+    )
+    if data is not None:
+        data.check_spec(loaded.spec)
+    return loaded, data
+
+
+def stderr_progress(label: str, quiet: bool = False) -> Any:
+    """A progress callback printing one line per epoch (and a live bar on a terminal)."""
+    tty = sys.stderr.isatty()
+
+    def report(p: Progress) -> None:
+        if quiet:
+            return
+        if p.val_accuracy is not None:
+            end = "\n"
+            sys.stderr.write(
+                f"\r{label} epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  val acc {p.val_accuracy:.4f}{end}"
+            )
+        elif tty:
+            bar = int(30 * p.fraction)
+            sys.stderr.write(f"\r{label} [{'#' * bar}{'.' * (30 - bar)}] {p.step}/{p.total_steps} loss {p.loss:.4f}")
+        sys.stderr.flush()
+
+    return report

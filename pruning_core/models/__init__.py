@@ -1,0 +1,359 @@
+"""The model registry: sample models, classic architectures and torchvision, and safe loading.
+
+`list_models()` and `create_model(name)` are the public surface (timm style); `load_model(ref)`
+resolves anything the CLI and the app accept as a model: a registry name, a model directory
+written by `train`/`prune`, or a checkpoint file with an architecture name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning_core.checkpoint import (
+    MODEL_FILE,
+    apply_surgery,
+    check_state_dict,
+    read_model_dir,
+    read_state_file,
+)
+from pruning_core.errors import UserError
+from pruning_core.models import architectures as A
+from pruning_core.models.spec import InputSpec
+
+__all__ = [
+    "InputSpec",
+    "LoadedModel",
+    "ModelEntry",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "load_model",
+    "model_spec",
+    "sample_models_dir",
+]
+
+_MNIST = ((0.1307,), (0.3081,))
+_CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# digits pixels are 0..16 scaled to [0, 1]; these are their statistics.
+_DIGITS = ((0.3052,), (0.3824,))
+_SHAPES = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registry entry.
+
+    Attributes:
+        name: Registry name (`digits-cnn`, `resnet20`, ...).
+        family: `sample`, `classic` or `torchvision`.
+        description: One line for lists and the UI.
+        spec: Default input spec.
+        builder: Called with num_classes, in_channels, image_size.
+        default_dataset: The dataset the model is meant for, if any.
+        sample: True when trained weights ship in `sample_models/NAME/`.
+    """
+
+    name: str
+    family: str
+    description: str
+    spec: InputSpec
+    builder: Callable[..., nn.Module] = field(repr=False)
+    default_dataset: str | None = None
+    sample: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (no builder)."""
+        d: dict[str, Any] = {
+            "name": self.name,
+            "family": self.family,
+            "description": self.description,
+            "default_dataset": self.default_dataset,
+            "trained": self.sample,
+            "input": self.spec.to_dict(),
+        }
+        return d
+
+
+def _spec(c: int, s: int, norm: tuple[tuple[float, ...], tuple[float, ...]], n: int = 10) -> InputSpec:
+    return InputSpec(channels=c, size=s, mean=norm[0], std=norm[1], num_classes=n)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def _register(entry: ModelEntry) -> None:
+    _REGISTRY[entry.name] = entry
+
+
+for _e in (
+    ModelEntry("digits-mlp", "sample", "MLP 64-128-64-10 trained on 8x8 digits", _spec(1, 8, _DIGITS), A.DigitsMLP, "digits", True),
+    ModelEntry("digits-cnn", "sample", "small CNN (2 convs, 2 linears) trained on 8x8 digits", _spec(1, 8, _DIGITS), A.DigitsCNN, "digits", True),
+    ModelEntry("shapes-resnet", "sample", "14-layer residual CNN with BatchNorm trained on shapes", _spec(3, 32, _SHAPES),
+               lambda **kw: A.CifarResNet(n=2, **kw), "shapes", True),
+    ModelEntry("shapes-vit", "sample", "tiny ViT (4 blocks, 4 heads, dim 64) trained on shapes", _spec(3, 32, _SHAPES), A.TinyViT, "shapes", True),
+    ModelEntry("lenet-300-100", "classic", "LeNet-300-100 fully connected (untrained)", _spec(1, 28, _MNIST), A.LeNet300100, "mnist"),
+    ModelEntry("lenet5", "classic", "LeNet-5 convolutional (untrained)", _spec(1, 28, _MNIST), A.LeNet5, "mnist"),
+    ModelEntry("resnet20", "classic", "CIFAR ResNet-20 (untrained)", _spec(3, 32, _CIFAR), lambda **kw: A.CifarResNet(n=3, **kw), "cifar10"),
+    ModelEntry("resnet56", "classic", "CIFAR ResNet-56 (untrained)", _spec(3, 32, _CIFAR), lambda **kw: A.CifarResNet(n=9, **kw), "cifar10"),
+    ModelEntry("vgg16-cifar", "classic", "VGG-16 with BatchNorm for CIFAR (untrained)", _spec(3, 32, _CIFAR), A.VGGCifar, "cifar10"),
+):  # fmt: skip
+    _register(_e)
+
+TORCHVISION_PREFIX = "torchvision:"
+# A short list for menus; any torchvision classification model name works.
+TORCHVISION_SUGGESTED = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16")
+
+
+def sample_models_dir() -> Path:
+    """Where the trained sample models live (override with PRUNING_LAB_SAMPLES)."""
+    env = os.environ.get("PRUNING_LAB_SAMPLES")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "sample_models"
+
+
+def list_models(include_torchvision: bool = True) -> list[ModelEntry]:
+    """All registry entries; torchvision appears as a few suggested `torchvision:NAME` entries."""
+    out = list(_REGISTRY.values())
+    if include_torchvision:
+        out += [_torchvision_entry(n) for n in TORCHVISION_SUGGESTED]
+    return out
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for `name` (`torchvision:NAME` included).
+
+    Raises:
+        UserError: Unknown name.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith(TORCHVISION_PREFIX):
+        return _torchvision_entry(name[len(TORCHVISION_PREFIX) :])
+    known = ", ".join(_REGISTRY)
+    raise UserError(f"unknown model '{name}' (known: {known}, torchvision:NAME, a model directory or a checkpoint file)")
+
+
+def _torchvision_entry(tv_name: str) -> ModelEntry:
+    from torchvision import models as tvm
+
+    if tv_name not in tvm.list_models(module=tvm):
+        raise UserError(f"unknown torchvision classification model '{tv_name}'")
+    size = 224
+    return ModelEntry(
+        TORCHVISION_PREFIX + tv_name,
+        "torchvision",
+        f"torchvision {tv_name} (ImageNet architecture; pretrained weights on request)",
+        _spec(3, size, _IMAGENET, 1000),
+        lambda **kw: _build_torchvision(tv_name, **kw),
+        None,
+    )
+
+
+def _build_torchvision(
+    tv_name: str,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    image_size: int = 224,
+    pretrained: bool = False,
+) -> nn.Module:
+    from torchvision import models as tvm
+
+    kwargs: dict[str, Any] = {}
+    if tv_name.startswith(("vit_", "swin_", "maxvit")) and image_size != 224:
+        kwargs["image_size"] = image_size
+    if pretrained:
+        weights = tvm.get_model_weights(tv_name).DEFAULT  # type: ignore[attr-defined]
+        try:
+            model = tvm.get_model(tv_name, weights=weights, **kwargs)
+        except Exception as e:  # urllib raises several types; all mean the same to the user
+            raise UserError(
+                f"could not fetch pretrained weights for {tv_name} ({_short(e)}); you may be offline: "
+                f"place the file in {torch.hub.get_dir()}/checkpoints or use pretrained=False"
+            ) from None
+        if num_classes != 1000:
+            _replace_classifier(model, num_classes)
+    else:
+        model = tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+    if in_channels != 3:
+        _adapt_first_conv(model, in_channels)
+    return model
+
+
+def _short(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:160]
+
+
+def _replace_classifier(model: nn.Module, num_classes: int) -> None:
+    last_name, last = None, None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last_name, last = name, mod
+    if last is None or last_name is None:
+        raise UserError("cannot find the classifier layer to resize")
+    parent_path, _, leaf = last_name.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, leaf, nn.Linear(last.in_features, num_classes))
+
+
+def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            new = nn.Conv2d(
+                in_channels, mod.out_channels, mod.kernel_size, mod.stride,  # type: ignore[arg-type]
+                mod.padding, mod.dilation, mod.groups, mod.bias is not None,  # type: ignore[arg-type]
+            )  # fmt: skip
+            with torch.no_grad():
+                # Pretrained RGB filters summed over colour work well on grayscale input.
+                mean = mod.weight.mean(dim=1, keepdim=True)
+                new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (3 / in_channels))
+                if mod.bias is not None and new.bias is not None:
+                    new.bias.copy_(mod.bias)
+            parent_path, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent_path) if parent_path else model, leaf, new)
+            return
+    raise UserError("model has no Conv2d input layer to adapt to the channel count")
+
+
+def model_spec(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+) -> InputSpec:
+    """The input spec of `create_model(name, ...)` with the same arguments."""
+    spec = get_entry(name).spec
+    changes: dict[str, Any] = {}
+    if num_classes is not None and num_classes != spec.num_classes:
+        changes["num_classes"] = num_classes
+    if in_channels is not None and in_channels != spec.channels:
+        changes["channels"] = in_channels
+    if image_size is not None and image_size != spec.size:
+        changes["size"] = image_size
+    return spec.with_(**changes) if changes else spec
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+    pretrained: bool | None = None,
+) -> nn.Module:
+    """Build a registry model.
+
+    Args:
+        name: Registry name or `torchvision:NAME`.
+        num_classes: Output classes (default: the entry's).
+        in_channels: Input channels (default: the entry's).
+        image_size: Input side (default: the entry's).
+        pretrained: Load trained weights: the shipped ones for sample models (default True
+            when the shape is unchanged), torchvision's download for `torchvision:` (default False).
+
+    Returns:
+        The model in eval mode.
+    """
+    entry = get_entry(name)
+    spec = model_spec(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    kw: dict[str, Any] = {"num_classes": spec.num_classes, "in_channels": spec.channels, "image_size": spec.size}
+    if entry.family == "torchvision":
+        model = entry.builder(pretrained=bool(pretrained), **kw)
+    else:
+        model = entry.builder(**kw)
+        if entry.sample and (pretrained if pretrained is not None else spec == entry.spec):
+            if spec != entry.spec:
+                raise UserError(f"{name}'s trained weights fit only its own input spec; pass pretrained=False")
+            loaded = load_model(str(sample_models_dir() / name))
+            model.load_state_dict(loaded.model.state_dict())
+    return model.eval()
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything needed to feed it and to describe it.
+
+    Attributes:
+        model: The module (eval mode, CPU).
+        spec: Its input spec.
+        arch: Registry architecture name it was built from (None for a trusted pickled module).
+        source: What the user passed (name or path).
+        meta: model.json contents for model directories (metrics, recipe...), else {}.
+    """
+
+    model: nn.Module
+    spec: InputSpec
+    arch: str | None
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def arch_kwargs(self) -> dict[str, int]:
+        """The arguments that rebuild the dense architecture."""
+        return {"num_classes": self.spec.num_classes, "in_channels": self.spec.channels, "image_size": self.spec.size}
+
+
+def load_model(
+    ref: str,
+    *,
+    arch: str | None = None,
+    trust: bool = False,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+) -> LoadedModel:
+    """Resolve a model reference.
+
+    Args:
+        ref: Registry name, model directory, or checkpoint file (`.pt`, `.pth`, `.safetensors`).
+        arch: Architecture of a checkpoint file (a registry name).
+        trust: Allow a full pickled module (runs code from the file).
+        num_classes, in_channels, image_size: Override the architecture's defaults for a
+            checkpoint file or an untrained registry model.
+
+    Raises:
+        UserError: Unknown names, missing/corrupt/untrusted files, mismatched architectures.
+    """
+    path = Path(ref)
+    is_path = path.exists() or os.sep in ref or ref.endswith((".pt", ".pth", ".safetensors"))
+    if not is_path:
+        spec = model_spec(ref, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        return LoadedModel(
+            create_model(ref, num_classes=num_classes, in_channels=in_channels, image_size=image_size),
+            spec, ref, ref,
+        )  # fmt: skip
+    if path.is_dir():
+        if not (path / MODEL_FILE).exists():
+            raise UserError(f"{path} holds no {MODEL_FILE}: not a model directory")
+        state, meta = read_model_dir(path)
+        arch_name = str(meta["arch"])
+        spec = InputSpec.from_dict(meta["spec"]) if "spec" in meta else get_entry(arch_name).spec
+        model = get_entry(arch_name).builder(**meta.get("arch_kwargs", _kw(spec)))
+        apply_surgery(model, meta.get("surgery", {}), state)
+        check_state_dict(model, state, arch_name)
+        model.load_state_dict(state)
+        return LoadedModel(model.eval(), spec, arch_name, ref, meta)
+    obj, _ = read_state_file(path, trust=trust)
+    if isinstance(obj, nn.Module):
+        if arch is None:
+            raise UserError("a pickled module needs --arch to know its input spec")
+        spec = model_spec(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        return LoadedModel(obj.eval(), spec, None, ref)
+    if arch is None:
+        raise UserError(f"{path.name} is a bare state_dict: say which architecture with --arch NAME")
+    spec = model_spec(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    model = get_entry(arch).builder(**_kw(spec))
+    check_state_dict(model, obj, arch)
+    model.load_state_dict(obj)
+    return LoadedModel(model.eval(), spec, arch, ref)
+
+
+def _kw(spec: InputSpec) -> dict[str, int]:
+    return {"num_classes": spec.num_classes, "in_channels": spec.channels, "image_size": spec.size}

@@ -1,0 +1,241 @@
+"""Training and fine-tuning: one loop for dense baselines and for pruned models.
+
+The loop knows nothing about pruning itself. Pruning plugs in through two hooks: `after_step`
+(called after every optimizer step, e.g. to re-apply masks so pruned weights stay exactly zero,
+or to recompute masks in a dynamic schedule) and `extra_loss` (a regulariser such as L1 on
+BatchNorm scales). Knowledge distillation from a dense teacher is built in.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning_core.data import DataBundle
+from pruning_core.device import resolve_device
+from pruning_core.errors import UserError
+from pruning_core.evaluate import evaluate
+from pruning_core.models.spec import InputSpec
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        epochs: Passes over the training split (0 trains nothing).
+        lr: Peak learning rate.
+        optimizer: `sgd` (momentum 0.9, Nesterov), `adam` or `adamw`.
+        schedule: `cosine` (decay to 0 over all steps) or `constant`.
+        batch_size: Examples per step.
+        weight_decay: Decoupled (adamw) or L2 (sgd/adam) weight decay.
+        device: `auto`, `cpu` or `cuda`.
+        amp: Mixed precision (bf16/fp16 autocast) when on CUDA; ignored on CPU.
+        seed: Seeds initial shuffling and dropout; a run repeats exactly on CPU.
+        distill_weight: Share of the loss from the teacher's soft targets (0 = off).
+        distill_temperature: Softmax temperature for distillation.
+        val_limit: Evaluate only this many validation examples per epoch (None = all).
+    """
+
+    epochs: int = 3
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
+    val_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise UserError(f"epochs must be >= 0, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"learning rate must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise UserError(f"distillation weight must be in [0, 1], got {self.distill_weight}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: after every step, and with `val_accuracy` at each epoch's end."""
+
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    val_accuracy: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Share of the work done, in [0, 1]."""
+        return self.step / self.total_steps if self.total_steps else 1.0
+
+
+@dataclass
+class TrainResult:
+    """What a training run did.
+
+    Attributes:
+        history: One row per epoch: epoch, train loss, val accuracy, val loss, seconds.
+        steps: Optimizer steps taken.
+        cancelled: True when stopped by the cancel event (the model keeps what it learned).
+        seconds: Wall time.
+        final_accuracy: Validation accuracy at the end (None if no epoch finished).
+    """
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    cancelled: bool = False
+    seconds: float = 0.0
+    final_accuracy: float | None = None
+    step_losses: list[float] = field(default_factory=list)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015) soft-target loss, scaled by T^2 so gradients keep their size."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+        reduction="batchmean",
+    ) * (t * t)  # fmt: skip
+
+
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    spec: InputSpec,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    after_step: Callable[[nn.Module, int], None] | None = None,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
+    """Train `model` in place on the dataset's train split, evaluating on val each epoch.
+
+    Args:
+        model: The model (moved to the chosen device; moved back to CPU at the end).
+        data: The dataset.
+        spec: The model's input spec.
+        config: Hyper-parameters.
+        teacher: Dense teacher for distillation (used when config.distill_weight > 0).
+        after_step: Called as after_step(model, step) after each optimizer step.
+        extra_loss: A regulariser added to the loss each step.
+        progress: Called after every step with a `Progress`.
+        cancel: When set, training stops within one batch and the result says cancelled.
+
+    Returns:
+        A TrainResult; the model holds the trained weights.
+    """
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    opt = _optimizer(model, config)
+    steps_per_epoch = math.ceil(data.num_examples("train") / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
+        if config.schedule == "cosine"
+        else None
+    )
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    result = TrainResult()
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(config.epochs):
+        model.train()
+        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+        for xb, yb in data.batches("train", spec, config.batch_size, shuffle=True, seed=config.seed * 1000 + epoch):
+            if cancel is not None and cancel.is_set():
+                result.cancelled = True
+                break
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb)
+                if teacher is not None and config.distill_weight > 0:
+                    with torch.no_grad():
+                        t_logits = teacher(xb).float()
+                    kd = distillation_loss(logits.float(), t_logits, config.distill_temperature)
+                    loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model)
+            if not torch.isfinite(loss):
+                raise UserError(f"training diverged (loss {loss.item()}) at step {step}: lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if sched is not None:
+                sched.step()
+            step += 1
+            if after_step is not None:
+                after_step(model, step)
+            lv = loss.item()
+            result.step_losses.append(lv)
+            loss_sum += lv * len(yb)
+            seen += len(yb)
+            if progress is not None:
+                progress(Progress(epoch + 1, config.epochs, step, total, lv, opt.param_groups[0]["lr"]))
+        if result.cancelled:
+            break
+        ev = evaluate(model, data, spec, device=device, limit=config.val_limit)
+        result.history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "val_accuracy": ev.accuracy,
+                "val_loss": ev.loss,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        result.final_accuracy = ev.accuracy
+        if progress is not None:
+            progress(Progress(epoch + 1, config.epochs, step, total, loss_sum / max(seen, 1), opt.param_groups[0]["lr"], ev.accuracy))
+    result.steps = step
+    result.seconds = time.perf_counter() - start
+    model.cpu().eval()
+    if teacher is not None:
+        teacher.cpu()
+    return result
