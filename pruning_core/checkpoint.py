@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,7 +86,7 @@ def module_shape_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The shape-describing attributes of every submodule (see `SHAPE_ATTRS`)."""
     out: dict[str, dict[str, Any]] = {}
     for name, mod in model.named_modules():
-        attrs = {}
+        attrs: dict[str, Any] = {}
         for a in SHAPE_ATTRS:
             v = getattr(mod, a, None)
             if isinstance(v, bool):
@@ -110,7 +109,9 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
     ref_attrs = module_shape_attrs(reference)
     ref_mods = dict(reference.named_modules())
     attrs = {
-        k: v for k, v in module_shape_attrs(model).items() if ref_attrs.get(k) != v and k in ref_mods
+        k: v
+        for k, v in module_shape_attrs(model).items()
+        if ref_attrs.get(k) != v and k in ref_mods
     }
     identity = [
         n
@@ -120,7 +121,9 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
     return {"attrs": attrs, "identity": identity}
 
 
-def apply_surgery(model: nn.Module, surgery: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> None:
+def apply_surgery(
+    model: nn.Module, surgery: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> None:
     """Reshape a freshly built model in place so that `state` loads into it."""
     for path in surgery.get("identity", []):
         _set_submodule(model, path, nn.Identity())
@@ -136,7 +139,9 @@ def apply_surgery(model: nn.Module, surgery: Mapping[str, Any], state: Mapping[s
         for pname, p in list(mod.named_parameters(recurse=False)):
             t = state.get(prefix + pname)
             if t is not None and t.shape != p.shape:
-                setattr(mod, pname, nn.Parameter(torch.empty_like(t, dtype=p.dtype), p.requires_grad))
+                setattr(
+                    mod, pname, nn.Parameter(torch.empty_like(t, dtype=p.dtype), p.requires_grad)
+                )
         for bname, b in list(mod.named_buffers(recurse=False)):
             t = state.get(prefix + bname)
             if b is not None and t is not None and t.shape != b.shape:
@@ -170,7 +175,9 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], arch: 
         raise UserError(f"checkpoint does not fit architecture '{arch}': " + " | ".join(parts))
 
 
-def read_state_file(path: Path, *, trust: bool = False) -> tuple[dict[str, torch.Tensor] | nn.Module, dict[str, Any]]:
+def read_state_file(
+    path: Path, *, trust: bool = False
+) -> tuple[dict[str, torch.Tensor] | nn.Module, dict[str, Any]]:
     """Read weights from `.safetensors`, `.pt`/`.pth` (state_dict) or a trusted pickled module.
 
     Args:
@@ -207,7 +214,7 @@ def read_state_file(path: Path, *, trust: bool = False) -> tuple[dict[str, torch
                 "(load it with --trust-pickle only if you trust its source)"
             ) from None
         obj = _trusted_load(path, e)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # torch raises many types for damaged files; all mean "corrupt"
         raise UserError(f"corrupt checkpoint {path.name}: {_first_line(e)}") from None
     if isinstance(obj, nn.Module):
         return obj, meta
@@ -215,7 +222,9 @@ def read_state_file(path: Path, *, trust: bool = False) -> tuple[dict[str, torch
         for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
             if isinstance(inner, Mapping):
-                meta = {k: v for k, v in obj.items() if k != key and isinstance(v, str | int | float)}
+                meta = {
+                    k: v for k, v in obj.items() if k != key and isinstance(v, str | int | float)
+                }
                 obj = inner
                 break
             if isinstance(inner, nn.Module):
@@ -287,7 +296,9 @@ def read_model_dir(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     """Read a model directory's tensors and metadata (no code is unpickled)."""
     meta_path = directory / META_FILE
     if not meta_path.exists() or not (directory / MODEL_FILE).exists():
-        raise UserError(f"{directory} is not a model directory (needs {MODEL_FILE} and {META_FILE})")
+        raise UserError(
+            f"{directory} is not a model directory (needs {MODEL_FILE} and {META_FILE})"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -314,7 +325,9 @@ def output_dir(target: Path) -> Iterator[Path]:
             raise UserError(f"--out {target} exists and is not a directory")
         entries = {p.name for p in target.iterdir()}
         if entries and not entries & {META_FILE, "metrics.json"}:
-            raise UserError(f"--out {target} is a non-empty directory not written by pruning-lab; choose another")
+            raise UserError(
+                f"--out {target} is a non-empty directory not written by pruning-lab; choose another"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())

@@ -19,6 +19,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError("device cuda asked for, but no CUDA GPU is available (use --device cpu)")
+            raise UserError(
+                "device cuda asked for, but no CUDA GPU is available (use --device cpu)"
+            )
         return torch.device(name)
     raise UserError(f"unknown device '{name}' (auto, cpu, cuda)")

@@ -49,7 +49,9 @@ def predict_logits(
     """Logits of `model` on `x` (eval mode, batched, returned on CPU)."""
     device = device or next(model.parameters()).device
     model.eval()
-    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [
+        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(outs) if outs else torch.empty(0)
 
 

@@ -49,10 +49,10 @@ class TrainConfig:
     """
 
     epochs: int = 3
-    lr: float = 1e-3
+    lr: float = 2e-3
     optimizer: str = "adam"
     schedule: str = "cosine"
-    batch_size: int = 64
+    batch_size: int = 32
     weight_decay: float = 0.0
     device: str = "auto"
     amp: bool = True
@@ -67,9 +67,13 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"learning rate must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
+            raise UserError(
+                f"unknown optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})"
+            )
         if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
+            raise UserError(
+                f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})"
+            )
         if self.batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.distill_weight <= 1.0:
@@ -121,19 +125,25 @@ class TrainResult:
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Hinton et al. (2015) soft-target loss, scaled by T^2 so gradients keep their size."""
     t = temperature
     return F.kl_div(
-        F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+        F.log_softmax(student / t, dim=1),
+        F.log_softmax(teacher / t, dim=1),
+        log_target=True,
         reduction="batchmean",
-    ) * (t * t)  # fmt: skip
+    ) * (t * t)
 
 
 def fit(
@@ -186,7 +196,9 @@ def fit(
     for epoch in range(config.epochs):
         model.train()
         t0, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for xb, yb in data.batches("train", spec, config.batch_size, shuffle=True, seed=config.seed * 1000 + epoch):
+        for xb, yb in data.batches(
+            "train", spec, config.batch_size, shuffle=True, seed=config.seed * 1000 + epoch
+        ):
             if cancel is not None and cancel.is_set():
                 result.cancelled = True
                 break
@@ -202,7 +214,9 @@ def fit(
                 if extra_loss is not None:
                     loss = loss + extra_loss(model)
             if not torch.isfinite(loss):
-                raise UserError(f"training diverged (loss {loss.item()}) at step {step}: lower the learning rate")
+                raise UserError(
+                    f"training diverged (loss {loss.item()}) at step {step}: lower the learning rate"
+                )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -217,7 +231,9 @@ def fit(
             loss_sum += lv * len(yb)
             seen += len(yb)
             if progress is not None:
-                progress(Progress(epoch + 1, config.epochs, step, total, lv, opt.param_groups[0]["lr"]))
+                progress(
+                    Progress(epoch + 1, config.epochs, step, total, lv, opt.param_groups[0]["lr"])
+                )
         if result.cancelled:
             break
         ev = evaluate(model, data, spec, device=device, limit=config.val_limit)
@@ -232,7 +248,17 @@ def fit(
         )
         result.final_accuracy = ev.accuracy
         if progress is not None:
-            progress(Progress(epoch + 1, config.epochs, step, total, loss_sum / max(seen, 1), opt.param_groups[0]["lr"], ev.accuracy))
+            progress(
+                Progress(
+                    epoch + 1,
+                    config.epochs,
+                    step,
+                    total,
+                    loss_sum / max(seen, 1),
+                    opt.param_groups[0]["lr"],
+                    ev.accuracy,
+                )
+            )
     result.steps = step
     result.seconds = time.perf_counter() - start
     model.cpu().eval()

@@ -41,14 +41,44 @@ class Recipe:
 RECIPES = {
     r.name: r
     for r in (
-        Recipe("digits-mlp", "digits", TrainConfig(epochs=40, lr=2e-3, batch_size=32, device="cpu", seed=0)),
-        Recipe("digits-cnn", "digits", TrainConfig(epochs=30, lr=2e-3, batch_size=32, device="cpu", seed=0)),
-        Recipe("shapes-resnet", "shapes",
-               TrainConfig(epochs=20, lr=0.05, optimizer="sgd", weight_decay=5e-4, batch_size=64, device="cpu", seed=0)),
-        Recipe("shapes-vit", "shapes",
-               TrainConfig(epochs=40, lr=1e-3, optimizer="adamw", weight_decay=0.05, batch_size=64, device="cpu", seed=0)),
+        Recipe(
+            "digits-mlp",
+            "digits",
+            TrainConfig(epochs=40, lr=2e-3, batch_size=32, device="cpu", seed=0),
+        ),
+        Recipe(
+            "digits-cnn",
+            "digits",
+            TrainConfig(epochs=30, lr=2e-3, batch_size=32, device="cpu", seed=0),
+        ),
+        Recipe(
+            "shapes-resnet",
+            "shapes",
+            TrainConfig(
+                epochs=12,
+                lr=2e-3,
+                optimizer="adamw",
+                weight_decay=1e-4,
+                batch_size=64,
+                device="cpu",
+                seed=0,
+            ),
+        ),
+        Recipe(
+            "shapes-vit",
+            "shapes",
+            TrainConfig(
+                epochs=30,
+                lr=1e-3,
+                optimizer="adamw",
+                weight_decay=0.05,
+                batch_size=64,
+                device="cpu",
+                seed=0,
+            ),
+        ),
     )
-}  # fmt: skip
+}
 
 
 def make(recipe: Recipe) -> dict[str, object]:
@@ -58,7 +88,9 @@ def make(recipe: Recipe) -> dict[str, object]:
     entry = get_entry(recipe.name)
     spec = entry.spec
     data = load_dataset(recipe.dataset)
-    model = entry.builder(num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size)
+    model = entry.builder(
+        num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
+    )
 
     def log(p: object) -> None:
         acc = getattr(p, "val_accuracy", None)
@@ -83,7 +115,13 @@ def make(recipe: Recipe) -> dict[str, object]:
         "trained_on": f"{date.today().isoformat()}, torch {torch.__version__}, {platform.machine()}",
     }
     kw = {"num_classes": spec.num_classes, "in_channels": spec.channels, "image_size": spec.size}
-    meta = {"arch": recipe.name, "arch_kwargs": kw, "spec": spec.to_dict(), "dataset": recipe.dataset, "card": card}
+    meta = {
+        "arch": recipe.name,
+        "arch_kwargs": kw,
+        "spec": spec.to_dict(),
+        "dataset": recipe.dataset,
+        "card": card,
+    }
     with output_dir(HERE / recipe.name) as tmp:
         save_model_dir(tmp, model, meta)
         (tmp / "MODEL_CARD.md").write_text(render_card(card))
@@ -93,17 +131,23 @@ def make(recipe: Recipe) -> dict[str, object]:
 def render_card(card: dict[str, object]) -> str:
     """The model card as Markdown."""
     rows = "\n".join(f"| {k} | {v} |" for k, v in card.items() if k not in ("name", "description"))
-    return f"# {card['name']}\n\n{card['description']}.\n\n| field | value |\n| --- | --- |\n{rows}\n"
+    return (
+        f"# {card['name']}\n\n{card['description']}.\n\n| field | value |\n| --- | --- |\n{rows}\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train the named sample models (all by default)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("names", nargs="*", default=list(RECIPES), choices=[*RECIPES, []])
     args = ap.parse_args(argv)
     for name in args.names or list(RECIPES):
         card = make(RECIPES[name])
-        print(f"{name}: accuracy {card['accuracy']} params {card['params']} in {card['train_seconds']} s")
+        print(
+            f"{name}: accuracy {card['accuracy']} params {card['params']} in {card['train_seconds']} s"
+        )
     return 0
 
 

@@ -26,7 +26,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("datasets", parents=[common], help="list available datasets")
     p.set_defaults(handler=cmd_datasets)
 
-    p = sub.add_parser("evaluate", parents=[common], help="accuracy, top-5, loss of a model on a dataset")
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="accuracy, top-5, loss of a model on a dataset"
+    )
     add_model_args(p)
     p.add_argument("--split", default="val", choices=["val", "train", "calib"])
     p.add_argument("--device", default="auto")
@@ -34,18 +36,23 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("train", parents=[common], help="train a dense baseline")
-    p.add_argument("--model", required=True, help="architecture name, or a model directory to continue")
+    p.add_argument(
+        "--model", required=True, help="architecture name, or a model directory to continue"
+    )
     p.add_argument("--dataset", required=True)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    p.add_argument("--schedule", default="cosine", choices=SCHEDULES)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    d = TrainConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--out", required=True, type=Path, help="output directory (model + metrics.json)")
+    p.add_argument(
+        "--out", required=True, type=Path, help="output directory (model + metrics.json)"
+    )
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("app", parents=[common], help="launch the Streamlit app")
@@ -61,7 +68,11 @@ def cmd_models(args: argparse.Namespace) -> Any:
 def cmd_datasets(args: argparse.Namespace) -> Any:
     return [e.to_dict() for e in list_datasets()] + [
         {"name": "idx:DIR", "description": "MNIST-format IDX files in DIR", "offline": True},
-        {"name": "folder:DIR", "description": "ImageFolder layout (or a .zip of one)", "offline": True},
+        {
+            "name": "folder:DIR",
+            "description": "ImageFolder layout (or a .zip of one)",
+            "offline": True,
+        },
     ]
 
 
@@ -71,7 +82,14 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     loaded, data = resolve(args)
     assert data is not None
     device = resolve_device(args.device)
-    res = evaluate(loaded.model.to(device), data, loaded.spec, split=args.split, device=device, limit=args.limit)
+    res = evaluate(
+        loaded.model.to(device),
+        data,
+        loaded.spec,
+        split=args.split,
+        device=device,
+        limit=args.limit,
+    )
     return {"model": args.model, "dataset": args.dataset, "split": args.split, **res.to_dict()}
 
 
@@ -98,11 +116,15 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         size = max(data.size, 32) if entry.family == "torchvision" else None
         spec = model_spec(arch, num_classes=data.num_classes, image_size=size)
         if data.channels != spec.channels and {data.channels, spec.channels} != {1, 3}:
-            spec = model_spec(arch, num_classes=data.num_classes, in_channels=data.channels, image_size=size)
+            spec = model_spec(
+                arch, num_classes=data.num_classes, in_channels=data.channels, image_size=size
+            )
         import torch
 
         torch.manual_seed(args.seed)
-        model = entry.builder(num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size)
+        model = entry.builder(
+            num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
+        )
     data.check_spec(spec)
     start = time.perf_counter()
     result = fit(model, data, spec, config, progress=stderr_progress("train", args.quiet))
@@ -117,7 +139,13 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "config": config.to_dict(),
     }
     kw = {"num_classes": spec.num_classes, "in_channels": spec.channels, "image_size": spec.size}
-    meta = {"arch": arch, "arch_kwargs": kw, "spec": spec.to_dict(), "dataset": args.dataset, "metrics": metrics}
+    meta = {
+        "arch": arch,
+        "arch_kwargs": kw,
+        "spec": spec.to_dict(),
+        "dataset": args.dataset,
+        "metrics": metrics,
+    }
     with output_dir(args.out) as tmp:
         save_model_dir(tmp, model, meta)
         write_json(tmp / "metrics.json", metrics)
@@ -128,8 +156,17 @@ def cmd_app(args: argparse.Namespace) -> None:
     app = Path(__file__).resolve().parents[2] / "app.py"
     if not app.exists():
         raise UserError(f"app.py not found at {app} (run from a source checkout)")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.port",
+        str(args.port),
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     if args.headless:
         cmd += ["--server.headless", "true"]
     os.execv(sys.executable, cmd) if os.name == "posix" else subprocess.run(cmd, check=False)

@@ -11,9 +11,13 @@ from pruning_core.models import LoadedModel, load_model
 from pruning_core.train import Progress
 
 
-def add_model_args(p: argparse.ArgumentParser, *, dataset: bool = True, dataset_required: bool = True) -> None:
+def add_model_args(
+    p: argparse.ArgumentParser, *, dataset: bool = True, dataset_required: bool = True
+) -> None:
     """--model/--arch/--trust-pickle (and --dataset)."""
-    p.add_argument("--model", required=True, help="registry name, model directory or checkpoint file")
+    p.add_argument(
+        "--model", required=True, help="registry name, model directory or checkpoint file"
+    )
     p.add_argument("--arch", help="architecture of a checkpoint file (a registry name)")
     p.add_argument(
         "--trust-pickle",
@@ -57,7 +61,9 @@ def stderr_progress(label: str, quiet: bool = False) -> Any:
             )
         elif tty:
             bar = int(30 * p.fraction)
-            sys.stderr.write(f"\r{label} [{'#' * bar}{'.' * (30 - bar)}] {p.step}/{p.total_steps} loss {p.loss:.4f}")
+            sys.stderr.write(
+                f"\r{label} [{'#' * bar}{'.' * (30 - bar)}] {p.step}/{p.total_steps} loss {p.loss:.4f}"
+            )
         sys.stderr.flush()
 
     return report

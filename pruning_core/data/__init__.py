@@ -102,7 +102,9 @@ class DataBundle:
                 f"{spec.channels} channels"
             )
 
-    def tensors(self, split: str, spec: InputSpec, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(
+        self, split: str, spec: InputSpec, limit: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split adapted to `spec` (cached for small datasets)."""
         self.check_spec(spec)
         x, y = self._raw(split)
@@ -145,7 +147,11 @@ class DataBundle:
         n = len(y) if limit is None else min(limit, len(y))
         small = n * spec.channels * spec.size**2 * 4 <= _CACHE_BYTES
         xa = self.tensors(split, spec, limit)[0] if small else None
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+        order = (
+            torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            if shuffle
+            else torch.arange(n)
+        )
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             xb = xa[idx] if xa is not None else adapt(x[idx], spec)
@@ -166,7 +172,9 @@ def adapt(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
         else:
             raise UserError(f"cannot turn {c}-channel images into {spec.channels} channels")
     if xf.shape[-1] != spec.size or xf.shape[-2] != spec.size:
-        xf = F.interpolate(xf, size=(spec.size, spec.size), mode="bilinear", antialias=True, align_corners=False)
+        xf = F.interpolate(
+            xf, size=(spec.size, spec.size), mode="bilinear", antialias=True, align_corners=False
+        )
     mean = torch.tensor(spec.mean, dtype=xf.dtype).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=xf.dtype).view(1, -1, 1, 1)
     return ((xf - mean) / std).contiguous()
@@ -204,7 +212,12 @@ class DatasetEntry:
 
 
 def _split(
-    name: str, x: torch.Tensor, y: torch.Tensor, class_names: tuple[str, ...], val_fraction: float = 0.2, seed: int = 0
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    class_names: tuple[str, ...],
+    val_fraction: float = 0.2,
+    seed: int = 0,
 ) -> DataBundle:
     """Stratified deterministic train/val split of a single pool of examples."""
     rng = np.random.default_rng(seed)
@@ -249,7 +262,10 @@ def _load_shapes() -> DataBundle:
     from pruning_core.data.shapes import SHAPE_CLASSES, generate_shapes
 
     return _bundle(
-        "shapes", generate_shapes(SHAPES_TRAIN, seed=0), generate_shapes(SHAPES_VAL, seed=1), tuple(SHAPE_CLASSES)
+        "shapes",
+        generate_shapes(SHAPES_TRAIN, seed=0),
+        generate_shapes(SHAPES_VAL, seed=1),
+        tuple(SHAPE_CLASSES),
     )
 
 
@@ -292,7 +308,9 @@ def _load_torchvision(name: str, root: Path | None = None, download: bool = True
         elif x.shape[-1] == 3:  # CIFAR stores HWC
             x = x.permute(0, 3, 1, 2)
         labels = ds.labels if hasattr(ds, "labels") else ds.targets
-        out.append((x.contiguous().to(torch.uint8), torch.as_tensor(np.asarray(labels), dtype=torch.int64)))
+        out.append(
+            (x.contiguous().to(torch.uint8), torch.as_tensor(np.asarray(labels), dtype=torch.int64))
+        )
     classes = tuple(getattr(splits[0], "classes", None) or [str(i) for i in range(_TV[name][3])])
     return _bundle(name, out[0], out[1], classes)
 
@@ -318,13 +336,29 @@ def _load_folder(path: Path) -> DataBundle:
 
 
 _REGISTRY: dict[str, DatasetEntry] = {
-    "digits": DatasetEntry("digits", "scikit-learn's 8x8 handwritten digits (1,797 real images)", 1, 8, 10, True,
-                           lambda **_: _load_digits()),
-    "shapes": DatasetEntry("shapes", "procedural 32x32 RGB shapes, 10 classes (deterministic)", 3, 32, 10, True,
-                           lambda **_: _load_shapes()),
-}  # fmt: skip
+    "digits": DatasetEntry(
+        "digits",
+        "scikit-learn's 8x8 handwritten digits (1,797 real images)",
+        1,
+        8,
+        10,
+        True,
+        lambda **_: _load_digits(),
+    ),
+    "shapes": DatasetEntry(
+        "shapes",
+        "procedural 32x32 RGB shapes, 10 classes (deterministic)",
+        3,
+        32,
+        10,
+        True,
+        lambda **_: _load_shapes(),
+    ),
+}
 for _n, (_c, _ch, _s, _k, _d) in _TV.items():
-    _REGISTRY[_n] = DatasetEntry(_n, _d, _ch, _s, _k, False, functools.partial(_load_torchvision, _n))
+    _REGISTRY[_n] = DatasetEntry(
+        _n, _d, _ch, _s, _k, False, functools.partial(_load_torchvision, _n)
+    )
 
 
 def list_datasets() -> list[DatasetEntry]:

@@ -12,7 +12,7 @@ shape-local coordinates, and pixel coverage is ``clip(0.5 - distance_in_pixels, 
 the same soft edges as supersampling at a quarter of the cost.
 
 Difficulty comes from random size, aspect jitter, position (shapes may poke out of the frame),
-rotation, colours (about 15% of images are low contrast), a background gradient, Gaussian noise,
+rotation, colours (about 10% of images are low contrast), a background gradient, Gaussian noise,
 up to three distractor strokes/blobs and an occasional occluding rectangle. Some pairs are
 genuinely confusable at small sizes (circle/hexagon, ellipse/diamond), so a small CNN lands below
 100%.
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from pruning_core.errors import UserError
 
 SHAPE_CLASSES: tuple[str, ...] = (
     "circle",
@@ -183,9 +185,7 @@ def _draw_params(n: int, seed: int) -> dict[str, _Array]:
         rng.uniform(-0.9, 0.9, (n, 2)) * p["scale"][:, None]
     )
     p["occ_half"] = rng.uniform(2.0, 5.0, (n, 2))
-    p["occ_color"] = np.where(
-        rng.uniform(0, 1, (n, 1)) < 0.5, p["bg"], rng.uniform(0, 1, (n, 3))
-    )
+    p["occ_color"] = np.where(rng.uniform(0, 1, (n, 1)) < 0.5, p["bg"], rng.uniform(0, 1, (n, 3)))
     return p
 
 
@@ -274,10 +274,12 @@ def generate_shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         values indexing :data:`SHAPE_CLASSES`.
 
     Raises:
-        ValueError: If ``n`` is negative.
+        UserError: If ``n`` or ``seed`` is negative.
     """
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise UserError(f"number of shape images must be >= 0, got {n}")
+    if seed < 0:
+        raise UserError(f"shapes seed must be >= 0, got {seed}")
     p = _draw_params(n, seed)
     # Noise comes from its own stream so it does not depend on the chunking below.
     noise_rng = np.random.default_rng([seed, 1])

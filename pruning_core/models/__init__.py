@@ -82,7 +82,9 @@ class ModelEntry:
         return d
 
 
-def _spec(c: int, s: int, norm: tuple[tuple[float, ...], tuple[float, ...]], n: int = 10) -> InputSpec:
+def _spec(
+    c: int, s: int, norm: tuple[tuple[float, ...], tuple[float, ...]], n: int = 10
+) -> InputSpec:
     return InputSpec(channels=c, size=s, mean=norm[0], std=norm[1], num_classes=n)
 
 
@@ -94,22 +96,94 @@ def _register(entry: ModelEntry) -> None:
 
 
 for _e in (
-    ModelEntry("digits-mlp", "sample", "MLP 64-128-64-10 trained on 8x8 digits", _spec(1, 8, _DIGITS), A.DigitsMLP, "digits", True),
-    ModelEntry("digits-cnn", "sample", "small CNN (2 convs, 2 linears) trained on 8x8 digits", _spec(1, 8, _DIGITS), A.DigitsCNN, "digits", True),
-    ModelEntry("shapes-resnet", "sample", "14-layer residual CNN with BatchNorm trained on shapes", _spec(3, 32, _SHAPES),
-               lambda **kw: A.CifarResNet(n=2, **kw), "shapes", True),
-    ModelEntry("shapes-vit", "sample", "tiny ViT (4 blocks, 4 heads, dim 64) trained on shapes", _spec(3, 32, _SHAPES), A.TinyViT, "shapes", True),
-    ModelEntry("lenet-300-100", "classic", "LeNet-300-100 fully connected (untrained)", _spec(1, 28, _MNIST), A.LeNet300100, "mnist"),
-    ModelEntry("lenet5", "classic", "LeNet-5 convolutional (untrained)", _spec(1, 28, _MNIST), A.LeNet5, "mnist"),
-    ModelEntry("resnet20", "classic", "CIFAR ResNet-20 (untrained)", _spec(3, 32, _CIFAR), lambda **kw: A.CifarResNet(n=3, **kw), "cifar10"),
-    ModelEntry("resnet56", "classic", "CIFAR ResNet-56 (untrained)", _spec(3, 32, _CIFAR), lambda **kw: A.CifarResNet(n=9, **kw), "cifar10"),
-    ModelEntry("vgg16-cifar", "classic", "VGG-16 with BatchNorm for CIFAR (untrained)", _spec(3, 32, _CIFAR), A.VGGCifar, "cifar10"),
-):  # fmt: skip
+    ModelEntry(
+        "digits-mlp",
+        "sample",
+        "MLP 64-128-64-10 trained on 8x8 digits",
+        _spec(1, 8, _DIGITS),
+        A.DigitsMLP,
+        "digits",
+        True,
+    ),
+    ModelEntry(
+        "digits-cnn",
+        "sample",
+        "small CNN (2 convs, 2 linears) trained on 8x8 digits",
+        _spec(1, 8, _DIGITS),
+        A.DigitsCNN,
+        "digits",
+        True,
+    ),
+    ModelEntry(
+        "shapes-resnet",
+        "sample",
+        "14-layer residual CNN with BatchNorm trained on shapes",
+        _spec(3, 32, _SHAPES),
+        lambda **kw: A.CifarResNet(n=2, **kw),
+        "shapes",
+        True,
+    ),
+    ModelEntry(
+        "shapes-vit",
+        "sample",
+        "tiny ViT (4 blocks, 4 heads, dim 64) trained on shapes",
+        _spec(3, 32, _SHAPES),
+        A.TinyViT,
+        "shapes",
+        True,
+    ),
+    ModelEntry(
+        "lenet-300-100",
+        "classic",
+        "LeNet-300-100 fully connected (untrained)",
+        _spec(1, 28, _MNIST),
+        A.LeNet300100,
+        "mnist",
+    ),
+    ModelEntry(
+        "lenet5",
+        "classic",
+        "LeNet-5 convolutional (untrained)",
+        _spec(1, 28, _MNIST),
+        A.LeNet5,
+        "mnist",
+    ),
+    ModelEntry(
+        "resnet20",
+        "classic",
+        "CIFAR ResNet-20 (untrained)",
+        _spec(3, 32, _CIFAR),
+        lambda **kw: A.CifarResNet(n=3, **kw),
+        "cifar10",
+    ),
+    ModelEntry(
+        "resnet56",
+        "classic",
+        "CIFAR ResNet-56 (untrained)",
+        _spec(3, 32, _CIFAR),
+        lambda **kw: A.CifarResNet(n=9, **kw),
+        "cifar10",
+    ),
+    ModelEntry(
+        "vgg16-cifar",
+        "classic",
+        "VGG-16 with BatchNorm for CIFAR (untrained)",
+        _spec(3, 32, _CIFAR),
+        A.VGGCifar,
+        "cifar10",
+    ),
+):
     _register(_e)
 
 TORCHVISION_PREFIX = "torchvision:"
 # A short list for menus; any torchvision classification model name works.
-TORCHVISION_SUGGESTED = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16")
+TORCHVISION_SUGGESTED = (
+    "resnet18",
+    "resnet50",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "vit_b_16",
+)
 
 
 def sample_models_dir() -> Path:
@@ -137,7 +211,9 @@ def get_entry(name: str) -> ModelEntry:
     if name.startswith(TORCHVISION_PREFIX):
         return _torchvision_entry(name[len(TORCHVISION_PREFIX) :])
     known = ", ".join(_REGISTRY)
-    raise UserError(f"unknown model '{name}' (known: {known}, torchvision:NAME, a model directory or a checkpoint file)")
+    raise UserError(
+        f"unknown model '{name}' (known: {known}, torchvision:NAME, a model directory or a checkpoint file)"
+    )
 
 
 def _torchvision_entry(tv_name: str) -> ModelEntry:
@@ -169,7 +245,7 @@ def _build_torchvision(
     if tv_name.startswith(("vit_", "swin_", "maxvit")) and image_size != 224:
         kwargs["image_size"] = image_size
     if pretrained:
-        weights = tvm.get_model_weights(tv_name).DEFAULT  # type: ignore[attr-defined]
+        weights = tvm.get_model_weights(tv_name).DEFAULT
         try:
             model = tvm.get_model(tv_name, weights=weights, **kwargs)
         except Exception as e:  # urllib raises several types; all mean the same to the user
@@ -206,9 +282,15 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Conv2d):
             new = nn.Conv2d(
-                in_channels, mod.out_channels, mod.kernel_size, mod.stride,  # type: ignore[arg-type]
-                mod.padding, mod.dilation, mod.groups, mod.bias is not None,  # type: ignore[arg-type]
-            )  # fmt: skip
+                in_channels,
+                mod.out_channels,
+                mod.kernel_size,  # type: ignore[arg-type]
+                mod.stride,  # type: ignore[arg-type]
+                mod.padding,  # type: ignore[arg-type]
+                mod.dilation,  # type: ignore[arg-type]
+                mod.groups,
+                mod.bias is not None,
+            )
             with torch.no_grad():
                 # Pretrained RGB filters summed over colour work well on grayscale input.
                 mean = mod.weight.mean(dim=1, keepdim=True)
@@ -263,14 +345,20 @@ def create_model(
     """
     entry = get_entry(name)
     spec = model_spec(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    kw: dict[str, Any] = {"num_classes": spec.num_classes, "in_channels": spec.channels, "image_size": spec.size}
+    kw: dict[str, Any] = {
+        "num_classes": spec.num_classes,
+        "in_channels": spec.channels,
+        "image_size": spec.size,
+    }
     if entry.family == "torchvision":
         model = entry.builder(pretrained=bool(pretrained), **kw)
     else:
         model = entry.builder(**kw)
         if entry.sample and (pretrained if pretrained is not None else spec == entry.spec):
             if spec != entry.spec:
-                raise UserError(f"{name}'s trained weights fit only its own input spec; pass pretrained=False")
+                raise UserError(
+                    f"{name}'s trained weights fit only its own input spec; pass pretrained=False"
+                )
             loaded = load_model(str(sample_models_dir() / name))
             model.load_state_dict(loaded.model.state_dict())
     return model.eval()
@@ -297,7 +385,11 @@ class LoadedModel:
     @property
     def arch_kwargs(self) -> dict[str, int]:
         """The arguments that rebuild the dense architecture."""
-        return {"num_classes": self.spec.num_classes, "in_channels": self.spec.channels, "image_size": self.spec.size}
+        return {
+            "num_classes": self.spec.num_classes,
+            "in_channels": self.spec.channels,
+            "image_size": self.spec.size,
+        }
 
 
 def load_model(
@@ -324,11 +416,17 @@ def load_model(
     path = Path(ref)
     is_path = path.exists() or os.sep in ref or ref.endswith((".pt", ".pth", ".safetensors"))
     if not is_path:
-        spec = model_spec(ref, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        spec = model_spec(
+            ref, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+        )
         return LoadedModel(
-            create_model(ref, num_classes=num_classes, in_channels=in_channels, image_size=image_size),
-            spec, ref, ref,
-        )  # fmt: skip
+            create_model(
+                ref, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+            ),
+            spec,
+            ref,
+            ref,
+        )
     if path.is_dir():
         if not (path / MODEL_FILE).exists():
             raise UserError(f"{path} holds no {MODEL_FILE}: not a model directory")
@@ -344,10 +442,14 @@ def load_model(
     if isinstance(obj, nn.Module):
         if arch is None:
             raise UserError("a pickled module needs --arch to know its input spec")
-        spec = model_spec(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        spec = model_spec(
+            arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+        )
         return LoadedModel(obj.eval(), spec, None, ref)
     if arch is None:
-        raise UserError(f"{path.name} is a bare state_dict: say which architecture with --arch NAME")
+        raise UserError(
+            f"{path.name} is a bare state_dict: say which architecture with --arch NAME"
+        )
     spec = model_spec(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     model = get_entry(arch).builder(**_kw(spec))
     check_state_dict(model, obj, arch)

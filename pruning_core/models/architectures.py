@@ -172,7 +172,9 @@ class TinyViT(nn.Module):
         tokens = (image_size // patch) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(*[TransformerBlock(dim, num_heads, mlp_dim) for _ in range(depth)])
+        self.blocks = nn.Sequential(
+            *[TransformerBlock(dim, num_heads, mlp_dim) for _ in range(depth)]
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -234,7 +236,11 @@ class VGGCifar(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             else:
                 assert isinstance(v, int)
-                layers += [nn.Conv2d(cin, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU()]
+                layers += [
+                    nn.Conv2d(cin, v, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(v),
+                    nn.ReLU(),
+                ]
                 cin = v
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -29,7 +29,11 @@ class InputSpec:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
         d = asdict(self)
-        d["mean"], d["std"], d["class_names"] = list(self.mean), list(self.std), list(self.class_names)
+        d["mean"], d["std"], d["class_names"] = (
+            list(self.mean),
+            list(self.std),
+            list(self.class_names),
+        )
         return d
 
     @classmethod

@@ -1,0 +1,45 @@
+"""Page 1: pick a model and a dataset; see the baseline accuracy, size, cost and latency."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pruning_core.errors import UserError
+from pruning_core.plots import confusion_figure, latency_figure, per_class_figure
+from ui.loaders import baseline, baseline_latency
+from ui.state import init_state
+from ui.widgets import model_and_data_picker
+
+init_state()
+st.title("Model & data")
+st.caption(
+    "Pick what to prune. Everything below is measured on this machine, now: accuracy on the "
+    "held-out split, parameters, multiply-accumulates (MACs) per image, size and latency."
+)
+model_ref, dataset_ref = model_and_data_picker()
+
+try:
+    base = baseline(model_ref, dataset_ref)
+except UserError as e:
+    st.error(f"This model and dataset do not fit together: {e}")
+    st.stop()
+
+c = st.columns(5)
+c[0].metric("Accuracy (top-1)", f"{base['accuracy']:.2%}", help=f"on {base['n']} held-out images")
+c[1].metric("Top-5", f"{base['top5']:.2%}")
+c[2].metric("Parameters", f"{base['params']:,}")
+c[3].metric("MACs / image", f"{base['macs']:,}")
+c[4].metric("Size (fp32)", f"{base['size_bytes'] / 1024:,.1f} KiB")
+
+left, right = st.columns(2)
+with left:
+    lat = baseline_latency(model_ref)
+    st.plotly_chart(latency_figure(lat, "CPU latency of the dense model"), key="latency_chart")
+    st.caption(
+        "Median of repeated timed runs after warm-up; the bar spans the 10th to 90th percentile. "
+        "Pruning only pays off when this number drops, which masked zeros alone do not do."
+    )
+with right:
+    st.plotly_chart(per_class_figure(base["per_class"], base["class_names"]), key="per_class_chart")
+with st.expander("Confusion matrix"):
+    st.plotly_chart(confusion_figure(base["confusion"], base["class_names"]), key="confusion_chart")

@@ -1,0 +1,34 @@
+"""AppTest of the Model & data page (run through app.py and on its own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_page_shows_measured_baseline_and_reacts_to_model_change() -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    acc = float(_metric(at, "Accuracy (top-1)").rstrip("%")) / 100
+    assert acc > 0.95  # digits-cnn on digits
+    assert _metric(at, "Parameters") == "151,306"
+    charts = {c.proto.id for c in at.get("plotly_chart")}
+    assert len(charts) >= 2
+    at.selectbox(key="model_ref").set_value("digits-mlp").run()
+    assert not at.exception
+    assert _metric(at, "Parameters") == "17,226"
+
+
+def test_page_runs_standalone_and_reports_mismatch() -> None:
+    at = AppTest.from_file(str(ROOT / "pages" / "1_model_and_data.py"), default_timeout=120).run()
+    assert not at.exception and at.metric
+    at.selectbox(key="model_ref").set_value("torchvision:resnet18").run()
+    assert not at.exception
+    assert any("do not fit" in e.value for e in at.error)

@@ -1,0 +1,160 @@
+"""The command line: models, datasets, evaluate, train; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+
+from pruning_core.models import create_model
+
+
+def test_models_and_datasets_json(cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = cli("models", "--json")
+    assert code == 0
+    names = {m["name"] for m in json.loads(out)}
+    assert {"digits-cnn", "lenet5", "resnet20", "shapes-vit"} <= names
+    code, out, _ = cli("datasets", "--json")
+    assert code == 0 and {"digits", "shapes", "mnist"} <= {d["name"] for d in json.loads(out)}
+
+
+def test_evaluate_json(cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = cli("evaluate", "--model", "digits-mlp", "--dataset", "digits", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert {"accuracy", "top5", "loss", "n"} <= d.keys()
+    assert d["n"] == 359 and 0.9 < d["accuracy"] <= d["top5"] <= 1.0
+
+
+def test_train_writes_a_model_dir_that_evaluates(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out_dir = tmp_path / "mlp"
+    code, out, _ = cli(
+        "train",
+        "--model",
+        "lenet-300-100",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--out",
+        str(out_dir),
+        "--json",
+    )
+    assert code == 0, out
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["accuracy"] == json.loads(out)["accuracy"] > 0.8
+    code, out, _ = cli("evaluate", "--model", str(out_dir), "--dataset", "digits", "--json")
+    assert code == 0 and abs(json.loads(out)["accuracy"] - metrics["accuracy"]) < 1e-9
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def _assert_refused(result: tuple[int, str, str], pattern: str) -> None:
+    code, out, err = result
+    assert code == 2, (code, err)
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert pattern in lines[0], lines[0]
+
+
+def test_bad_inputs_exit_2_with_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _assert_refused(
+        cli("evaluate", "--model", "nope", "--dataset", "digits"), "unknown model 'nope'"
+    )
+    _assert_refused(
+        cli("evaluate", "--model", "digits-cnn", "--dataset", "nope"), "unknown dataset 'nope'"
+    )
+    _assert_refused(cli("evaluate", "--model", "digits-cnn"), "--dataset")
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    _assert_refused(
+        cli(
+            "evaluate",
+            "--model",
+            str(tmp_path / "junk.pt"),
+            "--arch",
+            "digits-cnn",
+            "--dataset",
+            "digits",
+        ),
+        "corrupt",
+    )
+    torch.save(create_model("digits-mlp", pretrained=False).state_dict(), tmp_path / "mlp.pt")
+    _assert_refused(
+        cli(
+            "evaluate",
+            "--model",
+            str(tmp_path / "mlp.pt"),
+            "--arch",
+            "digits-cnn",
+            "--dataset",
+            "digits",
+        ),
+        "does not fit architecture 'digits-cnn'",
+    )
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
+        z.writestr("a/1.png", b"x")
+        z.writestr("../../escape.txt", b"x")
+    _assert_refused(
+        cli("evaluate", "--model", "digits-cnn", "--dataset", str(tmp_path / "evil.zip")), "escape"
+    )
+    _assert_refused(
+        cli("evaluate", "--model", "torchvision:resnet18", "--dataset", "digits"), "10 classes"
+    )
+    _assert_refused(
+        cli(
+            "train",
+            "--model",
+            "lenet5",
+            "--dataset",
+            "digits",
+            "--lr",
+            "-1",
+            "--out",
+            str(tmp_path / "x"),
+        ),
+        "learning rate",
+    )
+    assert not (tmp_path / "x").exists()
+
+
+class _Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {_MARK}",))
+
+
+_MARK = ""
+
+
+def test_malicious_pickle_via_subprocess(tmp_path: Path) -> None:
+    """The real console path: `python -m pruning_core` refuses and never runs the payload."""
+    global _MARK
+    _MARK = str(tmp_path / "pwned")
+    with (tmp_path / "evil.pt").open("wb") as f:
+        pickle.dump({"state_dict": _Evil()}, f)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pruning_core",
+            "evaluate",
+            "--model",
+            str(tmp_path / "evil.pt"),
+            "--arch",
+            "digits-cnn",
+            "--dataset",
+            "digits",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "refusing to unpickle" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "pwned").exists()
