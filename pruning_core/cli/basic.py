@@ -57,7 +57,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("app", parents=[common], help="launch the Streamlit app")
     p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--headless", action="store_true", help="do not open a browser")
+    p.add_argument("--open", action="store_true", help="open a browser tab (default: print the URL)")
     p.set_defaults(handler=cmd_app)
 
 
@@ -167,7 +167,8 @@ def cmd_app(args: argparse.Namespace) -> None:
         "--browser.gatherUsageStats",
         "false",
     ]
-    if args.headless:
-        cmd += ["--server.headless", "true"]
-    os.execv(sys.executable, cmd) if os.name == "posix" else subprocess.run(cmd, check=False)
-    return None
+    # Headless unless asked: it skips Streamlit's first-run e-mail prompt and works over SSH.
+    cmd += ["--server.headless", "false" if args.open else "true"]
+    if os.name == "posix":
+        os.execv(sys.executable, cmd)  # replaces this process: Ctrl-C goes straight to Streamlit
+    raise SystemExit(subprocess.run(cmd, check=False).returncode)

@@ -1,0 +1,273 @@
+"""Commands: sweep (accuracy vs sparsity per method) and sensitivity (per-layer drop curves).
+
+`register(sub, common)` is called by the `measure` command module. Both commands validate their
+input before any work, report progress on stderr, and write their CSV atomically at the end.
+With `--record` the run (settings, rows as metrics, the CSV as an artifact) goes into the run
+store (`PRUNING_LAB_HOME`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pruning_core.cli.common import add_model_args, resolve
+from pruning_core.errors import UserError
+
+DEFAULT_TARGET_SPARSITY = 0.8
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the `sweep` and `sensitivity` commands."""
+    p = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="accuracy vs sparsity for several methods and ratios (CSV)",
+        description="Prune a fresh copy of the model for every (method, ratio), measure it, "
+        "optionally fine-tune it, and write one CSV row per point.",
+    )
+    add_model_args(p)
+    p.add_argument("--methods", default="magnitude,random", help="comma-separated criteria")
+    p.add_argument("--ratios", default="0.5,0.7,0.9", help="comma-separated ratios in [0, 1)")
+    p.add_argument("--granularity", default="unstructured", help="unstructured, N:M, channel...")
+    p.add_argument("--scope", default="global", choices=["global", "layer"])
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point (0: no)")
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tune learning rate")
+    p.add_argument("--batch-size", type=int, default=64, help="fine-tune batch size")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N validation images")
+    _common_tail(p)
+    p.set_defaults(handler=cmd_sweep)
+
+    p = sub.add_parser(
+        "sensitivity",
+        parents=[common],
+        help="per-layer sensitivity: prune one layer at a time (CSV) and suggest ratios",
+        description="Prune each layer alone over several ratios, record the accuracy drop, and "
+        "suggest per-layer ratios reaching --target-sparsity with the least predicted loss "
+        "(checked against a uniform ratio at the same sparsity).",
+    )
+    add_model_args(p)
+    p.add_argument("--ratios", default="0.25,0.5,0.75,0.9", help="comma-separated ratios")
+    p.add_argument("--method", default="magnitude")
+    p.add_argument("--granularity", default="unstructured", help="unstructured, channel or head")
+    p.add_argument(
+        "--target-sparsity",
+        type=float,
+        help=f"overall sparsity to suggest ratios for (default {DEFAULT_TARGET_SPARSITY}, "
+        "or the largest measured ratio if smaller)",
+    )
+    p.add_argument("--limit", type=int, help="evaluate on the first N images of the split")
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=["val", "calib"],
+        help="where drops are measured (calib keeps val unseen by the ratio choice)",
+    )
+    _common_tail(p)
+    p.set_defaults(handler=cmd_sensitivity)
+
+
+def _common_tail(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record", action="store_true", help="also record the run in the run store")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--out", required=True, type=Path, help="CSV file to write")
+
+
+def parse_ratios(text: str, what: str) -> list[float]:
+    """'0.5, 0.9' -> [0.5, 0.9], each in [0, 1); a UserError naming the option otherwise."""
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not parts:
+        raise UserError(f"{what} needs at least one number")
+    out = []
+    for t in parts:
+        try:
+            out.append(float(t))
+        except ValueError:
+            raise UserError(f"{what} must be comma-separated numbers, got '{t}'") from None
+        if not 0.0 <= out[-1] < 1.0:
+            raise UserError(f"{what} must be in [0, 1) (share of weights removed), got {t}")
+    return out
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name such as results.csv")
+    if out.suffix.lower() != ".csv":
+        raise UserError(f"--out {out} must be a .csv file")
+
+
+def _progress(label: str, quiet: bool) -> Any:
+    tty = sys.stderr.isatty()
+
+    def report(fraction: float, message: str) -> None:
+        step = "step" in message  # per-step fine-tune updates: only on a terminal
+        if quiet or (step and not tty):
+            return
+        line = f"{label} {fraction * 100:5.1f}%  {message}"
+        sys.stderr.write((f"\r{line}\033[K" + ("" if step else "\n")) if tty else line + "\n")
+        sys.stderr.flush()
+
+    return report
+
+
+def _rows(df: Any) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from pruning_core.experiments import sweep, write_csv
+    from pruning_core.train import TrainConfig
+
+    _check_out(args.out)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    ratios = parse_ratios(args.ratios, "--ratios")
+    train_config = TrainConfig(
+        epochs=max(args.finetune_epochs, 0),
+        lr=args.lr,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+    )
+    loaded, data = resolve(args)
+    assert data is not None
+    start = time.perf_counter()
+    df = sweep(
+        loaded,
+        data,
+        methods,
+        ratios,
+        granularity=args.granularity,
+        finetune_epochs=args.finetune_epochs,
+        train_config=train_config,
+        progress=_progress("sweep", args.quiet),
+        scope=args.scope,
+        device=args.device,
+        eval_limit=args.eval_limit,
+        seed=args.seed,
+    )
+    write_csv(df, args.out)
+    rows = _rows(df)
+    payload: dict[str, Any] = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "granularity": args.granularity,
+        "methods": methods,
+        "ratios": ratios,
+        "finetune_epochs": args.finetune_epochs,
+        "out": str(args.out),
+        "seconds": time.perf_counter() - start,
+        "rows": rows,
+    }
+    if args.record:
+        payload["run_id"] = _record("sweep", args, payload, args.out)
+    return payload
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
+    from pruning_core.experiments import (
+        check_suggestion,
+        layer_sizes,
+        predicted_drop,
+        sensitivity,
+        suggest_ratios,
+        write_csv,
+    )
+
+    _check_out(args.out)
+    ratios = parse_ratios(args.ratios, "--ratios")
+    if args.target_sparsity is not None and not 0.0 <= args.target_sparsity < 1.0:
+        raise UserError(f"--target-sparsity must be in [0, 1), got {args.target_sparsity}")
+    if args.target_sparsity is not None and args.target_sparsity > max(ratios):
+        raise UserError(
+            f"--target-sparsity {args.target_sparsity} is above the largest measured ratio "
+            f"{max(ratios)}; add a larger value to --ratios"
+        )
+    loaded, data = resolve(args)
+    assert data is not None
+    start = time.perf_counter()
+    df = sensitivity(
+        loaded.model,
+        loaded.spec,
+        data,
+        ratios=ratios,
+        method=args.method,
+        granularity=args.granularity,
+        limit=args.limit,
+        progress=_progress("sensitivity", args.quiet),
+        split=args.split,
+        device=args.device,
+        seed=args.seed,
+    )
+    target = args.target_sparsity
+    if target is None:
+        target = min(DEFAULT_TARGET_SPARSITY, max(ratios))
+    sizes = layer_sizes(loaded.model, list(dict.fromkeys(df["layer"])))
+    suggested = suggest_ratios(df, sizes, target)
+    uniform = dict.fromkeys(sizes, target)
+    check = check_suggestion(
+        loaded.model,
+        loaded.spec,
+        data,
+        suggested,
+        method=args.method,
+        granularity=args.granularity,
+        limit=args.limit,
+        device=args.device,
+    )
+    write_csv(df, args.out)
+    payload: dict[str, Any] = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "method": args.method,
+        "granularity": args.granularity,
+        "split": args.split,
+        "base_accuracy": df.attrs["base_accuracy"],
+        "layers": list(sizes),
+        "ratios": ratios,
+        "out": str(args.out),
+        "seconds": time.perf_counter() - start,
+        "rows": _rows(df),
+        "suggestion": {
+            "target_sparsity": target,
+            "ratios": suggested,
+            "predicted_drop": predicted_drop(df, suggested),
+            "uniform_predicted_drop": predicted_drop(df, uniform),
+            "measured_on": "val",
+            **check,
+        },
+    }
+    if args.record:
+        payload["run_id"] = _record("sensitivity", args, payload, args.out)
+    return payload
+
+
+def _record(kind: str, args: argparse.Namespace, payload: dict[str, Any], csv: Path) -> int:
+    from pruning_core.store import RunStore
+
+    store = RunStore()
+    config = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("handler", "json", "quiet", "record")
+    }
+    metrics = {k: v for k, v in payload.items() if k not in ("model", "dataset", "out")}
+    run = store.create_run(
+        kind,
+        model=args.model,
+        dataset=args.dataset,
+        config=config,
+        name=f"{kind} {args.model}",
+        status="done",
+        metrics=metrics,
+    )
+    store.write_artifact(run, csv.name, csv.read_bytes(), name="csv")
+    return run

@@ -1,0 +1,529 @@
+"""A bounded background job runner, independent of any UI.
+
+The app submits long work (fine-tuning, sweeps, sensitivity) here and polls the returned `Job`
+for progress; nothing in this module knows about Streamlit. A fixed number of worker threads
+(`PRUNING_LAB_MAX_JOBS`, default 1) run jobs in order, and a bounded queue
+(`PRUNING_LAB_MAX_QUEUE`, default 8) refuses more work with a clear message, so a classroom
+sharing one server cannot overload it. Cancellation is cooperative: a job's function receives a
+`JobContext` whose `cancel` event it passes on (e.g. to `train.fit(cancel=...)`); a queued job
+that is cancelled never starts. With a `RunStore`, a job can record itself as a run: its status,
+metrics and curve, also when it is cancelled (with the partial curve) or fails (with the error).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pruning_core.errors import UserError
+from pruning_core.store import RunStore
+
+__all__ = [
+    "JOB_STATUSES",
+    "Job",
+    "JobCancelledError",
+    "JobContext",
+    "JobRunner",
+    "QueueFullError",
+    "get_runner",
+]
+
+JOB_STATUSES = ("queued", "running", "done", "cancelled", "failed")
+FINISHED = frozenset({"done", "cancelled", "failed"})
+DEFAULT_MAX_QUEUE = 8
+# Curve points are written to the store in batches, at most this many seconds apart.
+_FLUSH_SECONDS = 1.0
+_FLUSH_POINTS = 64
+
+
+class QueueFullError(UserError):
+    """The job queue is full: the user should wait for a job to finish."""
+
+
+class JobCancelledError(Exception):
+    """Raise inside a job function to stop at once; the job ends as cancelled."""
+
+
+@dataclass
+class Job:
+    """A unit of background work and what is known about it so far.
+
+    Read the fields from any thread (the UI polls them); only the runner and the job's own
+    context write them. `snapshot()` gives a consistent copy.
+
+    Attributes:
+        id: Unique id (`job-N`).
+        name: A label for the UI.
+        kind: What it does (`finetune`, `sweep`, ...).
+        status: queued, running, done, cancelled or failed.
+        progress: Fraction done, in [0, 1].
+        message: The latest progress message.
+        metrics: The latest metrics reported (merged).
+        curve: Curve points logged so far (dicts, e.g. step, loss, accuracy).
+        result: What the function returned (done jobs).
+        error: One line saying what went wrong (failed) or why it stopped (cancelled).
+        traceback: The full traceback of an unexpected failure (for logs, not for users).
+        run_id: The run recorded in the store, if any.
+        created, started, finished: `time.time()` stamps.
+    """
+
+    id: str
+    name: str
+    kind: str
+    status: str = "queued"
+    progress: float = 0.0
+    message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    run_id: int | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _runner: JobRunner | None = field(default=None, repr=False)
+
+    @property
+    def is_finished(self) -> bool:
+        """True once done, cancelled or failed."""
+        return self.status in FINISHED
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked this job to stop."""
+        return self._cancel.is_set()
+
+    def queue_position(self) -> int | None:
+        """1 for the next job to start, 2 for the one after...; None unless queued."""
+        return self._runner.queue_position(self.id) if self._runner is not None else None
+
+    def cancel(self) -> bool:
+        """Ask the job to stop (see `JobRunner.cancel`)."""
+        return self._runner.cancel(self.id) if self._runner is not None else False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job finishes; False if `timeout` seconds passed first."""
+        return self._done.wait(timeout)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds running so far (or in total once finished)."""
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy of the public fields, safe to render while the job runs."""
+        lock = self._runner._lock if self._runner is not None else threading.Lock()
+        with lock:
+            return {
+                "id": self.id,
+                "name": self.name,
+                "kind": self.kind,
+                "status": self.status,
+                "progress": self.progress,
+                "message": self.message,
+                "metrics": dict(self.metrics),
+                "curve": [dict(p) for p in self.curve],
+                "error": self.error,
+                "run_id": self.run_id,
+                "queue_position": self._runner._position_locked(self.id)
+                if self._runner is not None
+                else None,
+                "elapsed": self.elapsed,
+            }
+
+
+class JobContext:
+    """What a job function receives: report progress, log curve points, watch for cancel.
+
+    Attributes:
+        job: The job (read-only for the function).
+        cancel: Event set when the job should stop; pass it to `train.fit(cancel=...)`.
+        store: The run store the job records into, if any (for artifacts).
+        run_id: The job's run in the store, if it records one.
+    """
+
+    def __init__(self, job: Job, runner: JobRunner, store: RunStore | None, run_id: int | None):
+        self.job = job
+        self.cancel = job._cancel
+        self.store = store
+        self.run_id = run_id
+        self._runner = runner
+        self._pending: list[dict[str, Any]] = []
+        self._last_flush = time.monotonic()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation was requested."""
+        return self.cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise `JobCancelledError` if cancellation was requested (for loops without fit)."""
+        if self.cancel.is_set():
+            raise JobCancelledError()
+
+    def report(
+        self, progress: float | None = None, message: str | None = None, **metrics: Any
+    ) -> None:
+        """Update progress (a fraction in [0, 1]), the message and metrics shown by the UI."""
+        with self._runner._lock:
+            if progress is not None:
+                self.job.progress = min(max(float(progress), 0.0), 1.0)
+            if message is not None:
+                self.job.message = message
+            self.job.metrics.update(metrics)
+
+    def log(self, **point: Any) -> None:
+        """Append a curve point (e.g. step=, epoch=, loss=, accuracy=); recorded in the store."""
+        with self._runner._lock:
+            self.job.curve.append(dict(point))
+        if self.store is not None and self.run_id is not None:
+            self._pending.append(dict(point))
+            now = time.monotonic()
+            if len(self._pending) >= _FLUSH_POINTS or now - self._last_flush >= _FLUSH_SECONDS:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write buffered curve points to the store (the runner also does this at the end)."""
+        if self.store is not None and self.run_id is not None and self._pending:
+            points, self._pending = self._pending, []
+            self.store.add_curve_points(self.run_id, points)
+        self._last_flush = time.monotonic()
+
+    def fit_progress(self, every: int = 1, label: str = "fine-tune") -> Callable[[Any], None]:
+        """A `progress=` callback for `train.fit` that reports and logs into this job.
+
+        Logs the loss every `every` steps and each epoch's validation accuracy.
+        """
+
+        def on_progress(p: Any) -> None:
+            if p.val_accuracy is not None:
+                self.log(step=p.step, epoch=p.epoch, loss=p.loss, accuracy=p.val_accuracy, lr=p.lr)
+                msg = f"{label} epoch {p.epoch}/{p.epochs}: val accuracy {p.val_accuracy:.4f}"
+                self.report(p.fraction, msg, val_accuracy=p.val_accuracy)
+                return
+            if p.step % max(every, 1) == 0:
+                self.log(step=p.step, epoch=p.epoch, loss=p.loss, lr=p.lr)
+            self.report(
+                p.fraction, f"{label} epoch {p.epoch}/{p.epochs}, step {p.step}/{p.total_steps}"
+            )
+
+        return on_progress
+
+
+@dataclass(frozen=True)
+class _Record:
+    kind: str
+    model: str | None
+    dataset: str | None
+    config: Mapping[str, Any]
+
+
+class JobRunner:
+    """Worker threads over a bounded FIFO queue.
+
+    Args:
+        max_workers: Jobs running at once (default: env `PRUNING_LAB_MAX_JOBS`, else 1).
+        max_queue: Jobs allowed to wait (default: env `PRUNING_LAB_MAX_QUEUE`, else 8).
+        store: Where jobs submitted with `record=True` are recorded.
+        torch_threads: CPU threads torch may use while a job runs (default: cores divided by
+            workers). torch's intra-op pool is process-wide, so this is set once per job start.
+        keep_finished: Finished jobs kept for polling; older ones are forgotten.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        max_queue: int | None = None,
+        *,
+        store: RunStore | None = None,
+        torch_threads: int | None = None,
+        keep_finished: int = 200,
+    ) -> None:
+        self.max_workers = max_workers or _env_int("PRUNING_LAB_MAX_JOBS", 1)
+        self.max_queue = (
+            max_queue
+            if max_queue is not None
+            else _env_int("PRUNING_LAB_MAX_QUEUE", DEFAULT_MAX_QUEUE)
+        )
+        if self.max_workers < 1:
+            raise UserError(f"max_workers must be >= 1, got {self.max_workers}")
+        if self.max_queue < 0:
+            raise UserError(f"max_queue must be >= 0, got {self.max_queue}")
+        self.store = store
+        self.torch_threads = torch_threads or max(1, (os.cpu_count() or 1) // self.max_workers)
+        self.keep_finished = keep_finished
+        self._lock = threading.RLock()
+        self._wakeup = threading.Condition(self._lock)
+        self._queue: deque[tuple[Job, Callable[[JobContext], Any], _Record | None]] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._running: set[str] = set()
+        self._workers: list[threading.Thread] = []
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    # -- submitting and cancelling ----------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[[JobContext], Any],
+        *,
+        name: str,
+        kind: str = "job",
+        record: bool = False,
+        model: str | None = None,
+        dataset: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Queue `fn(ctx)` to run in the background.
+
+        Args:
+            fn: The work; it receives a `JobContext`, should watch `ctx.cancel`, and returns the
+                result (a dict of metrics is also stored as the run's metrics).
+            name: A label for the UI.
+            kind: What it does; with `record=True` one of the store's kinds (e.g. finetune).
+            record: Record the job as a run in the runner's store when it starts.
+            model, dataset, config: What the recorded run says it used.
+
+        Raises:
+            QueueFullError: `max_queue` jobs are already waiting.
+            UserError: `record=True` without a store, or a kind the store does not know.
+        """
+        rec = None
+        if record:
+            if self.store is None:
+                raise UserError("this job runner has no run store to record into")
+            from pruning_core.store import KINDS
+
+            if kind not in KINDS:
+                raise UserError(f"cannot record a job of kind '{kind}' (one of {', '.join(KINDS)})")
+            rec = _Record(kind, model, dataset, dict(config or {}))
+        with self._lock:
+            if self._closed:
+                raise UserError("the job runner is shut down")
+            # Capacity counts running and waiting jobs together, so idle workers that have not
+            # yet picked up a job cannot let the queue grow past its bound.
+            if len(self._queue) + len(self._running) >= self.max_workers + self.max_queue:
+                raise QueueFullError(
+                    f"the job queue is full ({len(self._running)} running, {len(self._queue)} "
+                    "waiting); try again when a job has finished"
+                )
+            job = Job(id=f"job-{next(self._ids)}", name=name, kind=kind, _runner=self)
+            self._jobs[job.id] = job
+            self._queue.append((job, fn, rec))
+            self._ensure_workers()
+            self._wakeup.notify()
+            self._forget_old()
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask a job to stop. A queued job is removed and never starts; a running one sees its
+        `cancel` event set and stops at its next check. Returns False for finished or unknown
+        jobs."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.is_finished:
+                return False
+            job._cancel.set()
+            if job.status == "queued":
+                self._queue = deque(item for item in self._queue if item[0].id != job_id)
+                job.status, job.error, job.finished = (
+                    "cancelled",
+                    "cancelled before it started",
+                    time.time(),
+                )
+                job._done.set()
+            elif not job.message.startswith("cancelling"):
+                job.message = "cancelling..."
+            return True
+
+    # -- polling ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id, if it is still known."""
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def jobs(self) -> list[Job]:
+        """Known jobs, oldest first."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1-based place of a queued job (1 starts next); None if it is not waiting."""
+        with self._lock:
+            return self._position_locked(job_id)
+
+    def _position_locked(self, job_id: str) -> int | None:
+        for i, (job, _, _) in enumerate(self._queue):
+            if job.id == job_id:
+                return i + 1
+        return None
+
+    @property
+    def running(self) -> int:
+        """Jobs running now."""
+        with self._lock:
+            return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting."""
+        with self._lock:
+            return len(self._queue)
+
+    def shutdown(
+        self, *, cancel: bool = True, wait: bool = True, timeout: float | None = None
+    ) -> None:
+        """Stop taking jobs; cancel queued and running ones (unless `cancel=False`), and wait
+        for the workers to exit."""
+        with self._lock:
+            self._closed = True
+            if cancel:
+                for job in list(self._jobs.values()):
+                    if not job.is_finished:
+                        self.cancel(job.id)
+            self._wakeup.notify_all()
+            workers = list(self._workers)
+        if wait:
+            for t in workers:
+                t.join(timeout)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _ensure_workers(self) -> None:
+        self._workers = [t for t in self._workers if t.is_alive()]
+        while len(self._workers) < self.max_workers:
+            t = threading.Thread(
+                target=self._work, name=f"pruning-lab-job-worker-{len(self._workers)}", daemon=True
+            )
+            self._workers.append(t)
+            t.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed:
+                    self._wakeup.wait()
+                if not self._queue:
+                    return  # closed and drained
+                job, fn, rec = self._queue.popleft()
+                self._running.add(job.id)
+                job.status, job.started = "running", time.time()
+            try:
+                self._run(job, fn, rec)
+            finally:
+                with self._lock:
+                    self._running.discard(job.id)
+                    job.finished = time.time()
+                    job._done.set()
+
+    def _run(self, job: Job, fn: Callable[[JobContext], Any], rec: _Record | None) -> None:
+        run_id = None
+        store = self.store if rec is not None else None
+        try:
+            if store is not None and rec is not None:
+                run_id = store.create_run(
+                    rec.kind, model=rec.model, dataset=rec.dataset, config=rec.config, name=job.name
+                )
+                job.run_id = run_id
+        except Exception as e:  # the store is unusable: the job fails, saying why
+            self._finish(job, "failed", error=f"cannot record the run: {_one_line(e)}")
+            return
+        ctx = JobContext(job, self, store, run_id)
+        _set_torch_threads(self.torch_threads)
+        status, error, result, tb = "done", None, None, None
+        try:
+            result = fn(ctx)
+            if ctx.cancelled:
+                status, error = "cancelled", "cancelled while running"
+        except JobCancelledError:
+            status, error = "cancelled", "cancelled while running"
+        except UserError as e:
+            status, error = "failed", _one_line(e)
+        except Exception as e:
+            status, error, tb = (
+                "failed",
+                f"{type(e).__name__}: {_one_line(e)}",
+                traceback.format_exc(),
+            )
+        self._finish(job, status, error=error, result=result, tb=tb, ctx=ctx)
+
+    def _finish(
+        self,
+        job: Job,
+        status: str,
+        *,
+        error: str | None = None,
+        result: Any = None,
+        tb: str | None = None,
+        ctx: JobContext | None = None,
+    ) -> None:
+        if ctx is not None and ctx.store is not None and ctx.run_id is not None:
+            metrics = dict(job.metrics)
+            if isinstance(result, Mapping):
+                metrics.update(result)
+            try:
+                ctx.flush()  # the partial curve of a cancelled or failed run is kept
+                ctx.store.update_status(ctx.run_id, status, metrics=metrics, error=error)
+            except Exception as e:
+                if status == "done":
+                    status, error = "failed", f"finished, but recording failed: {_one_line(e)}"
+        with self._lock:
+            job.status, job.error, job.result, job.traceback = status, error, result, tb
+            if status == "done":
+                job.progress = 1.0
+            if status != "done" and error:
+                job.message = error
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self._jobs.values() if j.is_finished]
+        for j in finished[: max(0, len(finished) - self.keep_finished)]:
+            del self._jobs[j.id]
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch  # imported here: the runner itself needs no torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+_RUNNER: JobRunner | None = None
+_RUNNER_LOCK = threading.Lock()
+
+
+def get_runner() -> JobRunner:
+    """The process-wide runner (the app keeps it in `st.cache_resource`), recording into the
+    default run store. Sized by `PRUNING_LAB_MAX_JOBS` and `PRUNING_LAB_MAX_QUEUE`."""
+    global _RUNNER
+    with _RUNNER_LOCK:
+        if _RUNNER is None or _RUNNER._closed:
+            _RUNNER = JobRunner(store=RunStore())
+        return _RUNNER

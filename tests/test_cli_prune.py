@@ -1,0 +1,121 @@
+"""`pruning-lab prune`: metrics, reloadable output, recipes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pruning_core.models import load_model
+
+torch.set_num_threads(1)
+
+METRIC_KEYS = {
+    "model", "dataset", "method", "granularity", "target_ratio", "sparsity", "params_before",
+    "params_after", "macs_before", "macs_after", "dense_accuracy", "pruned_accuracy",
+    "finetuned_accuracy", "size_bytes_before", "size_bytes_after", "seconds", "recipe",
+}  # fmt: skip
+BASE = ["prune", "--model", "digits-mlp", "--dataset", "digits", "--quiet", "--json"]
+
+
+def test_prune_writes_metrics_reloads_and_repeats_from_its_recipe(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "run"
+    code, stdout, err = cli(*BASE, "--method", "magnitude", "--granularity", "unstructured",
+                            "--ratio", "0.8", "--finetune-epochs", "1", "--out", str(out))  # fmt: skip
+    assert code == 0, err
+    printed = json.loads(stdout)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= METRIC_KEYS
+    assert printed["sparsity"] == metrics["sparsity"] == pytest.approx(0.8, abs=2e-3)
+    assert metrics["params_after"] < 0.3 * metrics["params_before"]
+    assert metrics["finetuned_accuracy"] is not None and metrics["dense_accuracy"] > 0.9
+    assert (out / "recipe.json").exists()
+    meta = json.loads((out / "model.json").read_text())
+    assert {"arch", "arch_kwargs", "spec"} <= set(meta)
+
+    code, stdout, _ = cli("evaluate", "--model", str(out), "--dataset", "digits", "--json")
+    assert code == 0 and json.loads(stdout)["accuracy"] == pytest.approx(
+        metrics["finetuned_accuracy"]
+    )
+
+    again = tmp_path / "again"
+    code, stdout, err = cli(
+        "prune", "--recipe", str(out / "recipe.json"), "--out", str(again), "--quiet", "--json"
+    )
+    assert code == 0, err
+    repeat = json.loads(stdout)
+    assert repeat["sparsity"] == metrics["sparsity"]
+    assert repeat["finetuned_accuracy"] == metrics["finetuned_accuracy"]
+    a, b = load_model(str(out)).model.state_dict(), load_model(str(again)).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pruned_dir_prunes_again_with_nm_and_a_ratios_file(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = tmp_path / "first"
+    ratios = tmp_path / "ratios.yaml"
+    ratios.write_text("fc1: 0.9\n")
+    code, _, err = cli(*BASE, "--method", "magnitude", "--granularity", "unstructured", "--ratio", "0.3",
+                       "--ratios-file", str(ratios), "--out", str(first))  # fmt: skip
+    assert code == 0, err
+    m = json.loads((first / "metrics.json").read_text())
+    assert m["layer_sparsity"]["fc1"] == pytest.approx(0.9, abs=1e-3)
+    assert m["finetuned_accuracy"] is None
+    second = tmp_path / "second"
+    code, stdout, err = cli("prune", "--model", str(first), "--dataset", "digits", "--method", "magnitude",
+                            "--granularity", "2:4", "--out", str(second), "--quiet", "--json")  # fmt: skip
+    assert code == 0, err
+    model = load_model(str(second)).model
+    for name in ("fc1", "fc2"):
+        w = dict(model.named_modules())[name].weight.detach()
+        assert ((w == 0).reshape(w.shape[0], -1, 4).sum(-1) >= 2).all()
+    assert json.loads(stdout)["target_ratio"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--method", "magnitude", "--granularity", "unstructured", "--ratio", "1.0"], "ratio"),
+        (["--method", "magnitude", "--granularity", "unstructured", "--ratio", "-0.5"], "ratio"),
+        (["--method", "magnitude", "--granularity", "unstructured", "--ratio", "nan"], "ratio"),
+        (["--method", "snip", "--granularity", "unstructured", "--ratio", "0.5"], "unknown method"),
+        (["--method", "magnitude", "--granularity", "head", "--ratio", "0.5"], "attention"),
+        (
+            ["--method", "bn-scale", "--granularity", "unstructured", "--ratio", "0.5"],
+            "does not support",
+        ),
+        (["--method", "magnitude", "--granularity", "unstructured"], "--ratio"),
+        (["--granularity", "unstructured", "--ratio", "0.5"], "--method"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(cli, tmp_path: Path, args: list[str], match: str) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "bad"
+    code, stdout, err = cli(*BASE, *args, "--out", str(out))
+    assert code == 2
+    assert stdout == "" and len(err.strip().splitlines()) == 1 and match in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_bad_recipe_and_ratios_file_exit_2(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "r.json"
+    bad.write_text("{not json")
+    code, _, err = cli("prune", "--recipe", str(bad), "--out", str(tmp_path / "o"))
+    assert code == 2 and "recipe" in err
+    ratios = tmp_path / "ratios.json"
+    ratios.write_text(json.dumps({"conv9": 0.5}))
+    code, _, err = cli(*BASE, "--method", "magnitude", "--granularity", "unstructured", "--ratio", "0.5",
+                       "--ratios-file", str(ratios), "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 2 and "conv9" in err
+
+
+def test_subprocess_ratio_one_exits_2_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pruning_core", "prune", "--model", "digits-cnn", "--dataset", "digits",
+         "--method", "magnitude", "--granularity", "unstructured", "--ratio", "1.0", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
