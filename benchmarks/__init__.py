@@ -1,0 +1,1 @@
+"""The Pruning Lab performance harness (see README.md)."""

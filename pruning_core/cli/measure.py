@@ -1,0 +1,249 @@
+"""Commands: inspect (per-layer statistics) and bench (latency per execution backend).
+
+`sweep` and `sensitivity` live in `pruning_core.cli.experiments_cmds` and are registered from
+here when that module exists.
+
+`bench --model DIR` on a pruned output directory compares:
+
+- dense: the unpruned original named by the directory's metrics (`model` field of
+  `metrics.json` or of the recipe) when it loads with the same architecture; otherwise the same
+  architecture freshly built at full width. Dense kernels do the same work whatever the weight
+  values, so both give the honest dense time; the output says which one was used.
+- masked: the directory's model as stored (zeros in dense tensors).
+- structured: the same model when it is physically smaller than the dense one.
+- csr / semi24: copies converted by `pruning_core.sparse.to_sparse_`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from pruning_core.cli.common import add_model_args, resolve
+from pruning_core.errors import UserError
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add this module's commands (and sweep/sensitivity from experiments_cmds when present)."""
+    _register_inspect_bench(sub, common)
+    # ---- engineer M2: sweep and sensitivity live in their own module, registered here. ----
+    import importlib
+
+    try:
+        experiments_cmds = importlib.import_module("pruning_core.cli.experiments_cmds")
+    except ModuleNotFoundError as e:
+        if e.name != "pruning_core.cli.experiments_cmds":
+            raise
+    else:
+        experiments_cmds.register(sub, common)
+
+
+def _register_inspect_bench(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "inspect", parents=[common], help="per-layer weight (and activation) statistics"
+    )
+    add_model_args(p, dataset_required=False)
+    p.add_argument(
+        "--batches", type=int, default=2, help="calibration batches for activation stats"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bins", type=int, default=60, help="histogram bins (fixed count)")
+    p.add_argument("--histograms", action="store_true", help="include binned histograms per layer")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser(
+        "bench", parents=[common], help="latency of dense, masked, shrunk and sparse backends"
+    )
+    add_model_args(p, dataset=False)
+    p.add_argument("--pruned", help="pruned model directory (then --model is the dense original)")
+    p.add_argument("--backends", default="dense,masked,structured,csr,semi24")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--max-seconds", type=float, default=10.0, help="time budget per backend")
+    p.set_defaults(handler=cmd_bench)
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as JSON-ready dicts (native Python types, NaN as None)."""
+    out = []
+    for row in df.to_dict(orient="records"):
+        clean: dict[str, Any] = {}
+        for k, v in row.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+            clean[str(k)] = v
+        out.append(clean)
+    return out
+
+
+def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
+    from pruning_core import stats
+    from pruning_core.device import resolve_device
+
+    if args.bins < 2 or args.bins > 1000:
+        raise UserError(f"--bins must be in [2, 1000], got {args.bins}")
+    if args.batches < 1 or args.batch_size < 1:
+        raise UserError("--batches and --batch-size must be >= 1")
+    loaded, data = resolve(args)
+    model = loaded.model.to(resolve_device(args.device)).eval()
+    table = stats.layer_table(model, loaded.spec)
+    out: dict[str, Any] = {
+        "model": args.model,
+        "arch": loaded.arch,
+        "input": loaded.spec.to_dict(),
+        "summary": stats.model_stats(model, loaded.spec, table),
+        "layers": records(table),
+        "activations": None,
+    }
+    if args.histograms:
+        out["weight_histograms"] = {
+            k: {"edges": e, "counts": c}
+            for k, (e, c) in stats.weight_histograms(model, bins=args.bins).items()
+        }
+    if data is not None:
+        act = stats.activation_stats(
+            model,
+            loaded.spec,
+            data,
+            batches=args.batches,
+            bins=args.bins,
+            batch_size=args.batch_size,
+        )
+        out["dataset"] = args.dataset
+        out["activations"] = records(act.table)
+        if args.histograms:
+            out["activation_histograms"] = {
+                k: {"edges": e, "counts": c} for k, (e, c) in act.histograms.items()
+            }
+    return out
+
+
+def _parse_backends(text: str) -> list[str]:
+    from pruning_core.latency import BACKENDS
+
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    if not names:
+        raise UserError("--backends is empty")
+    bad = [b for b in names if b not in BACKENDS]
+    if bad:
+        raise UserError(f"unknown backend '{bad[0]}' (choose from {', '.join(BACKENDS)})")
+    return list(dict.fromkeys(names))
+
+
+def dense_reference(loaded: Any) -> tuple[nn.Module | None, str]:
+    """The unpruned counterpart of a loaded (possibly pruned) model and how it was found.
+
+    Returns:
+        (model or None, description). None when the model has no known architecture.
+    """
+    from pruning_core.models import get_entry, load_model
+
+    meta = loaded.meta or {}
+    if loaded.arch is None:
+        return None, "no architecture known: dense = the model itself"
+    origin = _origin(loaded)
+    if origin and origin != loaded.source:
+        try:
+            cand = load_model(origin)
+            if cand.arch == loaded.arch and not cand.meta.get("surgery", {}).get("attrs"):
+                return cand.model, f"the unpruned original '{origin}'"
+        except (UserError, OSError, RuntimeError):
+            pass
+    if not meta:
+        return None, "a registry model: dense = the model itself"
+    kwargs = meta.get("arch_kwargs") or loaded.arch_kwargs
+    torch.manual_seed(0)
+    fresh = get_entry(loaded.arch).builder(**kwargs).eval()
+    return (
+        fresh,
+        f"'{loaded.arch}' built fresh at full width (original not loadable; same dense work)",
+    )
+
+
+def _origin(loaded: Any) -> str | None:
+    """The model the pruned directory came from, as its metrics or recipe name it."""
+    meta = loaded.meta or {}
+    cands: list[Any] = []
+    src = Path(loaded.source)
+    if src.is_dir() and (src / "metrics.json").exists():
+        try:
+            m = json.loads((src / "metrics.json").read_text())
+            cands += [m.get("model"), (m.get("recipe") or {}).get("model")]
+        except (OSError, ValueError, AttributeError):
+            pass
+    metrics = meta.get("metrics")
+    metrics = metrics if isinstance(metrics, dict) else {}
+    recipe = meta.get("recipe")
+    recipe = recipe if isinstance(recipe, dict) else {}
+    cands += [metrics.get("model"), recipe.get("model"), meta.get("model")]
+    for c in cands:
+        if isinstance(c, str) and c:
+            return c
+    return None
+
+
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from pruning_core.device import resolve_device
+    from pruning_core.latency import benchmark_backends
+    from pruning_core.models import load_model
+
+    backends = _parse_backends(args.backends)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.repeats < 1 or args.warmup < 0:
+        raise UserError("--repeats must be >= 1 and --warmup >= 0")
+    device = resolve_device(args.device)
+    if args.pruned:
+        dense_loaded, _ = resolve(args)
+        pruned_loaded = load_model(args.pruned)
+        if dense_loaded.arch and pruned_loaded.arch and dense_loaded.arch != pruned_loaded.arch:
+            raise UserError(
+                f"--pruned is a '{pruned_loaded.arch}' model but --model is '{dense_loaded.arch}'"
+            )
+        dense: nn.Module | None = dense_loaded.model
+        dense_note = f"--model '{args.model}'"
+    else:
+        pruned_loaded, _ = resolve(args)
+        dense, dense_note = dense_reference(pruned_loaded)
+    spec = pruned_loaded.spec
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(args.batch_size, spec.channels, spec.size, spec.size, generator=gen).to(
+        device
+    )
+    table = benchmark_backends(
+        pruned_loaded.model,
+        example,
+        backends=backends,
+        dense=dense,
+        threads=args.threads,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        max_seconds=args.max_seconds,
+    )
+    rows = records(table)
+    result: dict[str, Any] = {
+        "model": args.pruned or args.model,
+        "dense_reference": dense_note,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads() if args.threads is None else args.threads,
+        "backends": rows,
+    }
+    for r in rows:
+        result[f"{r['backend']}_median_ms"] = r["median_ms"]
+    return result
