@@ -12,6 +12,11 @@ init_state()
 
 PAGES = [
     st.Page("pages/1_model_and_data.py", title="Model & data", icon="📦", default=True),
+    st.Page("pages/2_inspect.py", title="Inspect", icon="🔍"),
+    st.Page("pages/3_prune.py", title="Prune", icon="✂️"),
+    st.Page("pages/4_finetune.py", title="Fine-tune", icon="🏋️"),
+    st.Page("pages/5_tradeoffs.py", title="Trade-offs", icon="📈"),
+    st.Page("pages/6_export.py", title="Export & report", icon="📤"),
 ]
 
 page = st.navigation(PAGES)

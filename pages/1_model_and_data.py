@@ -6,8 +6,10 @@ import streamlit as st
 
 from pruning_core.errors import UserError
 from pruning_core.plots import confusion_figure, latency_figure, per_class_figure
+from ui.lesson import lesson_panel
 from ui.loaders import baseline, baseline_latency
 from ui.state import init_state
+from ui.uploads import upload_panel
 from ui.widgets import model_and_data_picker
 
 init_state()
@@ -16,6 +18,9 @@ st.caption(
     "Pick what to prune. Everything below is measured on this machine, now: accuracy on the "
     "held-out split, parameters, multiply-accumulates (MACs) per image, size and latency."
 )
+lesson_panel()
+# The upload panel's buttons change the selection through callbacks, so it comes before the picker.
+upload_panel()
 model_ref, dataset_ref = model_and_data_picker()
 
 try:

@@ -262,7 +262,11 @@ class JobRunner:
         if self.max_queue < 0:
             raise UserError(f"max_queue must be >= 0, got {self.max_queue}")
         self.store = store
-        self.torch_threads = torch_threads or max(1, (os.cpu_count() or 1) // self.max_workers)
+        # A busy shared server (a classroom) runs far faster with fewer threads per job than
+        # cores: oversubscribed OpenMP threads spin. PRUNING_LAB_JOB_THREADS sets it explicitly.
+        self.torch_threads = torch_threads or _env_int(
+            "PRUNING_LAB_JOB_THREADS", max(1, (os.cpu_count() or 1) // self.max_workers)
+        )
         self.keep_finished = keep_finished
         self._lock = threading.RLock()
         self._wakeup = threading.Condition(self._lock)

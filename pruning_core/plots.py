@@ -82,3 +82,528 @@ def per_class_figure(
         margin={"t": 50, "b": 40, "l": 60, "r": 20},
     )
     return fig
+
+
+# --- Inspect & prune ---
+
+_BEFORE, _AFTER, _DENSE = "#9DB4D0", "#E45756", "#BAB0AC"
+_MARGIN = {"t": 50, "b": 40, "l": 60, "r": 20}
+
+
+def layer_sparsity_figure(
+    df: pd.DataFrame, title: str = "Sparsity per layer", height: int = 340
+) -> go.Figure:
+    """One bar per layer: the share of its weights removed.
+
+    Args:
+        df: Columns `layer`, `sparsity` (0-1), optional `params` (weights in the layer, for
+            the hover) and `pruned` (bool; False draws the bar grey as "kept dense").
+        title: Figure title.
+        height: Figure height in pixels.
+    """
+    pruned = df["pruned"] if "pruned" in df else pd.Series(True, index=df.index)
+    params = df["params"] if "params" in df else pd.Series(0, index=df.index)
+    fig = go.Figure(
+        go.Bar(
+            x=df["layer"],
+            y=df["sparsity"],
+            marker_color=[_AFTER if p else _DENSE for p in pruned],
+            customdata=list(
+                zip(params, ["pruned" if p else "kept dense" for p in pruned], strict=True)
+            ),
+            hovertemplate="%{x}<br>%{y:.1%} removed of %{customdata[0]:,} weights"
+            "<br>%{customdata[1]}<extra></extra>",
+            name="sparsity",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        yaxis={"range": [0, 1], "tickformat": ".0%", "title": "weights removed"},
+        height=height,
+        margin=_MARGIN,
+        showlegend=False,
+    )
+    return fig
+
+
+def histogram_figure(
+    df: pd.DataFrame,
+    title: str = "Weights",
+    xaxis_title: str = "value",
+    log_y: bool = False,
+    height: int = 320,
+) -> go.Figure:
+    """Server-side binned histograms, overlaid (e.g. before and after pruning).
+
+    Args:
+        df: Columns `series` (legend name, e.g. "before"/"after"), `left`, `right`, `count`;
+            one row per bin (bins already computed: no raw values reach the browser).
+        title: Figure title.
+        xaxis_title: What was binned.
+        log_y: Logarithmic count axis (a pruned layer's spike at zero hides the rest otherwise).
+        height: Figure height in pixels.
+    """
+    fig = go.Figure()
+    colors = ["#B8C4D6", _AFTER, "#54A24B", "#F58518"]
+    for i, (name, part) in enumerate(df.groupby("series", sort=False)):
+        fig.add_trace(
+            go.Bar(
+                x=(part["left"] + part["right"]) / 2,
+                y=part["count"],
+                width=(part["right"] - part["left"]).tolist(),
+                name=str(name),
+                marker_color=colors[i % len(colors)],
+                opacity=0.9 if i == 0 else 0.7,
+                hovertemplate="%{x:.3g}: %{y:,}<extra>" + str(name) + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        barmode="overlay",
+        bargap=0,
+        xaxis_title=xaxis_title,
+        yaxis={"title": "count", "type": "log" if log_y else "linear"},
+        height=height,
+        margin=_MARGIN,
+        legend={
+            "x": 0.99,
+            "y": 0.99,
+            "xanchor": "right",
+            "yanchor": "top",
+            "bgcolor": "rgba(255,255,255,0.8)",
+        },
+    )
+    return fig
+
+
+def mask_figure(grid: pd.DataFrame, title: str = "Mask", height: int = 320) -> go.Figure:
+    """Picture of a layer's keep-mask: dark = kept, white = pruned.
+
+    Args:
+        grid: A 2-D frame of kept shares in [0, 1] (1 = kept); its index and columns give the
+            first output channel / input position each cell stands for (cells of large layers
+            average blocks of weights).
+        title: Figure title.
+        height: Figure height in pixels.
+    """
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(),
+            x=list(grid.columns),
+            y=list(grid.index),
+            zmin=0,
+            zmax=1,
+            colorscale=[[0, "#FFFFFF"], [1, "#1F3B73"]],
+            colorbar={"title": "kept", "tickformat": ".0%"},
+            hovertemplate="out %{y}, in %{x}<br>kept %{z:.0%}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        xaxis_title="input (in_ch x k x k)",
+        yaxis={"title": "output channel", "autorange": "reversed"},
+        height=height,
+        margin=_MARGIN,
+    )
+    return fig
+
+
+def channel_bars_figure(
+    df: pd.DataFrame, value: str, title: str, yaxis_title: str, height: int = 300
+) -> go.Figure:
+    """One bar per output channel of a layer (APoZ, norms...).
+
+    Args:
+        df: Column `channel` and the column named by `value`; optional `removed` (bool) draws
+            removed channels grey.
+        value: The column to plot.
+        title: Figure title.
+        yaxis_title: What the value is.
+        height: Figure height in pixels.
+    """
+    removed = df["removed"] if "removed" in df else pd.Series(False, index=df.index)
+    fig = go.Figure(
+        go.Bar(
+            x=df["channel"],
+            y=df[value],
+            marker_color=[_DENSE if r else "#4C78A8" for r in removed],
+            hovertemplate="channel %{x}: %{y:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        xaxis_title="output channel",
+        yaxis_title=yaxis_title,
+        height=height,
+        margin=_MARGIN,
+        bargap=0.1,
+    )
+    return fig
+
+
+def sparsity_heatmap_figure(
+    df: pd.DataFrame, title: str = "Sparsity by layer", height: int | None = None
+) -> go.Figure:
+    """Heatmap: one row per layer, columns are slices of its output channels.
+
+    Args:
+        df: Columns `layer`, `slice` (e.g. "0-7": the output channels a cell covers, or its
+            index), `position` (0-based column), `sparsity` (share of zero weights in that slice).
+        title: Figure title.
+        height: Pixels (default grows with the number of layers).
+    """
+    layers = list(dict.fromkeys(df["layer"]))
+    wide = df.pivot_table(index="layer", columns="position", values="sparsity", sort=False)
+    wide = wide.reindex(layers)
+    text = df.pivot_table(
+        index="layer", columns="position", values="slice", aggfunc="first", sort=False
+    ).reindex(layers)
+    fig = go.Figure(
+        go.Heatmap(
+            z=wide.to_numpy(),
+            x=[str(c) for c in wide.columns],
+            y=layers,
+            customdata=text.to_numpy(),
+            zmin=0,
+            zmax=1,
+            colorscale="Reds",
+            colorbar={"title": "zeros", "tickformat": ".0%"},
+            hovertemplate="%{y}<br>channels %{customdata}<br>%{z:.1%} zero<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        xaxis_title="output channels (left to right, in equal slices)",
+        yaxis={"autorange": "reversed"},
+        height=height or max(260, 60 + 24 * len(layers)),
+        margin={"t": 50, "b": 40, "l": 140, "r": 20},
+    )
+    return fig
+
+
+def training_curves_figure(df: pd.DataFrame, title: str = "Fine-tuning") -> go.Figure:
+    """Training loss per step (raw and smoothed) and validation accuracy per epoch.
+
+    Args:
+        df: Columns `step`, `loss`, optional `accuracy` (set on the points that end an epoch;
+            missing elsewhere).
+        title: Figure title.
+    """
+    fig = go.Figure()
+    if len(df) and "loss" in df:
+        pts = df.dropna(subset=["loss"])
+        pts = pts[pts["accuracy"].isna()] if "accuracy" in pts else pts
+        fig.add_trace(
+            go.Scatter(
+                x=pts["step"],
+                y=pts["loss"],
+                mode="lines",
+                name="train loss (batch)",
+                line={"width": 1, "color": _BEFORE},
+            )
+        )
+        window = max(1, len(pts) // 15)
+        fig.add_trace(
+            go.Scatter(
+                x=pts["step"],
+                y=pts["loss"].rolling(window, min_periods=1).mean(),
+                mode="lines",
+                name=f"train loss (mean of {window})",
+                line={"width": 2, "color": "#4C78A8"},
+            )
+        )
+    if len(df) and "accuracy" in df:
+        acc = df.dropna(subset=["accuracy"])
+        fig.add_trace(
+            go.Scatter(
+                x=acc["step"],
+                y=acc["accuracy"],
+                mode="lines+markers",
+                name="val accuracy",
+                yaxis="y2",
+                line={"color": _AFTER},
+            )
+        )
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        xaxis_title="optimizer step",
+        yaxis={"title": "loss", "rangemode": "tozero"},
+        yaxis2={
+            "title": "val accuracy",
+            "overlaying": "y",
+            "side": "right",
+            "tickformat": ".0%",
+            "range": [0, 1.02],
+            "showgrid": False,
+        },
+        height=340,
+        margin={"t": 50, "b": 40, "l": 60, "r": 60},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+    )
+    return fig
+
+
+# --- Trade-offs & report ---
+# (A2's section: the figures of the Trade-offs page, the lesson and the HTML report.)
+
+_METHOD_COLORS = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#9D755D")
+_BACKEND_COLORS = {
+    "dense": "#4C78A8",
+    "masked": "#BAB0AC",
+    "structured": "#54A24B",
+    "csr": "#F58518",
+    "semi24": "#B279A2",
+}
+_BACKEND_LABELS = {
+    "dense": "dense (unpruned)",
+    "masked": "masked (zeros, dense kernels)",
+    "structured": "shrunk (channels removed)",
+    "csr": "CSR sparse kernels",
+    "semi24": "2:4 sparse kernels (CUDA)",
+}
+
+
+def _color(i: int) -> str:
+    return _METHOD_COLORS[i % len(_METHOD_COLORS)]
+
+
+def _titled(title: str, subtitle: str) -> dict[str, str]:
+    return {"text": title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")}
+
+
+def accuracy_sparsity_figure(
+    df: pd.DataFrame,
+    title: str = "Accuracy vs sparsity",
+    subtitle: str = "",
+) -> go.Figure:
+    """Accuracy against measured sparsity: one solid trace per method before fine-tune, one
+    dashed trace per method after it (when fine-tuned), and the dense accuracy as a line.
+
+    Args:
+        df: Rows of `experiments.sweep`: `method`, `sparsity`, `accuracy`,
+            `finetuned_accuracy` (NaN without fine-tune), optional `dense_accuracy`.
+        title: Figure title.
+        subtitle: What was measured (split, images, device), shown under the title.
+    """
+    fig = go.Figure()
+    for i, (method, g) in enumerate(df.groupby("method", sort=False)):
+        g = g.sort_values("sparsity")
+        fig.add_trace(
+            go.Scatter(
+                x=g["sparsity"], y=g["accuracy"], mode="lines+markers", name=f"{method}",
+                legendgroup=str(method), line={"color": _color(i)},
+                hovertemplate="%{x:.1%} sparse<br>accuracy %{y:.2%}<extra>" + str(method)
+                + " (pruned)</extra>",
+            )
+        )  # fmt: skip
+        ft = g.dropna(subset=["finetuned_accuracy"]) if "finetuned_accuracy" in g else g.iloc[:0]
+        if len(ft):
+            fig.add_trace(
+                go.Scatter(
+                    x=ft["sparsity"], y=ft["finetuned_accuracy"], mode="lines+markers",
+                    name=f"{method} + fine-tune", legendgroup=str(method),
+                    line={"color": _color(i), "dash": "dash"}, marker={"symbol": "diamond"},
+                    hovertemplate="%{x:.1%} sparse<br>accuracy %{y:.2%}<extra>" + str(method)
+                    + " + fine-tune</extra>",
+                )
+            )  # fmt: skip
+    if "dense_accuracy" in df and len(df) and pd.notna(df["dense_accuracy"].iloc[0]):
+        dense = float(df["dense_accuracy"].iloc[0])
+        fig.add_hline(
+            y=dense, line={"color": "#888", "dash": "dot", "width": 1},
+            annotation_text=f"dense {dense:.2%}", annotation_position="bottom left",
+        )  # fmt: skip
+    fig.update_layout(
+        title=_titled(title, subtitle),
+        template=TEMPLATE,
+        xaxis={"title": "sparsity (measured share of zero weights in pruned layers)",
+               "tickformat": ".0%"},
+        yaxis={"title": "top-1 accuracy", "tickformat": ".0%"},
+        height=420,
+        margin={"t": 70, "b": 50, "l": 60, "r": 20},
+        legend={"orientation": "h", "y": -0.25},
+    )  # fmt: skip
+    return fig
+
+
+def _log_ticks(df: pd.DataFrame) -> dict[str, list[float] | list[str]]:
+    """1-2-5 tick values spanning the p10..p90 range, labelled plainly (no 'D2' digits)."""
+    import math
+
+    if not len(df):
+        return {}
+    lo = float(df["p10_ms"].min())
+    hi = float(df["p90_ms"].max())
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo > 0):
+        return {}
+    vals = [m * 10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            for m in (1, 2, 5)]  # fmt: skip
+    vals = [v for v in vals if lo / 2 <= v <= hi * 2]
+    return {"tickvals": vals, "ticktext": [f"{v:g}" for v in vals]}
+
+
+def latency_sparsity_figure(
+    df: pd.DataFrame,
+    title: str = "Latency vs sparsity by backend",
+    subtitle: str = "",
+) -> go.Figure:
+    """Median latency (p10-p90 bars) against the pruning ratio, one trace per backend that ran.
+
+    Args:
+        df: Rows of `tradeoffs.latency_vs_sparsity`: `ratio`, `backend`, `status`,
+            `median_ms`, `p10_ms`, `p90_ms`, `speedup`.
+        title: Figure title.
+        subtitle: Device, threads and batch size (say what was timed).
+    """
+    fig = go.Figure()
+    ok = df[df["status"] == "ok"] if len(df) else df
+    for b in [b for b in _BACKEND_LABELS if b in set(ok.get("backend", []))]:
+        g = ok[ok["backend"] == b].sort_values("ratio")
+        fig.add_trace(
+            go.Scatter(
+                x=g["ratio"], y=g["median_ms"], mode="lines+markers", name=_BACKEND_LABELS[b],
+                line={"color": _BACKEND_COLORS[b], "dash": "dot" if b == "dense" else "solid"},
+                error_y={"type": "data", "symmetric": False,
+                         "array": (g["p90_ms"] - g["median_ms"]).tolist(),
+                         "arrayminus": (g["median_ms"] - g["p10_ms"]).tolist(),
+                         "thickness": 1},
+                customdata=g[["speedup"]].to_numpy(),
+                hovertemplate="ratio %{x:.0%}<br>%{y:.3f} ms<br>speed-up x%{customdata[0]:.2f}"
+                "<extra>" + _BACKEND_LABELS[b] + "</extra>",
+            )
+        )  # fmt: skip
+    fig.update_layout(
+        title=_titled(title, subtitle),
+        template=TEMPLATE,
+        xaxis={"title": "share removed (weights; channels for the shrunk model)",
+               "tickformat": ".0%"},
+        # Log scale: backends differ by factors, and a busy machine's p90 spikes would
+        # otherwise flatten every median to the floor.
+        yaxis={"title": "ms per batch (median, p10-p90, log scale)", "type": "log",
+               **_log_ticks(ok)},
+        height=420,
+        margin={"t": 70, "b": 50, "l": 60, "r": 20},
+        legend={"orientation": "h", "y": -0.25},
+    )  # fmt: skip
+    return fig
+
+
+def size_accuracy_figure(
+    df: pd.DataFrame,
+    front: pd.Series,
+    *,
+    size_col: str = "size_kib",
+    acc_col: str = "best_accuracy",
+    title: str = "Size vs accuracy (Pareto front)",
+    subtitle: str = "",
+) -> go.Figure:
+    """Each pruned model as a point (one trace per method) and the Pareto front as a line.
+
+    Args:
+        df: One row per model: `method`, `label`, the size and accuracy columns.
+        front: Boolean Series (aligned with df) marking the Pareto-optimal rows.
+        size_col, acc_col: Column names of the size (smaller is better) and accuracy.
+        title, subtitle: Figure title and what was measured.
+    """
+    fig = go.Figure()
+    # Methods keep the colours of the accuracy-vs-sparsity figure; the dense model is grey.
+    methods = [m for m in df["method"].drop_duplicates() if m != "dense"]
+    for method, g in df.groupby("method", sort=False):
+        color = "#888" if method == "dense" else _color(methods.index(method))
+        fig.add_trace(
+            go.Scatter(
+                x=g[size_col], y=g[acc_col], mode="markers", name=str(method),
+                marker={"color": color, "size": 9}, text=g.get("label"),
+                hovertemplate="%{text}<br>%{x:,.1f} KiB<br>accuracy %{y:.2%}<extra></extra>",
+            )
+        )  # fmt: skip
+    f = df[front.reindex(df.index, fill_value=False)].sort_values(size_col)
+    if len(f):
+        fig.add_trace(
+            go.Scatter(
+                x=f[size_col], y=f[acc_col], mode="lines", name="Pareto front",
+                line={"color": "#222", "dash": "dash", "shape": "hv", "width": 1.5},
+                hoverinfo="skip",
+            )
+        )  # fmt: skip
+    fig.update_layout(
+        title=_titled(title, subtitle),
+        template=TEMPLATE,
+        xaxis={"title": "non-zero weights x 4 bytes (KiB)"},
+        yaxis={"title": "top-1 accuracy", "tickformat": ".0%"},
+        height=420,
+        margin={"t": 70, "b": 50, "l": 60, "r": 20},
+        legend={"orientation": "h", "y": -0.25},
+    )  # fmt: skip
+    return fig
+
+
+def sensitivity_figure(
+    df: pd.DataFrame, title: str = "Per-layer sensitivity", subtitle: str = ""
+) -> go.Figure:
+    """Accuracy drop against the share of one layer removed: one trace per layer.
+
+    Args:
+        df: Rows of `experiments.sensitivity`: `layer`, `ratio`, `drop`.
+        title, subtitle: Figure title and what was measured.
+    """
+    fig = go.Figure()
+    for i, (layer, g) in enumerate(df.groupby("layer", sort=False)):
+        g = g.sort_values("ratio")
+        fig.add_trace(
+            go.Scatter(
+                x=g["ratio"], y=g["drop"], mode="lines+markers", name=str(layer),
+                line={"color": _color(i)},
+                hovertemplate="%{x:.0%} of the layer removed<br>accuracy drop %{y:.2%}"
+                "<extra>" + str(layer) + "</extra>",
+            )
+        )  # fmt: skip
+    fig.add_hline(y=0, line={"color": "#888", "width": 1})
+    fig.update_layout(
+        title=_titled(title, subtitle),
+        template=TEMPLATE,
+        xaxis={"title": "share of this layer removed (others dense)", "tickformat": ".0%"},
+        yaxis={"title": "accuracy drop (points of top-1)", "tickformat": ".1%"},
+        height=420,
+        margin={"t": 70, "b": 50, "l": 60, "r": 20},
+    )  # fmt: skip
+    return fig
+
+
+def runs_curves_figure(
+    curves: dict[str, pd.DataFrame], y: str = "accuracy", title: str = "Runs compared"
+) -> go.Figure:
+    """One trace per run: `y` (accuracy or loss) against the optimizer step.
+
+    Args:
+        curves: Run label -> its curve (columns `step` and `y`; rows without `y` are skipped).
+        y: The column to plot.
+        title: Figure title.
+    """
+    fig = go.Figure()
+    for i, (label, c) in enumerate(curves.items()):
+        if y not in c or "step" not in c:
+            continue
+        pts = c.dropna(subset=[y])
+        fig.add_trace(
+            go.Scatter(
+                x=pts["step"], y=pts[y], mode="lines+markers" if len(pts) < 40 else "lines",
+                name=label, line={"color": _color(i)},
+            )
+        )  # fmt: skip
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        xaxis_title="optimizer step",
+        yaxis={"title": y, "tickformat": ".0%" if y == "accuracy" else None},
+        height=380,
+        margin={"t": 50, "b": 40, "l": 60, "r": 20},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig

@@ -24,5 +24,6 @@ def test_sample_reaches_card_accuracy(name: str) -> None:
     # Same weights and data: only float summation order may differ between machines.
     assert acc >= card["accuracy"] - 0.003, (acc, card["accuracy"])
     assert card["params"] == sum(p.numel() for p in loaded.model.parameters())
-    for key in ("dataset", "split", "seed", "command"):
+    for key in ("dataset", "split", "command"):
         assert card[key]
+    assert isinstance(card["seed"], int)

@@ -57,7 +57,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("app", parents=[common], help="launch the Streamlit app")
     p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--open", action="store_true", help="open a browser tab (default: print the URL)")
+    p.add_argument(
+        "--open", action="store_true", help="open a browser tab (default: print the URL)"
+    )
     p.set_defaults(handler=cmd_app)
 
 

@@ -126,9 +126,9 @@ for _e in (
     ModelEntry(
         "shapes-vit",
         "sample",
-        "tiny ViT (4 blocks, 4 heads, dim 64) trained on shapes",
+        "tiny ViT (conv stem, 16 tokens, 4 blocks, 4 heads, dim 64) trained on shapes",
         _spec(3, 32, _SHAPES),
-        A.TinyViT,
+        lambda **kw: A.TinyViT(patch=8, conv_stem=True, **kw),
         "shapes",
         True,
     ),

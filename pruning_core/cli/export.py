@@ -1,0 +1,172 @@
+"""Command: export (a pruned model as a checkpoint, an ONNX file or an HTML report)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from pruning_core.errors import UserError
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the export command."""
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a pruned model: checkpoint (.zip or directory), ONNX (checked) or HTML report",
+        description=(
+            "checkpoint: the model directory (safetensors + model.json, reloads without "
+            "unpickling), zipped when --out ends in .zip. onnx: exported and run once through "
+            "onnxruntime; written only if it matches PyTorch. report: a self-contained HTML "
+            "report (plots inlined, opens offline) with measured latency."
+        ),
+    )
+    p.add_argument("--pruned", required=True, type=Path, help="a model directory (from prune)")
+    p.add_argument("--format", required=True, choices=["onnx", "checkpoint", "report"])
+    p.add_argument("--out", required=True, type=Path, help="output file (.onnx, .zip, .html)")
+    p.add_argument("--dataset", help="images for the ONNX check (default: the model's dataset)")
+    p.add_argument(
+        "--sweep", type=Path, help="report: a sweep CSV to plot (from pruning-lab sweep)"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="report: latency batch (default 32)")
+    p.add_argument("--atol", type=float, default=1e-4, help="onnx: accepted max abs difference")
+    p.set_defaults(handler=cmd_export)
+
+
+def _load(directory: Path) -> Any:
+    from pruning_core.export import is_model_dir
+    from pruning_core.models import load_model
+
+    if not directory.is_dir():
+        raise UserError(f"--pruned {directory}: no such directory")
+    if not is_model_dir(directory):
+        raise UserError(
+            f"--pruned {directory} is not a model directory (needs model.safetensors and model.json)"
+        )
+    loaded = load_model(str(directory))
+    if loaded.arch is None:
+        raise UserError(f"{directory} names no architecture")
+    return loaded
+
+
+def _check_out(out: Path, fmt: str) -> None:
+    if out.is_dir() and not (fmt == "checkpoint" and out.suffix != ".zip"):
+        raise UserError(f"--out {out} is a directory; give a file name")
+    want = {"onnx": (".onnx",), "report": (".html", ".htm")}.get(fmt)
+    if want and out.suffix.lower() not in want:
+        raise UserError(f"--out for --format {fmt} must end in {' or '.join(want)}, got {out.name}")
+
+
+def _example(loaded: Any, ref: str | None) -> torch.Tensor | None:
+    if not ref:
+        return None
+    from pruning_core.data import load_dataset
+
+    data = load_dataset(ref)
+    data.check_spec(loaded.spec)
+    x, _ = data.tensors("val", loaded.spec, limit=8)
+    return x
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    """Export the pruned model; returns what was written."""
+    from pruning_core import export
+
+    _check_out(args.out, args.format)
+    loaded = _load(args.pruned)
+    metrics = export.read_pruned_dir(args.pruned)
+    out: Path = args.out
+    if args.format == "checkpoint":
+        files = {k: v for k, v in (("metrics.json", metrics),) if v}
+        recipe = metrics.get("recipe") or loaded.meta.get("recipe")
+        if recipe:
+            files["recipe.json"] = recipe
+        kw = {
+            "arch": loaded.arch,
+            "arch_kwargs": loaded.meta.get("arch_kwargs") or loaded.arch_kwargs,
+            "spec": loaded.spec,
+            "extra_meta": {k: v for k, v in loaded.meta.items() if k not in ("surgery",)},
+            "files": files,
+        }
+        if out.suffix.lower() == ".zip":
+            export.write_bytes(out, export.checkpoint_zip(loaded.model, folder=out.stem, **kw))
+        else:
+            export.save_checkpoint(out, loaded.model, **kw)
+        return {
+            "format": "checkpoint",
+            "out": str(out),
+            "files": sorted(["model.safetensors", "model.json", *files]),
+        }
+    if args.format == "onnx":
+        ds = args.dataset or metrics.get("dataset") or loaded.meta.get("dataset")
+        check = export.export_onnx(
+            loaded.model, loaded.spec, out, example=_example(loaded, ds), atol=args.atol
+        )
+        return {"format": "onnx", "out": str(out), **check.to_dict()}
+    return _report(args, loaded, metrics)
+
+
+def _report(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    from pruning_core import export
+    from pruning_core.cli.measure import dense_reference
+    from pruning_core.latency import benchmark_backends
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    sweep = None
+    if args.sweep is not None:
+        if not args.sweep.is_file():
+            raise UserError(f"--sweep {args.sweep}: no such file")
+        try:
+            sweep = pd.read_csv(args.sweep)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"--sweep {args.sweep.name}: not a readable CSV ({e})") from None
+        missing = {"method", "sparsity", "accuracy"} - set(sweep.columns)
+        if missing:
+            raise UserError(
+                f"--sweep {args.sweep.name} lacks columns {sorted(missing)} (use pruning-lab sweep's CSV)"
+            )
+    if not metrics:
+        metrics = {
+            "model": str(args.pruned),
+            "dataset": loaded.meta.get("dataset"),
+            **(loaded.meta.get("pruned") or {}),
+        }
+    dense, how = dense_reference(loaded)
+    spec = loaded.spec
+    x = torch.randn(
+        args.batch_size,
+        spec.channels,
+        spec.size,
+        spec.size,
+        generator=torch.Generator().manual_seed(0),
+    )
+    lat = benchmark_backends(
+        loaded.model,
+        x,
+        backends=["dense", "masked", "structured", "csr"],
+        dense=dense,
+        repeats=20,
+        max_seconds=3.0,
+    )
+    note = f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}; dense = {how}"
+    card = export.model_card(str(metrics.get("model") or ""))
+    page = export.pruning_report(
+        metrics,
+        title=f"Pruning report: {metrics.get('model')}",
+        sweep=sweep,
+        latency=lat,
+        latency_note=note,
+        model_card=card,
+    )
+    export.write_bytes(args.out, page.encode("utf-8"))
+    return {
+        "format": "report",
+        "out": str(args.out),
+        "bytes": len(page.encode()),
+        "self_contained": export.is_self_contained(page),
+    }

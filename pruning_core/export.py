@@ -1,0 +1,680 @@
+"""Export: reloadable pruned checkpoints, ONNX checked against PyTorch, recipes, CSV, HTML report.
+
+Everything here is headless and writes atomically. A checkpoint is a model directory
+(`model.safetensors` + `model.json` with the structural surgery, see `checkpoint.save_model_dir`)
+so that it reloads without unpickling code; a zip of that directory is what the app offers for
+download. ONNX files are always run once through onnxruntime and compared with PyTorch on the
+same input, and the largest difference is reported. Recipes use the format of `pruning-lab prune`
+(`pruning_core.cli.prune`), so `pruning-lab prune --recipe FILE` repeats the run. The HTML
+report inlines plotly.js once, so it opens with no network.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import html
+import io
+import json
+import math
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pruning_core.checkpoint import (
+    META_FILE,
+    MODEL_FILE,
+    atomic_path,
+    output_dir,
+    save_model_dir,
+    write_json,
+)
+from pruning_core.errors import UserError
+from pruning_core.models import get_entry
+from pruning_core.models.spec import InputSpec
+
+__all__ = [
+    "FORMATS",
+    "OnnxCheck",
+    "checkpoint_meta",
+    "checkpoint_zip",
+    "csv_bytes",
+    "export_onnx",
+    "is_model_dir",
+    "is_self_contained",
+    "make_recipe",
+    "model_card",
+    "onnx_bytes",
+    "pruning_report",
+    "read_pruned_dir",
+    "recipe_text",
+    "report_html",
+    "save_checkpoint",
+    "write_bytes",
+]
+
+FORMATS = ("checkpoint", "onnx", "report")
+ONNX_OPSET = 17
+# ONNX and PyTorch kernels sum in different orders; fp32 logits agree far closer than this.
+ONNX_ATOL = 1e-4
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def checkpoint_meta(
+    arch: str,
+    arch_kwargs: Mapping[str, Any],
+    spec: InputSpec,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `model.json` contents `load_model(dir)` needs (plus `extra` keys such as the recipe)."""
+    meta: dict[str, Any] = dict(extra or {})
+    meta.update({"arch": arch, "arch_kwargs": dict(arch_kwargs), "spec": spec.to_dict()})
+    return meta
+
+
+def _reference(arch: str, arch_kwargs: Mapping[str, Any]) -> nn.Module:
+    return get_entry(arch).builder(**dict(arch_kwargs))
+
+
+def save_checkpoint(
+    out: Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    arch_kwargs: Mapping[str, Any],
+    spec: InputSpec,
+    extra_meta: Mapping[str, Any] | None = None,
+    files: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model directory that `load_model(out)` rebuilds without unpickling.
+
+    Args:
+        out: Target directory (replaced atomically; see `checkpoint.output_dir`).
+        model: The (possibly physically shrunk) model.
+        arch, arch_kwargs: Its registry architecture and the arguments of the dense build.
+        spec: Its input spec.
+        extra_meta: More keys for model.json (recipe, pruning summary...).
+        files: Extra JSON files to put beside it (name -> JSON-able), e.g. metrics.json.
+
+    Returns:
+        `out`.
+    """
+    meta = checkpoint_meta(arch, arch_kwargs, spec, extra_meta)
+    with output_dir(Path(out)) as tmp:
+        save_model_dir(tmp, model, meta, reference=_reference(arch, arch_kwargs))
+        for name, doc in (files or {}).items():
+            write_json(tmp / _plain_name(name), doc)
+    return Path(out)
+
+
+def _plain_name(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise UserError(f"not a plain file name: {name!r}")
+    return name
+
+
+def checkpoint_zip(
+    model: nn.Module,
+    *,
+    arch: str,
+    arch_kwargs: Mapping[str, Any],
+    spec: InputSpec,
+    extra_meta: Mapping[str, Any] | None = None,
+    files: Mapping[str, Any] | None = None,
+    folder: str = "pruned-model",
+) -> bytes:
+    """The model directory of `save_checkpoint`, zipped in memory (for a download button).
+
+    Unzipped, `folder/` is a model directory that `--model folder` and `load_model` accept.
+    """
+    with tempfile.TemporaryDirectory(prefix="pruning-lab-export-") as tmp:
+        d = save_checkpoint(
+            Path(tmp) / folder,
+            model,
+            arch=arch,
+            arch_kwargs=arch_kwargs,
+            spec=spec,
+            extra_meta=extra_meta,
+            files=files,
+        )
+        return _zip_dir(d, folder)
+
+
+def _zip_dir(directory: Path, folder: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(directory.iterdir()):
+            if p.is_file():
+                zf.write(p, f"{folder}/{p.name}")
+    return buf.getvalue()
+
+
+# --- ONNX --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """How an exported ONNX file compared with PyTorch on the same input.
+
+    Attributes:
+        max_abs_diff: Largest absolute difference between the two outputs.
+        atol: The tolerance it was held to.
+        ok: `max_abs_diff <= atol`.
+        batch_size: Images in the check batch.
+        input: What the check batch was (`validation images` or `random normal`).
+        opset: ONNX opset.
+        exporter: `torchscript` or `dynamo`.
+        bytes: Size of the ONNX file.
+        seconds: Time to export and check.
+    """
+
+    max_abs_diff: float
+    atol: float
+    ok: bool
+    batch_size: int
+    input: str
+    opset: int
+    exporter: str
+    bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def _export_graph(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
+    """Export with the TorchScript exporter (fast), falling back to the dynamo one."""
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+    errors = []
+    for exporter in ("torchscript", "dynamo"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if exporter == "torchscript":
+                    torch.onnx.export(
+                        model, (example,), str(path), dynamo=False, input_names=["input"],
+                        output_names=["logits"], dynamic_axes=axes, opset_version=opset,
+                    )  # fmt: skip
+                else:
+                    torch.onnx.export(
+                        model, (example,), str(path), dynamo=True, input_names=["input"],
+                        output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                        external_data=False, verbose=False,
+                    )  # fmt: skip
+            return exporter
+        except Exception as e:  # exporters raise many types; try the other, then report both
+            errors.append(f"{exporter}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    raise UserError("this model cannot be exported to ONNX (" + " | ".join(errors) + ")")
+
+
+def _check_batch(spec: InputSpec, example: torch.Tensor | None, batch_size: int) -> tuple[Any, str]:
+    if example is not None:
+        return example.detach().float().cpu(), "validation images"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, spec.channels, spec.size, spec.size, generator=g)
+    return x, "random normal"
+
+
+def export_onnx(
+    model: nn.Module,
+    spec: InputSpec,
+    out: Path,
+    *,
+    example: torch.Tensor | None = None,
+    batch_size: int = 8,
+    opset: int = ONNX_OPSET,
+    atol: float = ONNX_ATOL,
+) -> OnnxCheck:
+    """Export `model` to ONNX (dynamic batch) and check it with onnxruntime.
+
+    The file is written atomically, and only when onnxruntime's output matches PyTorch's within
+    `atol` on the check batch; otherwise nothing is written and a UserError says by how much.
+
+    Args:
+        model: The model (not modified: a CPU copy is exported).
+        spec: Its input spec (shape of the check batch).
+        out: The `.onnx` file.
+        example: The check batch (e.g. validation images, already normalised); random otherwise.
+        batch_size: Size of the random check batch.
+        opset: ONNX opset.
+        atol: Largest accepted absolute difference of the outputs.
+    """
+    start = time.perf_counter()
+    net = copy.deepcopy(model).cpu().eval()
+    x, what = _check_batch(spec, example, batch_size)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        exporter = _export_graph(net, x[:1], tmp, opset)
+        diff = _compare(tmp, net, x)
+        if not diff <= atol:
+            raise UserError(
+                f"ONNX output differs from PyTorch by {diff:.3g} (> {atol:g}); not written"
+            )
+        size = tmp.stat().st_size
+    return OnnxCheck(diff, atol, True, int(x.shape[0]), what, opset, exporter, size,
+                     time.perf_counter() - start)  # fmt: skip
+
+
+def _compare(path: Path, model: nn.Module, x: torch.Tensor) -> float:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # a check, not a benchmark: stay light on shared machines
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    if got.shape != want.shape:
+        raise UserError(f"ONNX output shape {got.shape} differs from PyTorch's {want.shape}")
+    d = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if got.size else 0.0
+    return d if math.isfinite(d) else math.inf
+
+
+def onnx_bytes(
+    model: nn.Module,
+    spec: InputSpec,
+    *,
+    example: torch.Tensor | None = None,
+    atol: float = ONNX_ATOL,
+) -> tuple[bytes, OnnxCheck]:
+    """`export_onnx` into memory: (file bytes, check) for a download button."""
+    with tempfile.TemporaryDirectory(prefix="pruning-lab-onnx-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        check = export_onnx(model, spec, path, example=example, atol=atol)
+        return path.read_bytes(), check
+
+
+# --- recipes -----------------------------------------------------------------------------------
+
+
+def make_recipe(
+    *,
+    model: str,
+    dataset: str,
+    prune: Mapping[str, Any],
+    train: Mapping[str, Any] | None = None,
+    schedule: str = "oneshot",
+    steps: int | None = None,
+    distill: bool = False,
+    regularize: str | None = None,
+    reg_strength: float | None = None,
+    arch: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """A recipe in the format `pruning-lab prune --recipe` reads (that of `cli.prune`).
+
+    Args:
+        model, dataset: What the run used (registry names, paths...).
+        prune: A `PruneConfig.to_dict()`.
+        train: A `TrainConfig.to_dict()` of the fine-tune (None or epochs 0: no fine-tune).
+        schedule, steps: The pruning schedule (`oneshot`, `linear`, `agp`, `dynamic`).
+        distill: Whether fine-tuning distilled from the dense model.
+        regularize, reg_strength: The sparsity regulariser, if any.
+        arch: Architecture of a checkpoint-file model.
+        device: Where it ran (`auto` repeats on whatever is there).
+
+    Raises:
+        UserError: The prune settings are not a valid PruneConfig.
+    """
+    from pruning_core.cli.prune import _RUN_KEYS, RECIPE_VERSION
+    from pruning_core.prune import PruneConfig
+
+    cfg = PruneConfig.from_dict(prune)  # validates; a recipe never holds impossible settings
+    p = cfg.to_dict()
+    t = dict(train or {})
+    settings: dict[str, Any] = {
+        "model": model,
+        "arch": arch,
+        "dataset": dataset,
+        "method": p["method"],
+        "granularity": p["granularity"],
+        "ratio": p["ratio"],
+        "scope": p["scope"],
+        "schedule": schedule,
+        "steps": steps,
+        "finetune_epochs": int(t.get("epochs") or 0),
+        "lr": t.get("lr"),
+        "optimizer": t.get("optimizer"),
+        "batch_size": t.get("batch_size"),
+        "weight_decay": t.get("weight_decay"),
+        "distill": bool(distill) or None,
+        "regularize": regularize,
+        "reg_strength": reg_strength,
+        "device": device,
+        "seed": p["seed"],
+        "norm": p["norm"],
+        "ignore": p["ignore"],
+        "max_layer_ratio": p["max_layer_ratio"],
+        "structured_mode": p["structured_mode"],
+        "round_to": p["round_to"],
+        "calib_batches": p["calib_batches"],
+        "layer_ratios": p["layer_ratios"],
+    }
+    unknown = set(settings) - {*_RUN_KEYS, "layer_ratios"}
+    if unknown:  # the CLI's format moved on: fail loudly rather than write a recipe it ignores
+        raise RuntimeError(f"recipe keys unknown to `pruning-lab prune`: {sorted(unknown)}")
+    return {
+        "version": RECIPE_VERSION,
+        "settings": settings,
+        "prune": p,
+        "schedule": {"kind": schedule, "steps": steps},
+        "train": t or None,
+        "regularize": (
+            {"name": regularize, "strength": reg_strength} if regularize is not None else None
+        ),
+        "seed": p["seed"],
+    }
+
+
+def recipe_text(recipe: Mapping[str, Any], fmt: str = "json") -> str:
+    """The recipe as JSON or YAML text (both are read by `pruning-lab prune --recipe`)."""
+    plain = json.loads(json.dumps(recipe, default=_json_default))
+    if fmt == "json":
+        return json.dumps(plain, indent=2) + "\n"
+    if fmt in ("yaml", "yml"):
+        import yaml
+
+        return str(yaml.safe_dump(plain, sort_keys=False))
+    raise UserError(f"unknown recipe format '{fmt}' (json or yaml)")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, torch.Tensor | np.ndarray):
+        return o.tolist()
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    return str(o)
+
+
+# --- CSV and plain files ------------------------------------------------------------------------
+
+
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    """A DataFrame as UTF-8 CSV (no index)."""
+    return df.to_csv(index=False).encode("utf-8")
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write bytes atomically (temp file + rename)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give a file name")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+# --- HTML report -------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
+max-width:1100px;color:#1f2933;padding:0 1rem}
+h1{margin-bottom:.2rem} .sub{color:#616e7c;margin-top:0}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
+th,td{border-bottom:1px solid #e4e7eb;padding:.3rem .7rem;text-align:left}
+th{background:#f5f7fa} .cap{color:#52606d;font-size:.9rem;margin:.2rem 0 1.5rem}
+.kpis{display:flex;flex-wrap:wrap;gap:1rem;margin:1rem 0}
+.kpi{background:#f5f7fa;border-radius:8px;padding:.6rem 1rem;min-width:9rem}
+.kpi b{display:block;font-size:1.3rem} .note{color:#52606d;font-size:.85rem}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, Mapping | list | tuple):
+        return json.dumps(v, default=_json_default)
+    return str(v)
+
+
+def _kv_table(d: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in d.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def report_html(
+    title: str,
+    *,
+    kpis: Mapping[str, str] | None = None,
+    figures: Sequence[tuple[Any, str]] = (),
+    metrics: Mapping[str, Any] | None = None,
+    tables: Sequence[tuple[str, pd.DataFrame]] = (),
+    model_card: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    subtitle: str = "",
+) -> str:
+    """A self-contained HTML report: plotly.js inlined once, no network needed to open it.
+
+    Args:
+        title: Page title.
+        kpis: Headline numbers (label -> formatted value).
+        figures: (plotly figure, caption) pairs, in order.
+        metrics: The run's metrics (scalars; nested values are shown as JSON).
+        tables: (heading, DataFrame) pairs.
+        model_card: The model card (name, data, accuracy, seed, command...).
+        notes: Plain sentences (what was measured, on what).
+        subtitle: A line under the title.
+    """
+    e = html.escape
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f'<p class="sub">{e(subtitle)}{" · " if subtitle else ""}generated {stamp} by Pruning Lab</p>',
+    ]
+    if kpis:
+        parts.append('<div class="kpis">')
+        parts += [f'<div class="kpi">{e(str(k))}<b>{e(str(v))}</b></div>' for k, v in kpis.items()]
+        parts.append("</div>")
+    for n in notes:
+        parts.append(f'<p class="note">{e(n)}</p>')
+    inlined = False
+    for fig, caption in figures:
+        # plotly.js (about 4 MB) goes in once, before the first figure; the rest reuse it.
+        div = fig.to_html(
+            full_html=False,
+            include_plotlyjs=not inlined,
+            include_mathjax=False,
+            config={"displaylogo": False, "responsive": True},
+        )
+        inlined = True
+        parts.append(f"<section>{div}<p class='cap'>{e(caption)}</p></section>")
+    if metrics:
+        parts.append("<h2>Metrics</h2>")
+        parts.append(_kv_table({k: v for k, v in metrics.items() if k != "curve"}))
+    for heading, df in tables:
+        parts.append(f"<h2>{e(heading)}</h2>")
+        parts.append(df.to_html(index=False, escape=True, na_rep="-", float_format="{:.4g}".format))
+    if model_card:
+        parts.append("<h2>Model card</h2>")
+        parts.append(_kv_table(model_card))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def is_self_contained(page: str) -> bool:
+    """True when the HTML loads no script, style or frame from the network."""
+    low = page.lower()
+    return not any(
+        s in low
+        for s in ('<script src="http', "<script src='http", '<link rel="stylesheet" href="http',
+                  "<iframe src=\"http")
+    )  # fmt: skip
+
+
+def read_pruned_dir(directory: Path) -> dict[str, Any]:
+    """The metrics.json of a `pruning-lab prune` output (empty dict when there is none)."""
+    p = Path(directory) / "metrics.json"
+    if not p.is_file():
+        return {}
+    try:
+        doc = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"corrupt metrics.json in {directory}: {e}") from None
+    return doc if isinstance(doc, dict) else {}
+
+
+def is_model_dir(directory: Path) -> bool:
+    """True when `directory` holds a model written by Pruning Lab."""
+    d = Path(directory)
+    return (d / MODEL_FILE).is_file() and (d / META_FILE).is_file()
+
+
+def _stage_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """A two-point accuracy-vs-sparsity frame (dense at 0, the run at its sparsity)."""
+    method = str(metrics.get("method") or "pruned")
+    dense = metrics.get("dense_accuracy")
+    ft = metrics.get("finetuned_accuracy")
+    rows = [
+        {"method": method, "sparsity": 0.0, "accuracy": dense,
+         "finetuned_accuracy": dense if ft is not None else math.nan},
+        {"method": method, "sparsity": metrics.get("sparsity"),
+         "accuracy": metrics.get("pruned_accuracy"),
+         "finetuned_accuracy": ft if ft is not None else math.nan},
+    ]  # fmt: skip
+    df = pd.DataFrame(rows).astype({"sparsity": float, "accuracy": float})
+    df["dense_accuracy"] = dense
+    return df
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.2%}"
+
+
+def pruning_report(
+    metrics: Mapping[str, Any],
+    *,
+    title: str = "Pruning report",
+    sweep: pd.DataFrame | None = None,
+    latency: pd.DataFrame | None = None,
+    latency_note: str = "",
+    model_card: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """The stakeholder report of one pruned model as self-contained HTML.
+
+    Args:
+        metrics: The run's metrics in the `pruning-lab prune` metrics.json layout (`model`,
+            `dataset`, `method`, `granularity`, `sparsity`, `dense_accuracy`, `pruned_accuracy`,
+            `finetuned_accuracy`, `params_before/after`, `macs_before/after`, `size_bytes_*`,
+            optional `layer_sparsity` and `curve`).
+        title: Report title.
+        sweep: An `experiments.sweep` frame; without one the accuracy plot shows the run's own
+            points (dense at 0, pruned and fine-tuned at the measured sparsity).
+        latency: A `tradeoffs.latency_vs_sparsity` frame (plotted against sparsity) or a
+            `latency.benchmark_backends` frame (bars per backend).
+        latency_note: Where the latency was measured (device, threads, batch size).
+        model_card: The model card.
+        notes: More sentences on what was measured.
+    """
+    from pruning_core import plots
+
+    m = dict(metrics)
+    figures: list[tuple[Any, str]] = []
+    acc_df = sweep if sweep is not None and len(sweep) else _stage_frame(m)
+    what = "sweep: one fresh pruned copy per point" if sweep is not None and len(sweep) else (
+        "this run: dense at 0, pruned (solid) and fine-tuned (dashed) at its measured sparsity"
+    )  # fmt: skip
+    figures.append(
+        (plots.accuracy_sparsity_figure(acc_df, subtitle=f"validation split of {m.get('dataset')}"),
+         f"Accuracy vs sparsity ({what}).")
+    )  # fmt: skip
+    if latency is not None and len(latency):
+        if "ratio" in latency:
+            fig = plots.latency_sparsity_figure(latency, subtitle=latency_note)
+        else:
+            ok = latency[latency["status"] == "ok"].rename(columns={"backend": "label"})
+            fig = plots.latency_figure(ok, f"Latency by backend<br><sup>{latency_note}</sup>")
+        figures.append((fig, "Latency measured on this machine: median of repeated timed runs "
+                        "after warm-up, bars from the 10th to the 90th percentile. Masked zeros "
+                        "run the same dense kernels, so only shrunk models or sparse kernels can "
+                        "be faster. " + latency_note))  # fmt: skip
+    ls = m.get("layer_sparsity")
+    if isinstance(ls, Mapping) and ls:
+        df = pd.DataFrame({"layer": list(ls), "sparsity": [float(v) for v in ls.values()]})
+        figures.append((plots.layer_sparsity_figure(df), "Share of weights removed per layer."))
+    curve = m.get("curve")
+    if isinstance(curve, list) and curve and isinstance(curve[0], Mapping) and "step" in curve[0]:
+        cdf = pd.DataFrame(curve)
+        if "loss" in cdf:
+            figures.append((plots.training_curves_figure(cdf), "Fine-tuning curve."))
+    kpis = {
+        "Sparsity": _pct(m.get("sparsity")),
+        "Dense accuracy": _pct(m.get("dense_accuracy")),
+        "Pruned accuracy": _pct(m.get("pruned_accuracy")),
+        "Fine-tuned accuracy": _pct(m.get("finetuned_accuracy")),
+    }
+    if m.get("params_before") and m.get("params_after") is not None:
+        kpis["Non-zero params"] = f"{m['params_before']:,} → {m['params_after']:,}"
+    if m.get("macs_before") and m.get("macs_after") is not None:
+        kpis["MACs / image"] = f"{m['macs_before']:,} → {m['macs_after']:,}"
+    how = f"{m.get('method')} {m.get('granularity')}" if m.get("method") else "dense, not pruned"
+    subtitle = f"{m.get('model')} on {m.get('dataset')}: {how}"
+    tables = []
+    if sweep is not None and len(sweep):
+        tables.append(("Sweep", sweep))
+    if latency is not None and len(latency):
+        cols = [c for c in ("ratio", "sparsity", "backend", "status", "median_ms", "p10_ms",
+                            "p90_ms", "speedup", "batch_size", "threads", "device", "reason")
+                if c in latency]  # fmt: skip
+        tables.append(("Latency", latency[cols]))
+    flat = {k: v for k, v in m.items() if k not in ("curve", "layer_sparsity", "recipe")}
+    if isinstance(m.get("recipe"), Mapping):
+        flat["recipe"] = m["recipe"].get("settings", m["recipe"])
+    return report_html(
+        title, kpis=kpis, figures=figures, metrics=flat, tables=tables, model_card=model_card,
+        notes=[*notes, "Accuracies are top-1 on the dataset's held-out validation split; every "
+               "number was measured, none is estimated."], subtitle=subtitle,
+    )  # fmt: skip
+
+
+def model_card(ref: str) -> dict[str, Any] | None:
+    """The model card of a sample model (by registry name) or of a model directory, if any."""
+    from pruning_core.models import get_entry, sample_models_dir
+
+    path = Path(ref)
+    try:
+        if not path.is_dir() and get_entry(ref).sample:
+            path = sample_models_dir() / ref
+    except UserError:
+        return None
+    meta = path / META_FILE
+    if not meta.is_file():
+        return None
+    try:
+        card = json.loads(meta.read_text()).get("card")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return card if isinstance(card, dict) else None

@@ -1,0 +1,104 @@
+"""End to end in a real browser: pick a model -> move the prune slider -> fine-tune one epoch
+-> the trade-off plot. No browser console errors and no Streamlit exception boxes anywhere;
+screenshots are kept under test-artifacts/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+LONG = 150_000  # ms: a busy shared CI machine is slow; the steps take seconds when idle
+
+
+def _idle(page: Any) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=LONG)
+
+
+def _goto(page: Any, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    page.wait_for_selector(f'h1:has-text("{title}")', timeout=LONG)
+    _idle(page)
+
+
+def _no_exceptions(page: Any, where: str) -> None:
+    boxes = page.locator('[data-testid="stException"]')
+    assert boxes.count() == 0, f"{where}: {boxes.first.inner_text()[:500]}"
+
+
+def test_pick_prune_finetune_tradeoffs(browser: Any, app_url: str) -> None:
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(app_url)
+        page.wait_for_selector('h1:has-text("Model & data")', timeout=LONG)
+        _idle(page)
+
+        # 1. Pick a model: switch to digits-mlp and see its measured parameter count.
+        page.locator(".st-key-model_ref").click()
+        page.get_by_role("option", name=re.compile("^digits-mlp")).click()
+        page.wait_for_selector('[data-testid="stMetricValue"]:has-text("17,226")', timeout=LONG)
+        _idle(page)
+        _no_exceptions(page, "Model & data")
+
+        # 2. Prune: move the global slider with the keyboard, then apply.
+        _goto(page, "Prune")
+        value = page.locator('.st-key-prune_ratio [data-testid="stSliderThumbValue"]')
+        before = float(value.inner_text())
+        thumb = page.locator('.st-key-prune_ratio input[type="range"]')
+        thumb.focus()
+        for _ in range(6):  # keyboard steps of the slider (0.05 each)
+            thumb.press("ArrowRight")
+        page.wait_for_function(
+            "b => parseFloat(document.querySelector("
+            "'.st-key-prune_ratio [data-testid=stSliderThumbValue]').innerText) > b",
+            arg=before,
+            timeout=LONG,
+        )
+        _idle(page)
+        assert float(value.inner_text()) > before
+        _no_exceptions(page, "Prune (preview)")
+        page.get_by_role("button", name="Apply pruning").click()
+        _idle(page)
+        _no_exceptions(page, "Prune (applied)")
+
+        # 3. Fine-tune one epoch in the background and wait for it.
+        _goto(page, "Fine-tune")
+        epochs = page.locator(".st-key-ft_epochs input")
+        epochs.fill("1")
+        epochs.press("Enter")
+        _idle(page)
+        page.get_by_role("button", name="Start fine-tuning").click()
+        page.wait_for_selector('[data-testid="stAlertContentSuccess"]:has-text("Done in")',
+                               timeout=LONG)  # fmt: skip
+        _idle(page)
+        _no_exceptions(page, "Fine-tune")
+        page.screenshot(path=str(ARTIFACTS / "e2e-finetune.png"), full_page=True)
+
+        # 4. Trade-offs: a short sweep, drawn as a plotly chart with one trace per curve.
+        _goto(page, "Trade-offs")
+        ratios = page.locator(".st-key-tradeoff_ratios input")
+        ratios.fill("0.5, 0.9")
+        ratios.press("Enter")
+        _idle(page)
+        page.get_by_role("button", name="Run the sweep").click()
+        chart = ".st-key-tradeoff_acc_chart .js-plotly-plot"
+        page.wait_for_selector(chart, timeout=LONG)
+        _idle(page)
+        traces = page.locator(f"{chart} .scatterlayer .trace")
+        assert traces.count() == 4  # magnitude, random; each before and after fine-tune
+        _no_exceptions(page, "Trade-offs")
+        page.screenshot(path=str(ARTIFACTS / "e2e-tradeoffs.png"), full_page=True)
+    finally:
+        ctx.close()
+    assert not errors, f"browser console errors: {errors}"

@@ -1,0 +1,111 @@
+"""AppTest of the Prune page: controls, live preview, suggestion and Apply."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = str(ROOT / "pages" / "3_prune.py")
+
+
+def _chart(at: AppTest, key: str) -> dict[str, Any]:
+    el = next(c for c in at.get("plotly_chart") if c.key == key)
+    return json.loads(el.proto.spec)
+
+
+def _values(v: Any) -> np.ndarray:
+    """A plotly array from a chart spec (plain list or plotly's binary {dtype, bdata})."""
+    if isinstance(v, dict) and "bdata" in v:
+        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = v.get("shape")
+        if shape:
+            dims = [int(d) for d in str(shape).split(",")] if isinstance(shape, str) else shape
+            arr = arr.reshape(dims)
+        return arr
+    return np.asarray(v, dtype=float)
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label.startswith(label))
+
+
+def _int(s: str) -> int:
+    return int(s.replace(",", ""))
+
+
+def test_slider_moves_the_live_preview() -> None:
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception
+    bars = _chart(at, "prune_layer_chart")["data"]
+    assert len(bars) == 1
+    # digits-cnn: conv1, conv2, fc1, fc2 -> one bar per Linear/Conv layer
+    assert bars[0]["x"] == ["conv1", "conv2", "fc1", "fc2"]
+    params_50 = _int(_metric(at, "Remaining params"))
+    macs_50 = float(_metric(at, "Effective MACs").replace(",", ""))
+    sparsity_50 = _values(bars[0]["y"])
+    assert any(label.label.startswith("Accuracy estimate on 359") for label in at.metric)
+
+    at.slider(key="prune_ratio").set_value(0.8).run()
+    assert not at.exception
+    params_80 = _int(_metric(at, "Remaining params"))
+    assert params_80 < params_50
+    assert float(_metric(at, "Effective MACs").replace(",", "")) < macs_50
+    sparsity_80 = _values(_chart(at, "prune_layer_chart")["data"][0]["y"])
+    assert sum(sparsity_80) > sum(sparsity_50)
+    assert sparsity_80[-1] == 0.0  # the classifier stays dense
+    # The before/after histogram and the mask picture follow the selected layer.
+    hist = _chart(at, "prune_hist_chart")["data"]
+    assert [t["name"] for t in hist] == ["before", "after (kept weights)"]
+    assert _values(hist[1]["y"]).sum() < _values(hist[0]["y"]).sum()
+    z = _values(_chart(at, "prune_mask_chart")["data"][0]["z"])
+    assert z.ndim == 2 and 0.0 < z.mean() < 1.0
+
+
+def test_structured_preview_then_apply_shrinks_the_session_model() -> None:
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.selectbox(key="prune_granularity").set_value("channel").run()
+    assert not at.exception
+    at.slider(key="prune_ratio").set_value(0.25).run()
+    at_25 = _int(_metric(at, "Remaining params"))
+    at.slider(key="prune_ratio").set_value(0.5).run()
+    assert _int(_metric(at, "Remaining params")) < at_25 < 151_306
+    at.button(key="prune_apply").click().run()
+    assert not at.exception
+    committed = at.session_state["prune_committed"]
+    assert committed.config.granularity == "channel"
+    assert committed.summary["params"] < 151_306  # physically smaller than dense digits-cnn
+    assert committed.masks == {}
+    assert "pruned" in at.success[0].value
+    # Reset goes back to the dense model.
+    at.button(key="prune_reset").click().run()
+    assert "prune_committed" not in at.session_state
+
+
+def test_suggest_from_sensitivity_fills_the_per_layer_table() -> None:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.run()
+    at.slider(key="prune_ratio").set_value(0.6).run()
+    at.button(key="prune_suggest").click().run()
+    assert not at.exception
+    over = at.session_state["prune_overrides"]
+    sizes = {"fc1": 64 * 128, "fc2": 128 * 64}  # the classifier (fc3) stays dense
+    assert set(over) == set(sizes)
+    overall = sum(over[n] * s for n, s in sizes.items()) / sum(sizes.values())
+    assert abs(overall - 0.6) < 0.01
+    assert "sensitivity" in " ".join(c.value for c in at.caption)
+
+
+def test_page_runs_through_the_app_and_reports_bad_granularity() -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/3_prune.py").run()
+    assert not at.exception
+    at.selectbox(key="prune_granularity").set_value("head").run()
+    assert not at.exception
+    assert any("attention" in i.value for i in at.info)

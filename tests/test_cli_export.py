@@ -1,0 +1,111 @@
+"""`pruning-lab export`: each format, and bad input exits 2 with one line and nothing written."""
+
+from __future__ import annotations
+
+import copy
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pruning_core.checkpoint import save_model_dir, write_json
+from pruning_core.models import load_model
+from pruning_core.prune import PruneConfig, prune_
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A channel-pruned digits-cnn directory as `pruning-lab prune` writes it (no training)."""
+    from pruning_core.models import get_entry
+
+    base = load_model("digits-cnn")
+    m = copy.deepcopy(base.model)
+    res = prune_(
+        m, PruneConfig(method="magnitude", granularity="channel", ratio=0.5), spec=base.spec
+    )
+    d = tmp_path_factory.mktemp("pruned") / "p"
+    meta = {"arch": "digits-cnn", "arch_kwargs": base.arch_kwargs, "spec": base.spec.to_dict(),
+            "dataset": "digits"}  # fmt: skip
+    save_model_dir(d, m, meta, reference=get_entry("digits-cnn").builder(**base.arch_kwargs))
+    write_json(d / "metrics.json", {
+        "model": "digits-cnn", "dataset": "digits", "method": "magnitude",
+        "granularity": "channel", "sparsity": res.sparsity, "dense_accuracy": 0.98,
+        "pruned_accuracy": 0.5, "finetuned_accuracy": None, "layer_sparsity": res.layer_sparsity,
+    })  # fmt: skip
+    return d
+
+
+def test_onnx(cli, pruned_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "m.onnx"
+    code, stdout, err = cli("export", "--pruned", str(pruned_dir), "--format", "onnx",
+                            "--out", str(out), "--json")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["max_abs_diff"] <= 1e-4 and doc["input"] == "validation images"
+    assert out.stat().st_size == doc["bytes"]
+
+
+def test_checkpoint_zip_and_dir(cli, pruned_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    z = tmp_path / "ck.zip"
+    code, _, err = cli("export", "--pruned", str(pruned_dir), "--format", "checkpoint",
+                       "--out", str(z))  # fmt: skip
+    assert code == 0, err
+    with zipfile.ZipFile(z) as zf:
+        assert "ck/model.safetensors" in zf.namelist() and "ck/metrics.json" in zf.namelist()
+        zf.extractall(tmp_path / "x")
+    d = tmp_path / "dir"
+    code, _, err = cli("export", "--pruned", str(pruned_dir), "--format", "checkpoint",
+                       "--out", str(d))  # fmt: skip
+    assert code == 0, err
+    a = load_model(str(pruned_dir)).model.state_dict()
+    for where in (tmp_path / "x" / "ck", d):
+        b = load_model(str(where)).model.state_dict()
+        assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_report(cli, pruned_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "r.html"
+    code, stdout, err = cli("export", "--pruned", str(pruned_dir), "--format", "report",
+                            "--out", str(out), "--batch-size", "4", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["self_contained"] is True
+    page = out.read_text()
+    assert '<script src="http' not in page
+    assert page.count('class="plotly-graph-div"') >= 2  # accuracy vs sparsity, latency
+    assert "Latency" in page and "Model card" in page
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pruned", "/nonexistent/dir", "--format", "onnx", "--out", "X.onnx"], "no such"),
+        (["--pruned", "{tmp}", "--format", "onnx", "--out", "{tmp}/m.onnx"], "not a model dir"),
+        (["--pruned", "{dir}", "--format", "onnx", "--out", "{tmp}/m.txt"], "must end in .onnx"),
+        (["--pruned", "{dir}", "--format", "report", "--out", "{tmp}"], "directory"),
+        (["--pruned", "{dir}", "--format", "zip", "--out", "{tmp}/a.zip"], "invalid choice"),
+        (["--pruned", "{dir}", "--format", "report", "--out", "{tmp}/r.html", "--sweep",
+          "{tmp}/none.csv"], "no such file"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2(
+    cli, pruned_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:  # type: ignore[no-untyped-def]
+    args = [a.format(tmp=tmp_path, dir=pruned_dir) for a in args]
+    before = sorted(tmp_path.iterdir())
+    code, _out, err = cli("export", *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(tmp_path.iterdir()) == before  # nothing written
+
+
+def test_corrupt_weights_exit_2(cli, pruned_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(pruned_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    code, _, err = cli("export", "--pruned", str(bad), "--format", "onnx", "--out",
+                       str(tmp_path / "m.onnx"))  # fmt: skip
+    assert code == 2 and "corrupt" in err
+    assert not (tmp_path / "m.onnx").exists()

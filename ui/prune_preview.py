@@ -1,0 +1,268 @@
+"""The Prune page's live preview, without Streamlit: scores once, masks per slider move.
+
+A `Preview` owns one session's working copy of the model. Importance is computed and sorted
+once (`pruning_core.prune.ScoreCache` for unstructured/N:M, `pruning_core.structured.
+StructuredPreview` in mask mode for channel/head/block); each slider move restores the dense
+weights, applies the new masks and measures the copy: non-zero parameters, the MACs a sparse
+kernel (or the shrunk model) would do, per-layer sparsity and, optionally, an accuracy estimate
+on a few validation images. Nothing here touches the shared cached model.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning_core.evaluate import evaluate
+from pruning_core.importance import weight_of
+from pruning_core.models import LoadedModel
+from pruning_core.prune import PruneConfig, ScoreCache, prunable_layers
+from pruning_core.stats import count_macs, layer_macs, weight_layers
+from pruning_core.structured import StructuredPreview
+
+HIST_BINS = 60
+
+
+@dataclass
+class PreviewStats:
+    """What one slider position gives (all measured on the session's masked copy).
+
+    Attributes:
+        params_nonzero: Non-zero parameters of the whole model.
+        macs_effective: MACs per image that skipping the removed weights would leave.
+        layers: One row per Linear/Conv layer: layer, params, sparsity, pruned (bool).
+        masks: Keep-masks per pruned layer (shared tensors: do not modify).
+        accuracy: Top-1 on the first `n_eval` validation images (None when not asked).
+        n_eval: Images the accuracy estimate used.
+        seconds: Time to compute masks and statistics (without the accuracy estimate).
+        eval_seconds: Time of the accuracy estimate.
+    """
+
+    params_nonzero: int
+    macs_effective: float
+    layers: pd.DataFrame
+    masks: dict[str, torch.Tensor]
+    accuracy: float | None = None
+    n_eval: int = 0
+    seconds: float = 0.0
+    eval_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Preview:
+    """Slider engine for one (model, dataset, method, granularity, norm) in one session.
+
+    Args:
+        base: The dense model (only read: it is deep-copied).
+        config: Method, granularity, norm, ignore... (ratios come with `update`).
+        data: The DataBundle (calibration for data-driven criteria, estimates).
+    """
+
+    def __init__(self, base: LoadedModel, config: PruneConfig, data: Any) -> None:
+        t0 = time.perf_counter()
+        self.config = config
+        self.spec = base.spec
+        self.data = data
+        self.model = copy.deepcopy(base.model).cpu().eval()
+        for p in self.model.parameters():
+            p.requires_grad_(True)  # gradient criteria (taylor) need it; the copy is ours
+        self._dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._layers = [(n, weight_of(m)) for n, m in weight_layers(self.model)]
+        self.dense_weights = {n: w.detach().clone() for n, w in self._layers}
+        self.engine: ScoreCache | StructuredPreview
+        if config.structured:
+            self.engine = StructuredPreview(
+                self.model, config.replace(structured_mode="mask"), spec=base.spec, data=data
+            )
+            self.prunable = prunable_layers(self.model, config)
+        else:
+            self.engine = ScoreCache(self.model, config, data, base.spec)
+            self.prunable = list(self.engine.layer_names)
+        self._restore()
+        self.unit_names: list[str] = list(self.engine.layer_names)
+        self.unit_sizes: dict[str, int] = dict(self.engine.layer_sizes)
+        # Every parameter in one flat order: counting zeros is then a few tensor ops, not one
+        # per layer (slider moves stay fast on many-layer models and busy CPUs).
+        self._params = list(self.model.parameters())
+        index = {id(p): i for i, p in enumerate(self._params)}
+        self._layer_index = [index[id(w)] for _, w in self._layers]
+        self._sizes = [p.numel() for p in self._params]
+        self.params_total = sum(self._sizes)
+        self._dense_nonzero = self._nonzero_per_param()
+        self.params_nonzero_dense = int(self._dense_nonzero.sum())
+        self.macs_dense = count_macs(self.model, base.spec)
+        self.layer_macs = layer_macs(self.model, base.spec)
+        self.build_seconds = time.perf_counter() - t0
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(self._dense[k])
+
+    def _nonzero_per_param(self) -> torch.Tensor:
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1) for p in self._params])
+            nz = (flat != 0).to(torch.int64).cumsum(0)
+        ends = torch.tensor(self._sizes).cumsum(0) - 1
+        at_end = nz[ends]
+        return at_end - torch.cat([torch.zeros(1, dtype=torch.int64), at_end[:-1]])
+
+    def masks(
+        self, ratio: float, layer_ratios: Mapping[str, float] | None = None, scope: str = "global"
+    ) -> dict[str, torch.Tensor]:
+        """Keep-masks for these ratios, applied to the working copy (from the dense weights)."""
+        if isinstance(self.engine, StructuredPreview):
+            self._restore()  # mask mode also zeroes biases and BatchNorm entries
+            return self.engine.masks(ratio, layer_ratios, scope, apply=True)
+        masks = self.engine.masks(ratio, layer_ratios, scope)
+        weights = dict(self._layers)
+        with torch.no_grad():
+            for n, m in masks.items():
+                torch.mul(self.dense_weights[n], m, out=weights[n])
+        return masks
+
+    def update(
+        self,
+        ratio: float,
+        layer_ratios: Mapping[str, float] | None = None,
+        scope: str = "global",
+        *,
+        n_eval: int | None = None,
+    ) -> PreviewStats:
+        """Masks and measured statistics for a slider position.
+
+        Args:
+            ratio: Global ratio (or per-layer in `layer` scope).
+            layer_ratios: Per-layer overrides (keys: `unit_names`).
+            scope: `global` or `layer`.
+            n_eval: Also estimate accuracy on this many validation images (see `estimate`).
+        """
+        t0 = time.perf_counter()
+        masks = self.masks(ratio, layer_ratios, scope)
+        nonzero = self._nonzero_per_param()
+        rows = []
+        macs = float(self.macs_dense)
+        for (name, w), i in zip(self._layers, self._layer_index, strict=True):
+            nz, dense_nz = int(nonzero[i]), int(self._dense_nonzero[i])
+            sparsity = 1.0 - nz / max(w.numel(), 1)
+            macs -= self.layer_macs.get(name, 0) * sparsity
+            rows.append(
+                {
+                    "layer": name,
+                    "params": w.numel(),
+                    "sparsity": sparsity,
+                    "pruned": name in masks and nz < dense_nz,
+                }
+            )
+        stats = PreviewStats(
+            params_nonzero=int(nonzero.sum()),
+            macs_effective=macs,
+            layers=pd.DataFrame(rows, columns=["layer", "params", "sparsity", "pruned"]),
+            masks=masks,
+            notes=list(getattr(self.engine, "notes", [])),
+        )
+        stats.seconds = time.perf_counter() - t0
+        if n_eval:
+            self.estimate(stats, n_eval)
+        return stats
+
+    def estimate(self, stats: PreviewStats, n_eval: int) -> PreviewStats:
+        """Fill `stats` with top-1 accuracy of the masked copy on the first `n_eval` validation
+        images (an estimate: a subset, and before any fine-tuning)."""
+        t1 = time.perf_counter()
+        ev = evaluate(self.model, self.data, self.spec, limit=n_eval)
+        stats.accuracy, stats.n_eval = ev.accuracy, ev.n
+        stats.eval_seconds = time.perf_counter() - t1
+        return stats
+
+    def layer_weight(self, name: str) -> torch.Tensor:
+        """The working copy's (masked) weight of a layer."""
+        return weight_of(dict(self.model.named_modules())[name]).detach()
+
+
+def binned(
+    values: torch.Tensor, lo: float, hi: float, bins: int = HIST_BINS, series: str = ""
+) -> pd.DataFrame:
+    """Histogram of `values` on fixed edges [lo, hi] (values outside are clamped in).
+
+    Returns:
+        Columns series, left, right, count (one row per bin).
+    """
+    v = values.detach().float().reshape(-1)
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts = torch.histc(v.clamp(lo, hi), bins=bins, min=lo, max=hi) if v.numel() else None
+    edges = torch.linspace(lo, hi, bins + 1)
+    return pd.DataFrame(
+        {
+            "series": series,
+            "left": edges[:-1].tolist(),
+            "right": edges[1:].tolist(),
+            "count": [0] * bins if counts is None else counts.round().long().tolist(),
+        }
+    )
+
+
+def before_after(
+    dense: torch.Tensor, after: torch.Tensor | None, bins: int = HIST_BINS
+) -> pd.DataFrame:
+    """Before/after histograms on the same edges; the pruned weights (exact zeros that were not
+    zero before) are left out of "after" so its shape stays readable."""
+    lo, hi = float(dense.min()), float(dense.max())
+    parts = [binned(dense, lo, hi, bins, "before")]
+    if after is not None:
+        kept = after[(after != 0) | (dense == 0)] if after.shape == dense.shape else after.flatten()
+        parts.append(binned(kept, lo, hi, bins, "after (kept weights)"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def mask_grid(mask: torch.Tensor, max_rows: int = 96, max_cols: int = 192) -> pd.DataFrame:
+    """A weight mask as a 2-D picture: rows are output channels, columns the rest (in_ch x k x k).
+
+    Large layers are averaged into at most `max_rows` x `max_cols` cells (each cell: the kept
+    share of the weights it covers); index/columns give each cell's first row/column.
+    """
+    m2 = mask.detach().reshape(mask.shape[0], -1).float()
+    r, c = m2.shape
+    rows, cols = min(r, max_rows), min(c, max_cols)
+    if (rows, cols) != (r, c):
+        m2 = F.adaptive_avg_pool2d(m2[None, None], (rows, cols))[0, 0]
+    return pd.DataFrame(
+        m2.numpy(),
+        index=[i * r // rows for i in range(rows)],
+        columns=[j * c // cols for j in range(cols)],
+    )
+
+
+def channel_sparsity(model: nn.Module, slices: int = 24) -> pd.DataFrame:
+    """Share of zero weights per layer in equal slices of its output channels (for a heatmap).
+
+    Returns:
+        Columns layer, position, slice ("a-b": channels covered), sparsity.
+    """
+    rows = []
+    for name, mod in weight_layers(model):
+        weight = weight_of(mod).detach()
+        w = weight.reshape(weight.shape[0], -1)
+        zero = (w == 0).float().mean(1)
+        n = w.shape[0]
+        k = min(slices, n)
+        for i in range(k):
+            a, b = i * n // k, (i + 1) * n // k
+            rows.append(
+                {
+                    "layer": name,
+                    "position": i,
+                    "slice": f"{a}-{b - 1}" if b - a > 1 else str(a),
+                    "sparsity": float(zero[a:b].mean()),
+                }
+            )
+    return pd.DataFrame(rows, columns=["layer", "position", "slice", "sparsity"])

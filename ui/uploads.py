@@ -1,0 +1,240 @@
+"""Uploads: the user's own checkpoint (with an architecture picker) and an ImageFolder zip.
+
+Uploaded bytes are untrusted. A checkpoint is read with `weights_only=True` (through
+`pruning_core.models.load_model`): a pickle that would run code is refused without running it.
+An accepted checkpoint is re-saved as a model directory (safetensors + model.json) under the
+data directory, so every page and the command line load it by path without knowing the
+architecture. A dataset zip is saved under the data directory and opened by
+`pruning_core.data`, which extracts it defensively (no `..`, no links, size and count limits).
+Everything is written atomically and a refused upload leaves nothing behind.
+
+`save_checkpoint_upload` and `save_dataset_upload` hold the logic (no widgets; tested
+directly); `upload_panel()` is the Streamlit panel the Model & data page shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from pruning_core.checkpoint import atomic_path, output_dir, save_model_dir
+from pruning_core.data import load_dataset
+from pruning_core.errors import UserError
+from pruning_core.models import get_entry, list_models, load_model
+from pruning_core.store import data_home
+from ui.state import init_state
+
+# Keep in step with `server.maxUploadSize` in .streamlit/config.toml (the browser-side limit).
+MAX_UPLOAD_MB = 200
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def uploads_dir() -> Path:
+    """Where accepted uploads are kept (`<data home>/uploads`)."""
+    return data_home() / "uploads"
+
+
+def _stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem).strip("-.")
+    return (stem or "upload")[:40]
+
+
+def _check_bytes(name: str, data: bytes, suffixes: tuple[str, ...], limit: int) -> str:
+    suffix = Path(name).suffix.lower()
+    if suffix not in suffixes:
+        raise UserError(f"{name}: expected a {' / '.join(suffixes)} file, got '{suffix or 'none'}'")
+    if len(data) == 0:
+        raise UserError(f"{name} is empty")
+    if len(data) > limit:
+        raise UserError(
+            f"{name} is {len(data) / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB upload limit"
+        )
+    return suffix
+
+
+def save_checkpoint_upload(
+    name: str,
+    data: bytes,
+    arch: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+    limit: int = MAX_UPLOAD_BYTES,
+) -> str:
+    """Check an uploaded state_dict / safetensors file and keep it as a model directory.
+
+    Args:
+        name: The uploaded file's name (its suffix says the format).
+        data: Its bytes.
+        arch: Registry architecture the weights belong to.
+        num_classes, in_channels, image_size: Override the architecture's defaults.
+        limit: Largest accepted size in bytes.
+
+    Returns:
+        The model directory's path: a model reference every page and `--model` accept.
+
+    Raises:
+        UserError: Wrong suffix, empty or too large, corrupt, a pickle that is not plain
+            tensors, or weights that do not fit the architecture.
+    """
+    suffix = _check_bytes(name, data, CHECKPOINT_SUFFIXES, limit)
+    entry = get_entry(arch)
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    root = uploads_dir() / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=suffix, dir=root)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        loaded = load_model(
+            str(tmp),
+            arch=arch,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+        )
+        kwargs = loaded.arch_kwargs
+        target = root / f"{_stem(name)}-{arch.replace(':', '-')}-{digest}"
+        meta: dict[str, Any] = {
+            "arch": arch,
+            "arch_kwargs": kwargs,
+            "spec": loaded.spec.to_dict(),
+            "uploaded": {"file": name, "sha256_12": digest},
+        }
+        with output_dir(target) as out:
+            save_model_dir(out, loaded.model, meta, reference=entry.builder(**kwargs))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(target)
+
+
+def save_dataset_upload(name: str, data: bytes, *, limit: int = MAX_UPLOAD_BYTES) -> str:
+    """Keep an uploaded ImageFolder zip (one folder per class) once it opens as a dataset.
+
+    Returns:
+        The zip's path: a dataset reference every page and `--dataset` accept.
+
+    Raises:
+        UserError: Not a .zip, empty or too large, unsafe entries (`..`, absolute paths,
+            links), too many files or bytes, or no class folders with images.
+    """
+    _check_bytes(name, data, (".zip",), limit)
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    target = uploads_dir() / "datasets" / f"{_stem(name)}-{digest}.zip"
+    if not target.exists():
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+    try:
+        bundle = load_dataset(str(target))
+    except UserError:
+        target.unlink(missing_ok=True)
+        raise
+    if bundle.num_classes < 2:
+        target.unlink(missing_ok=True)
+        raise UserError(f"{name}: found {bundle.num_classes} class folder; need at least 2")
+    return str(target)
+
+
+# --- the panel ----------------------------------------------------------------------------------
+
+
+def _architectures() -> list[str]:
+    return [m.name for m in list_models()]
+
+
+def _on_checkpoint() -> None:
+    f = st.session_state.get("upload_ckpt_file")
+    st.session_state["upload_msg"] = None
+    if f is None:
+        st.session_state["upload_error"] = "Choose a checkpoint file first."
+        return
+    arch = st.session_state.get("upload_arch") or "digits-cnn"
+    classes = st.session_state.get("upload_classes")
+    try:
+        ref = save_checkpoint_upload(
+            f.name, f.getvalue(), arch, num_classes=int(classes) if classes else None
+        )
+    except UserError as e:
+        st.session_state["upload_error"] = f"{f.name} was not loaded: {e}"
+        return
+    st.session_state["model_ref"] = ref
+    st.session_state["upload_error"] = None
+    st.session_state["upload_msg"] = f"Loaded {f.name} as {arch}: it is now the current model."
+
+
+def _on_dataset() -> None:
+    f = st.session_state.get("upload_data_file")
+    st.session_state["upload_msg"] = None
+    if f is None:
+        st.session_state["upload_error"] = "Choose a zip file first."
+        return
+    try:
+        ref = save_dataset_upload(f.name, f.getvalue())
+    except UserError as e:
+        st.session_state["upload_error"] = f"{f.name} was not loaded: {e}"
+        return
+    st.session_state["dataset_ref"] = ref
+    st.session_state["upload_error"] = None
+    st.session_state["upload_msg"] = f"Loaded {f.name}: it is now the current dataset."
+
+
+def upload_panel() -> None:
+    """An expander to bring your own checkpoint or dataset zip.
+
+    Call it BEFORE the model/dataset pickers: its buttons switch the current selection through
+    callbacks (which run before the page is drawn).
+    """
+    init_state()
+    with st.expander("Use your own model or dataset"):
+        err, msg = st.session_state.get("upload_error"), st.session_state.get("upload_msg")
+        if err:
+            st.error(err)
+        elif msg:
+            st.success(msg)
+        left, right = st.columns(2)
+        with left:
+            st.markdown("**Checkpoint** (a state_dict `.pt`/`.pth` or `.safetensors`)")
+            st.file_uploader(
+                "Checkpoint file",
+                type=["pt", "pth", "safetensors"],
+                key="upload_ckpt_file",
+                help=f"Up to {MAX_UPLOAD_MB} MB. Read with weights_only=True: a file holding "
+                "Python objects (a pickled model) is refused, since unpickling can run code.",
+            )
+            archs = _architectures()
+            st.selectbox(
+                "Architecture",
+                archs,
+                key="upload_arch",
+                help="The registry architecture the weights were trained with: its layer names "
+                "and shapes must match the file.",
+            )
+            arch = st.session_state.get("upload_arch") or archs[0]
+            st.number_input(
+                "Classes",
+                1,
+                100000,
+                value=get_entry(arch).spec.num_classes,
+                key="upload_classes",
+                help="Output classes of the checkpoint's classifier.",
+            )
+            st.button("Load checkpoint", key="upload_ckpt_go", on_click=_on_checkpoint)
+        with right:
+            st.markdown("**Dataset** (a `.zip` of one folder per class, ImageFolder style)")
+            st.file_uploader(
+                "Dataset zip",
+                type=["zip"],
+                key="upload_data_file",
+                help=f"Up to {MAX_UPLOAD_MB} MB. Images are resized to the model's input; "
+                "the archive is checked entry by entry before anything is extracted.",
+            )
+            st.button("Load dataset", key="upload_data_go", on_click=_on_dataset)
