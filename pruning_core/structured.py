@@ -67,7 +67,15 @@ _CHOICES = ", ".join(STRUCTURED_GRANULARITIES)
 # channel ratio 0.5 (MACs x0.23), 2 epochs, batch 64: SGD lr 0.01 -> 0.907, SGD 0.02 -> 0.901,
 # SGD 0.005 -> 0.884, Adam 1e-3 -> 0.888. A shrunk network has to re-learn how its surviving
 # filters combine; SGD with momentum at 0.01 and a cosine decay does that best in two epochs.
-FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4}
+# Distillation from the dense model is on by default: a physically shrunk network loses most of
+# its accuracy at once, and the dense teacher's soft targets recover it much faster (measured on
+# shapes-resnet, channel 0.5, 2 epochs: 0.9315 without, 0.948 with; dense 0.9705).
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "weight_decay": 5e-4,
+    "distill_weight": 0.5,
+}
 
 # Block criteria: how a residual block's importance is measured.
 BLOCK_METHODS = {

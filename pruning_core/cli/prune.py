@@ -25,7 +25,7 @@ from pruning_core.train import OPTIMIZERS, TrainConfig
 RECIPE_VERSION = 1
 # Fine-tuning that recovers masked (unstructured, N:M) models: Adam at the rate the samples
 # were trained with. Structured granularities take `structured.FINETUNE_DEFAULTS`.
-MASKED_FINETUNE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0}
+MASKED_FINETUNE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "distill_weight": 0.0}
 DISTILL_WEIGHT = 0.5
 
 # Run-defining options: a recipe fills them, options given on the command line win.
@@ -91,9 +91,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--distill",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="distil from the dense model while fine-tuning",
+        help="distil from the dense model while fine-tuning (default: on for channel/head/block)",
     )
     p.add_argument(
         "--regularize", choices=list(REGULARIZERS), help="sparsity training before pruning"
@@ -192,7 +192,7 @@ def _finetune_defaults(config: PruneConfig) -> dict[str, Any]:
 
             return dict(FINETUNE_DEFAULTS)
         except ImportError:
-            return {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4}
+            return {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "distill_weight": 0.5}
     return dict(MASKED_FINETUNE)
 
 
@@ -208,7 +208,9 @@ def _train_config(s: dict[str, Any], config: PruneConfig) -> TrainConfig:
         ),
         device=str(s.get("device") or "auto"),
         seed=int(s.get("seed") or 0),
-        distill_weight=DISTILL_WEIGHT if s.get("distill") else 0.0,
+        distill_weight=float(d["distill_weight"])
+        if s.get("distill") is None
+        else (DISTILL_WEIGHT if s["distill"] else 0.0),
     )
 
 
