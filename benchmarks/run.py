@@ -326,7 +326,7 @@ def section_finetune_step(ctx: Ctx) -> Section:
     from pruning_core.data import load_dataset
     from pruning_core.models import create_model, model_spec
     from pruning_core.prune import MaskEnforcer, PruneConfig, prune_
-    from pruning_core.train import TrainConfig, _optimizer
+    from pruning_core.train import TrainConfig, make_optimizer
 
     sec = Section(
         "finetune_step", "Masked vs dense fine-tune step (MaskEnforcer, train.fit's step)"
@@ -345,8 +345,8 @@ def section_finetune_step(ctx: Ctx) -> Section:
     masked.train()
     enforcer = MaskEnforcer(masked, res.masks).attach()
     runs = {
-        "dense": (dense, _optimizer(dense, cfg), None),
-        "masked": (masked, _optimizer(masked, cfg), enforcer),
+        "dense": (dense, make_optimizer(dense, cfg), None),
+        "masked": (masked, make_optimizer(masked, cfg), enforcer),
     }
     times: dict[str, list[float]] = {"dense": [], "masked": []}
     batches = list(data.batches("train", spec, bs, shuffle=True, seed=0, limit=bs * 8))

@@ -330,8 +330,8 @@ def make_recipe(
     Raises:
         UserError: The prune settings are not a valid PruneConfig.
     """
-    from pruning_core.cli.prune import _RUN_KEYS, RECIPE_VERSION
     from pruning_core.prune import PruneConfig
+    from pruning_core.recipe import RECIPE_KEYS, RECIPE_VERSION
 
     cfg = PruneConfig.from_dict(prune)  # validates; a recipe never holds impossible settings
     p = cfg.to_dict()
@@ -364,7 +364,7 @@ def make_recipe(
         "calib_batches": p["calib_batches"],
         "layer_ratios": p["layer_ratios"],
     }
-    unknown = set(settings) - {*_RUN_KEYS, "layer_ratios"}
+    unknown = set(settings) - {*RECIPE_KEYS, "layer_ratios"}
     if unknown:  # the CLI's format moved on: fail loudly rather than write a recipe it ignores
         raise RuntimeError(f"recipe keys unknown to `pruning-lab prune`: {sorted(unknown)}")
     return {

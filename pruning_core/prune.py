@@ -283,31 +283,31 @@ def _classifier(model: nn.Module) -> str | None:
     return last
 
 
-def _matches(name: str, pattern: str) -> bool:
+def matches_pattern(name: str, pattern: str) -> bool:
     return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
 
 
-def _ignored(model: nn.Module, config: PruneConfig) -> list[str]:
+def ignored_patterns(model: nn.Module, config: PruneConfig) -> list[str]:
     if config.ignore is None:
         c = _classifier(model)
         return [c] if c is not None else []
     names = [n for n, _ in model.named_modules()]
     for pat in config.ignore:
-        if not any(_matches(n, pat) for n in names):
+        if not any(matches_pattern(n, pat) for n in names):
             raise UserError(f"ignore entry '{pat}' matches no layer of the model")
     return list(config.ignore)
 
 
 def _select(model: nn.Module, config: PruneConfig) -> tuple[dict[str, nn.Module], list[str]]:
     """Layers an unstructured/N:M config prunes, and notes on the ones it skips."""
-    ignored = _ignored(model, config)
+    ignored = ignored_patterns(model, config)
     nm = config.nm
     layers: dict[str, nn.Module] = {}
     notes: list[str] = []
     for n, m in model.named_modules():
         if not isinstance(m, nn.Conv2d | nn.Linear) or not isinstance(m.weight, torch.Tensor):
             continue
-        if any(_matches(n, p) for p in ignored):
+        if any(matches_pattern(n, p) for p in ignored):
             continue
         if nm is not None and m.weight[0].numel() % nm[1]:
             notes.append(
@@ -322,10 +322,10 @@ def prunable_layers(model: nn.Module, config: PruneConfig) -> list[str]:
     """Names of the layers `config` would prune in `model` (in module order)."""
     if config.structured:
         structured = _structured_module(config)
-        ignored = _ignored(model, config)
+        ignored = ignored_patterns(model, config)
         return [
             n for n in structured.structured_layers(model, config.granularity)
-            if not any(_matches(n, p) for p in ignored)
+            if not any(matches_pattern(n, p) for p in ignored)
         ]  # fmt: skip
     return list(_select(model, config)[0])
 

@@ -1042,10 +1042,12 @@ def _default_ignore(model: nn.Module) -> list[str]:
 
 def _resolve_ignore(model: nn.Module, config: PruneConfig) -> list[str]:
     """Module names the config's ignore patterns cover (prune.py owns the pattern rules)."""
-    from pruning_core.prune import _ignored, _matches
+    from pruning_core.prune import ignored_patterns, matches_pattern
 
-    patterns = _ignored(model, config)
-    return [n for n, _ in model.named_modules() if n and any(_matches(n, p) for p in patterns)]
+    patterns = ignored_patterns(model, config)
+    return [
+        n for n, _ in model.named_modules() if n and any(matches_pattern(n, p) for p in patterns)
+    ]
 
 
 def _guess_spec(model: nn.Module) -> InputSpec:

@@ -122,7 +122,8 @@ class TrainResult:
     step_losses: list[float] = field(default_factory=list)
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer `fit` uses for `cfg` over the model's trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -179,7 +180,7 @@ def fit(
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
-    opt = _optimizer(model, config)
+    opt = make_optimizer(model, config)
     steps_per_epoch = math.ceil(data.num_examples("train") / config.batch_size)
     total = steps_per_epoch * config.epochs
     sched = (

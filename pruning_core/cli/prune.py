@@ -17,24 +17,16 @@ from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.models import get_entry
 from pruning_core.prune import PruneConfig, list_methods
+from pruning_core.recipe import RECIPE_KEYS, RECIPE_VERSION
 from pruning_core.regularize import REGULARIZERS, make_regularizer
 from pruning_core.schedules import DYNAMIC_DEFAULT_UPDATES, SCHEDULES, Schedule, run_schedule
 from pruning_core.stats import count_macs, count_params, size_bytes
 from pruning_core.train import OPTIMIZERS, TrainConfig
 
-RECIPE_VERSION = 1
 # Fine-tuning that recovers masked (unstructured, N:M) models: Adam at the rate the samples
 # were trained with. Structured granularities take `structured.FINETUNE_DEFAULTS`.
 MASKED_FINETUNE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "distill_weight": 0.0}
 DISTILL_WEIGHT = 0.5
-
-# Run-defining options: a recipe fills them, options given on the command line win.
-_RUN_KEYS = (
-    "model", "arch", "dataset", "method", "granularity", "ratio", "scope", "ratios_file", "schedule",
-    "steps", "finetune_epochs", "lr", "optimizer", "batch_size", "weight_decay", "distill",
-    "regularize", "reg_strength", "device", "seed", "norm", "ignore", "max_layer_ratio",
-    "structured_mode", "round_to", "calib_batches",
-)  # fmt: skip
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -145,7 +137,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(recipe, dict) or "settings" not in recipe:
             raise UserError(f"{args.recipe.name} is not a pruning-lab recipe (no 'settings')")
         s.update(recipe["settings"])
-    for k in _RUN_KEYS:
+    for k in RECIPE_KEYS:
         v = getattr(args, k, None)
         if v is not None:
             s[k] = v
@@ -268,7 +260,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     recipe = {
         "version": RECIPE_VERSION,
-        "settings": {k: s.get(k) for k in (*_RUN_KEYS, "layer_ratios") if k != "ratios_file"},
+        "settings": {k: s.get(k) for k in (*RECIPE_KEYS, "layer_ratios") if k != "ratios_file"},
         "prune": config.to_dict(),
         "schedule": schedule.to_dict(),
         "train": train_config.to_dict(),
