@@ -104,8 +104,11 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
     """What differs between `model` and a freshly built `reference` of the same architecture.
 
     Returns:
-        {"attrs": {module: {attr: value}}, "identity": [module paths replaced by nn.Identity]}.
+        {"attrs": {module: {attr: value}}, "identity": [module paths replaced by nn.Identity],
+        "self_attention": [nn.MultiheadAttention paths swapped for SelfAttention (head pruning)]}.
     """
+    from pruning_core.models.architectures import SelfAttention
+
     ref_attrs = module_shape_attrs(reference)
     ref_mods = dict(reference.named_modules())
     attrs = {
@@ -118,15 +121,27 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
         for n, m in model.named_modules()
         if isinstance(m, nn.Identity) and n in ref_mods and not isinstance(ref_mods[n], nn.Identity)
     ]
-    return {"attrs": attrs, "identity": identity}
+    swapped = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, SelfAttention) and isinstance(ref_mods.get(n), nn.MultiheadAttention)
+    ]
+    return {"attrs": attrs, "identity": identity, "self_attention": swapped}
 
 
 def apply_surgery(
     model: nn.Module, surgery: Mapping[str, Any], state: Mapping[str, torch.Tensor]
 ) -> None:
     """Reshape a freshly built model in place so that `state` loads into it."""
+    from pruning_core.models.architectures import SelfAttention
+
     for path in surgery.get("identity", []):
         _set_submodule(model, path, nn.Identity())
+    for path in surgery.get("self_attention", []):
+        mha = model.get_submodule(path)
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise UserError(f"checkpoint swaps attention at '{path}' but the architecture has none")
+        _set_submodule(model, path, SelfAttention.from_mha(mha))
     mods = dict(model.named_modules())
     for path, attrs in surgery.get("attrs", {}).items():
         if path not in mods:

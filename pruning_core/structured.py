@@ -12,6 +12,8 @@ faster on ordinary dense hardware. Three granularities:
 - `head`: whole attention heads of the sample ViT's `Attention` (rows of `qkv`, columns of
   `proj`, `num_heads` updated). A head's score is the sum of the criterion's scores of its
   query, key and value rows (Michel et al. 2019, "Are Sixteen Heads Really Better than One?").
+  torchvision ViTs' `nn.MultiheadAttention` is first swapped, exactly, for the same attention
+  with its own `qkv`/`proj` (`models.architectures.SelfAttention`), since MHA cannot shrink.
 - `block`: residual blocks whose input and output shapes match are replaced by `nn.Identity`
   (layer pruning; Veit et al. 2016 showed residual networks survive losing single blocks).
 
@@ -697,19 +699,32 @@ def _attention_modules(model: nn.Module) -> list[tuple[str, Any]]:
     return out
 
 
+def _swap_multihead_attention(model: nn.Module) -> None:
+    """Replace torchvision-style self-attention `nn.MultiheadAttention` by `SelfAttention`.
+
+    The swap is exact (same weights, same outputs) and gives each head its own rows in `qkv`
+    and columns in `proj`, which `nn.MultiheadAttention` cannot shrink. Only batch-first MHA with
+    a fused in-projection is swapped: that is how torchvision's ViT encoder blocks use it.
+    """
+    from pruning_core.models.architectures import SelfAttention
+
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, nn.MultiheadAttention):
+            try:
+                new = SelfAttention.from_mha(mod)
+            except ValueError as e:
+                raise UserError(f"cannot prune heads of '{name}': {e}") from None
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
 class _HeadPlan(_Plan):
     def __init__(self, model: nn.Module, *, ignore: Iterable[str]) -> None:
         self.model = model
         skip = set(ignore)
+        _swap_multihead_attention(model)
         found = _attention_modules(model)
         if not found:
-            if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
-                raise UserError(
-                    f"head pruning of torch.nn.MultiheadAttention ({type(model).__name__}) is not "
-                    "supported: it ties the head count to the embedding width shared by every "
-                    "block, so removing a head would change the whole residual stream; use channel "
-                    "pruning (MLP neurons) or block pruning on this model"
-                )
             raise UserError(f"head pruning needs attention layers; {type(model).__name__} has none")
         self.attn: dict[str, Any] = {
             n: m for n, m in found if not ({n, f"{n}.qkv", f"{n}.proj"} & skip)

@@ -14,7 +14,7 @@ from pruning_core.errors import UserError
 from pruning_core.models import architectures as A
 from pruning_core.models import get_entry, load_model, model_spec
 from pruning_core.models.spec import InputSpec
-from pruning_core.prune import PruneConfig
+from pruning_core.prune import PruneConfig, prune_
 from pruning_core.stats import count_macs, count_params
 from pruning_core.structured import (
     FINETUNE_DEFAULTS,
@@ -309,3 +309,38 @@ def test_data_driven_channel_criteria_run_through_the_adapter(method: str) -> No
     assert not torch.allclose(model.bn1.running_var, var0[kept])
     x = _x(spec)
     torch.testing.assert_close(masked(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_torchvision_vit_heads_are_pruned_and_reload() -> None:
+    """torchvision's MultiheadAttention is swapped exactly, then loses heads, and reloads."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from pruning_core.checkpoint import apply_surgery, surgery_of
+    from pruning_core.models.architectures import SelfAttention
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        vit = VisionTransformer(
+            32, 8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10
+        ).eval()
+        torch.nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero
+        return vit
+
+    model, x = build(), torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        dense = model(x)
+    spec = InputSpec(3, 32, (0.5,) * 3, (0.25,) * 3, 10)
+    prune_(model, PruneConfig(method="magnitude", granularity="head", ratio=0.5), spec=spec)
+    attn = [m for m in model.modules() if isinstance(m, SelfAttention)]
+    assert len(attn) == 2 and all(m.num_heads == 2 for m in attn)
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
+    with torch.no_grad():
+        pruned = model(x)
+    assert pruned.shape == dense.shape and not torch.allclose(pruned, dense)
+    # Reload: a fresh dense build + the recorded surgery takes the saved tensors exactly.
+    fresh = build()
+    state = model.state_dict()
+    apply_surgery(fresh, surgery_of(model, build()), state)
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), pruned)

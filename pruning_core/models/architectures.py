@@ -129,6 +129,46 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
 
+class SelfAttention(Attention):
+    """`Attention` with the call signature of a batch-first `nn.MultiheadAttention`.
+
+    `nn.MultiheadAttention` ties its head count to the embedding width, so a head cannot be
+    removed from it. Head pruning swaps it (self-attention use only, as in torchvision's ViT
+    encoder blocks) for this numerically equivalent module, whose heads can go.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        need_weights: bool = False,
+        **_: object,
+    ) -> tuple[torch.Tensor, None]:
+        if need_weights:
+            raise ValueError("SelfAttention does not return attention weights")
+        return super().forward(query), None
+
+    @classmethod
+    def from_mha(cls, mha: nn.MultiheadAttention) -> SelfAttention:
+        """The same attention, weights copied from a batch-first self-attention MHA."""
+        if not (mha.batch_first and mha._qkv_same_embed_dim and mha.in_proj_weight is not None):
+            raise ValueError("only batch-first MultiheadAttention with one in-projection converts")
+        new = cls(mha.embed_dim, mha.num_heads)
+        with torch.no_grad():
+            new.qkv.weight.copy_(mha.in_proj_weight)
+            new.proj.weight.copy_(mha.out_proj.weight)
+            if mha.in_proj_bias is not None:
+                new.qkv.bias.copy_(mha.in_proj_bias)
+            else:
+                new.qkv.bias.zero_()
+            if mha.out_proj.bias is not None:
+                new.proj.bias.copy_(mha.out_proj.bias)
+            else:
+                new.proj.bias.zero_()
+        return new.to(mha.in_proj_weight.device)
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm transformer encoder block."""
 
