@@ -46,6 +46,8 @@ class TrainConfig:
         distill_weight: Share of the loss from the teacher's soft targets (0 = off).
         distill_temperature: Softmax temperature for distillation.
         val_limit: Evaluate only this many validation examples per epoch (None = all).
+        augment: Random shifts (up to 1/8 of the side, zero padded) and horizontal flips of
+            each training batch; seeded, so a run still repeats.
     """
 
     epochs: int = 3
@@ -60,6 +62,7 @@ class TrainConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
     val_limit: int | None = None
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -134,6 +137,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to 1/8 of its side (zero padding) and flip half horizontally."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    # Gather every crop at once: row/column indices per image.
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(
+        n, x.shape[1], h, w + 2 * pad
+    )
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
 def distillation_loss(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -194,6 +216,7 @@ def fit(
     result = TrainResult()
     start = time.perf_counter()
     step = 0
+    aug_gen = torch.Generator().manual_seed(config.seed + 7919)
     for epoch in range(config.epochs):
         model.train()
         t0, loss_sum, seen = time.perf_counter(), 0.0, 0
@@ -203,6 +226,8 @@ def fit(
             if cancel is not None and cancel.is_set():
                 result.cancelled = True
                 break
+            if config.augment:
+                xb = augment_batch(xb, aug_gen)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(xb)

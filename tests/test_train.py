@@ -73,3 +73,24 @@ def test_bad_configs_are_refused() -> None:
     ):
         with pytest.raises(UserError):
             TrainConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_augment_batch_shifts_and_flips_deterministically() -> None:
+    from pruning_core.train import augment_batch
+
+    x = torch.rand(64, 3, 16, 16) + 1.0  # strictly positive, so zero padding is visible
+    a = augment_batch(x, torch.Generator().manual_seed(0))
+    b = augment_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    changed = (a != x).flatten(1).any(1)
+    assert changed.float().mean() > 0.8
+    # Every output image is the input, maybe flipped, shifted by at most 2 px (16 // 8).
+    for i in range(8):
+        img = a[i]
+        ok = False
+        for cand in (x[i], x[i].flip(-1)):
+            padded = torch.nn.functional.pad(cand, (2, 2, 2, 2))
+            for dy in range(5):
+                for dx in range(5):
+                    ok |= torch.equal(padded[:, dy : dy + 16, dx : dx + 16], img)
+        assert ok, i

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from pruning_core.errors import UserError
 
 # Modules holding commands, in the order `--help` lists them.
-_COMMAND_MODULES = ("basic", "prune", "measure", "export")
+_COMMAND_MODULES = ("basic", "prune", "measure", "experiments_cmds", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for mod in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"pruning_core.cli.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"pruning_core.cli.{mod}":
-                raise
-            continue  # TODO(lead): remove once every command module has landed
-        module.register(sub, common)
+        importlib.import_module(f"pruning_core.cli.{mod}").register(sub, common)
     return parser
 
 

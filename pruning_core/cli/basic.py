@@ -49,6 +49,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--augment", action="store_true", help="random shifts and horizontal flips while training"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument(
         "--out", required=True, type=Path, help="output directory (model + metrics.json)"
@@ -106,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         weight_decay=args.weight_decay,
         device=args.device,
         seed=args.seed,
+        augment=args.augment,
     )
     if Path(args.model).is_dir():
         loaded = load_model(args.model)

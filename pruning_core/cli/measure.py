@@ -1,7 +1,6 @@
 """Commands: inspect (per-layer statistics) and bench (latency per execution backend).
 
-`sweep` and `sensitivity` live in `pruning_core.cli.experiments_cmds` and are registered from
-here when that module exists.
+`sweep` and `sensitivity` live in `pruning_core.cli.experiments_cmds`.
 
 `bench --model DIR` on a pruned output directory compares:
 
@@ -31,21 +30,7 @@ from pruning_core.errors import UserError
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add this module's commands (and sweep/sensitivity from experiments_cmds when present)."""
-    _register_inspect_bench(sub, common)
-    # ---- engineer M2: sweep and sensitivity live in their own module, registered here. ----
-    import importlib
-
-    try:
-        experiments_cmds = importlib.import_module("pruning_core.cli.experiments_cmds")
-    except ModuleNotFoundError as e:
-        if e.name != "pruning_core.cli.experiments_cmds":
-            raise
-    else:
-        experiments_cmds.register(sub, common)
-
-
-def _register_inspect_bench(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add inspect and bench."""
     p = sub.add_parser(
         "inspect", parents=[common], help="per-layer weight (and activation) statistics"
     )
