@@ -71,14 +71,16 @@ RECIPES = {
         Recipe(
             "shapes-vit",
             "shapes",
+            # Transformers overfit 8,000 images: augmentation is what makes this one learn.
             TrainConfig(
-                epochs=30,
+                epochs=60,
                 lr=2e-3,
                 optimizer="adamw",
                 weight_decay=0.05,
                 batch_size=64,
                 device="cpu",
                 seed=0,
+                augment=True,
             ),
         ),
     )
