@@ -314,6 +314,22 @@ class Importance:
         return spec
 
 
+class CalibratedImportance(Importance):
+    """Base of the criteria that read statistics of a few calibration batches."""
+
+    needs_data: ClassVar[bool] = True
+
+    def __init__(self, calib_batches: int = 4) -> None:
+        self.calib_batches = calib_batches
+
+    def _stats(
+        self, model: nn.Module, layers: Mapping[str, nn.Module], data: Any, spec: InputSpec | None
+    ) -> dict[str, LayerStats]:
+        return calibration_stats(
+            model, layers, data, self._need_data(data, spec), batches=self.calib_batches
+        )
+
+
 class MagnitudeImportance(Importance):
     """|w|^p per weight; the filter's L1/L2 norm per channel (small weights matter least).
 
@@ -389,7 +405,7 @@ class RandomImportance(Importance):
         return self._rand({n: weight_of(m).shape[:1] for n, m in layers.items()})
 
 
-class ActivationImportance(Importance):
+class ActivationImportance(CalibratedImportance):
     """Weights: |w_ij| * mean|x_j|, the expected size of the weight's contribution; channels:
     mean |output activation| (after the following BatchNorm, if any).
 
@@ -402,11 +418,7 @@ class ActivationImportance(Importance):
     name = "activation"
     summary = "weight times mean |input| (weights); mean |output| (channels)"
     reference = "Polyak & Wolf 2015; Molchanov et al. 2017 (ICLR)"
-    needs_data = True
     granularities = ("unstructured", "N:M", "channel", "head", "block")
-
-    def __init__(self, calib_batches: int = 4) -> None:
-        self.calib_batches = calib_batches
 
     def weight_scores(
         self,
@@ -415,9 +427,7 @@ class ActivationImportance(Importance):
         data: Any = None,
         spec: InputSpec | None = None,
     ) -> dict[str, torch.Tensor]:
-        st = calibration_stats(
-            model, layers, data, self._need_data(data, spec), batches=self.calib_batches
-        )
+        st = self._stats(model, layers, data, spec)
         return {
             n: _weights(m).abs() * _per_input(st[n].in_abs / st[n].in_count, m)
             if n in st
@@ -432,16 +442,14 @@ class ActivationImportance(Importance):
         data: Any = None,
         spec: InputSpec | None = None,
     ) -> dict[str, torch.Tensor]:
-        st = calibration_stats(
-            model, layers, data, self._need_data(data, spec), batches=self.calib_batches
-        )
+        st = self._stats(model, layers, data, spec)
         return {
             n: _out_mean(st[n], st[n].out_abs) if n in st else _weights(m).flatten(1).abs().mean(1)
             for n, m in layers.items()
         }
 
 
-class APoZImportance(Importance):
+class APoZImportance(CalibratedImportance):
     """Channels: 1 - APoZ, the share of calibration outputs that survive the ReLU; weights:
     |w_ij| * (1 - APoZ of input j), since weights fed by mostly-zero inputs rarely act.
 
@@ -453,11 +461,7 @@ class APoZImportance(Importance):
     name = "apoz"
     summary = "share of zero activations (Average Percentage of Zeros)"
     reference = "Hu et al. 2016, Network Trimming"
-    needs_data = True
     granularities = ("unstructured", "N:M", "channel")
-
-    def __init__(self, calib_batches: int = 4) -> None:
-        self.calib_batches = calib_batches
 
     def weight_scores(
         self,
@@ -466,9 +470,7 @@ class APoZImportance(Importance):
         data: Any = None,
         spec: InputSpec | None = None,
     ) -> dict[str, torch.Tensor]:
-        st = calibration_stats(
-            model, layers, data, self._need_data(data, spec), batches=self.calib_batches
-        )
+        st = self._stats(model, layers, data, spec)
         return {
             n: _weights(m).abs() * _per_input(1.0 - st[n].in_zero / st[n].in_count, m)
             if n in st
@@ -483,9 +485,7 @@ class APoZImportance(Importance):
         data: Any = None,
         spec: InputSpec | None = None,
     ) -> dict[str, torch.Tensor]:
-        st = calibration_stats(
-            model, layers, data, self._need_data(data, spec), batches=self.calib_batches
-        )
+        st = self._stats(model, layers, data, spec)
         return {
             n: 1.0 - _out_mean(st[n], st[n].out_nonpos)
             if n in st
@@ -494,7 +494,7 @@ class APoZImportance(Importance):
         }
 
 
-class WandaImportance(Importance):
+class WandaImportance(CalibratedImportance):
     """|w_ij| * ||x_j||_2 over calibration inputs, compared within each output row.
 
     Conv inputs use the input channel's norm at every kernel position. For channels, the
@@ -506,12 +506,8 @@ class WandaImportance(Importance):
     name = "wanda"
     summary = "|weight| times input activation norm, compared per output"
     reference = "Sun et al. 2023 (Wanda)"
-    needs_data = True
     granularities = ("unstructured", "N:M", "channel", "head")
     row_wise = True
-
-    def __init__(self, calib_batches: int = 4) -> None:
-        self.calib_batches = calib_batches
 
     def weight_scores(
         self,
@@ -520,9 +516,7 @@ class WandaImportance(Importance):
         data: Any = None,
         spec: InputSpec | None = None,
     ) -> dict[str, torch.Tensor]:
-        st = calibration_stats(
-            model, layers, data, self._need_data(data, spec), batches=self.calib_batches
-        )
+        st = self._stats(model, layers, data, spec)
         return {
             n: _weights(m).abs() * _per_input(st[n].in_sq.sqrt(), m)
             if n in st
@@ -542,7 +536,7 @@ class WandaImportance(Importance):
         }
 
 
-class TaylorImportance(Importance):
+class TaylorImportance(CalibratedImportance):
     """|w * dL/dw| accumulated over calibration batches (first-order estimate of the loss change
     when the weight is removed); channels: (sum over the filter of w * dL/dw)^2, accumulated.
 
@@ -552,11 +546,7 @@ class TaylorImportance(Importance):
     name = "taylor"
     summary = "weight times gradient (first-order Taylor estimate of the loss change)"
     reference = "Molchanov et al. 2019 (CVPR)"
-    needs_data = True
     granularities = ("unstructured", "N:M", "channel", "head", "block")
-
-    def __init__(self, calib_batches: int = 4) -> None:
-        self.calib_batches = calib_batches
 
     def _accumulate(
         self,
