@@ -330,6 +330,30 @@ class CalibratedImportance(Importance):
         )
 
 
+class InputWeightedImportance(CalibratedImportance):
+    """Per weight: |w_ij| times a statistic of its input feature j (`input_factor`)."""
+
+    def input_factor(self, s: LayerStats) -> torch.Tensor:
+        """One factor per input feature of the layer, from its calibration statistics."""
+        raise NotImplementedError
+
+    def weight_scores(
+        self,
+        model: nn.Module,
+        layers: Mapping[str, nn.Module],
+        data: Any = None,
+        spec: InputSpec | None = None,
+    ) -> dict[str, torch.Tensor]:
+        st = self._stats(model, layers, data, spec)
+        # Layers never called on their own (no statistics) fall back to magnitude.
+        return {
+            n: _weights(m).abs() * _per_input(self.input_factor(st[n]), m)
+            if n in st
+            else _weights(m).abs()
+            for n, m in layers.items()
+        }
+
+
 class MagnitudeImportance(Importance):
     """|w|^p per weight; the filter's L1/L2 norm per channel (small weights matter least).
 
@@ -405,7 +429,7 @@ class RandomImportance(Importance):
         return self._rand({n: weight_of(m).shape[:1] for n, m in layers.items()})
 
 
-class ActivationImportance(CalibratedImportance):
+class ActivationImportance(InputWeightedImportance):
     """Weights: |w_ij| * mean|x_j|, the expected size of the weight's contribution; channels:
     mean |output activation| (after the following BatchNorm, if any).
 
@@ -420,20 +444,8 @@ class ActivationImportance(CalibratedImportance):
     reference = "Polyak & Wolf 2015; Molchanov et al. 2017 (ICLR)"
     granularities = ("unstructured", "N:M", "channel", "head", "block")
 
-    def weight_scores(
-        self,
-        model: nn.Module,
-        layers: Mapping[str, nn.Module],
-        data: Any = None,
-        spec: InputSpec | None = None,
-    ) -> dict[str, torch.Tensor]:
-        st = self._stats(model, layers, data, spec)
-        return {
-            n: _weights(m).abs() * _per_input(st[n].in_abs / st[n].in_count, m)
-            if n in st
-            else _weights(m).abs()
-            for n, m in layers.items()
-        }
+    def input_factor(self, s: LayerStats) -> torch.Tensor:
+        return s.in_abs / s.in_count
 
     def channel_scores(
         self,
@@ -449,7 +461,7 @@ class ActivationImportance(CalibratedImportance):
         }
 
 
-class APoZImportance(CalibratedImportance):
+class APoZImportance(InputWeightedImportance):
     """Channels: 1 - APoZ, the share of calibration outputs that survive the ReLU; weights:
     |w_ij| * (1 - APoZ of input j), since weights fed by mostly-zero inputs rarely act.
 
@@ -463,20 +475,8 @@ class APoZImportance(CalibratedImportance):
     reference = "Hu et al. 2016, Network Trimming"
     granularities = ("unstructured", "N:M", "channel")
 
-    def weight_scores(
-        self,
-        model: nn.Module,
-        layers: Mapping[str, nn.Module],
-        data: Any = None,
-        spec: InputSpec | None = None,
-    ) -> dict[str, torch.Tensor]:
-        st = self._stats(model, layers, data, spec)
-        return {
-            n: _weights(m).abs() * _per_input(1.0 - st[n].in_zero / st[n].in_count, m)
-            if n in st
-            else _weights(m).abs()
-            for n, m in layers.items()
-        }
+    def input_factor(self, s: LayerStats) -> torch.Tensor:
+        return 1.0 - s.in_zero / s.in_count
 
     def channel_scores(
         self,
@@ -494,7 +494,7 @@ class APoZImportance(CalibratedImportance):
         }
 
 
-class WandaImportance(CalibratedImportance):
+class WandaImportance(InputWeightedImportance):
     """|w_ij| * ||x_j||_2 over calibration inputs, compared within each output row.
 
     Conv inputs use the input channel's norm at every kernel position. For channels, the
@@ -509,20 +509,8 @@ class WandaImportance(CalibratedImportance):
     granularities = ("unstructured", "N:M", "channel", "head")
     row_wise = True
 
-    def weight_scores(
-        self,
-        model: nn.Module,
-        layers: Mapping[str, nn.Module],
-        data: Any = None,
-        spec: InputSpec | None = None,
-    ) -> dict[str, torch.Tensor]:
-        st = self._stats(model, layers, data, spec)
-        return {
-            n: _weights(m).abs() * _per_input(st[n].in_sq.sqrt(), m)
-            if n in st
-            else _weights(m).abs()
-            for n, m in layers.items()
-        }
+    def input_factor(self, s: LayerStats) -> torch.Tensor:
+        return s.in_sq.sqrt()
 
     def channel_scores(
         self,
