@@ -9,6 +9,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 TEMPLATE = "plotly_white"
+_MARGIN = {"t": 50, "b": 40, "l": 60, "r": 20}
+# Trade-off figures carry a subtitle (what was measured, where), so they need more room on top.
+_MARGIN_SUBTITLED = {"t": 70, "b": 50, "l": 60, "r": 20}
 
 
 def latency_figure(df: pd.DataFrame, title: str = "Latency per batch") -> go.Figure:
@@ -39,7 +42,7 @@ def latency_figure(df: pd.DataFrame, title: str = "Latency per batch") -> go.Fig
         template=TEMPLATE,
         yaxis_title="ms per batch (median, p10-p90)",
         height=360,
-        margin={"t": 50, "b": 40, "l": 60, "r": 20},
+        margin=_MARGIN,
     )
     return fig
 
@@ -64,7 +67,7 @@ def confusion_figure(
         yaxis_title="true",
         height=420,
         yaxis={"autorange": "reversed"},
-        margin={"t": 50, "b": 40, "l": 60, "r": 20},
+        margin=_MARGIN,
     )
     return fig
 
@@ -79,7 +82,7 @@ def per_class_figure(
         template=TEMPLATE,
         yaxis={"range": [0, 1], "title": "accuracy"},
         height=320,
-        margin={"t": 50, "b": 40, "l": 60, "r": 20},
+        margin=_MARGIN,
     )
     return fig
 
@@ -87,7 +90,6 @@ def per_class_figure(
 # --- Inspect & prune ---
 
 _BEFORE, _AFTER, _DENSE = "#9DB4D0", "#E45756", "#BAB0AC"
-_MARGIN = {"t": 50, "b": 40, "l": 60, "r": 20}
 
 
 def layer_sparsity_figure(
@@ -426,7 +428,7 @@ def accuracy_sparsity_figure(
                "tickformat": ".0%"},
         yaxis={"title": "top-1 accuracy", "tickformat": ".0%"},
         height=420,
-        margin={"t": 70, "b": 50, "l": 60, "r": 20},
+        margin=_MARGIN_SUBTITLED,
         legend={"orientation": "h", "y": -0.25},
     )  # fmt: skip
     return fig
@@ -488,7 +490,7 @@ def latency_sparsity_figure(
         yaxis={"title": "ms per batch (median, p10-p90, log scale)", "type": "log",
                **_log_ticks(ok)},
         height=420,
-        margin={"t": 70, "b": 50, "l": 60, "r": 20},
+        margin=_MARGIN_SUBTITLED,
         legend={"orientation": "h", "y": -0.25},
     )  # fmt: skip
     return fig
@@ -538,7 +540,7 @@ def size_accuracy_figure(
         xaxis={"title": "non-zero weights x 4 bytes (KiB)"},
         yaxis={"title": "top-1 accuracy", "tickformat": ".0%"},
         height=420,
-        margin={"t": 70, "b": 50, "l": 60, "r": 20},
+        margin=_MARGIN_SUBTITLED,
         legend={"orientation": "h", "y": -0.25},
     )  # fmt: skip
     return fig
@@ -571,7 +573,7 @@ def sensitivity_figure(
         xaxis={"title": "share of this layer removed (others dense)", "tickformat": ".0%"},
         yaxis={"title": "accuracy drop (points of top-1)", "tickformat": ".1%"},
         height=420,
-        margin={"t": 70, "b": 50, "l": 60, "r": 20},
+        margin=_MARGIN_SUBTITLED,
     )  # fmt: skip
     return fig
 
@@ -603,7 +605,7 @@ def runs_curves_figure(
         xaxis_title="optimizer step",
         yaxis={"title": y, "tickformat": ".0%" if y == "accuracy" else None},
         height=380,
-        margin={"t": 50, "b": 40, "l": 60, "r": 20},
+        margin=_MARGIN,
         legend={"orientation": "h", "y": -0.25},
     )
     return fig
