@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,40 +152,47 @@ def _architectures() -> list[str]:
     return [m.name for m in list_models()]
 
 
-def _on_checkpoint() -> None:
-    f = st.session_state.get("upload_ckpt_file")
+def _accept(
+    file_key: str, target_key: str, missing: str, save: Callable[[Any], str], what: str
+) -> None:
+    """Save the uploaded file with `save`; on success it becomes the current model or dataset."""
+    f = st.session_state.get(file_key)
     st.session_state["upload_msg"] = None
     if f is None:
-        st.session_state["upload_error"] = "Choose a checkpoint file first."
+        st.session_state["upload_error"] = missing
         return
-    arch = st.session_state.get("upload_arch") or "digits-cnn"
-    classes = st.session_state.get("upload_classes")
     try:
-        ref = save_checkpoint_upload(
-            f.name, f.getvalue(), arch, num_classes=int(classes) if classes else None
-        )
+        ref = save(f)
     except UserError as e:
         st.session_state["upload_error"] = f"{f.name} was not loaded: {e}"
         return
-    st.session_state["model_ref"] = ref
+    st.session_state[target_key] = ref
     st.session_state["upload_error"] = None
-    st.session_state["upload_msg"] = f"Loaded {f.name} as {arch}: it is now the current model."
+    st.session_state["upload_msg"] = f"Loaded {f.name}{what}."
+
+
+def _on_checkpoint() -> None:
+    arch = st.session_state.get("upload_arch") or "digits-cnn"
+    classes = st.session_state.get("upload_classes")
+    _accept(
+        "upload_ckpt_file",
+        "model_ref",
+        "Choose a checkpoint file first.",
+        lambda f: save_checkpoint_upload(
+            f.name, f.getvalue(), arch, num_classes=int(classes) if classes else None
+        ),
+        f" as {arch}: it is now the current model",
+    )
 
 
 def _on_dataset() -> None:
-    f = st.session_state.get("upload_data_file")
-    st.session_state["upload_msg"] = None
-    if f is None:
-        st.session_state["upload_error"] = "Choose a zip file first."
-        return
-    try:
-        ref = save_dataset_upload(f.name, f.getvalue())
-    except UserError as e:
-        st.session_state["upload_error"] = f"{f.name} was not loaded: {e}"
-        return
-    st.session_state["dataset_ref"] = ref
-    st.session_state["upload_error"] = None
-    st.session_state["upload_msg"] = f"Loaded {f.name}: it is now the current dataset."
+    _accept(
+        "upload_data_file",
+        "dataset_ref",
+        "Choose a zip file first.",
+        lambda f: save_dataset_upload(f.name, f.getvalue()),
+        ": it is now the current dataset",
+    )
 
 
 def upload_panel() -> None:
