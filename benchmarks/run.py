@@ -828,7 +828,7 @@ def run_sections(names: list[str], ctx: Ctx, log: Callable[[str], None] = print)
 
 def write_results(out_dir: Path, doc: dict[str, Any]) -> None:
     """Write results.json and results.md atomically."""
-    from pruning_core.checkpoint import atomic_path, write_json
+    from pruning_core.fsio import atomic_path, write_json
 
     write_json(out_dir / "results.json", doc)
     with atomic_path(out_dir / "results.md") as tmp:

@@ -10,11 +10,8 @@ Reloading never unpickles code.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import UserError
+from pruning_core.fsio import atomic_path, write_json
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -40,46 +38,6 @@ SHAPE_ATTRS = (
     "embed_dim",
     "hidden_dim",
 )
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success rename it onto `target`.
-
-    A failure inside the block removes the temporary file, so readers never see half a file.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def module_shape_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -323,39 +281,3 @@ def read_model_dir(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     state, _ = read_state_file(directory / MODEL_FILE)
     assert isinstance(state, dict)
     return state, meta
-
-
-@contextmanager
-def output_dir(target: Path) -> Iterator[Path]:
-    """Build an output directory in a temporary sibling and move it into place on success.
-
-    An existing `target` is replaced only when it is empty or an earlier Pruning Lab output
-    (it holds model.json or metrics.json); anything else is refused so no user file is lost.
-    A failure inside the block leaves `target` untouched and removes the temporary directory.
-    """
-    import shutil
-
-    if target.exists():
-        if not target.is_dir():
-            raise UserError(f"--out {target} exists and is not a directory")
-        entries = {p.name for p in target.iterdir()}
-        if entries and not entries & {META_FILE, "metrics.json"}:
-            raise UserError(
-                f"--out {target} is a non-empty directory not written by pruning-lab; choose another"
-            )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

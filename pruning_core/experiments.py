@@ -28,11 +28,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pruning_core.checkpoint import atomic_path
 from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
+from pruning_core.fsio import atomic_path
 from pruning_core.models import LoadedModel
 from pruning_core.models.spec import InputSpec
 from pruning_core.prune import (

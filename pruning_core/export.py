@@ -31,15 +31,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pruning_core.checkpoint import (
-    META_FILE,
-    MODEL_FILE,
-    atomic_path,
-    output_dir,
-    save_model_dir,
-    write_json,
-)
+from pruning_core.checkpoint import META_FILE, MODEL_FILE, save_model_dir
 from pruning_core.errors import UserError
+from pruning_core.fsio import atomic_path, output_dir, write_json
 from pruning_core.models import get_entry
 from pruning_core.models.spec import InputSpec
 

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from pruning_core.errors import UserError
+from pruning_core.fsio import atomic_path, output_dir
 
 __all__ = [
     "CURVE_COLUMNS",
@@ -399,8 +400,6 @@ class RunStore:
         Returns:
             The final path.
         """
-        from pruning_core.checkpoint import atomic_path  # lazy: the store itself needs no torch
-
         target = self.run_dir(run) / _safe_name(filename)
         with atomic_path(target) as tmp:
             if isinstance(content, bytes):
@@ -418,8 +417,6 @@ class RunStore:
 
         Yields a temporary directory; on success it is moved to `runs/<id>/<dirname>`.
         """
-        from pruning_core.checkpoint import output_dir
-
         target = self.run_dir(run) / _safe_name(dirname)
         with output_dir(target) as tmp:
             yield tmp

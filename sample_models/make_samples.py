@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from pruning_core.checkpoint import output_dir, save_model_dir
+from pruning_core.checkpoint import save_model_dir
 from pruning_core.data import load_dataset
 from pruning_core.evaluate import evaluate
+from pruning_core.fsio import output_dir
 from pruning_core.models import get_entry
 from pruning_core.stats import count_macs, count_params
 from pruning_core.train import TrainConfig, fit

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pruning_core.checkpoint import output_dir, save_model_dir
+from pruning_core.checkpoint import save_model_dir
 from pruning_core.errors import UserError
+from pruning_core.fsio import output_dir
 from pruning_core.models import create_model, load_model
 
 

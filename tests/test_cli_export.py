@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pruning_core.checkpoint import save_model_dir, write_json
+from pruning_core.checkpoint import save_model_dir
+from pruning_core.fsio import write_json
 from pruning_core.models import load_model
 from pruning_core.prune import PruneConfig, prune_
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruning_core.checkpoint import save_model_dir, write_json
+from pruning_core.checkpoint import save_model_dir
 from pruning_core.cli import main
+from pruning_core.fsio import write_json
 from pruning_core.models import get_entry, load_model
 
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import streamlit as st
 
-from pruning_core.checkpoint import atomic_path, output_dir, save_model_dir
+from pruning_core.checkpoint import save_model_dir
 from pruning_core.data import load_dataset
 from pruning_core.errors import UserError
+from pruning_core.fsio import atomic_path, output_dir
 from pruning_core.models import get_entry, list_models, load_model
 from pruning_core.store import data_home
 from ui.state import init_state

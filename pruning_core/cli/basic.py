@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pruning_core.checkpoint import output_dir, save_model_dir, write_json
+from pruning_core.checkpoint import save_model_dir
 from pruning_core.cli.common import add_model_args, resolve, stderr_progress
 from pruning_core.data import list_datasets, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
+from pruning_core.fsio import output_dir, write_json
 from pruning_core.models import get_entry, list_models, load_model, model_spec
 from pruning_core.train import OPTIMIZERS, SCHEDULES, TrainConfig, fit
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
-from pruning_core.checkpoint import output_dir, save_model_dir, write_json
+from pruning_core.checkpoint import save_model_dir
 from pruning_core.cli.common import resolve, stderr_progress
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
+from pruning_core.fsio import output_dir, write_json
 from pruning_core.models import get_entry
 from pruning_core.prune import PruneConfig, list_methods
 from pruning_core.recipe import RECIPE_KEYS, RECIPE_VERSION

@@ -1,0 +1,341 @@
+"""Writing files and folders so that nothing is half-written and nothing of the user's is lost.
+
+A leaf module (standard library only), used by every part of Pruning Lab that writes to disk.
+
+- `atomic_path(target)`: a file is written beside its target and renamed onto it, so a reader
+  sees the old file or the complete new one.
+- `output_dir(target)`: a folder is built beside its target and swapped into place in one
+  atomic step (Linux `renameat2(RENAME_EXCHANGE)`), so there is no moment where neither the old
+  nor the new folder exists. An existing folder is replaced only when Pruning Lab wrote it,
+  recognised by the marker file `OUTPUT_MARKER` with its exact contents; any other non-empty
+  folder is refused, before any work starts when the caller uses `check_output_dir` up front.
+- Temporary names carry the writer's process id (`.NAME.pl-tmp-PID-XXXX`), so the next run
+  removes what a killed run left (`clean_stale`) without touching the work of a live one.
+- `check_writable_dir` probes a folder for real (creating and removing an empty folder), so an
+  unwritable `--out` or home is refused before any model is loaded or trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pruning_core.errors import UserError
+
+__all__ = [
+    "OUTPUT_MARKER",
+    "atomic_path",
+    "check_output_dir",
+    "check_writable_dir",
+    "clean_stale",
+    "is_tool_output",
+    "json_default",
+    "output_dir",
+    "temp_prefix",
+    "write_json",
+]
+
+OUTPUT_MARKER = ".pruning-lab-output"
+# The marker's exact contents: a user's folder does not hold this file with this text by chance.
+_MARKER_DOC = {"written_by": "pruning-lab", "what": "output folder, replaced on request", "v": 1}
+_MARKER_TEXT = json.dumps(_MARKER_DOC, sort_keys=True) + "\n"
+_TMP_TAG = ".pl-tmp-"
+_OLD_TAG = ".pl-old-"
+_STALE_NAME = re.compile(r"^\.(?P<name>.+)\.pl-(?:tmp|old)-(?P<pid>\d+)-[^/]*$")
+# A temporary entry of a live process older than this is left over too (its pid was reused).
+_STALE_AGE_S = 24 * 3600.0
+# renameat2(2) flags (linux/fs.h).
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def temp_prefix(name: str, tag: str = _TMP_TAG) -> str:
+    """Prefix of a temporary sibling of `name` owned by this process (see `clean_stale`)."""
+    return f".{name}{tag}{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _is_stale(entry: Path) -> bool:
+    m = _STALE_NAME.match(entry.name)
+    if m is None:
+        return False
+    if not _pid_alive(int(m.group("pid"))):
+        return True
+    try:
+        return time.time() - entry.lstat().st_mtime > _STALE_AGE_S
+    except OSError:
+        return False
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
+def clean_stale(directory: Path, name: str | None = None) -> list[Path]:
+    """Remove temporary files and folders that killed runs left in `directory`.
+
+    Only entries named by `temp_prefix` whose process is gone (or that are a day old) are
+    touched. A killed folder replacement can leave the old folder under its temporary name with
+    nothing at the target; that old folder is put back first, so the user's last output is kept.
+
+    Args:
+        directory: The folder to clean (nothing happens if it does not exist).
+        name: Clean only the temporaries of this target name (default: all of them).
+
+    Returns:
+        The paths removed or restored.
+    """
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return []
+    done: list[Path] = []
+    for entry in sorted(entries):
+        m = _STALE_NAME.match(entry.name)
+        if m is None or (name is not None and m.group("name") != name) or not _is_stale(entry):
+            continue
+        target = entry.with_name(m.group("name"))
+        if _OLD_TAG in entry.name and not os.path.lexists(target) and is_tool_output(entry):
+            with contextlib.suppress(OSError):
+                os.rename(entry, target)
+                done.append(entry)
+                continue
+        _remove(entry)
+        done.append(entry)
+    return done
+
+
+def json_default(o: Any) -> Any:
+    """The `default=` of every JSON document Pruning Lab writes: objects with `to_dict`, paths,
+    tensors and arrays (`tolist`), sets; anything else is a TypeError."""
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, set | frozenset):
+        return sorted(o, key=str)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _finite(o: Any) -> Any:
+    # Strict JSON has no NaN/Infinity; write them as null so any reader can parse the file.
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success rename it onto `target`.
+
+    A failure inside the block removes the temporary file, so readers never see half a file;
+    a killed process leaves a temporary that the next write to the same folder removes.
+
+    Raises:
+        UserError: The folder cannot be created or written.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(target.parent, target.name)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), dir=target.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {target}: {e.strerror or e}") from None
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write strict JSON (non-finite floats as null) atomically (temp file + rename)."""
+    plain = json.loads(json.dumps(data, default=json_default))
+    text = json.dumps(_finite(plain), indent=2, allow_nan=False) + "\n"
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+def is_tool_output(directory: Path) -> bool:
+    """True when `directory` is a folder that Pruning Lab wrote (it holds the exact marker)."""
+    marker = Path(directory) / OUTPUT_MARKER
+    try:
+        return (
+            marker.is_file() and marker.stat().st_size < 4096 and marker.read_text() == _MARKER_TEXT
+        )
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Refuse, in one line, a folder that cannot be created or written.
+
+    The nearest existing ancestor is probed for real (an empty folder is created in it and
+    removed at once), because permission bits do not tell about read-only or virtual file
+    systems such as /proc. Nothing is left behind.
+
+    Args:
+        path: The folder that will be written (it may not exist yet).
+        what: How the user named it (`--out`, `PRUNING_LAB_HOME`...), for the message.
+
+    Raises:
+        UserError: A file stands where a folder is needed, or the folder cannot be written.
+    """
+    path = Path(path).expanduser()
+    probe = path
+    while not os.path.lexists(probe):
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if os.path.lexists(probe) and not probe.is_dir():
+        raise UserError(f"{what} {path}: {probe} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".pl-probe-", dir=probe))
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be written ({e.strerror or e})") from None
+
+
+def check_output_dir(target: Path, what: str = "--out") -> None:
+    """Refuse an output folder that must not be replaced, before any work starts.
+
+    Accepted: a path that does not exist yet (in a writable place), an empty folder, or a folder
+    that Pruning Lab wrote earlier (`is_tool_output`).
+
+    Raises:
+        UserError: `target` is a file or a symbolic link, a non-empty folder without the marker
+            (someone's own work: nothing of it is touched), or cannot be written.
+    """
+    target = Path(target).expanduser()
+    if target.is_symlink():
+        raise UserError(f"{what} {target} is a symbolic link; name the folder itself")
+    if target.exists():
+        if not target.is_dir():
+            raise UserError(f"{what} {target} exists and is not a folder")
+        try:
+            empty = next(target.iterdir(), None) is None
+        except OSError as e:
+            raise UserError(f"{what} {target} cannot be read ({e.strerror or e})") from None
+        if not empty and not is_tool_output(target):
+            raise UserError(
+                f"{what} {target} is a folder that pruning-lab did not write; it is left as it is: "
+                "choose a new or empty folder"
+            )
+    check_writable_dir(target.parent if target.exists() else target, what)
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """renameat2(2); False where the C library, the kernel or the file system lacks it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), ctypes.c_uint(flags))
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _swap_into_place(new: Path, target: Path) -> None:
+    """Put the complete folder `new` at `target`; afterwards `new` holds the old folder, if any.
+
+    With RENAME_EXCHANGE the swap is one atomic step. Without it, the old folder is first
+    renamed to a `.pl-old-` name, which `clean_stale` puts back if the process dies before the
+    second rename.
+    """
+    if not os.path.lexists(target):
+        if _renameat2(new, target, _RENAME_NOREPLACE):
+            return
+        if os.path.lexists(target):
+            raise UserError(f"{target} appeared while writing; not replacing it")
+        os.rename(new, target)
+        return
+    if _renameat2(new, target, _RENAME_EXCHANGE):
+        return
+    old = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name, _OLD_TAG), dir=target.parent))
+    os.rmdir(old)
+    os.rename(target, old)
+    os.rename(new, target)
+    os.rename(old, new)
+
+
+@contextmanager
+def output_dir(target: Path, what: str = "--out") -> Iterator[Path]:
+    """Build an output folder in a temporary sibling and swap it into place on success.
+
+    The existing `target` may be replaced only as `check_output_dir` allows (checked again here,
+    since the folder may have changed while the work ran). The marker is written last, so a
+    folder with the marker is complete. A failure inside the block leaves `target` untouched and
+    removes the temporary folder; a killed process leaves either the old or the new folder at
+    `target`, and a temporary that the next write removes.
+
+    Raises:
+        UserError: As `check_output_dir`.
+    """
+    target = Path(target).expanduser()
+    check_output_dir(target, what)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(target.parent, target.name)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
+    except OSError as e:
+        raise UserError(f"{what} {target} cannot be written ({e.strerror or e})") from None
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        (tmp / OUTPUT_MARKER).write_text(_MARKER_TEXT)
+        check_output_dir(target, what)
+        try:
+            _swap_into_place(tmp, target)
+        except OSError as e:
+            raise UserError(f"{what} {target} cannot be written ({e.strerror or e})") from None
+    finally:
+        if os.path.lexists(tmp):
+            _remove(tmp)
