@@ -5,6 +5,14 @@ A model directory (written by `train`, `prune` and the sample-model script) hold
 arguments, input spec, and the *surgery* that turns a freshly built architecture into the saved
 shape: module attributes changed by structured pruning, submodules replaced by identities).
 Reloading never unpickles code.
+
+Tensor policy (every checkpoint file, model directory and upload goes through `read_state_file`
+and `check_state_dict`): each entry must be a dense tensor; complex and quantized tensors are
+refused; a tensor whose model counterpart is floating must be floating (bool and integer weights
+are refused, never cast), and an integer buffer (BatchNorm's `num_batches_tracked`) must stay
+integer; every floating tensor must be finite. A NaN/inf weight is refused with a message naming
+the tensor: silently "cleaning" it would change the user's model, and pruning a NaN layer makes
+every threshold meaningless.
 """
 
 from __future__ import annotations
@@ -87,38 +95,112 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
     return {"attrs": attrs, "identity": identity, "self_attention": swapped}
 
 
+SURGERY_KEYS = ("attrs", "identity", "self_attention")
+
+
+def has_surgery(surgery: Mapping[str, Any] | None) -> bool:
+    """True when `surgery` changes anything (some attrs, identities or attention swaps)."""
+    return surgery is not None and any(surgery.get(k) for k in SURGERY_KEYS)
+
+
 def apply_surgery(
-    model: nn.Module, surgery: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+    model: nn.Module,
+    surgery: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    *,
+    where: str = "checkpoint",
 ) -> None:
-    """Reshape a freshly built model in place so that `state` loads into it."""
+    """Reshape a freshly built model in place so that `state` loads into it.
+
+    Submodules named in `identity` become `nn.Identity`, `self_attention` paths (which must be
+    `nn.MultiheadAttention`) become `SelfAttention`, `attrs` set shape attributes that must
+    already exist on their module; then every parameter/buffer takes its saved shape (same number
+    of dimensions only). Nothing here trusts `state`: `check_module_shapes` must confirm
+    afterwards that each module's tensors agree with its own shape attributes. Without any
+    surgery nothing is resized, so `check_state_dict` sees every mismatch.
+
+    Args:
+        model: A freshly built model (on any device, `meta` included).
+        surgery: {"attrs": {path: {attr: int or list of int}}, "identity": [path],
+            "self_attention": [path]}, already type-checked (see `models.validate`).
+        state: The saved tensors (only their shapes are read).
+        where: Prefix of messages (`DIR/model.json`).
+
+    Raises:
+        UserError: A path that does not exist, an attention swap on something that is not a
+            batch-first `nn.MultiheadAttention`, or an attribute the module does not have.
+    """
     from pruning_core.models.architectures import SelfAttention
 
-    for path in surgery.get("identity", []):
+    if not has_surgery(surgery):
+        return
+    for i, path in enumerate(surgery.get("identity") or []):
+        _submodule(model, path, f"{where}: surgery.identity[{i}]")
         _set_submodule(model, path, nn.Identity())
-    for path in surgery.get("self_attention", []):
-        mha = model.get_submodule(path)
+    swapped: list[str] = []
+    for i, path in enumerate(surgery.get("self_attention") or []):
+        what = f"{where}: surgery.self_attention[{i}]"
+        mha = _submodule(model, path, what)
         if not isinstance(mha, nn.MultiheadAttention):
-            raise UserError(f"checkpoint swaps attention at '{path}' but the architecture has none")
-        _set_submodule(model, path, SelfAttention.from_mha(mha))
+            raise UserError(
+                f"{what}: {path!r} is a {type(mha).__name__}, not an nn.MultiheadAttention"
+            )
+        w = mha.in_proj_weight
+        if not (mha.batch_first and mha._qkv_same_embed_dim and isinstance(w, torch.Tensor)):
+            raise UserError(
+                f"{what}: only a batch-first nn.MultiheadAttention with one in-projection "
+                f"converts, and {path!r} is not one"
+            )
+        # Values come from the state next, so nothing is copied (the model may be on `meta`).
+        with torch.device(w.device):
+            _set_submodule(model, path, SelfAttention(mha.embed_dim, mha.num_heads))
+        swapped.append(path)
     mods = dict(model.named_modules())
-    for path, attrs in surgery.get("attrs", {}).items():
+    for path, attrs in (surgery.get("attrs") or {}).items():
+        what = f"{where}: surgery.attrs.{shown(path) or '(root)'}"
         if path not in mods:
-            raise UserError(f"checkpoint describes module '{path}' that the architecture lacks")
+            raise UserError(f"{what}: the model has no module {path!r}")
+        mod = mods[path]
         for a, v in attrs.items():
-            setattr(mods[path], a, tuple(v) if isinstance(v, list) else v)
+            old = getattr(mod, a, None)
+            if a not in SHAPE_ATTRS or isinstance(old, bool) or not isinstance(old, int | tuple):
+                raise UserError(
+                    f"{what}.{shown(a)}: {type(mod).__name__} {path!r} has no shape attribute {a!r}"
+                )
+            if isinstance(old, tuple) != isinstance(v, list | tuple):
+                raise UserError(
+                    f"{what}.{a} must be {'a list of integers' if isinstance(old, tuple) else 'an integer'}"
+                    f", got {v!r}"
+                )
+            setattr(mod, a, tuple(v) if isinstance(v, list | tuple) else v)
     # Parameters and buffers take the saved shapes; values come from load_state_dict next.
     for name, mod in model.named_modules():
         prefix = f"{name}." if name else ""
         for pname, p in list(mod.named_parameters(recurse=False)):
             t = state.get(prefix + pname)
-            if t is not None and t.shape != p.shape:
-                setattr(
-                    mod, pname, nn.Parameter(torch.empty_like(t, dtype=p.dtype), p.requires_grad)
-                )
+            if t is not None and t.shape != p.shape and t.dim() == p.dim():
+                new = torch.empty(t.shape, dtype=p.dtype, device=p.device)
+                setattr(mod, pname, nn.Parameter(new, p.requires_grad))
         for bname, b in list(mod.named_buffers(recurse=False)):
             t = state.get(prefix + bname)
-            if b is not None and t is not None and t.shape != b.shape:
-                mod.register_buffer(bname, torch.empty_like(t, dtype=b.dtype))
+            if b is not None and t is not None and t.shape != b.shape and t.dim() == b.dim():
+                mod.register_buffer(bname, torch.empty(t.shape, dtype=b.dtype, device=b.device))
+    # An attention swap creates qkv/proj that the dense reference lacks, so surgery_of cannot
+    # record their widths: they follow their (checked) SelfAttention's heads instead.
+    for path in swapped:
+        att = model.get_submodule(path)
+        for lin in (getattr(att, "qkv", None), getattr(att, "proj", None)):
+            if isinstance(lin, nn.Linear):
+                lin.out_features, lin.in_features = lin.weight.shape
+
+
+def _submodule(model: nn.Module, path: Any, what: str) -> nn.Module:
+    if not isinstance(path, str) or not path:
+        raise UserError(f"{what} must be a module path such as 'layer1.0', got {path!r}")
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise UserError(f"{what}: the model has no module {path!r}") from None
 
 
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -127,8 +209,33 @@ def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, leaf, new)
 
 
-def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str) -> None:
-    """Raise a UserError naming the first mismatching keys and shapes, if any."""
+def dtype_kind(dtype: torch.dtype) -> str:
+    """`floating`, `integer`, `bool` or `complex` (quantized dtypes count as integer)."""
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "floating" if dtype.is_floating_point else "integer"
+
+
+def check_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, *, source: str = "checkpoint"
+) -> None:
+    """Check that `state` fits `model`: the same keys, shapes and kinds of dtype.
+
+    A tensor whose model counterpart is floating must be floating (bool and integer weights are
+    refused, not cast) and an integer buffer such as `num_batches_tracked` must be integer.
+
+    Args:
+        model: The model (its tensors may live on the `meta` device).
+        state: The saved tensors.
+        arch: Architecture name for the message.
+        source: What the tensors came from (`checkpoint FILE`).
+
+    Raises:
+        UserError: Naming the first mismatching keys and shapes, or the first tensor of the
+            wrong kind of dtype.
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -142,27 +249,114 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], arch: 
         if shape:
             parts.append("shape mismatch " + "; ".join(shape[:3]))
         if missing:
-            parts.append("missing keys " + ", ".join(missing[:3]))
+            parts.append("missing keys " + ", ".join(shown(k) for k in missing[:3]))
         if unexpected:
-            parts.append("unexpected keys " + ", ".join(unexpected[:3]))
-        raise UserError(f"checkpoint does not fit architecture '{arch}': " + " | ".join(parts))
+            parts.append("unexpected keys " + ", ".join(shown(k) for k in unexpected[:3]))
+        raise UserError(f"{source} does not fit architecture '{arch}': " + " | ".join(parts))
+    for k, v in own.items():
+        want, got = dtype_kind(v.dtype), dtype_kind(state[k].dtype)
+        if want != got:
+            raise UserError(
+                f"{source}: tensor {k!r} is {_dtype_name(state[k].dtype)} but the model's is "
+                f"{want} ({_dtype_name(v.dtype)}); refusing it (tensors are never cast across kinds)"
+            )
+
+
+def shown(name: object) -> str:
+    """A name from a file as messages show it: itself, or its repr when it holds newlines or
+    other unprintable characters (a refusal must stay one line)."""
+    return name if isinstance(name, str) and name.isprintable() else repr(name)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_tensors(state: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """Refuse entries that are not dense real tensors, and floating tensors with NaN/inf.
+
+    Args:
+        state: Name -> value, as read from a file.
+        source: What it came from, for messages (`checkpoint model.pt`).
+
+    Returns:
+        The same mapping as a plain dict of tensors.
+
+    Raises:
+        UserError: An entry that is not a tensor, a sparse/quantized/complex tensor, or a
+            floating tensor holding NaN or inf (the message counts them and names the tensor).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise UserError(
+                f"{source}: entry {k!r} is a {type(v).__name__}, not a tensor; refusing it"
+            )
+        if v.layout != torch.strided:
+            raise UserError(f"{source}: tensor {k!r} is {v.layout} (only dense tensors load)")
+        if v.is_quantized or v.dtype.is_complex:
+            raise UserError(
+                f"{source}: tensor {k!r} is {_dtype_name(v.dtype)}; refusing it (model weights are "
+                "real floating point)"
+            )
+        if v.dtype.is_floating_point:
+            bad = nonfinite_count(v)
+            if bad:
+                raise UserError(f"{source}: tensor {k!r} holds {bad} NaN/inf values; refusing it")
+        out[str(k)] = v
+    return out
+
+
+def nonfinite_count(t: torch.Tensor) -> int:
+    """How many entries of a floating tensor are NaN or +-inf (0 for other dtypes)."""
+    if not t.dtype.is_floating_point:
+        return 0
+    try:
+        return int((~torch.isfinite(t.detach())).sum())
+    except (RuntimeError, NotImplementedError):  # float8 kernels are missing on some devices
+        return int((~torch.isfinite(t.detach().float())).sum())
+
+
+def check_loaded_finite(model: nn.Module, source: str) -> None:
+    """Refuse a model whose floating tensors are not finite after loading.
+
+    Finite float64 values beyond float32's range become inf when copied into a float32 model,
+    so the file's own check is not enough.
+
+    Raises:
+        UserError: Naming the first such tensor.
+    """
+    for k, v in model.state_dict().items():
+        bad = nonfinite_count(v)
+        if bad:
+            raise UserError(
+                f"{source}: tensor {k!r} holds {bad} values that are NaN/inf in the model's "
+                f"{_dtype_name(v.dtype)}; refusing it"
+            )
 
 
 def read_state_file(
-    path: Path, *, trust: bool = False
+    path: Path, *, trust: bool = False, label: str | None = None
 ) -> tuple[dict[str, torch.Tensor] | nn.Module, dict[str, Any]]:
     """Read weights from `.safetensors`, `.pt`/`.pth` (state_dict) or a trusted pickled module.
+
+    Every tensor goes through `check_tensors` (dense, real, finite). Scalars beside the tensors
+    (`epoch`, `lr`) are metadata; any other non-tensor entry is refused.
 
     Args:
         path: The file.
         trust: Allow a full pickle (which can run arbitrary code). Off unless the user says so.
+        label: How messages name the file (default: its name).
 
     Returns:
         (state_dict or whole module, extra metadata found beside the tensors).
 
     Raises:
-        UserError: Missing, unreadable, corrupt or untrusted-pickle files.
+        UserError: Missing, unreadable, corrupt or untrusted-pickle files, entries that are not
+            tensors, tensors of refused dtypes or with NaN/inf values.
     """
+    name = label or path.name
+    source = f"checkpoint {name}"
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -173,22 +367,23 @@ def read_state_file(
         from safetensors.torch import load_file
 
         try:
-            return dict(load_file(str(path))), meta
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"corrupt safetensors file {path.name}: {_first_line(e)}") from None
+            tensors = dict(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+            raise UserError(f"corrupt safetensors file {name}: {_first_line(e)}") from None
+        return check_tensors(tensors, source), meta
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not _looks_like_torch_file(path):
-            raise UserError(f"corrupt checkpoint {path.name}: not a PyTorch file") from None
+            raise UserError(f"corrupt checkpoint {name}: not a PyTorch file") from None
         if not trust:
             raise UserError(
-                f"refusing to unpickle {path.name}: it holds Python objects that could run code "
+                f"refusing to unpickle {name}: it holds Python objects that could run code "
                 "(load it with --trust-pickle only if you trust its source)"
             ) from None
         obj = _trusted_load(path, e)
     except Exception as e:  # torch raises many types for damaged files; all mean "corrupt"
-        raise UserError(f"corrupt checkpoint {path.name}: {_first_line(e)}") from None
+        raise UserError(f"corrupt checkpoint {name}: {_first_line(e)}") from None
     if isinstance(obj, nn.Module):
         return obj, meta
     if isinstance(obj, Mapping):
@@ -202,10 +397,15 @@ def read_state_file(
                 break
             if isinstance(inner, nn.Module):
                 return inner, meta
-        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if tensors:
-            return tensors, meta
-    raise UserError(f"{path.name} holds no state_dict (a mapping of tensor names to tensors)")
+        # Plain scalars beside the tensors are metadata (`epoch`); anything else is refused.
+        entries = {k: v for k, v in obj.items() if not _is_scalar(v)}
+        if any(isinstance(v, torch.Tensor) for v in entries.values()):
+            return check_tensors(entries, source), meta
+    raise UserError(f"{name} holds no state_dict (a mapping of tensor names to tensors)")
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, str | int | float | bool)
 
 
 def _trusted_load(path: Path, err: Exception) -> Any:
@@ -265,19 +465,42 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_model_dir(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a model directory's tensors and metadata (no code is unpickled)."""
+def read_model_meta(directory: Path) -> dict[str, Any]:
+    """The decoded `model.json` of a model directory (checked later by `models.validate`).
+
+    Raises:
+        UserError: Not a model directory, or model.json is not a JSON object.
+    """
     meta_path = directory / META_FILE
-    if not meta_path.exists() or not (directory / MODEL_FILE).exists():
+    if not meta_path.is_file() or not (directory / MODEL_FILE).is_file():
         raise UserError(
             f"{directory} is not a model directory (needs {MODEL_FILE} and {META_FILE})"
         )
     try:
         meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise UserError(f"corrupt {META_FILE} in {directory}: {_first_line(e)}") from None
-    if not isinstance(meta, dict) or "arch" not in meta:
+    except OSError as e:
+        raise UserError(f"cannot read {meta_path}: {_first_line(e)}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path} must hold a JSON object, got {type(meta).__name__}")
+    if "arch" not in meta:
         raise UserError(f"{meta_path} names no architecture ('arch')")
-    state, _ = read_state_file(directory / MODEL_FILE)
+    return meta
+
+
+def read_model_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The checked tensors of a model directory's `model.safetensors` (see `check_tensors`)."""
+    state, _ = read_state_file(directory / MODEL_FILE, label=str(directory / MODEL_FILE))
     assert isinstance(state, dict)
-    return state, meta
+    return state
+
+
+def read_model_dir(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a model directory's tensors and metadata (no code is unpickled).
+
+    Raises:
+        UserError: Not a model directory, unreadable model.json, refused tensors.
+    """
+    meta = read_model_meta(directory)
+    return read_model_state(directory), meta

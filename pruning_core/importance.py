@@ -39,6 +39,7 @@ __all__ = [
     "TaylorImportance",
     "WandaImportance",
     "calibration_stats",
+    "check_finite",
     "following_batchnorm",
     "get_importance",
 ]
@@ -268,6 +269,30 @@ def weight_of(m: nn.Module) -> torch.Tensor:
     w = m.weight
     assert isinstance(w, torch.Tensor)
     return w
+
+
+def check_finite(name: str, values: torch.Tensor, what: str = "weights") -> None:
+    """Refuse to prune a layer whose weights (or importance scores) hold NaN or inf.
+
+    NaN compares false with everything, so a NaN layer makes every threshold meaningless (and
+    used to read as fully pruned); the policy is to refuse it by name, never to clean it.
+
+    Args:
+        name: The layer, for the message.
+        values: Its weights or scores (any floating dtype and device).
+        what: `weights` or `scores`.
+
+    Raises:
+        UserError: Naming the layer and counting the NaN/inf values.
+    """
+    if not values.dtype.is_floating_point:
+        return
+    bad = int((~torch.isfinite(values.detach())).sum())
+    if bad:
+        raise UserError(
+            f"layer {name!r} holds {bad} NaN/inf {what} (of {values.numel()}); refusing to prune "
+            "it (reload or retrain the model)"
+        )
 
 
 def _weights(m: nn.Module) -> torch.Tensor:

@@ -24,8 +24,15 @@ import torch
 from torch import nn
 
 from pruning_core.errors import UserError
-from pruning_core.importance import IMPORTANCES, Importance, get_importance, weight_of
+from pruning_core.importance import (
+    IMPORTANCES,
+    Importance,
+    check_finite,
+    get_importance,
+    weight_of,
+)
 from pruning_core.models.spec import InputSpec
+from pruning_core.validate import check_seed
 
 __all__ = [
     "GRANULARITIES",
@@ -159,6 +166,11 @@ class PruneConfig:
                     f"{'ratio' if name == 'ratio' else f'ratio of layer {name!r}'} {r} exceeds "
                     f"max_layer_ratio {mlr}: no layer is pruned beyond it (never to zero width)"
                 )
+        if nm and nm[0] / nm[1] > mlr:
+            raise UserError(
+                f"N:M granularity {self.granularity} removes {nm[0] / nm[1]:g} of every layer, "
+                f"beyond max_layer_ratio {mlr}"
+            )
         if self.ignore is not None:
             if isinstance(self.ignore, str) or not all(isinstance(s, str) for s in self.ignore):
                 raise UserError("ignore must be a list of layer names or patterns")
@@ -173,6 +185,7 @@ class PruneConfig:
             raise UserError(f"calib_batches must be an integer >= 1, got {self.calib_batches}")
         if not isinstance(self.seed, int):
             raise UserError(f"seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "seed", check_seed(self.seed))
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -362,6 +375,11 @@ class ScoreCache:
     replaces the criterion with given per-weight scores (e.g. dense weights in a dynamic
     schedule).
 
+    Every mask removes exactly the k lowest scores of a layer (a stable argsort decides ties,
+    so equal weights never take more than their share) and never more than `max_layer_ratio`
+    of any layer; exact zeros stay masked up to that cap. Layers whose weights or scores hold
+    NaN/inf are refused by name (`importance.check_finite`).
+
     Attributes:
         config: The config the scores were computed for (its ratio is not used).
         layer_names: Pruned layers in module order.
@@ -399,23 +417,34 @@ class ScoreCache:
         self.importance: Importance = get_importance(
             config.method, norm=config.norm, seed=config.seed, calib_batches=config.calib_batches
         )
+        self.layer_names = list(layers)
+        weights = {n: weight_of(m) for n, m in layers.items()}
+        for n, w in weights.items():
+            check_finite(n, w)
         raw = (
             scores
             if scores is not None
             else self.importance.weight_scores(model, layers, data, spec)
         )
-        self.layer_names = list(layers)
-        weights = {n: weight_of(m) for n, m in layers.items()}
         self.layer_sizes = {n: w.numel() for n, w in weights.items()}
         self._shapes: dict[str, torch.Size] = {n: w.shape for n, w in weights.items()}
         self._rows: dict[str, torch.Tensor] = {}
+        # Exact zeros per row: masked first (re-pruning keeps earlier zeros), up to the cap.
+        self._row_zeros: dict[str, torch.Tensor] = {}
         for n, w in weights.items():
+            if n not in raw:
+                raise UserError(f"no scores given for layer '{n}'")
             s = raw[n].detach().to("cpu", torch.float32).reshape(w.shape[0], -1).clone()
+            check_finite(n, s, "scores")
+            zero = torch.zeros(s.shape, dtype=torch.bool)
             if zeros_first:
-                s[(w.detach().reshape(s.shape) == 0).cpu()] = -math.inf
+                zero = (w.detach().reshape(s.shape) == 0).cpu()
+                s[zero] = -math.inf
             self._rows[n] = s
+            self._row_zeros[n] = zero.sum(dim=1)
         self._nm_masks: dict[str, torch.Tensor] | None = None
         self._sorted: dict[str, torch.Tensor] = {}
+        self._order: dict[str, torch.Tensor] = {}
         self._sorted_rows: dict[str, torch.Tensor] = {}
         self._global: tuple[tuple[str, ...], torch.Tensor] | None = None
         nm = config.nm
@@ -427,7 +456,11 @@ class ScoreCache:
             # Row order (stable) rather than values: ties at a row's threshold stay exact.
             self._sorted_rows = {n: s.argsort(dim=1, stable=True) for n, s in self._rows.items()}
         else:
-            self._sorted = {n: s.flatten().sort().values for n, s in self._rows.items()}
+            for n, s in self._rows.items():
+                values, order = s.flatten().sort(stable=True)
+                self._sorted[n] = values
+                # int32 halves the memory of the order; indexing accepts it.
+                self._order[n] = order.to(torch.int32) if order.numel() < 2**31 else order
 
     @staticmethod
     def _nm_mask(s: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -439,17 +472,16 @@ class ScoreCache:
         return math.floor(self.config.max_layer_ratio * self.layer_sizes[name] + 1e-9)
 
     def _layer_mask(self, name: str, k: int) -> torch.Tensor:
-        """Mask removing the k lowest scores of a layer (exact even with ties at the threshold)."""
-        s = self._rows[name].flatten()
-        if k <= 0:
-            return (s > -math.inf).reshape(self._shapes[name])
-        srt = self._sorted[name]
-        t = srt[k - 1]
-        if k < len(srt) and srt[k] == t and t > -math.inf:
-            keep = torch.ones_like(s, dtype=torch.bool)
-            keep[s.argsort(stable=True)[:k]] = False
-            return keep.reshape(self._shapes[name])
-        return (s > t).reshape(self._shapes[name])
+        """Mask removing exactly the k lowest scores of a layer (exact zeros at least), capped.
+
+        The count is clamped to [zeros, cap] and the stable order picks the entries, so ties
+        (constant weights, a layer of zeros) never remove more than `max_layer_ratio`.
+        """
+        k = min(max(k, int(self._row_zeros[name].sum())), self._cap(name))
+        keep = torch.ones(self.layer_sizes[name], dtype=torch.bool)
+        if k > 0:
+            keep[self._order[name][:k]] = False
+        return keep.reshape(self._shapes[name])
 
     def _global_sorted(self, pool: tuple[str, ...]) -> torch.Tensor:
         if self._global is None or self._global[0] != pool:
@@ -517,14 +549,13 @@ class ScoreCache:
 
     def _row_mask(self, name: str, ratio: float) -> torch.Tensor:
         order = self._sorted_rows[name]
-        k = min(
-            round(ratio * order.shape[1]),
-            math.floor(self.config.max_layer_ratio * order.shape[1] + 1e-9),
-        )
-        s = self._rows[name]
-        keep = s > -math.inf
-        if k > 0:
-            keep.scatter_(1, order[:, :k], False)
+        rows, cols = order.shape
+        cap = math.floor(self.config.max_layer_ratio * cols + 1e-9)
+        k = min(round(ratio * cols), cap)
+        # Each row drops exactly its count (its exact zeros at least), never past the cap.
+        per_row = self._row_zeros[name].clamp(min=k).clamp(max=cap)
+        drop = torch.arange(cols)[None, :] < per_row[:, None]
+        keep = torch.ones(rows, cols, dtype=torch.bool).scatter_(1, order, ~drop)
         return keep.reshape(self._shapes[name])
 
     def _global_masks(self, pool: tuple[str, ...], ratio: float) -> dict[str, torch.Tensor]:
@@ -534,11 +565,12 @@ class ScoreCache:
             return {n: self._layer_mask(n, 0) for n in pool}
         caps = {n: self._cap(n) for n in pool}
 
-        def counts(i: int) -> dict[str, int]:
+        def counts(i: int, right: bool = True) -> dict[str, int]:
             t = gs[i]
-            return {n: int(torch.searchsorted(self._sorted[n], t, right=True)) for n in pool}
+            return {n: int(torch.searchsorted(self._sorted[n], t, right=right)) for n in pool}
 
-        c = counts(k - 1)
+        lo = k - 1
+        c = counts(lo)
         if any(c[n] > caps[n] for n in pool):
             # Water-filling: capped layers stop at their cap, the rest share the remaining budget.
             lo, hi = k - 1, len(gs) - 1
@@ -549,7 +581,21 @@ class ScoreCache:
                 else:
                     lo = mid + 1
             c = counts(lo)
-        return {n: self._layer_mask(n, min(c[n], caps[n])) for n in pool}
+        take = {n: min(c[n], caps[n]) for n in pool}
+        if sum(take.values()) > k:
+            # Ties at the threshold: every score below it goes, and the tied ones are shared out
+            # in proportion to each layer's ties, so exactly k go (largest remainder rounding).
+            below = counts(lo, right=False)
+            base = {n: min(below[n], caps[n]) for n in pool}
+            slots = {n: take[n] - base[n] for n in pool}
+            extra, total = k - sum(base.values()), sum(slots.values())
+            share = {n: extra * slots[n] // total for n in pool}
+            rest = extra - sum(share.values())
+            by_rest = sorted(pool, key=lambda n: -((extra * slots[n]) % total))
+            for n in by_rest[:rest]:
+                share[n] += 1
+            take = {n: base[n] + share[n] for n in pool}
+        return {n: self._layer_mask(n, take[n]) for n in pool}
 
 
 def mask_sparsity(masks: Mapping[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
@@ -713,6 +759,12 @@ def prune_(
             raise ValueError(
                 "the ScoreCache was built for another method, granularity, norm or seed"
             )
+    if scores is not None:
+        # A cache scored another copy of the model: this one's weights still have to be finite.
+        mods = dict(model.named_modules())
+        for n in scores.layer_names:
+            if n in mods:
+                check_finite(n, weight_of(mods[n]))
     cache = scores if scores is not None else ScoreCache(model, config, data, spec)
     masks = cache.masks(config.ratio, dict(config.layer_ratios), config.scope)
     apply_masks_(model, masks)

@@ -14,6 +14,10 @@ pruned layer could be stored in:
 
 Biases are stored densely in every format. "Effective" MACs are what a sparse kernel would do:
 the dense MACs of a layer times its density (non-zero share of the weight).
+
+NaN/inf values (an in-memory model can hold them; loading refuses them) never reach a statistic
+or a histogram: each table counts them per layer in a `nonfinite` column, means, norms and
+histograms use the finite values only.
 """
 
 from __future__ import annotations
@@ -175,7 +179,9 @@ def layer_table(
     Returns:
         Columns: layer, type, shape, params, nonzero, sparsity, density, macs, macs_effective,
         size_dense, size_csr, size_bitmask, size_24, is_24, w_mean, w_std, w_abs_mean,
-        ch_l1_min, ch_l1_median, ch_l1_max, zero_channels, channels.
+        channels, ch_l1_min, ch_l1_median, ch_l1_max, zero_channels, nonfinite. Weight
+        statistics and channel norms use the finite weights only (NaN when none is);
+        `nonfinite` counts the NaN/inf weights.
     """
     del data
     per_layer_macs = layer_macs(model, spec) if (spec is not None and macs) else {}
@@ -186,9 +192,18 @@ def layer_table(
         wf = w.float()
         numel = w.numel()
         nnz = int(torch.count_nonzero(w).item())
+        finite = torch.isfinite(wf)
+        nonfinite = numel - int(finite.sum())
+        if nonfinite:
+            wf = wf.masked_fill(~finite, 0.0)  # a NaN/inf weight adds nothing to a channel norm
         ch_l1 = wf.abs().reshape(w.shape[0], -1).sum(1)
         sizes = format_sizes(w, bias.numel() if isinstance(bias, torch.Tensor) else 0)
-        std, mean = torch.std_mean(wf) if numel > 1 else (torch.tensor(0.0), wf.mean())
+        fv = wf[finite]
+        std, mean = (
+            torch.std_mean(fv)
+            if fv.numel() > 1
+            else (torch.tensor(0.0 if fv.numel() else math.nan), fv.mean())
+        )
         m = per_layer_macs.get(name)
         density = nnz / numel if numel else 0.0
         rows.append(
@@ -206,12 +221,13 @@ def layer_table(
                 "is_24": not math.isnan(sizes["size_24"]),
                 "w_mean": float(mean),
                 "w_std": float(std),
-                "w_abs_mean": float(wf.abs().mean()),
+                "w_abs_mean": float(fv.abs().mean()) if fv.numel() else math.nan,
                 "channels": int(w.shape[0]),
                 "ch_l1_min": float(ch_l1.min()),
                 "ch_l1_median": float(ch_l1.median()),
                 "ch_l1_max": float(ch_l1.max()),
                 "zero_channels": int((ch_l1 == 0).sum()),
+                "nonfinite": nonfinite,
             }
         )
     return pd.DataFrame(rows, columns=_TABLE_COLUMNS)
@@ -220,7 +236,7 @@ def layer_table(
 _TABLE_COLUMNS = [
     "layer", "type", "shape", "params", "nonzero", "sparsity", "density", "macs", "macs_effective",
     "size_dense", "size_csr", "size_bitmask", "size_24", "is_24", "w_mean", "w_std", "w_abs_mean",
-    "channels", "ch_l1_min", "ch_l1_median", "ch_l1_max", "zero_channels",
+    "channels", "ch_l1_min", "ch_l1_median", "ch_l1_max", "zero_channels", "nonfinite",
 ]  # fmt: skip
 
 
@@ -272,6 +288,8 @@ def _histogram(
     values: torch.Tensor, bins: int, lo: float | None = None, hi: float | None = None
 ) -> Histogram:
     v = values.detach().float().reshape(-1)
+    # Only finite values are binned: a single inf would stretch the bins to infinity.
+    v = v[torch.isfinite(v)]
     if v.numel() == 0:
         return [0.0] * (bins + 1), [0] * bins
     a = float(v.min()) if lo is None else lo
@@ -302,7 +320,7 @@ def weight_histograms(
 
     Returns:
         {layer: (edges of length bins+1, counts of length bins)}; counts sum to the number of
-        weights binned.
+        finite weights binned (NaN/inf weights are left out; `layer_table` counts them).
     """
     mods = dict(weight_layers(model))
     names = list(mods) if layers is None else list(layers)
@@ -337,8 +355,10 @@ class ActivationStats:
     are zero after a ReLU, i.e. <= 0 here.
 
     Attributes:
-        table: One row per Linear/Conv layer: layer, channels, n (values seen), mean, std,
-            abs_mean, apoz, dead_channels (channels with APoZ 1), after_bn.
+        table: One row per Linear/Conv layer: layer, channels, n (finite values seen), mean,
+            std, abs_mean, apoz, dead_channels (channels with APoZ 1), after_bn, nonfinite
+            (NaN/inf activations, left out of the sums and histograms; APoZ counts them as
+            zeros).
         channels: Per layer a DataFrame with one row per output channel: channel, mean_abs,
             apoz, norm (mean over examples of the L2 norm of the channel's output).
         histograms: Per layer (edges, counts) of a random sample of at most `ACT_SAMPLE` values.
@@ -367,9 +387,16 @@ class _Acc:
         self.after_bn = False
         self.linear = False
         self.pending: torch.Tensor | None = None
+        self.nonfinite = 0
 
     def add(self, a: torch.Tensor, gen: torch.Generator) -> None:
         a = a.detach().float()
+        bad = ~torch.isfinite(a)
+        nbad = int(bad.sum())
+        if nbad:
+            self.nonfinite += nbad
+            self.n -= nbad
+            a = a.masked_fill(bad, 0.0)
         # Channels: dim 1 for conv maps (N, C, ...), the last dim for linear (N, ..., F).
         if a.dim() >= 3 and not self.linear:
             c = a.shape[1]
@@ -394,6 +421,8 @@ class _Acc:
         self.total += float(a.sum())
         self.total_sq += float(a.pow(2).sum())
         flat = a.reshape(-1)
+        if nbad:
+            flat = flat[~bad.reshape(-1)]
         if flat.numel() > ACT_SAMPLE:
             idx = torch.randint(0, flat.numel(), (ACT_SAMPLE,), generator=gen, device="cpu")
             flat = flat[idx.to(flat.device)]
@@ -497,6 +526,7 @@ def activation_stats(
                 "apoz": float(apoz.mean()),
                 "dead_channels": int((apoz >= 1.0).sum()),
                 "after_bn": acc.after_bn,
+                "nonfinite": acc.nonfinite,
             }
         )
         channels[name] = pd.DataFrame(
@@ -518,6 +548,7 @@ def activation_stats(
         "apoz",
         "dead_channels",
         "after_bn",
+        "nonfinite",
     ]
     return ActivationStats(pd.DataFrame(rows, columns=cols), channels, hists, used)
 

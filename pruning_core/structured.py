@@ -44,6 +44,7 @@ from torch import nn
 from torch_pruning.pruner.importance import Importance as TPImportance
 
 from pruning_core.errors import UserError
+from pruning_core.importance import check_finite
 from pruning_core.models.spec import InputSpec
 
 if TYPE_CHECKING:
@@ -236,6 +237,13 @@ class StructuredPreview:
         spec: The model's input spec.
         data: A DataBundle for data-driven criteria.
 
+    Every selection removes exactly its count per unit (a stable argsort decides ties) and never
+    more than `max_layer_ratio` of a unit, always keeping one element. Layers whose weights or
+    scores hold NaN/inf are refused by name.
+
+    Raises:
+        UserError: No prunable units, an unsupported method, or NaN/inf weights or scores.
+
     Attributes:
         layer_names: Names per-layer ratios accept (one per group / attention layer / "blocks").
         layer_sizes: Prunable elements per name (channels, heads, blocks).
@@ -260,7 +268,16 @@ class StructuredPreview:
             self.plan = _BlockPlan(model, spec, ignore=ignore)
         else:
             raise UserError(f"'{g}' is not a structured granularity (choose from {_CHOICES})")
+        # NaN compares false with everything: a NaN layer would be ranked arbitrarily, so it is
+        # refused by name before scoring (and any NaN a criterion produces, after).
+        mods = dict(model.named_modules())
+        for n in self.plan.layers():
+            w = getattr(mods.get(n), "weight", None)
+            if isinstance(w, torch.Tensor):
+                check_finite(n, w)
         self.plan.score(config, spec, data)
+        for u in self.plan.units:
+            check_finite(u.name, u.scores, "scores")
         self.layer_names = [u.name for u in self.plan.units]
         self.layer_sizes = {u.name: u.size for u in self.plan.units}
 

@@ -17,15 +17,20 @@ import torch
 from torch import nn
 
 from pruning_core.checkpoint import (
+    META_FILE,
     MODEL_FILE,
     apply_surgery,
+    check_loaded_finite,
     check_state_dict,
-    read_model_dir,
+    check_tensors,
+    read_model_meta,
+    read_model_state,
     read_state_file,
 )
 from pruning_core.errors import UserError
 from pruning_core.models import architectures as A
-from pruning_core.models.spec import InputSpec
+from pruning_core.models import validate as V
+from pruning_core.models.spec import InputSpec, check_int
 
 __all__ = [
     "InputSpec",
@@ -212,7 +217,7 @@ def get_entry(name: str) -> ModelEntry:
         return _torchvision_entry(name[len(TORCHVISION_PREFIX) :])
     known = ", ".join(_REGISTRY)
     raise UserError(
-        f"unknown model '{name}' (known: {known}, torchvision:NAME, a model directory or a checkpoint file)"
+        f"unknown model {name!r} (known: {known}, torchvision:NAME, a model directory or a checkpoint file)"
     )
 
 
@@ -220,7 +225,7 @@ def _torchvision_entry(tv_name: str) -> ModelEntry:
     from torchvision import models as tvm
 
     if tv_name not in tvm.list_models(module=tvm):
-        raise UserError(f"unknown torchvision classification model '{tv_name}'")
+        raise UserError(f"unknown torchvision classification model {tv_name!r}")
     size = 224
     return ModelEntry(
         TORCHVISION_PREFIX + tv_name,
@@ -310,7 +315,18 @@ def model_spec(
     in_channels: int | None = None,
     image_size: int | None = None,
 ) -> InputSpec:
-    """The input spec of `create_model(name, ...)` with the same arguments."""
+    """The input spec of `create_model(name, ...)` with the same arguments.
+
+    Raises:
+        UserError: Unknown name, or an argument outside its bounds (`models.validate.ARCH_KWARGS`).
+    """
+    for k, v in (
+        ("num_classes", num_classes),
+        ("in_channels", in_channels),
+        ("image_size", image_size),
+    ):
+        if v is not None:
+            check_int(v, k, *V.ARCH_KWARGS[k])
     spec = get_entry(name).spec
     changes: dict[str, Any] = {}
     if num_classes is not None and num_classes != spec.num_classes:
@@ -342,18 +358,18 @@ def create_model(
 
     Returns:
         The model in eval mode.
+
+    Raises:
+        UserError: Unknown name, arguments out of bounds or that the architecture cannot take,
+            or more than `models.validate.MAX_PARAMS` parameters.
     """
     entry = get_entry(name)
     spec = model_spec(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    kw: dict[str, Any] = {
-        "num_classes": spec.num_classes,
-        "in_channels": spec.channels,
-        "image_size": spec.size,
-    }
+    kw: dict[str, Any] = _kw(spec)
     if entry.family == "torchvision":
-        model = entry.builder(pretrained=bool(pretrained), **kw)
+        model = _build(entry, kw, name, "the arguments", pretrained=bool(pretrained))
     else:
-        model = entry.builder(**kw)
+        model = _build(entry, kw, name, "the arguments")
         if entry.sample and (pretrained if pretrained is not None else spec == entry.spec):
             if spec != entry.spec:
                 raise UserError(
@@ -400,6 +416,7 @@ def load_model(
     num_classes: int | None = None,
     in_channels: int | None = None,
     image_size: int | None = None,
+    label: str | None = None,
 ) -> LoadedModel:
     """Resolve a model reference.
 
@@ -409,9 +426,14 @@ def load_model(
         trust: Allow a full pickled module (runs code from the file).
         num_classes, in_channels, image_size: Override the architecture's defaults for a
             checkpoint file or an untrained registry model.
+        label: How messages name a checkpoint file (default: its file name), e.g. the
+            original name of an upload kept under a temporary name.
 
     Raises:
-        UserError: Unknown names, missing/corrupt/untrusted files, mismatched architectures.
+        UserError: Unknown names, missing/corrupt/untrusted files, mismatched architectures,
+            refused tensors (non-floating where the model is floating, complex, NaN/inf; see
+            `checkpoint`), and for model directories any breach of the model.json schema
+            (`models.validate`).
     """
     path = Path(ref)
     is_path = path.exists() or os.sep in ref or ref.endswith((".pt", ".pth", ".safetensors"))
@@ -430,31 +452,123 @@ def load_model(
     if path.is_dir():
         if not (path / MODEL_FILE).exists():
             raise UserError(f"{path} holds no {MODEL_FILE}: not a model directory")
-        state, meta = read_model_dir(path)
-        arch_name = str(meta["arch"])
-        spec = InputSpec.from_dict(meta["spec"]) if "spec" in meta else get_entry(arch_name).spec
-        model = get_entry(arch_name).builder(**meta.get("arch_kwargs", _kw(spec)))
-        apply_surgery(model, meta.get("surgery", {}), state)
-        check_state_dict(model, state, arch_name)
-        model.load_state_dict(state)
-        return LoadedModel(model.eval(), spec, arch_name, ref, meta)
-    obj, _ = read_state_file(path, trust=trust)
+        return _load_model_dir(path, ref)
+    obj, _ = read_state_file(path, trust=trust, label=label)
+    source = f"checkpoint {label or path.name}"
     if isinstance(obj, nn.Module):
         if arch is None:
             raise UserError("a pickled module needs --arch to know its input spec")
         spec = model_spec(
             arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size
         )
+        check_tensors(obj.state_dict(), source)
         return LoadedModel(obj.eval(), spec, None, ref)
     if arch is None:
         raise UserError(
             f"{path.name} is a bare state_dict: say which architecture with --arch NAME"
         )
     spec = model_spec(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    model = get_entry(arch).builder(**_kw(spec))
-    check_state_dict(model, obj, arch)
+    model = _build(get_entry(arch), _kw(spec), arch, "the arguments")
+    check_state_dict(model, obj, arch, source=source)
     model.load_state_dict(obj)
+    check_loaded_finite(model, source)
     return LoadedModel(model.eval(), spec, arch, ref)
+
+
+def _build(
+    entry: ModelEntry,
+    kw: dict[str, Any],
+    where: str,
+    what: str,
+    *,
+    counted: bool = False,
+    **extra: Any,
+) -> nn.Module:
+    """`entry.builder(**kw, **extra)` after counting its parameters on the meta device.
+
+    Args:
+        entry, kw: The architecture and its arguments.
+        where, what: Message prefix and the field the arguments came from.
+        counted: The budget was already checked (skip the meta build).
+        extra: More builder arguments (`pretrained`).
+
+    Raises:
+        UserError: Arguments the builder refuses, or a model over `V.MAX_PARAMS` parameters.
+    """
+    if not counted:
+        _count_on_meta(entry, kw, where, what)
+    try:
+        return entry.builder(**kw, **extra)
+    except UserError:
+        raise
+    except Exception as e:  # builders fail in many ways on arguments they cannot take
+        raise UserError(f"{where}: {what} {kw} do not build {entry.name}: {_short(e)}") from None
+
+
+def _count_on_meta(
+    entry: ModelEntry, kw: dict[str, Any], where: str, what: str
+) -> nn.Module | None:
+    """The dense model built on the meta device (None when its code cannot run there)."""
+    try:
+        with torch.device("meta"):
+            model = entry.builder(**kw)
+    except UserError:
+        raise
+    except Exception as e:
+        if entry.family == "torchvision":
+            # A few torchvision builders copy tensor data at init (regnet), which meta tensors
+            # lack; their size is fixed by the architecture, so the CPU build is safe.
+            return None
+        raise UserError(f"{where}: {what} {kw} do not build {entry.name}: {_short(e)}") from None
+    V.check_param_budget(sum(p.numel() for p in model.parameters()), where, f"{what} {kw}")
+    return model
+
+
+def _load_model_dir(path: Path, ref: str) -> LoadedModel:
+    """Check a model directory against the schema (`models.validate`) and load it.
+
+    Order: model.json fields; the tensors (dense, real, finite); the dense architecture and its
+    parameter budget on the meta device; the surgery, key/shape/dtype agreement and every
+    module's shape attributes, still on meta; then the real build, the values, and one dry
+    forward pass.
+    """
+    where = str(path / META_FILE)
+    meta = read_model_meta(path)
+    arch_name = V.check_arch_name(meta, where)
+    try:
+        entry = get_entry(arch_name)
+    except UserError as e:
+        raise UserError(f"{where}: arch: {e}") from None
+    m = V.check_meta(meta, where, entry.spec)
+    state = read_model_state(path)
+    source = f"checkpoint {path / MODEL_FILE}"
+    kw = dict(m.arch_kwargs)
+    skeleton = _count_on_meta(entry, kw, where, "arch_kwargs")
+    on_meta = skeleton is not None
+    if skeleton is None:
+        skeleton = _build(entry, kw, where, "arch_kwargs", counted=True)
+    # Every check runs on the meta skeleton first, so a hostile folder allocates nothing.
+    _fit(skeleton, m, state, where, source)
+    if on_meta:
+        model = _build(entry, kw, where, "arch_kwargs", counted=True)
+        _fit(model, m, state, where, source)
+    else:
+        model = skeleton
+    model.load_state_dict(state)
+    check_loaded_finite(model, source)
+    V.dry_forward(model, m.spec, str(path))
+    if isinstance(meta.get("arch_kwargs"), dict):
+        meta = {**meta, "arch_kwargs": dict(m.arch_kwargs)}
+    return LoadedModel(model.eval(), m.spec, m.arch, ref, meta)
+
+
+def _fit(
+    model: nn.Module, m: V.ModelMeta, state: dict[str, torch.Tensor], where: str, source: str
+) -> None:
+    """Apply the recorded surgery and check that `state` fits the result exactly."""
+    apply_surgery(model, m.surgery, state, where=where)
+    check_state_dict(model, state, m.arch, source=source)
+    V.check_module_shapes(model, source)
 
 
 def _kw(spec: InputSpec) -> dict[str, int]:

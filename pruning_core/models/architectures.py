@@ -185,6 +185,18 @@ class TransformerBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+def _scaled_randn(shape: tuple[int, ...], std: float) -> torch.Tensor:
+    """`torch.randn(shape) * std`, or an uninitialised tensor when built on the meta device.
+
+    Model folders are size-checked by building them on `torch.device("meta")`; random and
+    arithmetic ops there load torch's symbolic-shape machinery (seconds, once per process),
+    and the values of a shape-only build do not matter.
+    """
+    if torch.empty(0).is_meta:
+        return torch.empty(shape)
+    return torch.randn(shape) * std
+
+
 class TinyViT(nn.Module):
     """A tiny vision transformer (Dosovitskiy et al. 2021) with a class token.
 
@@ -227,7 +239,7 @@ class TinyViT(nn.Module):
             self.patch_embed = nn.Conv2d(in_channels, dim, patch, patch)
         tokens = (image_size // patch) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(_scaled_randn((1, tokens + 1, dim), 0.02))
         self.blocks = nn.Sequential(
             *[TransformerBlock(dim, num_heads, mlp_dim) for _ in range(depth)]
         )
