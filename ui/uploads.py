@@ -6,7 +6,10 @@ An accepted checkpoint is re-saved as a model directory (safetensors + model.jso
 data directory, so every page and the command line load it by path without knowing the
 architecture. A dataset zip is saved under the data directory and opened by
 `pruning_core.data`, which extracts it defensively (no `..`, no links, size and count limits).
-Everything is written atomically and a refused upload leaves nothing behind.
+Everything is written atomically and a refused upload leaves nothing behind: the data folders
+are probed for writing before any work starts, temporaries carry the process id
+(`fsio.temp_prefix`) and the next upload removes those of killed runs (`fsio.clean_stale`), and
+a failure to write (disk full) is one error line like any refused input.
 
 `save_checkpoint_upload` and `save_dataset_upload` hold the logic (no widgets; tested
 directly); `upload_panel()` is the Streamlit panel the Model & data page shows.
@@ -14,6 +17,7 @@ directly); `upload_panel()` is the Streamlit panel the Model & data page shows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -25,9 +29,10 @@ from typing import Any
 import streamlit as st
 
 from pruning_core.checkpoint import save_model_dir
-from pruning_core.data import load_dataset
+from pruning_core.data import data_root, load_dataset
+from pruning_core.data.archive import clean_cache
 from pruning_core.errors import UserError
-from pruning_core.fsio import atomic_path, output_dir
+from pruning_core.fsio import atomic_path, check_writable_dir, clean_stale, output_dir, temp_prefix
 from pruning_core.models import get_entry, list_models, load_model
 from pruning_core.store import data_home
 from ui.state import init_state
@@ -41,6 +46,25 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 def uploads_dir() -> Path:
     """Where accepted uploads are kept (`<data home>/uploads`)."""
     return data_home() / "uploads"
+
+
+def _check_folders(data: bool = False) -> None:
+    """Refuse, before any work, an upload that could not be kept (unwritable home or cache)."""
+    home = "PRUNING_LAB_HOME" if os.environ.get("PRUNING_LAB_HOME") else "data folder"
+    check_writable_dir(data_home(), home)
+    if data:
+        cache = "PRUNING_LAB_DATA" if os.environ.get("PRUNING_LAB_DATA") else "dataset folder"
+        check_writable_dir(data_root(), cache)
+
+
+def _folder(path: Path) -> Path:
+    """Create an uploads folder and remove what killed uploads left in it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e})") from None
+    clean_stale(path)
+    return path
 
 
 def _stem(name: str) -> str:
@@ -85,14 +109,18 @@ def save_checkpoint_upload(
 
     Raises:
         UserError: Wrong suffix, empty or too large, corrupt, a pickle that is not plain
-            tensors, or weights that do not fit the architecture.
+            tensors, weights that do not fit the architecture, or a data folder that cannot be
+            written (unwritable, disk full). Nothing is left behind.
     """
     suffix = _check_bytes(name, data, CHECKPOINT_SUFFIXES, limit)
     entry = get_entry(arch)
+    _check_folders()
     digest = hashlib.sha256(data).hexdigest()[:12]
-    root = uploads_dir() / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=suffix, dir=root)
+    root = _folder(uploads_dir() / "models")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix("upload"), suffix=suffix, dir=root)
+    except OSError as e:
+        raise UserError(f"cannot write {root} ({e.strerror or e})") from None
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -103,6 +131,7 @@ def save_checkpoint_upload(
             num_classes=num_classes,
             in_channels=in_channels,
             image_size=image_size,
+            label=name,
         )
         kwargs = loaded.arch_kwargs
         target = root / f"{_stem(name)}-{arch.replace(':', '-')}-{digest}"
@@ -114,8 +143,11 @@ def save_checkpoint_upload(
         }
         with output_dir(target) as out:
             save_model_dir(out, loaded.model, meta, reference=entry.builder(**kwargs))
+    except OSError as e:
+        raise UserError(f"{name} could not be saved under {root} ({e.strerror or e})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return str(target)
 
 
@@ -127,22 +159,31 @@ def save_dataset_upload(name: str, data: bytes, *, limit: int = MAX_UPLOAD_BYTES
 
     Raises:
         UserError: Not a .zip, empty or too large, unsafe entries (`..`, absolute paths,
-            links), too many files or bytes, or no class folders with images.
+            links), too many files or bytes, no class folders with images, an unreadable or
+            too large image, or a data folder that cannot be written (unwritable, disk full).
+            Nothing is left behind: neither the zip nor what was extracted from it.
     """
     _check_bytes(name, data, (".zip",), limit)
+    _check_folders(data=True)
     digest = hashlib.sha256(data).hexdigest()[:12]
-    target = uploads_dir() / "datasets" / f"{_stem(name)}-{digest}.zip"
-    if not target.exists():
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(data)
+    target = _folder(uploads_dir() / "datasets") / f"{_stem(name)}-{digest}.zip"
+    # The same bytes kept by an earlier upload may be another session's current dataset:
+    # only a zip written by this call is removed when it is refused.
+    wrote = not target.is_file()
     try:
+        if wrote:
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(data)
         bundle = load_dataset(str(target))
-    except UserError:
-        target.unlink(missing_ok=True)
+        if bundle.num_classes < 2:
+            raise UserError(f"{name}: found {bundle.num_classes} class folder; need at least 2")
+    except BaseException as e:
+        if wrote:
+            with contextlib.suppress(OSError):
+                target.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UserError(f"{name} could not be saved ({e.strerror or e})") from None
         raise
-    if bundle.num_classes < 2:
-        target.unlink(missing_ok=True)
-        raise UserError(f"{name}: found {bundle.num_classes} class folder; need at least 2")
     return str(target)
 
 
@@ -151,6 +192,10 @@ def save_dataset_upload(name: str, data: bytes, *, limit: int = MAX_UPLOAD_BYTES
 
 def _architectures() -> list[str]:
     return [m.name for m in list_models()]
+
+
+def _one_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
 
 
 def _accept(
@@ -165,7 +210,11 @@ def _accept(
     try:
         ref = save(f)
     except UserError as e:
-        st.session_state["upload_error"] = f"{f.name} was not loaded: {e}"
+        st.session_state["upload_error"] = f"{f.name} was not loaded: {_one_line(str(e))}"
+        return
+    except OSError as e:  # the environment, not the tool: a full or vanished disk
+        why = e.strerror or _one_line(str(e))
+        st.session_state["upload_error"] = f"{f.name} was not loaded: cannot write ({why})"
         return
     st.session_state[target_key] = ref
     st.session_state["upload_error"] = None
@@ -196,13 +245,27 @@ def _on_dataset() -> None:
     )
 
 
+def clean_stale_uploads() -> None:
+    """Remove what killed uploads and extractions left (files of dead processes only).
+
+    Never raises: an unreadable folder is left for the next upload to report.
+    """
+    for folder in (uploads_dir() / "models", uploads_dir() / "datasets"):
+        clean_stale(folder)
+    clean_cache(data_root() / "archives")
+
+
 def upload_panel() -> None:
     """An expander to bring your own checkpoint or dataset zip.
 
     Call it BEFORE the model/dataset pickers: its buttons switch the current selection through
-    callbacks (which run before the page is drawn).
+    callbacks (which run before the page is drawn). The first time a session draws it, what
+    killed uploads left behind is removed.
     """
     init_state()
+    if not st.session_state.get("upload_cleaned"):
+        clean_stale_uploads()
+        st.session_state["upload_cleaned"] = True
     with st.expander("Use your own model or dataset"):
         err, msg = st.session_state.get("upload_error"), st.session_state.get("upload_msg")
         if err:
