@@ -43,7 +43,11 @@ except UserError as e:
     st.error(f"This model and dataset do not fit together: {e}")
     st.stop()
 
-runner: JobRunner = job_runner()
+try:
+    runner: JobRunner = job_runner()
+except UserError as e:  # an unwritable PRUNING_LAB_HOME or bad job settings of the server
+    st.error(f"Background jobs are not available on this server: {e}")
+    st.stop()
 committed = pruned()
 job_id = finetune_job_id()
 job = runner.get(job_id) if job_id else None

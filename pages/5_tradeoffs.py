@@ -106,7 +106,11 @@ def _result(kind: str) -> dict[str, Any] | None:
 def _follow(kind: str) -> None:
     """Progress, cancel, and hand-over of the job's result into session state."""
     job_id = st.session_state.get(f"tradeoff_{kind}_job")
-    job = get_runner().get(job_id) if job_id else None
+    try:
+        job = get_runner().get(job_id) if job_id else None
+    except UserError as e:
+        st.error(f"Background jobs are not available on this server: {e}")
+        return
     if job is None:
         return
     snap = job.snapshot()
@@ -420,7 +424,7 @@ with tab_runs:
         st.info("No runs yet: fine-tune a model or run a sweep and it appears here.")
     else:
         show = [c for c in ("id", "kind", "status", "name", "model", "dataset", "created",
-                            "accuracy", "sparsity", "curve_points") if c in runs]  # fmt: skip
+                            "accuracy", "sparsity", "curve_points", "error") if c in runs]  # fmt: skip
         st.dataframe(runs[show], hide_index=True)
         labels = {
             int(i): f"#{i} {k} {s}: {n}"

@@ -8,6 +8,14 @@ sharing one server cannot overload it. Cancellation is cooperative: a job's func
 `JobContext` whose `cancel` event it passes on (e.g. to `train.fit(cancel=...)`); a queued job
 that is cancelled never starts. With a `RunStore`, a job can record itself as a run: its status,
 metrics and curve, also when it is cancelled (with the partial curve) or fails (with the error).
+
+Every job ends: whatever its function raises (`SystemExit` and other `BaseException`s too),
+whatever fails before it starts (the thread setting, recording the run) and whatever keeps its
+result from being recorded (a curve point or metric the store cannot hold, a store that is gone,
+locked or read-only) ends it `failed` with a one-line reason, and its store row with it; the
+worker thread lives on and the queue moves on. A job is never `done` while its row says
+otherwise. Settings (`max_workers`, `max_queue`, `torch_threads` and their environment
+variables) are checked when the runner is made, before any job runs.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pruning_core.errors import UserError
-from pruning_core.store import RunStore
+from pruning_core.store import RunStore, check_curve_point, split_encodable
+from pruning_core.validate import number
 
 __all__ = [
     "JOB_STATUSES",
@@ -38,6 +47,9 @@ __all__ = [
 JOB_STATUSES = ("queued", "running", "done", "cancelled", "failed")
 FINISHED = frozenset({"done", "cancelled", "failed"})
 DEFAULT_MAX_QUEUE = 8
+# Upper bounds that keep a mistyped setting from starting thousands of threads.
+MAX_WORKERS = 256
+MAX_TORCH_THREADS = 1024
 # Curve points are written to the store in batches, at most this many seconds apart.
 _FLUSH_SECONDS = 1.0
 _FLUSH_POINTS = 64
@@ -185,7 +197,14 @@ class JobContext:
             self.job.metrics.update(metrics)
 
     def log(self, **point: Any) -> None:
-        """Append a curve point (e.g. step=, epoch=, loss=, accuracy=); recorded in the store."""
+        """Append a curve point (e.g. step=, epoch=, loss=, accuracy=); recorded in the store.
+
+        Raises:
+            CurvePointError: A value the store could not keep (`loss=[0.5, 0.4]`), raised here
+                rather than when the run is recorded, so the job fails at the faulty line with
+                the points before it kept.
+        """
+        check_curve_point(point)
         with self._runner._lock:
             self.job.curve.append(dict(point))
         if self.store is not None and self.run_id is not None:
@@ -234,12 +253,17 @@ class JobRunner:
     """Worker threads over a bounded FIFO queue.
 
     Args:
-        max_workers: Jobs running at once (default: env `PRUNING_LAB_MAX_JOBS`, else 1).
-        max_queue: Jobs allowed to wait (default: env `PRUNING_LAB_MAX_QUEUE`, else 8).
+        max_workers: Jobs running at once, 1 to 256 (default: env `PRUNING_LAB_MAX_JOBS`,
+            else 1).
+        max_queue: Jobs allowed to wait, >= 0 (default: env `PRUNING_LAB_MAX_QUEUE`, else 8).
         store: Where jobs submitted with `record=True` are recorded.
-        torch_threads: CPU threads torch may use while a job runs (default: cores divided by
-            workers). torch's intra-op pool is process-wide, so this is set once per job start.
-        keep_finished: Finished jobs kept for polling; older ones are forgotten.
+        torch_threads: CPU threads torch may use while a job runs, 1 to 1024 (default: env
+            `PRUNING_LAB_JOB_THREADS`, else cores divided by workers). torch's intra-op pool is
+            process-wide, so this is set once per job start.
+        keep_finished: Finished jobs kept for polling (>= 0); older ones are forgotten.
+
+    Raises:
+        UserError: A setting or its environment variable is not an integer in its range.
     """
 
     def __init__(
@@ -251,23 +275,24 @@ class JobRunner:
         torch_threads: int | None = None,
         keep_finished: int = 200,
     ) -> None:
-        self.max_workers = max_workers or _env_int("PRUNING_LAB_MAX_JOBS", 1)
-        self.max_queue = (
-            max_queue
-            if max_queue is not None
-            else _env_int("PRUNING_LAB_MAX_QUEUE", DEFAULT_MAX_QUEUE)
+        self.max_workers: int = _setting(
+            max_workers, "max_workers", "PRUNING_LAB_MAX_JOBS", 1, lo=1, hi=MAX_WORKERS
         )
-        if self.max_workers < 1:
-            raise UserError(f"max_workers must be >= 1, got {self.max_workers}")
-        if self.max_queue < 0:
-            raise UserError(f"max_queue must be >= 0, got {self.max_queue}")
+        self.max_queue: int = _setting(
+            max_queue, "max_queue", "PRUNING_LAB_MAX_QUEUE", DEFAULT_MAX_QUEUE, lo=0
+        )
         self.store = store
         # A busy shared server (a classroom) runs far faster with fewer threads per job than
         # cores: oversubscribed OpenMP threads spin. PRUNING_LAB_JOB_THREADS sets it explicitly.
-        self.torch_threads = torch_threads or _env_int(
-            "PRUNING_LAB_JOB_THREADS", max(1, (os.cpu_count() or 1) // self.max_workers)
+        self.torch_threads: int = _setting(
+            torch_threads,
+            "torch_threads",
+            "PRUNING_LAB_JOB_THREADS",
+            max(1, (os.cpu_count() or 1) // self.max_workers),
+            lo=1,
+            hi=MAX_TORCH_THREADS,
         )
-        self.keep_finished = keep_finished
+        self.keep_finished: int = number(keep_finished, "keep_finished", integer=True, lo=0)
         self._lock = threading.RLock()
         self._wakeup = threading.Condition(self._lock)
         self._queue: deque[tuple[Job, Callable[[JobContext], Any], _Record | None]] = deque()
@@ -276,6 +301,10 @@ class JobRunner:
         self._workers: list[threading.Thread] = []
         self._ids = itertools.count(1)
         self._closed = False
+        # Runs whose end could not be written (store locked or gone): run id -> (status, error),
+        # retried before each later job so a row does not stay `running` while this process
+        # lives on (once it ends, the next open of the store marks the row anyway).
+        self._unsynced: dict[int, tuple[str, str | None]] = {}
 
     # -- submitting and cancelling ----------------------------------------------------------
 
@@ -426,27 +455,37 @@ class JobRunner:
                 self._running.add(job.id)
                 job.status, job.started = "running", time.time()
             try:
+                self._sync_unrecorded()
                 self._run(job, fn, rec)
+            except BaseException as e:  # a fault of the runner itself: the job still ends
+                self._fail_unrecorded(job, f"internal error: {_describe(e)}", _traceback(e))
             finally:
                 with self._lock:
                     self._running.discard(job.id)
+                    if not job.is_finished:  # never wake a waiter on a job still "running"
+                        job.status = "failed"
+                        job.error = job.error or "internal error: the job ended without a status"
                     job.finished = time.time()
                     job._done.set()
 
     def _run(self, job: Job, fn: Callable[[JobContext], Any], rec: _Record | None) -> None:
-        run_id = None
         store = self.store if rec is not None else None
-        try:
-            if store is not None and rec is not None:
+        ctx = JobContext(job, self, store, None)
+        if store is not None and rec is not None:
+            try:
                 run_id = store.create_run(
                     rec.kind, model=rec.model, dataset=rec.dataset, config=rec.config, name=job.name
                 )
-                job.run_id = run_id
-        except Exception as e:  # the store is unusable: the job fails, saying why
-            self._finish(job, "failed", error=f"cannot record the run: {_one_line(e)}")
+            except BaseException as e:  # the store is unusable: the job fails, saying why
+                self._finish(job, "failed", error=f"cannot record the run: {_describe(e)}")
+                return
+            job.run_id = ctx.run_id = run_id
+        try:
+            _set_torch_threads(self.torch_threads)
+        except BaseException as e:
+            reason = f"cannot start: {_describe(e)}"
+            self._finish(job, "failed", error=reason, tb=_traceback(e), ctx=ctx)
             return
-        ctx = JobContext(job, self, store, run_id)
-        _set_torch_threads(self.torch_threads)
         status, error, result, tb = "done", None, None, None
         try:
             result = fn(ctx)
@@ -454,14 +493,11 @@ class JobRunner:
                 status, error = "cancelled", "cancelled while running"
         except JobCancelledError:
             status, error = "cancelled", "cancelled while running"
-        except UserError as e:
-            status, error = "failed", _one_line(e)
-        except Exception as e:
-            status, error, tb = (
-                "failed",
-                f"{type(e).__name__}: {_one_line(e)}",
-                traceback.format_exc(),
-            )
+        except BaseException as e:
+            # SystemExit, KeyboardInterrupt and the like end the job, not the worker: in a
+            # worker thread they can only come from the job's own code.
+            status, error = "failed", _describe(e)
+            tb = None if isinstance(e, UserError) else _traceback(e)
         self._finish(job, status, error=error, result=result, tb=tb, ctx=ctx)
 
     def _finish(
@@ -474,16 +510,10 @@ class JobRunner:
         tb: str | None = None,
         ctx: JobContext | None = None,
     ) -> None:
+        # The store is written before the job says it is finished, so whoever waits on the job
+        # finds its row final too.
         if ctx is not None and ctx.store is not None and ctx.run_id is not None:
-            metrics = dict(job.metrics)
-            if isinstance(result, Mapping):
-                metrics.update(result)
-            try:
-                ctx.flush()  # the partial curve of a cancelled or failed run is kept
-                ctx.store.update_status(ctx.run_id, status, metrics=metrics, error=error)
-            except Exception as e:
-                if status == "done":
-                    status, error = "failed", f"finished, but recording failed: {_one_line(e)}"
+            status, error = self._record(job, ctx, status, error, result)
         with self._lock:
             job.status, job.error, job.result, job.traceback = status, error, result, tb
             if status == "done":
@@ -491,28 +521,137 @@ class JobRunner:
             if status != "done" and error:
                 job.message = error
 
+    def _record(
+        self, job: Job, ctx: JobContext, status: str, error: str | None, result: Any
+    ) -> tuple[str, str | None]:
+        """Write the job's end into its run; returns the status and error the job ends with.
+
+        What cannot be recorded turns `done` into `failed` (a cancelled or failed job keeps
+        its status, with the note added to its reason), and the row is still closed: with
+        what could be recorded, else with the status and the reason alone.
+        """
+        store, run_id = ctx.store, ctx.run_id
+        if store is None or run_id is None:
+            return status, error
+        notes: list[str] = []
+        try:
+            ctx.flush()  # the partial curve of a cancelled or failed run is kept
+        except BaseException as e:
+            ctx._pending = []
+            notes.append(f"its curve could not be recorded ({_describe(e)})")
+        with self._lock:
+            merged: dict[Any, Any] = dict(job.metrics)
+        try:
+            if isinstance(result, Mapping):
+                merged.update(result)
+        except BaseException as e:
+            notes.append(f"its result could not be read ({_describe(e)})")
+        metrics, dropped = split_encodable(merged)
+        if dropped:
+            notes.append(f"metrics {', '.join(dropped)} cannot be stored")
+        status, error = _with_notes(status, error, notes)
+        try:
+            store.update_status(run_id, status, metrics=metrics, error=error)
+            return status, error
+        except BaseException as e:
+            status, error = _with_notes(
+                status, error, [f"its result could not be recorded ({_describe(e)})"]
+            )
+        try:
+            store.update_status(run_id, status, error=error)
+        except BaseException:  # the store is unreachable: the job ends all the same
+            with self._lock:
+                self._unsynced[run_id] = (status, error)
+        return status, error
+
+    def _sync_unrecorded(self) -> None:
+        """Retry writing the end of runs whose store was unreachable when they ended."""
+        if self.store is None:
+            return
+        with self._lock:
+            pending = list(self._unsynced.items())
+        for run_id, (status, error) in pending:
+            try:
+                self.store.update_status(run_id, status, error=error)
+            except UserError as e:
+                if not str(e).startswith("no run "):
+                    continue  # still unreachable: try again before the next job
+            except Exception:
+                continue
+            with self._lock:
+                self._unsynced.pop(run_id, None)
+
+    def _fail_unrecorded(self, job: Job, error: str, tb: str | None) -> None:
+        """Last resort when the runner's own bookkeeping failed: fail the job and its row."""
+        if self.store is not None and job.run_id is not None:
+            try:
+                self.store.update_status(job.run_id, "failed", error=error)
+            except BaseException:
+                with self._lock:
+                    self._unsynced[job.run_id] = ("failed", error)
+        with self._lock:
+            job.status, job.error, job.traceback, job.message = "failed", error, tb, error
+
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.is_finished]
         for j in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[j.id]
 
 
-def _env_int(name: str, default: int) -> int:
+def _setting(
+    value: Any, what: str, env: str, default: int, *, lo: int, hi: int | None = None
+) -> int:
+    """`value` if given, else the environment variable `env` if set, else `default`; each
+    checked to be an integer in [lo, hi]."""
+    if value is not None:
+        checked: int = number(value, what, integer=True, lo=lo, hi=hi)
+        return checked
+    return _env_int(env, default, lo=lo, hi=hi)
+
+
+def _env_int(name: str, default: int, *, lo: int = 0, hi: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise UserError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    checked: int = number(raw.strip(), f"environment variable {name}", integer=True, lo=lo, hi=hi)
+    return checked
 
 
 def _one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
+    try:
+        s = str(e).strip().splitlines()
+    except Exception:  # a hostile __str__ must not keep the job from ending
+        s = []
     return s[0] if s else type(e).__name__
 
 
+def _describe(e: BaseException) -> str:
+    """One line for a job's error: a `UserError`'s message as it is, anything else with its
+    type (`SystemExit: 3`, `KeyboardInterrupt`)."""
+    if isinstance(e, UserError):
+        return _one_line(e)
+    line = _one_line(e)
+    name = type(e).__name__
+    return name if line == name else f"{name}: {line}"
+
+
+def _traceback(e: BaseException) -> str | None:
+    try:
+        return "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    except Exception:
+        return None
+
+
+def _with_notes(status: str, error: str | None, notes: list[str]) -> tuple[str, str | None]:
+    if not notes:
+        return status, error
+    if status == "done":
+        return "failed", "finished, but " + "; ".join(notes)
+    return status, "; ".join([error or status, *notes])
+
+
 def _set_torch_threads(n: int) -> None:
+    n = number(n, "torch_threads", integer=True, lo=1, hi=MAX_TORCH_THREADS)
     import torch  # imported here: the runner itself needs no torch
 
     if torch.get_num_threads() != n:

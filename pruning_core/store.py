@@ -12,6 +12,13 @@ Layout of the data directory (`PRUNING_LAB_HOME`, default `$XDG_DATA_HOME/prunin
 Every multi-row write is one transaction, so a failure half-way leaves nothing behind. The
 database runs in WAL mode with a busy timeout, and each operation opens its own short-lived
 connection, so several threads and processes (a classroom on one server) can share one store.
+
+A `running` row names the process that owns it (`owner`, `OWNER_FORMAT`). When a store opens,
+rows left `running` by a process of this host that is gone (killed, crashed, the machine
+rebooted) are marked `failed` with the error `INTERRUPTED_ERROR`, so no run stays `running`
+forever; rows owned by another host are left alone (their process cannot be checked from here).
+A home that cannot be written and a database file that is not one are refused in one line
+(`UserError`) before anything is written; nothing of the user's is changed.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -31,25 +39,36 @@ from typing import Any
 import pandas as pd
 
 from pruning_core.errors import UserError
-from pruning_core.fsio import atomic_path, output_dir
+from pruning_core.fsio import atomic_path, check_writable_dir, clean_stale, output_dir
 
 __all__ = [
     "CURVE_COLUMNS",
+    "INTERRUPTED_ERROR",
     "KINDS",
     "SCHEMA_VERSION",
     "STATUSES",
+    "CurvePointError",
     "RunRecord",
     "RunStore",
+    "check_curve_point",
     "data_home",
+    "process_owner",
+    "split_encodable",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KINDS = ("prune", "sweep", "sensitivity", "train", "finetune")
 STATUSES = ("running", "done", "cancelled", "failed")
 # Curve columns with their own SQL column; any other key of a point goes into `extra` (JSON).
 CURVE_COLUMNS = ("step", "epoch", "loss", "accuracy", "sparsity", "lr", "seconds")
 DB_FILE = "runs.sqlite3"
 BUSY_TIMEOUT_S = 30.0
+# The error of a `running` row whose process is gone; its status becomes `failed`. A status of
+# its own would need a rebuild of the runs table (SQLite cannot alter a CHECK) and a case in
+# every reader; `failed` with this reason is already shown and filtered everywhere.
+INTERRUPTED_ERROR = "interrupted: the process running it ended"
+# `owner` of a running row: which process on which host writes it (see `process_owner`).
+OWNER_FORMAT = "HOST:PID:BOOT.START"
 
 _SCHEMA = [
     # version 1
@@ -88,6 +107,11 @@ _SCHEMA = [
         PRIMARY KEY (run_id, name)
     );
     CREATE INDEX IF NOT EXISTS runs_kind ON runs(kind, id);
+    """,
+    # version 2: the process that owns a running row. Version-1 rows keep NULL: see
+    # `RunStore._mark_interrupted` for what that means for a row still `running`.
+    """
+    ALTER TABLE runs ADD COLUMN owner TEXT
     """,
 ]
 
@@ -134,6 +158,145 @@ def _dumps(o: Any) -> str:
     # Round-trip through the lenient encoder first so nested objects become plain JSON values.
     plain = json.loads(json.dumps(o, default=_default))
     return json.dumps(_finite(plain), allow_nan=False)
+
+
+class CurvePointError(UserError, ValueError):
+    """A curve point the store cannot keep (a value that is not a number, say).
+
+    A `ValueError` as well, for callers that catch bad values generically.
+    """
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    try:
+        r = repr(v)
+    except Exception:  # a hostile __repr__ must not hide the real message
+        r = f"<{type(v).__name__}>"
+    r = " ".join(r.split())
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _point_row(p: Any) -> tuple[list[Any], str | None]:
+    """The column values and the JSON `extra` of one curve point, or `CurvePointError`."""
+    if not isinstance(p, Mapping):
+        raise CurvePointError(
+            f"a curve point must be a mapping of names to values, got {_short(p)}"
+        )
+    vals: list[Any] = []
+    for c in CURVE_COLUMNS:
+        v = p.get(c)
+        if v is not None:
+            try:
+                v = int(v) if c == "step" else float(v)
+            except (TypeError, ValueError, OverflowError, RuntimeError):
+                # RuntimeError: torch refuses float() of a tensor with several elements.
+                kind = "an integer" if c == "step" else "a number"
+                raise CurvePointError(f"curve point {c}={_short(p.get(c))} is not {kind}") from None
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+        vals.append(v)
+    extra = {k: v for k, v in p.items() if k not in CURVE_COLUMNS}
+    if not extra:
+        return vals, None
+    try:
+        return vals, _dumps(extra)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CurvePointError(
+            f"curve point {', '.join(map(str, extra))} cannot be stored: {_one_line(e)}"
+        ) from None
+
+
+def check_curve_point(point: Mapping[str, Any]) -> None:
+    """Refuse, before it is logged, a curve point that the store could not keep.
+
+    Known keys (`CURVE_COLUMNS`) must be numbers (`step` an integer; NaN is kept as null);
+    other keys must be JSON-encodable (leniently: tensors, paths and sets are converted).
+
+    Raises:
+        CurvePointError: Which key holds what, in one line.
+    """
+    _point_row(point)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+# -- which process owns a running row -------------------------------------------------------
+
+_OWNER_CACHE: dict[int, str] = {}
+
+
+def _boot_id() -> str:
+    # Process start times count from boot: the boot id tells two boots apart.
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return ""
+
+
+def _start_marker(pid: int) -> str | None:
+    """`BOOT.START` of a live process (its start time in clock ticks since boot), "" where
+    /proc does not say, None when there is no such live process (zombies count as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None if Path("/proc/self/stat").exists() else ""
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if len(fields) < 20:
+        return ""
+    if fields[0] in ("Z", "X"):
+        return None
+    return f"{_boot_id()}.{fields[19]}"
+
+
+def process_owner() -> str:
+    """This process as the owner of a running row: `HOST:PID:BOOT.START`.
+
+    The start marker (boot id and start time) tells this process from a later one that reuses
+    its pid; it is empty where /proc is not available, and only the pid is checked then.
+    """
+    pid = os.getpid()
+    owner = _OWNER_CACHE.get(pid)  # keyed by pid: a forked child is a new owner
+    if owner is None:
+        owner = f"{socket.gethostname()}:{pid}:{_start_marker(pid) or ''}"
+        _OWNER_CACHE[pid] = owner
+    return owner
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's live process
+        return True
+    return True
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """False only when `owner` is certainly gone: a version-1 row (no owner), an owner that is
+    not in `OWNER_FORMAT`, or a process of this host that no longer runs."""
+    if not owner:
+        return False
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    host, pid, marker = parts[0], int(parts[1]), parts[2]
+    if host != socket.gethostname():
+        return True  # another machine sharing the home: its processes cannot be checked here
+    if pid == os.getpid():
+        return owner == process_owner()
+    now = _start_marker(pid)
+    if now is None:
+        return False
+    if now and marker:
+        return now == marker
+    return _pid_exists(pid)
 
 
 @dataclass
@@ -184,9 +347,16 @@ class RunStore:
         path: The store directory (default `data_home()`), or the database file itself
             (`*.sqlite3`, `*.sqlite`, `*.db`; artifacts then go beside it).
 
+    Attributes:
+        root: The store directory.
+        db_path: The database file.
+        interrupted: Ids of the runs this open found `running` with their process gone and
+            marked `failed` (`INTERRUPTED_ERROR`).
+
     Raises:
-        UserError: The directory cannot be created, or the database was written by a newer
-            version of Pruning Lab.
+        UserError: The directory cannot be created or written, the database file is not a
+            database (or is damaged, locked for too long, read-only), or it was written by a
+            newer version of Pruning Lab. Nothing is written then.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -195,73 +365,134 @@ class RunStore:
             self.root, self.db_path = p.parent, p
         else:
             self.root, self.db_path = p, p / DB_FILE
+        from_env = path is None and bool(os.environ.get("PRUNING_LAB_HOME"))
+        what = "PRUNING_LAB_HOME" if from_env else "run store folder"
+        # A real write probe: permission bits say nothing about read-only mounts or /proc.
+        check_writable_dir(self.root, what)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create the run store directory {self.root}: {e}") from None
-        self._init_schema()
+            raise UserError(
+                f"cannot create the run store directory {self.root}: {e.strerror or e}"
+            ) from None
+        if self.db_path.exists() and not self.db_path.is_file():
+            raise UserError(f"run store {self.db_path} is not a file")
+        self.interrupted: list[int] = self._init_schema()
+        for rid in self.interrupted:
+            # A killed run may have left half-written artifact temporaries behind.
+            clean_stale(self.run_dir(rid))
 
     # -- connections and transactions -------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, doing: str = "") -> Iterator[None]:
+        """The database's own failures (not a database, damaged, locked, read-only, disk full)
+        as one-line `UserError`s; errors that mean a bug in this module pass unchanged."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+                raise
+            raise UserError(f"{doing}run store {self.db_path}: {_one_line(e)}") from None
 
     def _connect(self) -> sqlite3.Connection:
         # One short-lived connection per operation: safe across threads and processes.
         con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        con.execute("PRAGMA foreign_keys = ON")
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            con.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            con.close()
+            raise
         return con
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: all or nothing."""
-        con = self._connect()
-        try:
-            # IMMEDIATE takes the write lock up front, so two writers never deadlock on upgrade.
-            con.execute("BEGIN IMMEDIATE")
+        with self._errors():
+            con = self._connect()
             try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-        finally:
-            con.close()
+                # IMMEDIATE takes the write lock up front, so two writers never deadlock on
+                # upgrade.
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                except BaseException:
+                    # SQLite may already have rolled back (disk full): keep the first error.
+                    with suppress(sqlite3.Error):
+                        con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            finally:
+                con.close()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        con = self._connect()
-        try:
-            yield con
-        finally:
-            con.close()
-
-    def _init_schema(self) -> None:
-        con = self._connect()
-        try:
-            # A file system without shared memory refuses WAL; the rollback journal still works.
-            with suppress(sqlite3.OperationalError):
-                con.execute("PRAGMA journal_mode = WAL")
-            con.execute("BEGIN IMMEDIATE")
+        with self._errors():
+            con = self._connect()
             try:
-                version = con.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise UserError(
-                        f"run store {self.db_path} has schema version {version}, newer than this "
-                        f"Pruning Lab understands ({SCHEMA_VERSION}); upgrade Pruning Lab"
-                    )
-                for v in range(version, SCHEMA_VERSION):
-                    for stmt in _SCHEMA[v].split(";"):
-                        if stmt.strip():
-                            con.execute(stmt)
-                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"cannot open run store {self.db_path}: {e}") from None
-        finally:
-            con.close()
+                yield con
+            finally:
+                con.close()
+
+    def _init_schema(self) -> list[int]:
+        """Create or migrate the schema, then mark runs whose process is gone; returns their
+        ids. One transaction: a killed open leaves the old schema or the new one."""
+        with self._errors("cannot open the "):
+            con = self._connect()
+            try:
+                # A file system without shared memory refuses WAL; the rollback journal still
+                # works.
+                with suppress(sqlite3.OperationalError):
+                    con.execute("PRAGMA journal_mode = WAL")
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    self._migrate(con)
+                    marked = self._mark_interrupted(con)
+                except BaseException:
+                    with suppress(sqlite3.Error):
+                        con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+                return marked
+            finally:
+                con.close()
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"run store {self.db_path} has schema version {version}, newer than this "
+                f"Pruning Lab understands ({SCHEMA_VERSION}); upgrade Pruning Lab"
+            )
+        for v in range(version, SCHEMA_VERSION):
+            for stmt in _SCHEMA[v].split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+        if version != SCHEMA_VERSION:
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _mark_interrupted(con: sqlite3.Connection) -> list[int]:
+        """Mark `failed` (`INTERRUPTED_ERROR`) the running rows whose process is gone.
+
+        Gone means: a process of this host that no longer runs (or whose pid now belongs to a
+        later process), or no owner at all. Rows without an owner were written by a version-1
+        Pruning Lab, which this store has replaced by opening (and migrating) the database, so
+        no process is left to finish them. Should a live writer finish such a run after all,
+        its final `update_status` still wins: marking never blocks a later honest status.
+        """
+        rows = con.execute("SELECT id, owner FROM runs WHERE status = 'running'").fetchall()
+        dead = [(r["id"], r["owner"]) for r in rows if not _owner_alive(r["owner"])]
+        now = _now()
+        for rid, owner in dead:
+            con.execute(
+                "UPDATE runs SET status = 'failed', error = ?, updated = ?"
+                " WHERE id = ? AND status = 'running' AND owner IS ?",
+                (INTERRUPTED_ERROR, now, rid, owner),
+            )
+        return [rid for rid, _ in dead]
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -287,6 +518,13 @@ class RunStore:
             status: Usually `running`; a finished run can be recorded at once as `done`.
             metrics: Results known so far.
             curve: Curve points to record with it (a bad point aborts the whole run).
+
+        The run is owned by this process (`process_owner`): should the process end while the
+        run is `running`, the next open of the store marks it interrupted.
+
+        Raises:
+            UserError: Unknown kind or status, or the database cannot be written.
+            CurvePointError: A curve point that cannot be stored (nothing is recorded).
         """
         _check_kind(kind)
         _check_status(status)
@@ -295,8 +533,8 @@ class RunStore:
         with self._tx() as con:
             cur = con.execute(
                 "INSERT INTO runs (created, updated, kind, status, name, model, dataset, config,"
-                " metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, now, kind, status, name, model, dataset, cfg, met),
+                " metrics, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now, now, kind, status, name, model, dataset, cfg, met, process_owner()),
             )
             run_id = int(cur.lastrowid or 0)
             self._insert_points(con, run_id, curve)
@@ -312,26 +550,43 @@ class RunStore:
     ) -> None:
         """Set a run's status; `metrics` are merged into those stored, `error` replaces.
 
+        Setting `running` makes this process the run's owner. Metrics are encoded before the
+        transaction starts, so metrics that cannot be encoded change nothing.
+
         Raises:
-            UserError: Unknown run or status.
+            UserError: Unknown run or status, or the database cannot be written.
+            TypeError, ValueError: `metrics` cannot be encoded as JSON (a key that is not a
+                string or number, a circular reference).
         """
         _check_status(status)
+        new = json.loads(_dumps(dict(metrics or {})))
+        owner = process_owner() if status == "running" else None
         with self._tx() as con:
             row = con.execute("SELECT metrics FROM runs WHERE id = ?", (run,)).fetchone()
             if row is None:
                 raise UserError(f"no run {run} in the store")
-            merged = json.loads(row["metrics"])
-            merged.update(json.loads(_dumps(dict(metrics or {}))))
+            try:
+                merged = json.loads(row["metrics"])
+            except ValueError:  # damaged by hand: the new metrics replace what cannot be read
+                merged = {}
+            if not isinstance(merged, dict):
+                merged = {}
+            merged.update(new)
             con.execute(
-                "UPDATE runs SET status = ?, metrics = ?, error = COALESCE(?, error), updated = ?"
-                " WHERE id = ?",
-                (status, _dumps(merged), error, _now(), run),
+                "UPDATE runs SET status = ?, metrics = ?, error = COALESCE(?, error), updated = ?,"
+                " owner = COALESCE(?, owner) WHERE id = ?",
+                (status, _dumps(merged), error, _now(), owner, run),
             )
 
     def add_curve_points(self, run: int, points: Iterable[Mapping[str, Any]]) -> int:
         """Append curve points in one transaction (all or none); returns how many.
 
         Known keys (`CURVE_COLUMNS`) get their own column, the others are kept as JSON.
+
+        Raises:
+            UserError: Unknown run, or the database cannot be written.
+            CurvePointError: A point that cannot be stored (`check_curve_point`); none of the
+                batch is kept.
         """
         with self._tx() as con:
             if con.execute("SELECT 1 FROM runs WHERE id = ?", (run,)).fetchone() is None:
@@ -349,16 +604,8 @@ class RunStore:
         ).fetchone()[0]
         rows = []
         for i, p in enumerate(points):
-            vals: list[Any] = []
-            for c in CURVE_COLUMNS:
-                v = p.get(c)
-                if v is not None:
-                    v = int(v) if c == "step" else float(v)  # a non-number fails the batch
-                    if isinstance(v, float) and not math.isfinite(v):
-                        v = None
-                vals.append(v)
-            extra = {k: v for k, v in p.items() if k not in CURVE_COLUMNS}
-            rows.append((run, seq + i, *vals, _dumps(extra) if extra else None))
+            vals, extra = _point_row(p)  # a bad point fails the whole batch
+            rows.append((run, seq + i, *vals, extra))
         con.executemany(
             "INSERT INTO curves (run_id, seq, step, epoch, loss, accuracy, sparsity, lr, seconds,"
             " extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -576,3 +823,22 @@ def _point(row: sqlite3.Row) -> dict[str, Any]:
     if row["extra"]:
         d.update(json.loads(row["extra"]))
     return d
+
+
+def split_encodable(metrics: Mapping[Any, Any]) -> tuple[dict[Any, Any], list[str]]:
+    """The entries of `metrics` that the store can encode, and the names of the others.
+
+    Encoding is lenient (tensors, paths, sets and other objects become JSON values), so what
+    is left out is what no JSON can hold: a key that is not a string or number, a circular
+    reference, an object whose conversion itself fails.
+    """
+    ok: dict[Any, Any] = {}
+    dropped: list[str] = []
+    for k, v in metrics.items():
+        try:
+            _dumps({k: v})
+        except Exception:  # any failure of a value's own conversion leaves that entry out
+            dropped.append(k if isinstance(k, str) else _short(k, 40))
+        else:
+            ok[k] = v
+    return ok, dropped
