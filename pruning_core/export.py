@@ -33,7 +33,7 @@ from torch import nn
 
 from pruning_core.checkpoint import META_FILE, MODEL_FILE, save_model_dir
 from pruning_core.errors import UserError
-from pruning_core.fsio import atomic_path, output_dir, write_json
+from pruning_core.fsio import OUTPUT_MARKER, atomic_path, output_dir, write_json
 from pruning_core.models import get_entry
 from pruning_core.models.spec import InputSpec
 
@@ -150,7 +150,8 @@ def _zip_dir(directory: Path, folder: str) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for p in sorted(directory.iterdir()):
-            if p.is_file():
+            # The download is the user's own copy: without the marker, no later run replaces it.
+            if p.is_file() and p.name != OUTPUT_MARKER:
                 zf.write(p, f"{folder}/{p.name}")
     return buf.getvalue()
 
@@ -312,7 +313,8 @@ def make_recipe(
     """A recipe in the format `pruning-lab prune --recipe` reads (that of `cli.prune`).
 
     Args:
-        model, dataset: What the run used (registry names, paths...).
+        model, dataset: What the run used (registry names, paths...); a path is reduced to
+            its file name (see `recipe.portable_ref`).
         prune: A `PruneConfig.to_dict()`.
         train: A `TrainConfig.to_dict()` of the fine-tune (None or epochs 0: no fine-tune).
         schedule, steps: The pruning schedule (`oneshot`, `linear`, `agp`, `dynamic`).
@@ -325,15 +327,17 @@ def make_recipe(
         UserError: The prune settings are not a valid PruneConfig.
     """
     from pruning_core.prune import PruneConfig
-    from pruning_core.recipe import RECIPE_KEYS, RECIPE_VERSION
+    from pruning_core.recipe import RECIPE_KEYS, RECIPE_VERSION, portable_ref
 
     cfg = PruneConfig.from_dict(prune)  # validates; a recipe never holds impossible settings
     p = cfg.to_dict()
     t = dict(train or {})
     settings: dict[str, Any] = {
-        "model": model,
+        # Values, not paths: a file of this machine is named by its file name only, to be
+        # placed beside the recipe (or given on the command line) where it is repeated.
+        "model": portable_ref(model, "model"),
         "arch": arch,
-        "dataset": dataset,
+        "dataset": portable_ref(dataset, "dataset"),
         "method": p["method"],
         "granularity": p["granularity"],
         "ratio": p["ratio"],

@@ -38,6 +38,7 @@ __all__ = [
     "OUTPUT_MARKER",
     "atomic_path",
     "check_output_dir",
+    "check_output_file",
     "check_writable_dir",
     "clean_stale",
     "is_tool_output",
@@ -255,17 +256,40 @@ def check_output_dir(target: Path, what: str = "--out") -> None:
         raise UserError(f"{what} {target} is a symbolic link; name the folder itself")
     if target.exists():
         if not target.is_dir():
-            raise UserError(f"{what} {target} exists and is not a folder")
+            raise UserError(f"{what} {target} exists and is not a directory")
         try:
             empty = next(target.iterdir(), None) is None
         except OSError as e:
             raise UserError(f"{what} {target} cannot be read ({e.strerror or e})") from None
         if not empty and not is_tool_output(target):
             raise UserError(
-                f"{what} {target} is a folder that pruning-lab did not write; it is left as it is: "
+                f"{what} {target} is a folder not written by pruning-lab; it is left as it is: "
                 "choose a new or empty folder"
             )
     check_writable_dir(target.parent if target.exists() else target, what)
+
+
+def check_output_file(target: Path, what: str = "--out", suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse an output file path that cannot be written, before any work starts.
+
+    An existing file at `target` is replaced atomically when the work succeeds (the user named
+    it); a folder there is never replaced by a file.
+
+    Args:
+        target: The file to write.
+        what: How the user named it, for the message.
+        suffixes: Accepted suffixes (lower case, with the dot); empty accepts any.
+
+    Raises:
+        UserError: A folder stands at `target`, the suffix is not one of `suffixes`, or the
+            folder it goes into cannot be written.
+    """
+    target = Path(target).expanduser()
+    if target.is_dir():
+        raise UserError(f"{what} {target} is a directory; give a file name")
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise UserError(f"{what} {target} must end in {' or '.join(suffixes)}")
+    check_writable_dir(target.parent, what)
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> bool:

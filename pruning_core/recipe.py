@@ -2,9 +2,40 @@
 
 Shared by the CLI (which writes `recipe.json` and reads `--recipe`) and `export` (which builds
 recipes for runs made in the app), so both agree on one format.
+
+A recipe is a versioned document, never an instruction to read arbitrary files:
+
+- its `version` must be one this Pruning Lab reads (`RECIPE_VERSION` or older); a newer one is
+  refused, and so is any setting or top-level key it does not know, naming them;
+- every setting is checked with the same ranges as the command-line option of the same name
+  (`SETTING_CHECKS`), before any model is loaded;
+- the settings that name files (`model`, `dataset`, `ratios_file`) are registry names, or paths
+  resolved relative to the recipe's own folder that may not leave it (no absolute paths, no
+  `..`, no symbolic links pointing out). A recipe exported by the app carries values (ratios
+  inline, registry names, file names), never a path of the machine that wrote it.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from pruning_core.errors import UserError
+from pruning_core.validate import RATIO, SEED, Range
+
+__all__ = [
+    "RECIPE_KEYS",
+    "RECIPE_SECTIONS",
+    "RECIPE_VERSION",
+    "SETTING_CHECKS",
+    "check_settings",
+    "portable_ref",
+    "read_mapping",
+    "read_recipe",
+]
 
 RECIPE_VERSION = 1
 
@@ -15,3 +46,211 @@ RECIPE_KEYS = (
     "regularize", "reg_strength", "device", "seed", "norm", "ignore", "max_layer_ratio",
     "structured_mode", "round_to", "calib_batches",
 )  # fmt: skip
+# Top-level keys of a recipe document. Only `settings` drives the run; the others describe it.
+RECIPE_SECTIONS = ("version", "settings", "prune", "schedule", "train", "regularize", "seed")
+# Settings that name a file or folder (dataset references may carry an `idx:`/`folder:` prefix).
+_PATH_SETTINGS = ("model", "dataset", "ratios_file")
+_DATASET_PREFIXES = ("idx:", "folder:")
+
+# One range per numeric setting; the command line uses the same objects as argparse types.
+SETTING_CHECKS: dict[str, Range] = {
+    "ratio": RATIO,
+    "steps": Range(integer=True, lo=1, hi=10_000, label="steps"),
+    "finetune_epochs": Range(integer=True, lo=0, hi=100_000, label="epochs"),
+    "lr": Range(lo=0, hi=100, lo_open=True, label="learning rate"),
+    "batch_size": Range(integer=True, lo=1, hi=1_000_000, label="batch size"),
+    "weight_decay": Range(lo=0, hi=100, label="weight decay"),
+    "reg_strength": Range(lo=0, label="regulariser strength"),
+    "seed": SEED,
+    "norm": Range(integer=True, lo=1, hi=2, label="norm"),
+    "max_layer_ratio": Range(lo=0, hi=1, lo_open=True, hi_open=True, label="max_layer_ratio"),
+    "round_to": Range(integer=True, lo=1, hi=4096, label="round_to"),
+    "calib_batches": Range(integer=True, lo=1, hi=10_000, label="calibration batches"),
+}
+_TEXT_SETTINGS = (
+    "model", "arch", "dataset", "method", "granularity", "scope", "ratios_file", "schedule",
+    "optimizer", "regularize", "device", "structured_mode",
+)  # fmt: skip
+
+
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A JSON or YAML file holding one mapping (YAML by the `.yaml`/`.yml` suffix).
+
+    Raises:
+        UserError: Missing, unreadable, malformed, or not a mapping; named in one line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            doc = yaml.safe_load(text)
+        else:
+            doc = json.loads(text)
+    except Exception as e:  # json and yaml raise different types; both mean a malformed file
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot parse {what} {path.name}: {first}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{what} {path.name} must hold a mapping")
+    return doc
+
+
+def check_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Check a recipe's settings: known names, and each value of the right type and range.
+
+    Args:
+        settings: The `settings` mapping of a recipe.
+        source: How to name the recipe in messages (its file name).
+
+    Returns:
+        The settings with numbers normalised (`"3"` -> 3 is refused: values must be numbers).
+
+    Raises:
+        UserError: An unknown setting, or a value of the wrong type or out of range, named.
+    """
+    unknown = sorted(set(settings) - {*RECIPE_KEYS, "layer_ratios"})
+    if unknown:
+        raise UserError(
+            f"recipe {source}: unknown setting(s) {', '.join(map(repr, unknown))}; "
+            "it may come from a newer Pruning Lab"
+        )
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        what = f"recipe {source}: setting '{key}'"
+        if value is None:
+            out[key] = None
+        elif key in SETTING_CHECKS:
+            if isinstance(value, str | bool):
+                raise UserError(f"{what} must be a number, got {value!r}")
+            out[key] = SETTING_CHECKS[key].check(value, what)
+        elif key in _TEXT_SETTINGS:
+            if not isinstance(value, str) or not value.strip() or "\0" in value:
+                raise UserError(f"{what} must be a non-empty text, got {value!r}")
+            out[key] = value
+        elif key == "distill":
+            if not isinstance(value, bool):
+                raise UserError(f"{what} must be true or false, got {value!r}")
+            out[key] = value
+        elif key == "ignore":
+            ok = isinstance(value, str) or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            )
+            if not ok:
+                raise UserError(f"{what} must be a list of layer names, got {value!r}")
+            out[key] = value
+        elif key == "layer_ratios":
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise UserError(f"{what} must map layer names to ratios, got {value!r}")
+            ratios = {}
+            for layer, r in value.items():
+                if isinstance(r, str | bool):
+                    raise UserError(f"{what}['{layer}'] must be a number, got {r!r}")
+                ratios[layer] = RATIO.check(r, f"{what}['{layer}']")
+            out[key] = ratios
+    return out
+
+
+def read_recipe(path: Path, replaced: Collection[str] = ()) -> dict[str, Any]:
+    """Read a recipe (`recipe.json`, YAML, or a run's `metrics.json`) into checked settings.
+
+    Args:
+        path: The recipe file.
+        replaced: Settings the caller replaces (options given on the command line): their
+            values are still type-checked, but the files they name are not resolved.
+
+    Returns:
+        Its settings, checked (`check_settings`), with file-naming settings resolved to paths
+        inside the recipe's folder.
+
+    Raises:
+        UserError: Unreadable or malformed; not a recipe; a version newer than
+            `RECIPE_VERSION`; unknown keys or settings; values out of range; a file setting that
+            reaches outside the recipe's folder.
+    """
+    path = Path(path)
+    doc = read_mapping(path, "recipe")
+    recipe = doc.get("recipe", doc) if "settings" not in doc else doc
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("settings"), dict):
+        raise UserError(f"{path.name} is not a pruning-lab recipe (no 'settings' mapping)")
+    version = recipe.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UserError(f"recipe {path.name}: 'version' must be an integer, got {version!r}")
+    if not 1 <= version <= RECIPE_VERSION:
+        raise UserError(
+            f"recipe {path.name} has version {version}; this Pruning Lab reads versions up to "
+            f"{RECIPE_VERSION} (a newer Pruning Lab wrote it)"
+        )
+    extra = sorted(set(recipe) - set(RECIPE_SECTIONS))
+    if extra:
+        raise UserError(
+            f"recipe {path.name}: unknown key(s) {', '.join(map(repr, extra))}; "
+            "it may come from a newer Pruning Lab"
+        )
+    settings = check_settings(recipe["settings"], path.name)
+    base = path.resolve().parent
+    for key in _PATH_SETTINGS:
+        value = settings.get(key)
+        if isinstance(value, str) and key not in replaced:
+            settings[key] = _resolve_ref(key, value, base, path.name)
+    return settings
+
+
+def _is_registry_ref(key: str, value: str) -> bool:
+    path_like = (
+        "/" in value
+        or "\\" in value
+        or value.startswith(("~", ".", *_DATASET_PREFIXES))
+        or value.endswith((".pt", ".pth", ".safetensors", ".zip"))
+    )
+    if key == "ratios_file" or path_like:
+        return False
+    if key == "model":
+        from pruning_core.models import get_entry
+
+        try:
+            get_entry(value)
+        except UserError:
+            return False
+        return True
+    from pruning_core.data import list_datasets
+
+    return value in {e.name for e in list_datasets()}
+
+
+def _resolve_ref(key: str, value: str, base: Path, source: str) -> str:
+    """A recipe's file reference as a path inside `base` (registry names pass unchanged)."""
+    if _is_registry_ref(key, value):
+        return value
+    prefix = next((p for p in _DATASET_PREFIXES if key == "dataset" and value.startswith(p)), "")
+    raw = value[len(prefix) :]
+    rel = Path(raw).expanduser() if raw.startswith("~") else Path(raw)
+    outside = UserError(
+        f"recipe {source}: setting '{key}' names {value!r}, outside the recipe's folder; a recipe "
+        f"may only name files beside it (give --{key.replace('_', '-')} on the command line instead)"
+    )
+    if rel.is_absolute() or ".." in rel.parts:
+        raise outside
+    full = base / rel
+    if not os.path.realpath(full).startswith(str(base) + os.sep):
+        raise outside  # a symbolic link inside the folder that points out of it
+    return prefix + str(full)
+
+
+def portable_ref(ref: str, kind: str) -> str:
+    """A model or dataset reference as a recipe may carry it: a registry name unchanged, a path
+    reduced to its file name (resolved beside the recipe when it is read again).
+
+    Args:
+        ref: What the run used.
+        kind: `model` or `dataset`.
+    """
+    if _is_registry_ref(kind, ref):
+        return ref
+    prefix = next((p for p in _DATASET_PREFIXES if kind == "dataset" and ref.startswith(p)), "")
+    return prefix + Path(ref[len(prefix) :].rstrip("/\\")).name

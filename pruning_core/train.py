@@ -24,6 +24,7 @@ from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.models.spec import InputSpec
+from pruning_core.validate import check_seed, number
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -65,10 +66,13 @@ class TrainConfig:
     augment: bool = False
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise UserError(f"epochs must be >= 0, got {self.epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"learning rate must be a positive number, got {self.lr}")
+        number(self.epochs, "epochs", integer=True, lo=0)
+        number(self.lr, "learning rate", lo=0, lo_open=True)
+        number(self.weight_decay, "weight decay", lo=0)
+        number(self.distill_temperature, "distillation temperature", lo=0, lo_open=True)
+        check_seed(self.seed)
+        if self.val_limit is not None:
+            number(self.val_limit, "val_limit", integer=True, lo=1)
         if self.optimizer not in OPTIMIZERS:
             raise UserError(
                 f"unknown optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})"
@@ -77,10 +81,8 @@ class TrainConfig:
             raise UserError(
                 f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})"
             )
-        if self.batch_size < 1:
-            raise UserError(f"batch size must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.distill_weight <= 1.0:
-            raise UserError(f"distillation weight must be in [0, 1], got {self.distill_weight}")
+        number(self.batch_size, "batch size", integer=True, lo=1)
+        number(self.distill_weight, "distillation weight", lo=0, hi=1)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

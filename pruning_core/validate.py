@@ -15,6 +15,8 @@ from typing import Any
 from pruning_core.errors import UserError
 
 __all__ = [
+    "BATCH",
+    "BINS",
     "NONNEGATIVE_FLOAT",
     "NONNEGATIVE_INT",
     "POSITIVE_FLOAT",
@@ -22,6 +24,8 @@ __all__ = [
     "RATIO",
     "SEED",
     "SEED_MAX",
+    "SMALL_COUNT",
+    "THREADS",
     "Range",
     "check_seed",
     "number",
@@ -99,8 +103,8 @@ def check_seed(value: Any, what: str = "seed") -> int:
 class Range:
     """An argparse `type=` that applies `number` to an option's text.
 
-    Example: `p.add_argument("--batch-size", type=Range(integer=True, lo=1))`. A bad value stops
-    parsing with one line and exit status 2, before any command runs.
+    Example: `p.add_argument("--batch-size", type=Range(integer=True, lo=1, label="batch size"))`.
+    A bad value stops parsing with one line and exit status 2, before any command runs.
     """
 
     def __init__(
@@ -111,23 +115,35 @@ class Range:
         hi: float | None = None,
         lo_open: bool = False,
         hi_open: bool = False,
+        label: str = "value",
     ) -> None:
+        self.label = label
         self.kw: dict[str, Any] = {
             "integer": integer, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
         }  # fmt: skip
         # argparse names the type in its messages; say what is expected.
         self.__name__ = "integer" if integer else "number"
 
+    def check(self, value: Any, what: str) -> Any:
+        """`value` checked against this range (`number`), for settings that come from files."""
+        return number(value, what, **self.kw)
+
     def __call__(self, text: str) -> Any:
         try:
-            return number(text, "value", **self.kw)
+            return number(text, self.label, **self.kw)
         except UserError as e:
-            raise argparse.ArgumentTypeError(str(e).replace("value must", "must")) from None
+            raise argparse.ArgumentTypeError(str(e)) from None
 
 
-SEED = Range(integer=True, lo=0, hi=SEED_MAX)
+SEED = Range(integer=True, lo=0, hi=SEED_MAX, label="seed")
 POSITIVE_INT = Range(integer=True, lo=1)
 NONNEGATIVE_INT = Range(integer=True, lo=0)
 POSITIVE_FLOAT = Range(lo=0, lo_open=True)
 NONNEGATIVE_FLOAT = Range(lo=0)
-RATIO = Range(lo=0, hi=1, hi_open=True)
+RATIO = Range(lo=0, hi=1, hi_open=True, label="ratio")
+# Inputs built in memory at once (benchmarks, statistics): bounded so a typo cannot exhaust RAM.
+BATCH = Range(integer=True, lo=1, hi=4096, label="batch size")
+BINS = Range(integer=True, lo=2, hi=1000, label="bins")
+SMALL_COUNT = Range(integer=True, lo=1, hi=10_000)
+# torch accepts any positive count; far more threads than cores only slows it down.
+THREADS = Range(integer=True, lo=1, hi=1024, label="threads")

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -86,36 +87,66 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    """Checks every command shares, made before its handler loads or trains anything."""
+    device = getattr(args, "device", None)
+    if isinstance(device, str):
+        from pruning_core.device import resolve_device
+
+        resolve_device(device)
+    if getattr(args, "record", False):
+        from pruning_core.store import RunStore
+
+        RunStore()  # opens (or creates) the store: an unwritable or corrupt home fails here
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    0: done; 2: bad input (one line on stderr, nothing written); 1: an internal error (a bug);
+    130: interrupted. Python warnings raised while a command runs are shown once each after it
+    succeeds, so a refusal is always exactly one line.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
-        return int(e.code or 0)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
     handler: Handler = args.handler
-    try:
-        payload = handler(args)
-    except UserError as e:
-        sys.stderr.write(f"error: {str(e).splitlines()[0] if str(e) else 'bad input'}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
-    except Exception as e:
-        if os.environ.get("PRUNING_LAB_DEBUG"):
-            raise
-        sys.stderr.write(
-            f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-            "(set PRUNING_LAB_DEBUG=1 for a traceback)\n"
-        )
-        return 1
-    if payload is None:
-        return 0
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(_jsonable(payload), indent=2) + "\n")
-    else:
-        sys.stdout.write(_human(_jsonable(payload)) + "\n")
+    debug = bool(os.environ.get("PRUNING_LAB_DEBUG"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            _preflight(args)
+            payload = handler(args)
+            text = None
+            if payload is not None:
+                doc = _jsonable(payload)
+                text = json.dumps(doc, indent=2) if getattr(args, "json", False) else _human(doc)
+        except UserError as e:
+            sys.stderr.write(f"error: {_first_line(e) or 'bad input'}\n")
+            return 2
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            return 130
+        except Exception as e:
+            if debug:
+                raise
+            sys.stderr.write(
+                f"internal error: {type(e).__name__}: {_first_line(e)} "
+                "(set PRUNING_LAB_DEBUG=1 for a traceback)\n"
+            )
+            return 1
+    for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+        if debug or not getattr(args, "quiet", False):
+            sys.stderr.write(f"warning: {message.splitlines()[0]}\n")
+    if text is not None:
+        sys.stdout.write(text + "\n")
     return 0
 
 

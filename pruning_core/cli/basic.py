@@ -15,9 +15,11 @@ from pruning_core.cli.common import add_model_args, resolve, stderr_progress
 from pruning_core.data import list_datasets, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
-from pruning_core.fsio import output_dir, write_json
+from pruning_core.fsio import check_output_dir, output_dir, write_json
 from pruning_core.models import get_entry, list_models, load_model, model_spec
+from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.train import OPTIMIZERS, SCHEDULES, TrainConfig, fit
+from pruning_core.validate import POSITIVE_INT, Range
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -33,7 +35,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--split", default="val", choices=["val", "train", "calib"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    p.add_argument("--limit", type=POSITIVE_INT, help="evaluate only the first N examples")
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("train", parents=[common], help="train a dense baseline")
@@ -42,14 +44,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dataset", required=True)
     d = TrainConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--epochs", type=C["finetune_epochs"], default=d.epochs)
+    p.add_argument("--lr", type=C["lr"], default=d.lr)
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--batch-size", type=C["batch_size"], default=d.batch_size)
+    p.add_argument("--weight-decay", type=C["weight_decay"], default=d.weight_decay)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=C["seed"], default=0)
     p.add_argument(
         "--augment", action="store_true", help="random shifts and horizontal flips while training"
     )
@@ -60,7 +62,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("app", parents=[common], help="launch the Streamlit app")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=Range(integer=True, lo=1, hi=65535), default=8501)
     p.add_argument(
         "--open", action="store_true", help="open a browser tab (default: print the URL)"
     )
@@ -100,7 +102,6 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    data = load_dataset(args.dataset)
     config = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -112,6 +113,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         augment=args.augment,
     )
+    check_output_dir(args.out)
+    data = load_dataset(args.dataset)
     if Path(args.model).is_dir():
         loaded = load_model(args.model)
         arch, spec, model = loaded.arch, loaded.spec, loaded.model

@@ -16,6 +16,10 @@ from typing import Any
 
 from pruning_core.cli.common import add_model_args, resolve
 from pruning_core.errors import UserError
+from pruning_core.fsio import check_output_file
+from pruning_core.prune import PruneConfig
+from pruning_core.recipe import SETTING_CHECKS as C
+from pruning_core.validate import POSITIVE_INT, RATIO
 
 DEFAULT_TARGET_SPARSITY = 0.8
 
@@ -34,10 +38,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ratios", default="0.5,0.7,0.9", help="comma-separated ratios in [0, 1)")
     p.add_argument("--granularity", default="unstructured", help="unstructured, N:M, channel...")
     p.add_argument("--scope", default="global", choices=["global", "layer"])
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point (0: no)")
-    p.add_argument("--lr", type=float, default=1e-3, help="fine-tune learning rate")
-    p.add_argument("--batch-size", type=int, default=64, help="fine-tune batch size")
-    p.add_argument("--eval-limit", type=int, help="evaluate on the first N validation images")
+    p.add_argument(
+        "--finetune-epochs",
+        type=C["finetune_epochs"],
+        default=0,
+        help="fine-tune each point (0: no)",
+    )
+    p.add_argument("--lr", type=C["lr"], default=1e-3, help="fine-tune learning rate")
+    p.add_argument("--batch-size", type=C["batch_size"], default=64, help="fine-tune batch size")
+    p.add_argument(
+        "--eval-limit", type=POSITIVE_INT, help="evaluate on the first N validation images"
+    )
     _common_tail(p)
     p.set_defaults(handler=cmd_sweep)
 
@@ -55,11 +66,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--granularity", default="unstructured", help="unstructured, channel or head")
     p.add_argument(
         "--target-sparsity",
-        type=float,
+        type=RATIO,
         help=f"overall sparsity to suggest ratios for (default {DEFAULT_TARGET_SPARSITY}, "
         "or the largest measured ratio if smaller)",
     )
-    p.add_argument("--limit", type=int, help="evaluate on the first N images of the split")
+    p.add_argument("--limit", type=POSITIVE_INT, help="evaluate on the first N images of the split")
     p.add_argument(
         "--split",
         default="val",
@@ -72,7 +83,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _common_tail(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=C["seed"], default=0)
     p.add_argument("--record", action="store_true", help="also record the run in the run store")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--out", required=True, type=Path, help="CSV file to write")
@@ -95,10 +106,7 @@ def parse_ratios(text: str, what: str) -> list[float]:
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and out.is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name such as results.csv")
-    if out.suffix.lower() != ".csv":
-        raise UserError(f"--out {out} must be a .csv file")
+    check_output_file(out, "--out", (".csv",))
 
 
 def _progress(label: str, quiet: bool) -> Any:
@@ -130,8 +138,12 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     _check_out(args.out)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     ratios = parse_ratios(args.ratios, "--ratios")
+    if not methods:
+        raise UserError("--methods needs at least one criterion")
+    for m in methods:
+        PruneConfig(method=m, granularity=args.granularity, ratio=0.0, seed=args.seed)
     train_config = TrainConfig(
-        epochs=max(args.finetune_epochs, 0),
+        epochs=args.finetune_epochs,
         lr=args.lr,
         batch_size=args.batch_size,
         device=args.device,
@@ -184,13 +196,12 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
 
     _check_out(args.out)
     ratios = parse_ratios(args.ratios, "--ratios")
-    if args.target_sparsity is not None and not 0.0 <= args.target_sparsity < 1.0:
-        raise UserError(f"--target-sparsity must be in [0, 1), got {args.target_sparsity}")
     if args.target_sparsity is not None and args.target_sparsity > max(ratios):
         raise UserError(
             f"--target-sparsity {args.target_sparsity} is above the largest measured ratio "
             f"{max(ratios)}; add a larger value to --ratios"
         )
+    PruneConfig(method=args.method, granularity=args.granularity, ratio=0.0, seed=args.seed)
     loaded, data = resolve(args)
     assert data is not None
     start = time.perf_counter()

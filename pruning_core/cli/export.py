@@ -10,6 +10,8 @@ import pandas as pd
 import torch
 
 from pruning_core.errors import UserError
+from pruning_core.fsio import check_output_dir, check_output_file
+from pruning_core.validate import BATCH, POSITIVE_FLOAT
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -32,8 +34,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sweep", type=Path, help="report: a sweep CSV to plot (from pruning-lab sweep)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="report: latency batch (default 32)")
-    p.add_argument("--atol", type=float, default=1e-4, help="onnx: accepted max abs difference")
+    p.add_argument(
+        "--batch-size", type=BATCH, default=32, help="report: latency batch (default 32)"
+    )
+    p.add_argument(
+        "--atol", type=POSITIVE_FLOAT, default=1e-4, help="onnx: accepted max abs difference"
+    )
     p.set_defaults(handler=cmd_export)
 
 
@@ -54,11 +60,11 @@ def _load(directory: Path) -> Any:
 
 
 def _check_out(out: Path, fmt: str) -> None:
-    if out.is_dir() and not (fmt == "checkpoint" and out.suffix != ".zip"):
-        raise UserError(f"--out {out} is a directory; give a file name")
-    want = {"onnx": (".onnx",), "report": (".html", ".htm")}.get(fmt)
-    if want and out.suffix.lower() not in want:
-        raise UserError(f"--out for --format {fmt} must end in {' or '.join(want)}, got {out.name}")
+    if fmt == "checkpoint" and out.suffix.lower() != ".zip":
+        check_output_dir(out)  # a model folder: never over someone's own folder
+        return
+    want = {"onnx": (".onnx",), "report": (".html", ".htm"), "checkpoint": (".zip",)}[fmt]
+    check_output_file(out, "--out", want)
 
 
 def _example(loaded: Any, ref: str | None) -> torch.Tensor | None:
@@ -115,8 +121,6 @@ def _report(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> d
     from pruning_core.cli.measure import dense_reference
     from pruning_core.latency import benchmark_backends
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     sweep = None
     if args.sweep is not None:
         if not args.sweep.is_file():

@@ -27,6 +27,7 @@ from torch import nn
 
 from pruning_core.cli.common import add_model_args, resolve
 from pruning_core.errors import UserError
+from pruning_core.validate import BATCH, BINS, SMALL_COUNT, THREADS, Range
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -36,10 +37,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add_model_args(p, dataset_required=False)
     p.add_argument(
-        "--batches", type=int, default=2, help="calibration batches for activation stats"
+        "--batches", type=SMALL_COUNT, default=2, help="calibration batches for activation stats"
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--bins", type=int, default=60, help="histogram bins (fixed count)")
+    p.add_argument("--batch-size", type=BATCH, default=64)
+    p.add_argument("--bins", type=BINS, default=60, help="histogram bins (fixed count, 2-1000)")
     p.add_argument("--histograms", action="store_true", help="include binned histograms per layer")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=cmd_inspect)
@@ -50,12 +51,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_model_args(p, dataset=False)
     p.add_argument("--pruned", help="pruned model directory (then --model is the dense original)")
     p.add_argument("--backends", default="dense,masked,structured,csr,semi24")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=BATCH, default=8)
+    p.add_argument("--threads", type=THREADS, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--max-seconds", type=float, default=10.0, help="time budget per backend")
+    p.add_argument("--repeats", type=Range(integer=True, lo=1, hi=100_000), default=30)
+    p.add_argument("--warmup", type=Range(integer=True, lo=0, hi=10_000), default=5)
+    p.add_argument(
+        "--max-seconds",
+        type=Range(lo=0, hi=3600, lo_open=True),
+        default=10.0,
+        help="time budget per backend",
+    )
     p.set_defaults(handler=cmd_bench)
 
 
@@ -78,10 +84,6 @@ def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core import stats
     from pruning_core.device import resolve_device
 
-    if args.bins < 2 or args.bins > 1000:
-        raise UserError(f"--bins must be in [2, 1000], got {args.bins}")
-    if args.batches < 1 or args.batch_size < 1:
-        raise UserError("--batches and --batch-size must be >= 1")
     loaded, data = resolve(args)
     model = loaded.model.to(resolve_device(args.device)).eval()
     table = stats.layer_table(model, loaded.spec)
@@ -186,12 +188,6 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.models import load_model
 
     backends = _parse_backends(args.backends)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
-    if args.repeats < 1 or args.warmup < 0:
-        raise UserError("--repeats must be >= 1 and --warmup >= 0")
     device = resolve_device(args.device)
     if args.pruned:
         dense_loaded, _ = resolve(args)

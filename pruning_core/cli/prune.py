@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,14 @@ import torch
 
 from pruning_core.checkpoint import save_model_dir
 from pruning_core.cli.common import resolve, stderr_progress
+from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
-from pruning_core.fsio import output_dir, write_json
+from pruning_core.fsio import check_output_dir, output_dir, write_json
 from pruning_core.models import get_entry
 from pruning_core.prune import PruneConfig, list_methods
-from pruning_core.recipe import RECIPE_KEYS, RECIPE_VERSION
+from pruning_core.recipe import RECIPE_KEYS, RECIPE_VERSION, read_mapping, read_recipe
+from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.regularize import REGULARIZERS, make_regularizer
 from pruning_core.schedules import DYNAMIC_DEFAULT_UPDATES, SCHEDULES, Schedule, run_schedule
 from pruning_core.stats import count_macs, count_params, size_bytes
@@ -51,36 +52,48 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="registry name, idx:DIR, folder:DIR or FILE.zip")
     p.add_argument("--method", help=f"importance criterion ({methods})")
     p.add_argument("--granularity", help="unstructured, N:M (e.g. 2:4), channel, head or block")
-    p.add_argument("--ratio", type=float, help="share removed, in [0, 1) (N:M implies N/M)")
+    p.add_argument("--ratio", type=C["ratio"], help="share removed, in [0, 1) (N:M implies N/M)")
     p.add_argument(
         "--scope", choices=["global", "layer"], help="one threshold across layers, or per layer"
     )
     p.add_argument("--ratios-file", help="JSON or YAML mapping layer name -> ratio (overrides)")
     p.add_argument("--ignore", help="comma-separated layers kept dense (default: the classifier)")
     p.add_argument(
-        "--max-layer-ratio", type=float, help="no layer pruned beyond this share (default 0.98)"
+        "--max-layer-ratio",
+        type=C["max_layer_ratio"],
+        help="no layer pruned beyond this share, in (0, 1) (default 0.98)",
     )
     p.add_argument(
         "--structured-mode", choices=["physical", "mask"], help="shrink, or mask-only preview"
     )
-    p.add_argument("--round-to", type=int, help="structured: keep channel counts multiples of this")
-    p.add_argument("--calib-batches", type=int, help="calibration batches for data-driven criteria")
-    p.add_argument("--norm", type=int, choices=[1, 2], help="magnitude norm (default 1)")
+    p.add_argument(
+        "--round-to", type=C["round_to"], help="structured: keep channel counts multiples of this"
+    )
+    p.add_argument(
+        "--calib-batches",
+        type=C["calib_batches"],
+        help="calibration batches for data-driven criteria",
+    )
+    p.add_argument("--norm", type=C["norm"], choices=[1, 2], help="magnitude norm (default 1)")
     p.add_argument("--schedule", choices=SCHEDULES, help="oneshot (default), linear, agp, dynamic")
     p.add_argument(
-        "--steps", type=int,
+        "--steps", type=C["steps"],
         help=f"prune -> fine-tune cycles (linear/agp), or mask updates (dynamic, default {DYNAMIC_DEFAULT_UPDATES})",
     )  # fmt: skip
     p.add_argument(
-        "--finetune-epochs", type=int, help="fine-tune epochs after each pruning step (default 0)"
+        "--finetune-epochs",
+        type=C["finetune_epochs"],
+        help="fine-tune epochs after each pruning step (default 0)",
     )
-    p.add_argument("--lr", type=float, help="fine-tune learning rate (default per granularity)")
+    p.add_argument("--lr", type=C["lr"], help="fine-tune learning rate (default per granularity)")
     p.add_argument(
         "--optimizer", choices=OPTIMIZERS, help="fine-tune optimizer (default per granularity)"
     )
-    p.add_argument("--batch-size", type=int, help="fine-tune batch size (default 64)")
+    p.add_argument("--batch-size", type=C["batch_size"], help="fine-tune batch size (default 64)")
     p.add_argument(
-        "--weight-decay", type=float, help="fine-tune weight decay (default per granularity)"
+        "--weight-decay",
+        type=C["weight_decay"],
+        help="fine-tune weight decay, >= 0 (default per granularity)",
     )
     p.add_argument(
         "--distill",
@@ -92,13 +105,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--regularize", choices=list(REGULARIZERS), help="sparsity training before pruning"
     )
     p.add_argument(
-        "--reg-strength", type=float, help="regulariser strength (default per regulariser)"
+        "--reg-strength",
+        type=C["reg_strength"],
+        help="regulariser strength (default per regulariser)",
     )
     p.add_argument(
         "--recipe", type=Path, help="repeat a run: its recipe.json/metrics.json (or YAML)"
     )
     p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--seed", type=int, help="seed (default 0): same seed, same result")
+    p.add_argument("--seed", type=C["seed"], help="seed (default 0): same seed, same result")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument(
         "--out",
@@ -109,39 +124,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_prune)
 
 
-def _read_mapping(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    text = path.read_text(errors="replace")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            doc = yaml.safe_load(text)
-        else:
-            doc = json.loads(text)
-    except Exception as e:  # json and yaml raise different types; both mean a malformed file
-        raise UserError(
-            f"cannot parse {what} {path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{what} {path.name} must hold a mapping")
-    return doc
-
-
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's settings: the recipe's (if any) with command-line options on top."""
-    s: dict[str, Any] = {}
-    if args.recipe is not None:
-        doc = _read_mapping(args.recipe, "recipe")
-        recipe = doc.get("recipe", doc)
-        if not isinstance(recipe, dict) or "settings" not in recipe:
-            raise UserError(f"{args.recipe.name} is not a pruning-lab recipe (no 'settings')")
-        s.update(recipe["settings"])
-    for k in RECIPE_KEYS:
-        v = getattr(args, k, None)
-        if v is not None:
-            s[k] = v
+    """The run's settings: the recipe's (if any, checked) with command-line options on top."""
+    given = {k: getattr(args, k) for k in RECIPE_KEYS if getattr(args, k, None) is not None}
+    s: dict[str, Any] = read_recipe(args.recipe, given) if args.recipe is not None else {}
+    s.update(given)
     for k in ("model", "dataset", "method", "granularity"):
         if not s.get(k):
             raise UserError(f"--{k} is required (or --recipe FILE)")
@@ -152,7 +139,7 @@ def _prune_config(s: dict[str, Any]) -> PruneConfig:
     # A recipe carries the ratios file's content, not its path; a file given now wins.
     layer_ratios: dict[str, Any] = dict(s.get("layer_ratios") or {})
     if s.get("ratios_file"):
-        layer_ratios = _read_mapping(Path(s["ratios_file"]), "ratios file")
+        layer_ratios = read_mapping(Path(s["ratios_file"]), "ratios file")
     s["layer_ratios"] = layer_ratios
     g = str(s["granularity"])
     if s.get("ratio") is None:
@@ -169,13 +156,19 @@ def _prune_config(s: dict[str, Any]) -> PruneConfig:
         "scope": s.get("scope") or "global",
         "layer_ratios": tuple(layer_ratios.items()),
         "ignore": None if ignore is None else tuple(ignore),
-        "norm": s.get("norm") or 1,
-        "seed": s.get("seed") or 0,
+        "norm": _given(s, "norm", 1),
+        "seed": _given(s, "seed", 0),
     }
     for k in ("max_layer_ratio", "structured_mode", "round_to", "calib_batches"):
         if s.get(k) is not None:
             kw[k] = s[k]
     return PruneConfig(**kw)
+
+
+def _given(s: dict[str, Any], key: str, default: Any) -> Any:
+    """A setting, or `default` only when it is absent (0 is a value, never replaced)."""
+    v = s.get(key)
+    return default if v is None else v
 
 
 def _finetune_defaults(config: PruneConfig) -> dict[str, Any]:
@@ -192,15 +185,15 @@ def _finetune_defaults(config: PruneConfig) -> dict[str, Any]:
 def _train_config(s: dict[str, Any], config: PruneConfig) -> TrainConfig:
     d = _finetune_defaults(config)
     return TrainConfig(
-        epochs=int(s.get("finetune_epochs") or 0),
+        epochs=int(_given(s, "finetune_epochs", 0)),
         lr=float(s["lr"] if s.get("lr") is not None else d["lr"]),
         optimizer=str(s.get("optimizer") or d["optimizer"]),
-        batch_size=int(s.get("batch_size") or 64),
+        batch_size=int(_given(s, "batch_size", 64)),
         weight_decay=float(
             s["weight_decay"] if s.get("weight_decay") is not None else d["weight_decay"]
         ),
         device=str(s.get("device") or "auto"),
-        seed=int(s.get("seed") or 0),
+        seed=int(_given(s, "seed", 0)),
         distill_weight=float(d["distill_weight"])
         if s.get("distill") is None
         else (DISTILL_WEIGHT if s["distill"] else 0.0),
@@ -226,6 +219,9 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(
             "--regularize trains with the penalty before pruning: give --finetune-epochs >= 1"
         )
+    # Everything that can be checked without the model is checked before it is loaded.
+    check_output_dir(args.out)
+    resolve_device(train_config.device)
     ns = argparse.Namespace(
         model=str(s["model"]),
         arch=s.get("arch"),
@@ -240,7 +236,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
         )
     model, spec = loaded.model, loaded.spec
     arch_kwargs = dict(loaded.meta.get("arch_kwargs") or loaded.arch_kwargs)
-    seed = int(s.get("seed") or 0)
+    seed = int(_given(s, "seed", 0))
     s["seed"], s["layer_ratios"] = seed, dict(config.layer_ratios)
     s.pop("ratios_file", None)
 
