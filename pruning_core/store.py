@@ -665,7 +665,7 @@ class RunStore:
         Yields a temporary directory; on success it is moved to `runs/<id>/<dirname>`.
         """
         target = self.run_dir(run) / _safe_name(dirname)
-        with output_dir(target) as tmp:
+        with output_dir(target, f"run {run} artifact") as tmp:
             yield tmp
         self.add_artifact(run, name or dirname, target)
 
