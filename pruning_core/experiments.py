@@ -2,7 +2,7 @@
 
 - `sweep` prunes a fresh copy of the model for every (method, ratio) point, measures it, and
   optionally fine-tunes it (masks kept by `MaskEnforcer`). Importance is scored once per method
-  (`ScoreCache`), so a sweep over many ratios costs one scoring plus one evaluation per point.
+  (`Preview`), so a sweep over many ratios costs one scoring plus one evaluation per point.
 - `sensitivity` prunes one layer at a time, over several ratios, and records the accuracy drop.
 - `suggest_ratios` turns those drop curves into per-layer ratios that reach a target overall
   sparsity with the least predicted accuracy loss.
@@ -35,12 +35,12 @@ from pruning_core.evaluate import evaluate
 from pruning_core.fsio import atomic_path
 from pruning_core.models import LoadedModel
 from pruning_core.models.spec import InputSpec
+from pruning_core.plans import get_plan
 from pruning_core.prune import (
     MaskEnforcer,
+    Preview,
     PruneConfig,
     PruneResult,
-    ScoreCache,
-    parse_nm,
     prunable_layers,
     prune_,
 )
@@ -157,8 +157,8 @@ def sweep(
         raise UserError("give at least one method")
     if finetune_epochs < 0:
         raise UserError(f"fine-tune epochs must be >= 0, got {finetune_epochs}")
-    nm = parse_nm(granularity)
-    grid_ratios = [nm[0] / nm[1]] if nm else ratios
+    plan, canonical = get_plan(granularity)
+    grid_ratios = [plan.effective_ratio(canonical, 0.0)] if plan.fixed_ratio else ratios
     # Validate every config up front so a typo fails before any work is done.
     configs = {
         m: PruneConfig(
@@ -182,11 +182,11 @@ def sweep(
     done = 0
     for method in methods:
         cfg = configs[method]
-        cache: ScoreCache | None = None
+        cache: Preview | None = None
         t_score = 0.0
         if not cfg.structured:
             t0 = time.perf_counter()
-            cache = ScoreCache(_fresh(base), cfg, data, spec)
+            cache = Preview(_fresh(base), cfg, data, spec)
             t_score = time.perf_counter() - t0
         for r in grid_ratios:
             if cancel is not None and cancel.is_set():
@@ -344,7 +344,8 @@ def sensitivity(
         raise UserError("sensitivity needs the model's input spec")
     data.check_spec(spec)
     ratios = sorted(set(_check_ratios(ratios)))
-    if parse_nm(granularity) is not None or granularity == "block":
+    plan, _ = get_plan(granularity)
+    if plan.fixed_ratio or not plan.per_layer:
         raise UserError(
             f"sensitivity needs per-layer ratios; {granularity} granularity has none "
             "(use unstructured, channel or head)"
@@ -368,7 +369,7 @@ def sensitivity(
     base_acc = evaluate(work, data, spec, split=split, device=dev, limit=limit).accuracy
     sizes = layer_sizes(work, all_layers)
     mods = dict(work.named_modules())
-    cache = None if config.structured else ScoreCache(work, config, data, spec)
+    cache = None if config.structured else Preview(work, config, data, spec)
     total = len(all_layers) * len(ratios)
     rows: list[dict[str, Any]] = []
     cancelled = False

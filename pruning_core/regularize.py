@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import UserError
-from pruning_core.importance import weight_of
+from pruning_core.layers import weight_of
 
 __all__ = [
     "REGULARIZERS",

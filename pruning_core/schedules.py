@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning_core.criteria import Magnitude
 from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
@@ -34,9 +35,9 @@ from pruning_core.evaluate import evaluate
 from pruning_core.models.spec import InputSpec
 from pruning_core.prune import (
     MaskEnforcer,
+    Preview,
     PruneConfig,
     PruneResult,
-    ScoreCache,
     apply_masks_,
     measured_sparsity,
     prunable_layers,
@@ -279,7 +280,7 @@ def _cycles(
     result: ScheduleResult,
 ) -> None:
     # N:M is one fixed pattern: ramping it makes no sense, so it is always one step.
-    n = schedule.steps if schedule.kind in ("linear", "agp") and config.nm is None else 1
+    n = schedule.steps if schedule.kind in ("linear", "agp") and not config.fixed_ratio else 1
     per_fit = _steps_per_fit(data, tc)
     total = per_fit * n
     shrinking = config.structured and config.structured_mode == "physical"
@@ -347,7 +348,7 @@ def _dynamic(
         raise UserError(
             "the dynamic schedule works on unstructured or N:M masks, not structured pruning"
         )
-    if config.method != "magnitude":
+    if not isinstance(config.criterion_object(), Magnitude):
         raise UserError(
             "the dynamic schedule recomputes masks from the current weights every few steps: "
             "use method magnitude"
@@ -387,7 +388,7 @@ def _dynamic(
                 dense[n].mul_(~masks[n]).add_(p)
             if step % every == 0 and step < total:
                 scores = {n: dense[n].abs().pow(config.norm).cpu() for n in layers}
-                cache = ScoreCache(m, config, scores=scores, zeros_first=False)
+                cache = Preview(m, config, scores=scores, zeros_first=False)
                 new = cache.masks(config.ratio, dict(config.layer_ratios), config.scope)
                 new = {n: k.to(params[n].device) for n, k in new.items()}
                 regrown = sum(int((new[n] & ~masks[n]).sum()) for n in layers)

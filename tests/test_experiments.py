@@ -38,14 +38,14 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_sweep_grid_and_input_untouched(cnn, digits, monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[str] = []
-    real = E.ScoreCache
+    real = E.Preview
 
     class CountingCache(real):  # type: ignore[misc, valid-type]
         def __init__(self, model, config, *a, **kw):
             built.append(config.method)
             super().__init__(model, config, *a, **kw)
 
-    monkeypatch.setattr(E, "ScoreCache", CountingCache)
+    monkeypatch.setattr(E, "Preview", CountingCache)
     before = _state(cnn.model)
     messages: list[tuple[float, str]] = []
     df = E.sweep(

@@ -6,14 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from pruning_core.calibration import calibration_stats
+from pruning_core.criteria import CRITERIA as IMPORTANCES
+from pruning_core.criteria import get_criterion as get_importance
 from pruning_core.data import DataBundle
 from pruning_core.errors import UserError
-from pruning_core.importance import (
-    IMPORTANCES,
-    calibration_stats,
-    following_batchnorm,
-    get_importance,
-)
+from pruning_core.layers import following_batchnorm
 from pruning_core.models import architectures as A
 from pruning_core.models.spec import InputSpec
 from pruning_core.prune import PruneConfig, prune_

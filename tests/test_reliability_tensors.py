@@ -20,8 +20,7 @@ from pruning_core import stats
 from pruning_core.checkpoint import MODEL_FILE
 from pruning_core.errors import UserError
 from pruning_core.models import create_model, get_entry, load_model
-from pruning_core.prune import PruneConfig, ScoreCache, mask_sparsity, prune_
-from pruning_core.structured import StructuredPreview
+from pruning_core.prune import PruneConfig, ScoreCache, StructuredPreview, mask_sparsity, prune_
 
 State = dict[str, torch.Tensor]
 

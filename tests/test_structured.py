@@ -14,14 +14,14 @@ from pruning_core.errors import UserError
 from pruning_core.models import architectures as A
 from pruning_core.models import get_entry, load_model, model_spec
 from pruning_core.models.spec import InputSpec
-from pruning_core.prune import PruneConfig, prune_
-from pruning_core.stats import count_macs, count_params
-from pruning_core.structured import (
-    FINETUNE_DEFAULTS,
+from pruning_core.prune import (
+    PruneConfig,
     StructuredPreview,
-    prune_structured_,
-    structured_layers,
+    finetune_defaults,
+    prunable_layers,
+    prune_,
 )
+from pruning_core.stats import count_macs, count_params
 
 torch.set_num_threads(1)
 
@@ -66,7 +66,7 @@ def test_channel_keeps_outputs_and_drops_params_and_macs() -> None:
     x = _x(SPEC16)
     before_out = model(x).shape
     p0, m0 = count_params(model), count_macs(model, SPEC16)
-    res = prune_structured_(model, PruneConfig(granularity="channel", ratio=0.5), spec=SPEC16)
+    res = prune_(model, PruneConfig(granularity="channel", ratio=0.5), spec=SPEC16)
     assert model(x).shape == before_out
     p1, m1 = count_params(model), count_macs(model, SPEC16)
     # Half the channels on both sides of each conv: about a quarter of the conv work remains.
@@ -81,9 +81,7 @@ def test_channel_keeps_outputs_and_drops_params_and_macs() -> None:
 def test_no_layer_reaches_zero_width(scope: str) -> None:
     model = _resnet()
     widths = {n: c.out_channels for n, c in _convs(model).items()}
-    prune_structured_(
-        model, PruneConfig(granularity="channel", ratio=0.95, scope=scope), spec=SPEC16
-    )
+    prune_(model, PruneConfig(granularity="channel", ratio=0.95, scope=scope), spec=SPEC16)
     for n, c in _convs(model).items():
         assert c.out_channels >= 1
         assert c.out_channels >= widths[n] * (1 - 0.98) - 1e-9
@@ -94,7 +92,7 @@ def test_max_layer_ratio_caps_global_pruning() -> None:
     model = _resnet()
     widths = {n: c.out_channels for n, c in _convs(model).items()}
     cfg = PruneConfig(granularity="channel", ratio=0.55, max_layer_ratio=0.6)
-    prune_structured_(model, cfg, spec=SPEC16)
+    prune_(model, cfg, spec=SPEC16)
     for n, c in _convs(model).items():
         assert c.out_channels >= widths[n] * 0.4 - 1e-9, (n, c.out_channels, widths[n])
 
@@ -105,24 +103,24 @@ def test_per_layer_ratio_above_max_is_refused() -> None:
         cfg = PruneConfig(
             granularity="channel", ratio=0.3, layer_ratios=(("layer1.0.conv1", 0.99),)
         )
-        prune_structured_(model, cfg, spec=SPEC16)
+        prune_(model, cfg, spec=SPEC16)
 
 
 def test_per_layer_override_and_unknown_layer() -> None:
     model = _resnet()
     cfg = PruneConfig(granularity="channel", ratio=0.0, layer_ratios=(("layer2.0.conv1", 0.75),))
-    res = prune_structured_(model, cfg, spec=SPEC16)
+    res = prune_(model, cfg, spec=SPEC16)
     assert list(res.removed) == ["layer2.0.conv1"]
     assert model.layer2[0].conv1.out_channels == 8 and model.layer3[0].conv1.out_channels == 64
     bad = PruneConfig(granularity="channel", ratio=0.2, layer_ratios=(("nope", 0.5),))
     with pytest.raises(UserError, match="nope"):
-        prune_structured_(_resnet(), bad, spec=SPEC16)
+        prune_(_resnet(), bad, spec=SPEC16)
 
 
 def test_round_to_is_respected() -> None:
     model = _resnet()
     touched = {n: c.out_channels for n, c in _convs(model).items()}
-    prune_structured_(model, PruneConfig(granularity="channel", ratio=0.4, round_to=8), spec=SPEC16)
+    prune_(model, PruneConfig(granularity="channel", ratio=0.4, round_to=8), spec=SPEC16)
     changed = [c for n, c in _convs(model).items() if c.out_channels != touched[n]]
     assert changed
     for c in _convs(model).values():
@@ -130,10 +128,13 @@ def test_round_to_is_respected() -> None:
 
 
 def test_structured_layers_lists_groups_heads_blocks() -> None:
-    names = structured_layers(_resnet(), "channel", SPEC16)
+    names = prunable_layers(_resnet(), PruneConfig(granularity="channel"), SPEC16)
     assert "conv1" in names and "layer3.0.conv1" in names and "fc" not in names
-    assert structured_layers(_vit(), "head") == ["blocks.0.attn", "blocks.1.attn"]
-    assert structured_layers(_resnet(2), "block", SPEC16) == [
+    assert prunable_layers(_vit(), PruneConfig(granularity="head")) == [
+        "blocks.0.attn",
+        "blocks.1.attn",
+    ]
+    assert prunable_layers(_resnet(2), PruneConfig(granularity="block"), SPEC16) == [
         "layer1.0",
         "layer1.1",
         "layer2.1",
@@ -144,9 +145,7 @@ def test_structured_layers_lists_groups_heads_blocks() -> None:
 def test_head_pruning_reduces_num_heads_and_runs() -> None:
     model = _vit()
     x = _x(SPEC16)
-    res = prune_structured_(
-        model, PruneConfig(granularity="head", ratio=0.5, scope="layer"), spec=SPEC16
-    )
+    res = prune_(model, PruneConfig(granularity="head", ratio=0.5, scope="layer"), spec=SPEC16)
     for blk in model.blocks:
         assert blk.attn.num_heads == 2
         assert blk.attn.qkv.out_features == 3 * 2 * blk.attn.head_dim
@@ -157,14 +156,14 @@ def test_head_pruning_reduces_num_heads_and_runs() -> None:
 
 def test_head_pruning_without_attention_is_a_user_error() -> None:
     with pytest.raises(UserError, match="head pruning needs attention layers"):
-        prune_structured_(_resnet(), PruneConfig(granularity="head", ratio=0.5), spec=SPEC16)
+        prune_(_resnet(), PruneConfig(granularity="head", ratio=0.5), spec=SPEC16)
 
 
 def test_block_pruning_replaces_blocks_by_identity() -> None:
     model = _resnet(2)
     x = _x(SPEC16)
     m0 = count_macs(model, SPEC16)
-    res = prune_structured_(model, PruneConfig(granularity="block", ratio=0.5), spec=SPEC16)
+    res = prune_(model, PruneConfig(granularity="block", ratio=0.5), spec=SPEC16)
     gone = [n for n, m in model.named_modules() if isinstance(m, nn.Identity) and n.count(".") == 1]
     assert len(gone) == 2  # half of the 4 identity-shortcut blocks
     assert sum(len(v) for v in res.removed.values()) == 2
@@ -172,9 +171,7 @@ def test_block_pruning_replaces_blocks_by_identity() -> None:
     assert count_macs(model, SPEC16) < m0
     with pytest.raises(UserError, match="residual blocks"):
         digits = A.DigitsCNN()
-        prune_structured_(
-            digits, PruneConfig(granularity="block", ratio=0.5), spec=model_spec("digits-cnn")
-        )
+        prune_(digits, PruneConfig(granularity="block", ratio=0.5), spec=model_spec("digits-cnn"))
 
 
 @pytest.mark.parametrize(
@@ -185,9 +182,9 @@ def test_mask_preview_matches_physical(granularity: str, build) -> None:  # type
     x = _x(SPEC16)
     phys, masked = build(), build()
     shapes = {k: v.shape for k, v in masked.state_dict().items()}
-    r_phys = prune_structured_(phys, PruneConfig(granularity=granularity, ratio=0.5), spec=SPEC16)
+    r_phys = prune_(phys, PruneConfig(granularity=granularity, ratio=0.5), spec=SPEC16)
     cfg = PruneConfig(granularity=granularity, ratio=0.5, structured_mode="mask")
-    r_mask = prune_structured_(masked, cfg, spec=SPEC16)
+    r_mask = prune_(masked, cfg, spec=SPEC16)
     assert {k: v.shape for k, v in masked.state_dict().items()} == shapes  # nothing shrank
     assert r_mask.removed == r_phys.removed  # the same selection
     assert r_mask.masks and all(m.dtype == torch.bool for m in r_mask.masks.values())
@@ -199,7 +196,7 @@ def test_mask_preview_matches_physical(granularity: str, build) -> None:  # type
 def test_mask_zeroes_exactly_the_removed_channels() -> None:
     model = _resnet()
     cfg = PruneConfig(granularity="channel", ratio=0.5, scope="layer", structured_mode="mask")
-    res = prune_structured_(model, cfg, spec=SPEC16)
+    res = prune_(model, cfg, spec=SPEC16)
     removed = res.removed["layer2.0.conv1"]
     mask = res.masks["layer2.0.conv1"]
     dead_rows = [i for i in range(mask.shape[0]) if not mask[i].any()]
@@ -236,10 +233,8 @@ def test_bn_scale_and_magnitude_choose_differently() -> None:
             model[0].weight[i].fill_(0.1 * (i + 1))
             model[1].weight[i] = 1.0 / (i + 1)
     spec = InputSpec(3, 8, (0.5,) * 3, (0.25,) * 3, 10)
-    mag = prune_structured_(
-        copy.deepcopy(model), PruneConfig(granularity="channel", ratio=0.5), spec=spec
-    )
-    bn = prune_structured_(
+    mag = prune_(copy.deepcopy(model), PruneConfig(granularity="channel", ratio=0.5), spec=spec)
+    bn = prune_(
         copy.deepcopy(model),
         PruneConfig(method="bn-scale", granularity="channel", ratio=0.5),
         spec=spec,
@@ -264,7 +259,7 @@ def test_save_and_reload_gives_identical_outputs(
     kw = {"num_classes": spec.num_classes, "in_channels": spec.channels, "image_size": spec.size}
     torch.manual_seed(0)
     model = _randomize_bn(get_entry(arch).builder(**kw))
-    prune_structured_(model, PruneConfig(granularity=granularity, ratio=0.5), spec=spec)
+    prune_(model, PruneConfig(granularity=granularity, ratio=0.5), spec=spec)
     meta = {"arch": arch, "arch_kwargs": kw, "spec": spec.to_dict()}
     save_model_dir(tmp_path / "m", model, meta, reference=get_entry(arch).builder(**kw))
     loaded = load_model(str(tmp_path / "m")).model
@@ -276,7 +271,7 @@ def test_save_and_reload_gives_identical_outputs(
 def test_finetune_defaults_fit_train_config() -> None:
     from pruning_core.train import TrainConfig
 
-    cfg = TrainConfig(**FINETUNE_DEFAULTS)
+    cfg = TrainConfig(**finetune_defaults(PruneConfig(granularity="channel")))
     assert cfg.lr > 0
 
 
@@ -293,7 +288,7 @@ def test_data_driven_channel_criteria_run_through_the_adapter(method: str) -> No
     )
     masked = copy.deepcopy(model)
     var0 = model.bn1.running_var.clone()
-    res = prune_structured_(model, cfg, spec=spec, data=data)
+    res = prune_(model, cfg, spec=spec, data=data)
     assert len(res.removed["layer2.0.conv1"]) == 16
     mask_cfg = PruneConfig(
         method=method,
@@ -303,7 +298,7 @@ def test_data_driven_channel_criteria_run_through_the_adapter(method: str) -> No
         calib_batches=1,
         structured_mode="mask",
     )
-    assert prune_structured_(masked, mask_cfg, spec=spec, data=data).removed == res.removed
+    assert prune_(masked, mask_cfg, spec=spec, data=data).removed == res.removed
     # Both re-estimated BatchNorm statistics on calibration data and still agree.
     kept = [i for i in range(len(var0)) if i not in res.removed["conv1"]]
     assert not torch.allclose(model.bn1.running_var, var0[kept])

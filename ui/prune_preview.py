@@ -1,8 +1,8 @@
 """The Prune page's live preview, without Streamlit: scores once, masks per slider move.
 
 A `Preview` owns one session's working copy of the model. Importance is computed and sorted
-once (`pruning_core.prune.ScoreCache` for unstructured/N:M, `pruning_core.structured.
-StructuredPreview` in mask mode for channel/head/block); each slider move restores the dense
+once (`pruning_core.prune.Preview`, over any granularity plan; structured plans in mask mode);
+each slider move restores the dense
 weights, applies the new masks and measures the copy: non-zero parameters, the MACs a sparse
 kernel (or the shrunk model) would do, per-layer sparsity and, optionally, an accuracy estimate
 on a few validation images. Nothing here touches the shared cached model.
@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning_core.evaluate import evaluate
-from pruning_core.importance import weight_of
+from pruning_core.layers import weight_of
 from pruning_core.models import LoadedModel
-from pruning_core.prune import PruneConfig, ScoreCache, prunable_layers
+from pruning_core.prune import Preview as Engine
+from pruning_core.prune import PruneConfig, prunable_layers
 from pruning_core.stats import count_macs, layer_macs, weight_layers
-from pruning_core.structured import StructuredPreview
 
 HIST_BINS = 60
 
@@ -77,14 +77,13 @@ class Preview:
         self._dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._layers = [(n, weight_of(m)) for n, m in weight_layers(self.model)]
         self.dense_weights = {n: w.detach().clone() for n, w in self._layers}
-        self.engine: ScoreCache | StructuredPreview
         if config.structured:
-            self.engine = StructuredPreview(
-                self.model, config.replace(structured_mode="mask"), spec=base.spec, data=data
+            self.engine = Engine(
+                self.model, config.replace(structured_mode="mask"), data, base.spec
             )
             self.prunable = prunable_layers(self.model, config)
         else:
-            self.engine = ScoreCache(self.model, config, data, base.spec)
+            self.engine = Engine(self.model, config, data, base.spec)
             self.prunable = list(self.engine.layer_names)
         self._restore()
         self.unit_names: list[str] = list(self.engine.layer_names)
@@ -119,7 +118,7 @@ class Preview:
         self, ratio: float, layer_ratios: Mapping[str, float] | None = None, scope: str = "global"
     ) -> dict[str, torch.Tensor]:
         """Keep-masks for these ratios, applied to the working copy (from the dense weights)."""
-        if isinstance(self.engine, StructuredPreview):
+        if self.engine.plan.structured:
             self._restore()  # mask mode also zeroes biases and BatchNorm entries
             return self.engine.masks(ratio, layer_ratios, scope, apply=True)
         masks = self.engine.masks(ratio, layer_ratios, scope)

@@ -17,7 +17,7 @@ from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.fsio import check_output_dir, output_dir, write_json
 from pruning_core.models import get_entry
-from pruning_core.prune import PruneConfig, list_methods
+from pruning_core.prune import PruneConfig, finetune_defaults, list_methods
 from pruning_core.recipe import RECIPE_KEYS, RECIPE_VERSION, read_mapping, read_recipe
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.regularize import REGULARIZERS, make_regularizer
@@ -25,9 +25,6 @@ from pruning_core.schedules import DYNAMIC_DEFAULT_UPDATES, SCHEDULES, Schedule,
 from pruning_core.stats import count_macs, count_params, size_bytes
 from pruning_core.train import OPTIMIZERS, TrainConfig
 
-# Fine-tuning that recovers masked (unstructured, N:M) models: Adam at the rate the samples
-# were trained with. Structured granularities take `structured.FINETUNE_DEFAULTS`.
-MASKED_FINETUNE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "distill_weight": 0.0}
 DISTILL_WEIGHT = 0.5
 
 
@@ -171,19 +168,8 @@ def _given(s: dict[str, Any], key: str, default: Any) -> Any:
     return default if v is None else v
 
 
-def _finetune_defaults(config: PruneConfig) -> dict[str, Any]:
-    if config.structured:
-        try:
-            from pruning_core.structured import FINETUNE_DEFAULTS
-
-            return dict(FINETUNE_DEFAULTS)
-        except ImportError:
-            return {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "distill_weight": 0.5}
-    return dict(MASKED_FINETUNE)
-
-
 def _train_config(s: dict[str, Any], config: PruneConfig) -> TrainConfig:
-    d = _finetune_defaults(config)
+    d = finetune_defaults(config)
     return TrainConfig(
         epochs=int(_given(s, "finetune_epochs", 0)),
         lr=float(s["lr"] if s.get("lr") is not None else d["lr"]),

@@ -1,0 +1,242 @@
+"""Layer-type helpers shared by every part of the engine (a leaf: torch and `models.spec` only).
+
+- which modules carry prunable weights (`is_weight_layer`, `weight_of`), the classifier that
+  stays dense by default (`output_layers`, `classifier_name`), and the ignore-pattern rules
+  (`matches_pattern`, `resolve_ignore`);
+- one zero-input forward pass (`example_input`, `zero_forward`) for tracing, MAC counting and
+  shape checks, always in eval mode without gradients and restoring the model's mode;
+- `following_batchnorm`: which BatchNorm reads each layer's output;
+- `trainable_copy`: the one way to take a private copy of a shared model that can be trained or
+  scored with gradients (the app keeps its cached models frozen and shared);
+- `check_finite`: the NaN/inf policy (refuse the layer by name; docs/RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning_core.errors import UserError
+from pruning_core.models.spec import InputSpec
+
+__all__ = [
+    "WEIGHT_LAYERS",
+    "check_finite",
+    "classifier_name",
+    "eval_mode",
+    "example_input",
+    "following_batchnorm",
+    "ignored_modules",
+    "is_weight_layer",
+    "matches_pattern",
+    "output_layers",
+    "resolve_ignore",
+    "trainable_copy",
+    "weight_of",
+    "zero_forward",
+]
+
+# The layers whose weights criteria score and masks prune.
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+def is_weight_layer(m: nn.Module) -> bool:
+    """True for the layers pruning works on (`WEIGHT_LAYERS` with a weight tensor)."""
+    return isinstance(m, WEIGHT_LAYERS) and isinstance(getattr(m, "weight", None), torch.Tensor)
+
+
+def weight_of(m: nn.Module) -> torch.Tensor:
+    """The `weight` tensor of a Conv2d/Linear (typed for mypy)."""
+    w = m.weight
+    assert isinstance(w, torch.Tensor)
+    return w
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The classifier: the last Linear, or the last conv of a fully convolutional model."""
+    linears: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1:]
+    convs: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1:]
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """The module name of `output_layers(model)`, kept dense unless the user says otherwise."""
+    names = {m: n for n, m in model.named_modules()}
+    out = output_layers(model)
+    return names[out[0]] if out else None
+
+
+def matches_pattern(name: str, pattern: str) -> bool:
+    """A layer name matches a pattern: equal, inside it (`layer1` covers `layer1.0.conv1`), or
+    an `fnmatch` glob (`*.downsample.*`)."""
+    return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+
+
+def resolve_ignore(model: nn.Module, patterns: Iterable[str] | None) -> list[str]:
+    """The patterns a pruning run keeps dense: the classifier when `patterns` is None.
+
+    Raises:
+        UserError: A pattern that matches no module of the model (a typo would otherwise
+            silently prune what the user meant to keep).
+    """
+    if patterns is None:
+        c = classifier_name(model)
+        return [c] if c is not None else []
+    names = [n for n, _ in model.named_modules()]
+    out = list(patterns)
+    for pat in out:
+        if not any(matches_pattern(n, pat) for n in names):
+            raise UserError(f"ignore entry '{pat}' matches no layer of the model")
+    return out
+
+
+def ignored_modules(model: nn.Module, patterns: Iterable[str] | None) -> list[str]:
+    """Module names covered by the ignore patterns (the classifier when `patterns` is None).
+
+    Raises:
+        UserError: As `resolve_ignore`.
+    """
+    pats = resolve_ignore(model, patterns)
+    return [n for n, _ in model.named_modules() if n and any(matches_pattern(n, p) for p in pats)]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; the model's own mode afterwards, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def example_input(
+    model: nn.Module, spec: InputSpec, batch: int = 1, *, random: bool = False, seed: int = 0
+) -> torch.Tensor:
+    """A `(batch, C, H, W)` input on the model's device and floating dtype (zeros, or seeded
+    normal noise with `random=True`)."""
+    p = next(iter(model.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    dtype = p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
+    shape = (batch, spec.channels, spec.size, spec.size)
+    if random:
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
+    return torch.zeros(shape, device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def zero_forward(model: nn.Module, spec: InputSpec, hooks: Iterable[Any] = ()) -> Any:
+    """One forward pass of a zero image (eval mode, no gradients, the model's mode restored).
+
+    Args:
+        model: The model.
+        spec: Its input spec.
+        hooks: Handles to remove afterwards (what `register_forward_hook` returned), so the
+            caller's tracing hooks never outlive the pass.
+
+    Returns:
+        The model's output.
+    """
+    try:
+        with eval_mode(model):
+            return model(example_input(model, spec))
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def following_batchnorm(model: nn.Module, spec: InputSpec | None = None) -> dict[str, str]:
+    """Map each Conv2d/Linear to the BatchNorm that directly consumes its output, if any.
+
+    With a spec, one zero-input forward pass traces which tensor each BatchNorm reads (exact);
+    without one, a BatchNorm is paired with the closest preceding Conv2d/Linear of matching
+    width in registration order (right for the usual conv -> bn definitions).
+
+    Returns:
+        {layer name: batchnorm name}.
+    """
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if not bns:
+        return {}
+    if spec is None:
+        out: dict[str, str] = {}
+        last: tuple[str, nn.Module] | None = None
+        for n, m in model.named_modules():
+            if isinstance(m, WEIGHT_LAYERS):
+                last = (n, m)
+            elif n in bns and last is not None:
+                width = getattr(last[1], "out_channels", getattr(last[1], "out_features", None))
+                if width == bns[n].num_features and last[0] not in out:
+                    out[last[0]] = n
+                last = None
+        return out
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
+    pairs: dict[str, str] = {}
+
+    def on_out(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: Any, o: Any) -> None:
+            if isinstance(o, torch.Tensor):
+                produced[id(o)] = (name, o)  # keep o alive so its id is not reused
+
+        return hook
+
+    def on_bn(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, i: tuple[Any, ...]) -> None:
+            if i and isinstance(i[0], torch.Tensor) and id(i[0]) in produced:
+                pairs.setdefault(produced[id(i[0])][0], name)
+
+        return hook
+
+    handles = []
+    for n, m in model.named_modules():
+        if isinstance(m, WEIGHT_LAYERS):
+            handles.append(m.register_forward_hook(on_out(n)))
+        elif n in bns:
+            handles.append(m.register_forward_pre_hook(on_bn(n)))
+    zero_forward(model, spec, handles)
+    return pairs
+
+
+def trainable_copy(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """A private deep copy on `device` whose parameters all require gradients.
+
+    Cached models are shared between sessions with frozen parameters; anything that trains,
+    scores with gradients (Taylor) or changes weights works on such a copy.
+    """
+    m = copy.deepcopy(model).to(device)
+    for p in m.parameters():
+        p.requires_grad_(True)
+    return m
+
+
+def check_finite(name: str, values: torch.Tensor, what: str = "weights") -> None:
+    """Refuse to prune a layer whose weights (or importance scores) hold NaN or inf.
+
+    NaN compares false with everything, so a NaN layer makes every threshold meaningless (and
+    used to read as fully pruned); the policy is to refuse it by name, never to clean it.
+
+    Args:
+        name: The layer, for the message.
+        values: Its weights or scores (any floating dtype and device).
+        what: `weights` or `scores`.
+
+    Raises:
+        UserError: Naming the layer and counting the NaN/inf values.
+    """
+    if not values.dtype.is_floating_point:
+        return
+    bad = int((~torch.isfinite(values.detach())).sum())
+    if bad:
+        raise UserError(
+            f"layer {name!r} holds {bad} NaN/inf {what} (of {values.numel()}); refusing to prune "
+            "it (reload or retrain the model)"
+        )

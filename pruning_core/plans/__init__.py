@@ -1,0 +1,39 @@
+"""Granularity plans: one registered class per granularity (see `plans.base`).
+
+Importing this package registers the built-in plans: unstructured and N:M (`plans.masks`),
+channel (`plans.channel`), head (`plans.heads`) and block (`plans.blocks`). A new granularity
+is one `Plan` subclass with `@register_granularity`, imported once.
+"""
+
+from __future__ import annotations
+
+from pruning_core.plans import blocks, channel, heads, masks
+from pruning_core.plans.base import (
+    GRANULARITIES,
+    Applied,
+    Plan,
+    PlanConfig,
+    Unit,
+    check_ratio,
+    get_plan,
+    layer_cap,
+    list_granularities,
+    register_granularity,
+)
+
+__all__ = [
+    "GRANULARITIES",
+    "Applied",
+    "Plan",
+    "PlanConfig",
+    "Unit",
+    "blocks",
+    "channel",
+    "check_ratio",
+    "get_plan",
+    "heads",
+    "layer_cap",
+    "list_granularities",
+    "masks",
+    "register_granularity",
+]

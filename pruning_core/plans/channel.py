@@ -1,0 +1,301 @@
+"""Channel pruning: conv filters and linear neurons, kept consistent through a dependency graph.
+
+Torch-Pruning's dependency graph (Fang et al. 2023, "DepGraph: Towards Any Structural
+Pruning") finds the layers coupled to each channel (the BatchNorm after a conv, the next
+layer's inputs, every conv tied to a residual sum), so one *group* loses the same channels
+everywhere and the model stays consistent. The criterion scores each conv/linear output
+channel; a group's score is the mean over its members, fed to Torch-Pruning through a custom
+`Importance` adapter.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch_pruning.pruner.importance import Importance as TPImportance
+
+from pruning_core.criteria import Criterion
+from pruning_core.errors import UserError
+from pruning_core.layers import (
+    WEIGHT_LAYERS,
+    eval_mode,
+    example_input,
+    ignored_modules,
+    output_layers,
+)
+from pruning_core.models.spec import InputSpec
+from pruning_core.plans.base import PlanConfig, Unit, register_granularity
+from pruning_core.plans.groups import GroupPlan
+from pruning_core.plans.heads import attention_modules
+
+__all__ = ["ChannelPlan", "dependency_graph"]
+
+
+@dataclass
+class _Touch:
+    """One tensor a channel group touches: module, dimension, and index map to root channels."""
+
+    module: str
+    kind: str  # "out" (conv/linear rows, norm weights), "in" (conv/linear columns), "param"
+    idxs: torch.Tensor
+    root: torch.Tensor
+    dim: int = 0
+
+
+@register_granularity
+class ChannelPlan(GroupPlan):
+    """Conv filters and linear neurons, with every layer coupled to them (DepGraph)."""
+
+    name = "channel"
+    label = "Channels (filters / neurons)"
+    help = "whole conv filters and linear neurons; the model shrinks physically"
+    example = "channel"
+    score_kind = "channels"
+    rounds = True
+    unit_word = "channel group"
+
+    def __init__(
+        self, model: nn.Module, config: PlanConfig, *, spec: InputSpec | None, data: Any = None
+    ) -> None:
+        from pruning_core.plans.guess import guess_spec
+
+        self.model = model
+        self.notes = []
+        self.round_to = config.round_to
+        spec = spec or guess_spec(model)
+        mods = dict(model.named_modules())
+        ignored: list[nn.Module] = [
+            mods[n] for n in ignored_modules(model, config.ignore) if n in mods
+        ]
+        ignored += output_layers(model)
+        # Splitting qkv's rows freely would mix heads; heads are pruned by the head plan.
+        ignored += [a.qkv for _, a in attention_modules(model)]
+        ignored += [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+        self.dg = dependency_graph(model, spec)
+        self.names = {m: n for n, m in model.named_modules()}
+        self.groups: dict[str, tuple[nn.Module, Any]] = {}
+        self.touches: dict[str, list[_Touch]] = {}
+        self.units = []
+        for group in self.dg.get_all_groups(
+            ignored_layers=ignored, root_module_types=WEIGHT_LAYERS
+        ):
+            root_dep = group[0].dep
+            root = root_dep.target.module
+            name = self.names.get(root)
+            if name is None:
+                continue
+            if _grouped(group):
+                self.notes.append(
+                    f"{name} skipped: it is coupled to a grouped convolution (channel groups "
+                    "would have to shrink together)"
+                )
+                continue
+            outs = [
+                self.names[it.dep.target.module]
+                for it in group
+                if self.dg.is_out_channel_pruning_fn(it.dep.handler)
+                and isinstance(it.dep.target.module, WEIGHT_LAYERS)
+                and it.dep.target.module in self.names
+            ]
+            size = self.dg.get_out_channels(root)
+            if size is None or size < 2:
+                continue
+            self.groups[name] = (root, root_dep.handler)
+            self.touches[name] = self._touches(group)
+            self.units.append(Unit(name, int(size), members=tuple(o for o in outs if o != name)))
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        self.units.sort(key=lambda u: order[u.name])
+        if not self.units:
+            raise UserError("channel pruning found no prunable conv/linear channels in this model")
+        self._check_weights()
+
+    def _touches(self, group: Any) -> list[_Touch]:
+        import torch_pruning as tp
+
+        out = []
+        for it in group:
+            dep, idxs = it.dep, it.idxs
+            root = it.root_idxs
+            if not idxs or root is None or any(r is None for r in root):
+                continue
+            target = dep.target.module
+            t_idx = torch.as_tensor(list(idxs), dtype=torch.long)
+            r_idx = torch.as_tensor(list(root), dtype=torch.long)
+            is_out = self.dg.is_out_channel_pruning_fn(dep.handler)
+            if dep.target.type == tp.ops.OPTYPE.PARAMETER:
+                name = self.dg._param_to_name.get(target)
+                if name is not None:
+                    out.append(_Touch(name, "param", t_idx, r_idx, dim=dep.target.pruning_dim))
+                continue
+            name = self.names.get(target)
+            if name is None:
+                continue
+            if isinstance(target, nn.Conv2d | nn.Linear | nn.Conv1d):
+                depthwise = (
+                    isinstance(target, nn.Conv2d) and target.groups == target.in_channels > 1
+                )
+                kind = "out" if is_out or depthwise else "in"
+                out.append(_Touch(name, kind, t_idx, r_idx))
+            elif isinstance(target, nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.GroupNorm):
+                out.append(_Touch(name, "out", t_idx, r_idx))
+        return out
+
+    def score(
+        self,
+        criterion: Criterion,
+        data: Any,
+        spec: InputSpec | None,
+        *,
+        scores: Mapping[str, torch.Tensor] | None = None,
+        zeros_first: bool = True,
+    ) -> None:
+        import torch_pruning as tp
+
+        layers = {}
+        for name in self.groups:
+            for t in self.touches[name]:
+                if t.kind != "out":
+                    continue
+                m = self.model.get_submodule(t.module)
+                if isinstance(m, WEIGHT_LAYERS):
+                    layers[t.module] = m
+        channel = criterion.channel_scores(self.model, layers, data, spec)
+        norm = getattr(criterion, "norm", 1)
+        adapter = _GroupImportance(
+            self.dg,
+            self.names,
+            channel,
+            fallback=tp.importance.GroupMagnitudeImportance(p=norm, normalizer=None),
+        )
+        for u in self.units:
+            root, fn = self.groups[u.name]
+            group = self.dg.get_pruning_group(root, fn, list(range(u.size)))
+            imp = adapter(group)
+            if imp is None or len(imp) != u.size:
+                imp = torch.ones(u.size)
+            u.scores = imp.detach().float().cpu()
+        self._check_scores()
+
+    def layers(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for ts in self.touches.values():
+            for t in ts:
+                if t.kind != "param" and isinstance(
+                    self.model.get_submodule(t.module), WEIGHT_LAYERS
+                ):
+                    seen[t.module] = None
+        return list(seen)
+
+    def shrink(self, selection: Mapping[str, list[int]]) -> None:
+        for name, idxs in selection.items():
+            root, fn = self.groups[name]
+            self.dg.get_pruning_group(root, fn, list(idxs)).prune()
+
+    @torch.no_grad()
+    def masks(
+        self, selection: Mapping[str, Any], *, apply: bool = False
+    ) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        sizes = {u.name: u.size for u in self.units}
+        for name, idxs in selection.items():
+            sel = torch.zeros(sizes[name], dtype=torch.bool)
+            sel[idxs] = True
+            for t in self.touches[name]:
+                hit = t.idxs[sel[t.root]]
+                if not len(hit):
+                    continue
+                if t.kind == "param":
+                    if apply:
+                        p = self.model.get_parameter(t.module)
+                        p.index_fill_(t.dim % p.dim(), hit.to(p.device), 0.0)
+                    continue
+                m = self.model.get_submodule(t.module)
+                w = getattr(m, "weight", None)
+                if not isinstance(w, torch.Tensor):
+                    continue
+                mask = out.get(t.module)
+                if mask is None:
+                    mask = out[t.module] = torch.ones(w.shape, dtype=torch.bool)
+                dim = 0 if t.kind == "out" else 1
+                mask.index_fill_(dim, hit, False)
+                if apply:
+                    w.index_fill_(dim, hit.to(w.device), 0.0)
+                    b = getattr(m, "bias", None)
+                    if t.kind == "out" and isinstance(b, torch.Tensor):
+                        b.index_fill_(0, hit.to(b.device), 0.0)
+        return out
+
+
+class _GroupImportance(TPImportance):
+    """Torch-Pruning importance adapter: a group's score per root channel is the mean of the
+    criterion's per-output-channel scores of the group's conv/linear members.
+    """
+
+    def __init__(
+        self,
+        dg: Any,
+        names: Mapping[nn.Module, str],
+        scores: Mapping[str, torch.Tensor],
+        fallback: Any,
+    ) -> None:
+        self.dg = dg
+        self.names = names
+        self.scores = scores
+        self.fallback = fallback
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        acc: torch.Tensor | None = None
+        n = 0
+        size = len(group[0].idxs)
+        for it in group:
+            if not self.dg.is_out_channel_pruning_fn(it.dep.handler):
+                continue  # a consumer's input columns: the criterion scores outputs
+            name = self.names.get(it.dep.target.module)
+            s = self.scores.get(name) if name is not None else None
+            root = it.root_idxs
+            if s is None or root is None or any(r is None for r in root):
+                continue
+            if acc is None:
+                acc = torch.zeros(size, dtype=torch.float64)
+            acc.scatter_add_(0, torch.as_tensor(list(root)), s.double()[list(it.idxs)])
+            n += 1
+        if acc is None:
+            # Groups the criterion does not cover (e.g. bn-scale on a linear layer) fall back
+            # to the filters' magnitude so they can still be ranked.
+            return self.fallback(group)
+        return (acc / n).float()
+
+
+def _grouped(group: Any) -> bool:
+    """Groups with grouped (non-depthwise) convs need channel-group bookkeeping; left out."""
+    for it in group:
+        m = it.dep.target.module
+        if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels:
+            return True
+    return False
+
+
+def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
+    """Torch-Pruning's dependency graph of `model`, traced on one zero image.
+
+    Raises:
+        UserError: The model cannot be traced (the message names the exception).
+    """
+    import torch_pruning as tp
+
+    try:
+        with eval_mode(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tp warns about auto-detected unwrapped parameters
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input(model, spec)
+            )
+    except Exception as e:  # tracing can fail in many ways on arbitrary user models
+        raise UserError(
+            f"could not trace the model for structured pruning: {type(e).__name__}: {e}"
+        ) from None

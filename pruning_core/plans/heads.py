@@ -1,0 +1,188 @@
+"""Head pruning: whole attention heads.
+
+Heads of attention modules with `num_heads`, `head_dim` and Linear `qkv`/`proj` (the sample
+ViT's `Attention`, `models.architectures.SelfAttention`): rows of `qkv`, columns of `proj`, and
+`num_heads` updated. A head's score is the sum of the criterion's scores of its query, key and
+value rows (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"). torchvision ViTs'
+`nn.MultiheadAttention` is first swapped, exactly, for the same attention with its own
+`qkv`/`proj` (`SelfAttention`), since MHA cannot shrink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning_core.criteria import Criterion
+from pruning_core.errors import UserError
+from pruning_core.layers import ignored_modules
+from pruning_core.models.spec import InputSpec
+from pruning_core.plans.base import PlanConfig, Unit, register_granularity
+from pruning_core.plans.groups import GroupPlan
+
+__all__ = ["HeadPlan", "attention_modules", "has_attention"]
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, Any]]:
+    """Attention layers with `num_heads`, `head_dim` and Linear `qkv`/`proj`."""
+    out = []
+    for n, m in model.named_modules():
+        qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+        h, d = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
+        if (
+            isinstance(qkv, nn.Linear)
+            and isinstance(proj, nn.Linear)
+            and isinstance(h, int)
+            and isinstance(d, int)
+            and qkv.out_features == 3 * h * d
+            and proj.in_features == h * d
+        ):
+            out.append((n, m))
+    return out
+
+
+def has_attention(model: nn.Module) -> bool:
+    """True when the model has attention layers of some kind (with a `num_heads`)."""
+    return any(
+        isinstance(m, nn.MultiheadAttention) or isinstance(getattr(m, "num_heads", None), int)
+        for m in model.modules()
+    )
+
+
+def _swap_multihead_attention(model: nn.Module) -> None:
+    """Replace torchvision-style self-attention `nn.MultiheadAttention` by `SelfAttention`.
+
+    The swap is exact (same weights, same outputs) and gives each head its own rows in `qkv`
+    and columns in `proj`, which `nn.MultiheadAttention` cannot shrink. Only batch-first MHA with
+    a fused in-projection is swapped: that is how torchvision's ViT encoder blocks use it.
+    """
+    from pruning_core.models.architectures import SelfAttention
+
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, nn.MultiheadAttention):
+            try:
+                new = SelfAttention.from_mha(mod)
+            except ValueError as e:
+                raise UserError(f"cannot prune heads of '{name}': {e}") from None
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+@register_granularity
+class HeadPlan(GroupPlan):
+    """Whole attention heads (rows of qkv, columns of proj)."""
+
+    name = "head"
+    label = "Attention heads"
+    help = "whole attention heads of transformer blocks; the model shrinks physically"
+    example = "head"
+    score_kind = "channels"
+    unit_word = "attention layer"
+
+    def __init__(
+        self, model: nn.Module, config: PlanConfig, *, spec: InputSpec | None, data: Any = None
+    ) -> None:
+        if not has_attention(model):
+            raise UserError(
+                "head pruning needs attention layers, and this model has none (use channel or block)"
+            )
+        self.model = model
+        self.notes = []
+        skip = set(ignored_modules(model, config.ignore))
+        _swap_multihead_attention(model)
+        found = attention_modules(model)
+        if not found:
+            raise UserError(f"head pruning needs attention layers; {type(model).__name__} has none")
+        self.attn: dict[str, Any] = {
+            n: m for n, m in found if not ({n, f"{n}.qkv", f"{n}.proj"} & skip)
+        }
+        self.units = [
+            Unit(n, int(m.num_heads), members=(f"{n}.qkv", f"{n}.proj"), roundable=False)
+            for n, m in self.attn.items()
+        ]
+        if not self.units:
+            raise UserError("every attention layer is in the ignore list: nothing to prune")
+        self._check_weights()
+
+    @classmethod
+    def prunable(
+        cls, model: nn.Module, config: PlanConfig, spec: InputSpec | None = None
+    ) -> list[str]:
+        skip = set(ignored_modules(model, config.ignore))
+        return [n for n, _ in attention_modules(model) if not ({n, f"{n}.qkv", f"{n}.proj"} & skip)]
+
+    def score(
+        self,
+        criterion: Criterion,
+        data: Any,
+        spec: InputSpec | None,
+        *,
+        scores: Mapping[str, torch.Tensor] | None = None,
+        zeros_first: bool = True,
+    ) -> None:
+        layers = {f"{n}.qkv": m.qkv for n, m in self.attn.items()}
+        channel = criterion.channel_scores(self.model, layers, data, spec)
+        for u in self.units:
+            m = self.attn[u.name]
+            s = channel[f"{u.name}.qkv"].view(3, m.num_heads, m.head_dim)
+            u.scores = s.sum(dim=(0, 2)).float()
+        self._check_scores()
+
+    def layers(self) -> list[str]:
+        return [f"{n}.{p}" for n in self.attn for p in ("qkv", "proj")]
+
+    def _rows_cols(self, m: Any, heads: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        h, d = m.num_heads, m.head_dim
+        cols = (
+            torch.cat([torch.arange(k * d, (k + 1) * d) for k in heads])
+            if heads
+            else torch.empty(0, dtype=torch.long)
+        )
+        rows = torch.cat([cols + part * h * d for part in range(3)]) if heads else cols
+        return rows, cols
+
+    @torch.no_grad()
+    def shrink(self, selection: Mapping[str, list[int]]) -> None:
+        for name, heads in selection.items():
+            m = self.attn[name]
+            keep = [k for k in range(m.num_heads) if k not in set(heads)]
+            rows, cols = self._rows_cols(m, keep)
+            qkv, proj = m.qkv, m.proj
+            qkv.weight = nn.Parameter(
+                qkv.weight[rows.to(qkv.weight.device)].clone(), qkv.weight.requires_grad
+            )
+            if qkv.bias is not None:
+                qkv.bias = nn.Parameter(
+                    qkv.bias[rows.to(qkv.bias.device)].clone(), qkv.bias.requires_grad
+                )
+            qkv.out_features = len(rows)
+            proj.weight = nn.Parameter(
+                proj.weight[:, cols.to(proj.weight.device)].clone(), proj.weight.requires_grad
+            )
+            proj.in_features = len(cols)
+            m.num_heads = len(keep)
+
+    @torch.no_grad()
+    def masks(
+        self, selection: Mapping[str, Any], *, apply: bool = False
+    ) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, heads in selection.items():
+            m = self.attn[name]
+            rows, cols = self._rows_cols(m, heads)
+            mq = torch.ones(m.qkv.weight.shape, dtype=torch.bool)
+            mq[rows] = False
+            mp = torch.ones(m.proj.weight.shape, dtype=torch.bool)
+            mp[:, cols] = False
+            out[f"{name}.qkv"], out[f"{name}.proj"] = mq, mp
+            if apply:
+                # Zero q, k, v (and their biases) of a removed head: its output is then exactly 0,
+                # as if it were gone.
+                m.qkv.weight[rows.to(m.qkv.weight.device)] = 0.0
+                if m.qkv.bias is not None:
+                    m.qkv.bias[rows.to(m.qkv.bias.device)] = 0.0
+                m.proj.weight[:, cols.to(m.proj.weight.device)] = 0.0
+        return out
