@@ -502,8 +502,8 @@ def _conv_share(shares: dict[str, float]) -> float:
 
 def section_csr_linear(ctx: Ctx) -> Section:
     """CSR vs dense Linear 4096x4096 at batch 32 over sparsities, and the auto backend."""
-    from pruning_core.latency import sample_times
     from pruning_core.sparse import CSRLinear, to_sparse_
+    from pruning_core.timing import sample_times
 
     sec = Section(
         "csr_linear", "CSR vs dense Linear 4096x4096, batch 32 (CPU), and the auto backend"
@@ -725,9 +725,9 @@ def section_cuda(ctx: Ctx) -> Section:
     major, minor = torch.cuda.get_device_capability()
     sec.device = torch.cuda.get_device_name(0)
     from pruning_core.data import load_dataset
-    from pruning_core.latency import sample_times
     from pruning_core.models import create_model, model_spec
     from pruning_core.sparse import SemiStructuredLinear
+    from pruning_core.timing import sample_times
     from pruning_core.train import TrainConfig, fit
 
     dev = torch.device("cuda")

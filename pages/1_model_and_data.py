@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pruning_core.errors import UserError
 from pruning_core.plots import confusion_figure, latency_figure, per_class_figure
 from ui.lesson import lesson_panel
-from ui.loaders import baseline, baseline_latency
+from ui.loaders import baseline_latency
 from ui.state import init_state
 from ui.uploads import upload_panel
-from ui.widgets import model_and_data_picker
+from ui.widgets import baseline_or_stop, model_and_data_picker
 
 init_state()
 st.title("Model & data")
@@ -23,11 +22,7 @@ lesson_panel()
 upload_panel()
 model_ref, dataset_ref = model_and_data_picker()
 
-try:
-    base = baseline(model_ref, dataset_ref)
-except UserError as e:
-    st.error(f"This model and dataset do not fit together: {e}")
-    st.stop()
+base = baseline_or_stop(model_ref, dataset_ref)
 
 c = st.columns(5)
 c[0].metric("Accuracy (top-1)", f"{base['accuracy']:.2%}", help=f"on {base['n']} held-out images")

@@ -7,12 +7,13 @@ import streamlit as st
 
 from pruning_core.errors import UserError
 from pruning_core.plots import channel_bars_figure, histogram_figure, sparsity_heatmap_figure
-from pruning_core.stats import layer_table, weight_layers
-from ui.loaders import baseline, shared_model
-from ui.prune_preview import binned, channel_sparsity
-from ui.prune_widgets import dense_activations, explain, session_activations
+from pruning_core.slider import binned, channel_sparsity
+from pruning_core.stats import weight_layers
+from ui.caches import dense_activations, dense_layer_table, model_layer_table, session_activations
+from ui.loaders import shared_model
 from ui.session import pruned
 from ui.state import init_state, selection
+from ui.widgets import baseline_or_stop, explain
 
 init_state()
 st.title("Inspect")
@@ -22,11 +23,7 @@ st.caption(
     "the dense one."
 )
 model_ref, dataset_ref = selection()
-try:
-    baseline(model_ref, dataset_ref)
-except UserError as e:
-    st.error(f"This model and dataset do not fit together: {e}")
-    st.stop()
+baseline_or_stop(model_ref, dataset_ref)
 
 dense = shared_model(model_ref)
 committed = pruned()
@@ -37,21 +34,12 @@ if committed is not None:
         "dense one. Reset it on the Prune page."
     )
 
-
-@st.cache_data(show_spinner="Measuring every layer...", max_entries=16)
-def _dense_table(ref: str) -> pd.DataFrame:
-    loaded = shared_model(ref)
-    return layer_table(loaded.model, loaded.spec)
-
-
-if committed is None:
-    table = _dense_table(model_ref)
-else:  # this session's model: measured once per commit
-    cached = st.session_state.get("_inspect_table")
-    if not (isinstance(cached, tuple) and cached[0] == committed.created):
-        cached = (committed.created, layer_table(current.model, current.spec))
-        st.session_state["_inspect_table"] = cached
-    table = cached[1]
+# This session's model is measured once per commit.
+table = (
+    dense_layer_table(model_ref)
+    if committed is None
+    else model_layer_table(current, committed.created)
+)
 
 st.subheader("Layers")
 show = table[

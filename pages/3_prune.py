@@ -2,36 +2,29 @@
 
 from __future__ import annotations
 
-import copy
-import math
-
-import pandas as pd
 import streamlit as st
 
 from pruning_core.errors import UserError
-from pruning_core.evaluate import evaluate
-from pruning_core.experiments import layer_sizes, predicted_drop, suggest_ratios
-from pruning_core.models import LoadedModel
 from pruning_core.plots import histogram_figure, layer_sparsity_figure, mask_figure
-from pruning_core.prune import PruneConfig, ScoreCache, prune_
-from pruning_core.stats import model_summary
-from ui.loaders import baseline, shared_data
-from ui.prune_preview import before_after, mask_grid
-from ui.prune_widgets import (
-    CRITERIA_EXPLAINED,
-    GRANULARITIES,
-    GRANULARITY_HELP,
-    METHOD_HELP,
-    SCOPE_HELP,
-    ZEROS_NO_SPEEDUP,
-    explain,
-    method_label,
-    method_options,
-    preview_for,
-    sensitivity_for,
+from pruning_core.prune import SCOPES
+from pruning_core.slider import mask_grid, mask_is_averaged
+from ui.actions import apply_pruning
+from ui.caches import dense_estimate, preview_for
+from ui.choices import (
+    criteria_help,
+    criterion_caption,
+    criterion_choices,
+    criterion_label,
+    granularities_help,
+    granularity_choices,
+    granularity_label,
+    plan_of,
 )
-from ui.session import clear_pruned, pruned, set_pruned
+from ui.prune_widgets import committed_panel, overrides_editor
+from ui.session import pruned
 from ui.state import init_state, selection
+from ui.texts import CRITERIA_EXPLAINED, SCOPE_HELP, SCOPE_LABELS, ZEROS_NO_SPEEDUP
+from ui.widgets import baseline_or_stop, explain
 
 init_state()
 st.title("Prune")
@@ -41,137 +34,64 @@ st.caption(
     "**Apply pruning**."
 )
 model_ref, dataset_ref = selection()
-try:
-    base_stats = baseline(model_ref, dataset_ref)
-except UserError as e:
-    st.error(f"This model and dataset do not fit together: {e}")
-    st.stop()
+base_stats = baseline_or_stop(model_ref, dataset_ref)
 
 # ------------------------------------------------------------------ controls
 c1, c2, c3 = st.columns([1.1, 1.4, 0.9])
 with c1:
     granularity = st.selectbox(
         "Granularity",
-        list(GRANULARITIES),
+        granularity_choices(),
         key="prune_granularity",
-        format_func=lambda g: GRANULARITIES[g],
-        help="What is removed: single weights, a fixed 2-of-4 pattern, or whole structures.",
+        format_func=granularity_label,
+        help="What is removed:\n" + granularities_help(),
     )
-    st.caption(GRANULARITY_HELP[granularity])
+    plan = plan_of(granularity)
+    st.caption(f"{granularity_label(granularity)}: {plan.help}.")
 with c2:
-    options = method_options(granularity)
+    options = criterion_choices(granularity)
     if st.session_state.get("prune_method") not in options:
         st.session_state["prune_method"] = options[0]
     method = st.selectbox(
         "Criterion",
         options,
         key="prune_method",
-        format_func=method_label,
-        help="How importance is scored; the least important go first.",
+        format_func=criterion_label,
+        help="How importance is scored; the least important go first.\n" + criteria_help(options),
     )
-    st.caption(METHOD_HELP.get(method, ""))
+    st.caption(criterion_caption(method))
     explain(CRITERIA_EXPLAINED, "Magnitude vs activation criteria")
 with c3:
     scope = st.radio(
         "Scope",
-        ["global", "layer"],
+        list(SCOPES),
         key="prune_scope",
-        format_func=lambda s: {"global": "global threshold", "layer": "same ratio per layer"}[s],
+        format_func=SCOPE_LABELS.__getitem__,
         help=SCOPE_HELP,
-        disabled=granularity == "2:4",
+        disabled=plan.fixed_ratio,
     )
-    st.caption(SCOPE_HELP if granularity != "2:4" else "2:4 is a fixed pattern in every layer.")
+    st.caption(
+        SCOPE_HELP if not plan.fixed_ratio else f"{granularity} is a fixed pattern in every layer."
+    )
 
 try:
     preview, base = preview_for(model_ref, dataset_ref, method, granularity)
 except UserError as e:
-    st.info(f"{GRANULARITIES[granularity].capitalize()} pruning does not apply here: {e}")
+    st.info(f"{granularity_label(granularity)} pruning does not apply here: {e}")
     st.stop()
 
-units = preview.unit_names
-is_nm = granularity == "2:4"
 ratio = st.slider(
-    "Share to remove" + (" (fixed by the 2:4 pattern)" if is_nm else ""),
+    "Share to remove" + (f" (fixed by the {granularity} pattern)" if plan.fixed_ratio else ""),
     min_value=0.0,
     max_value=0.95,
     step=0.05,
     key="prune_ratio",
-    disabled=is_nm,
+    disabled=plan.fixed_ratio,
     help="The target share of weights (or channels, heads, blocks) removed from the pruned "
     "layers. The classifier (last layer) is kept dense.",
 )
-
 # Per-layer overrides: an editable table; "suggest" fills it from measured sensitivity.
-overrides: dict[str, float] = {
-    k: v for k, v in st.session_state.get("prune_overrides", {}).items() if k in units
-}
-if not is_nm:
-    with st.expander(f"Per-layer ratios ({len(overrides)} set)", expanded=bool(overrides)):
-        st.caption(
-            "Leave a ratio empty to use the slider. Sensitive layers (first conv, the "
-            "classifier's input) usually deserve less pruning."
-        )
-        unit_kind = {"channel": "channels", "head": "heads", "block": "blocks"}.get(
-            granularity, "weights"
-        )
-        table = pd.DataFrame(
-            {
-                "layer": units,
-                unit_kind: [preview.unit_sizes[u] for u in units],
-                "ratio": [overrides.get(u, math.nan) for u in units],
-            }
-        )
-        version = st.session_state.get("_prune_editor_version", 0)
-        edited = st.data_editor(
-            table,
-            key=f"prune_editor_{version}",
-            hide_index=True,
-            disabled=["layer", unit_kind],
-            column_config={
-                "ratio": st.column_config.NumberColumn(
-                    "ratio override", min_value=0.0, max_value=0.95, step=0.01, format="%.2f"
-                )
-            },
-            width="stretch",
-        )
-        overrides = {
-            str(r["layer"]): float(r["ratio"]) for _, r in edited.iterrows() if pd.notna(r["ratio"])
-        }
-        st.session_state["prune_overrides"] = overrides
-        b1, b2, _ = st.columns([1, 1, 2])
-        sens_ok = granularity in ("unstructured", "channel", "head")
-        suggest = b1.button(
-            "Suggest from sensitivity",
-            key="prune_suggest",
-            disabled=not sens_ok,
-            help="Prunes one layer at a time at 25/50/75/90% and measures the accuracy "
-            "drop on up to 500 validation images, then gives each layer the ratio that reaches "
-            "the slider's overall sparsity with the least predicted loss.",
-        )
-        if b2.button("Clear overrides", key="prune_clear_overrides"):
-            st.session_state["prune_overrides"] = {}
-            st.session_state["_prune_editor_version"] = version + 1
-            st.rerun()
-        if suggest:
-            try:
-                sens = sensitivity_for(model_ref, dataset_ref, method, granularity)
-                sizes = layer_sizes(base.model, [u for u in units if u in set(sens["layer"])])
-                suggestion = suggest_ratios(sens, sizes, ratio)
-                st.session_state["prune_overrides"] = {
-                    k: round(v, 4) for k, v in suggestion.items()
-                }
-                n_sens = min(500, shared_data(dataset_ref).num_examples("val"))
-                st.session_state["prune_suggestion_note"] = (
-                    f"Suggested from per-layer sensitivity measured on {n_sens} validation "
-                    f"images; predicted drop {predicted_drop(sens, suggestion) * 100:.1f} points "
-                    "(an estimate: it assumes layers do not interact)."
-                )
-                st.session_state["_prune_editor_version"] = version + 1
-                st.rerun()
-            except UserError as e:
-                st.error(f"Cannot suggest ratios: {e}")
-        if st.session_state.get("prune_suggestion_note") and overrides:
-            st.caption(st.session_state["prune_suggestion_note"])
+overrides = overrides_editor(preview, model_ref, dataset_ref, ratio)
 
 # ------------------------------------------------------------------ live preview
 try:
@@ -199,15 +119,9 @@ m[1].metric(
     "gets this for real once applied; unstructured zeros need sparse kernels (a dense kernel "
     f"still does all {preview.macs_dense:,}).",
 )
-pruned_layers = stats.layers[stats.layers["pruned"]]
-share = (
-    (pruned_layers["sparsity"] * pruned_layers["params"]).sum() / stats.layers["params"].sum()
-    if len(stats.layers)
-    else 0.0
-)
 m[2].metric(
     "Sparsity",
-    f"{share:.1%}",
+    f"{stats.sparsity:.1%}",
     help="Share of zero weights over all Linear/Conv layers, the classifier included "
     "(biases and BatchNorm not counted).",
 )
@@ -245,39 +159,30 @@ with right:
         )
     layer = st.selectbox("Layer to look at", layers, key="prune_layer")
     if layer is not None:
-        after = preview.layer_weight(layer)
-        hist = before_after(preview.dense_weights[layer], after)
-        zeros = int((after == 0).sum()) - int((preview.dense_weights[layer] == 0).sum())
+        view = preview.layer_view(stats, layer)
         st.plotly_chart(
             histogram_figure(
-                hist, f"{layer}: weights before / after ({zeros:,} set to zero)", "weight value"
+                view.histogram,
+                f"{layer}: weights before / after ({view.zeros_added:,} set to zero)",
+                "weight value",
             ),
             key="prune_hist_chart",
         )
-        mask = stats.masks.get(layer)
-        if mask is None:
-            mask = after != 0
         st.plotly_chart(
-            mask_figure(mask_grid(mask), f"{layer}: mask (dark = kept)"), key="prune_mask_chart"
+            mask_figure(mask_grid(view.mask), f"{layer}: mask (dark = kept)"),
+            key="prune_mask_chart",
         )
-        if mask.dim() > 2:
+        if view.mask.dim() > 2:
             st.caption(
-                f"Conv weight {tuple(mask.shape)} drawn as out_ch x (in_ch x k x k)"
-                + (" averaged into cells." if mask[0].numel() > 192 or mask.shape[0] > 96 else ".")
+                f"Conv weight {tuple(view.mask.shape)} drawn as out_ch x (in_ch x k x k)"
+                + (" averaged into cells." if mask_is_averaged(view.mask) else ".")
             )
 
 # ------------------------------------------------------------------ the estimate, last
 if estimate_on:
     preview.estimate(stats, int(n_est))
     # The dense model's score on the same images, so the delta compares like with like.
-    dense_est: dict[tuple[str, str, int], float] = st.session_state.setdefault(
-        "_prune_dense_estimates", {}
-    )
-    est_key = (model_ref, dataset_ref, int(n_est))
-    if est_key not in dense_est:
-        data_ = shared_data(dataset_ref)
-        dense_est[est_key] = evaluate(base.model, data_, base.spec, limit=int(n_est)).accuracy
-    ref = dense_est[est_key]
+    ref = dense_estimate(model_ref, dataset_ref, int(n_est))
     acc = stats.accuracy or 0.0
     estimate_slot.metric(
         f"Accuracy estimate on {stats.n_eval} val images",
@@ -294,7 +199,7 @@ timing_slot.caption(
     + f" (scores were computed once in {preview.build_seconds:.2f} s, on CPU)."
     + (
         " Structured preview: weights are masked; Apply removes them physically."
-        if granularity in ("channel", "head", "block")
+        if plan.structured
         else ""
     )
 )
@@ -303,59 +208,12 @@ timing_slot.caption(
 st.divider()
 committed = pruned()
 a1, a2 = st.columns([1, 3])
-apply_clicked = a1.button("Apply pruning", type="primary", key="prune_apply")
-if apply_clicked:
+if a1.button("Apply pruning", type="primary", key="prune_apply"):
     try:
-        config = PruneConfig(
-            method=method,
-            granularity=granularity,
-            ratio=ratio,
-            scope=scope,
-            layer_ratios=tuple(sorted(overrides.items())),
-            structured_mode="physical",
+        committed = apply_pruning(
+            preview, base, dataset_ref, ratio=ratio, scope=scope, overrides=overrides
         )
-        model = copy.deepcopy(base.model)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        data = shared_data(dataset_ref)
-        with st.spinner("Pruning your copy of the model and measuring it on the validation split"):
-            cache = preview.engine if isinstance(preview.engine, ScoreCache) else None
-            result = prune_(model, config, data=data, spec=base.spec, scores=cache)
-            ev = evaluate(model, data, base.spec)
-            summary = model_summary(model, base.spec)
-        loaded = LoadedModel(model, base.spec, base.arch, base.source, dict(base.meta))
-        what = "weights" if not config.structured else GRANULARITIES[granularity]
-        committed = set_pruned(
-            loaded,
-            config,
-            masks=result.masks,
-            result=result.to_dict(),
-            summary=summary,
-            accuracy=ev.accuracy,
-            note=f"{config.effective_ratio:.0%} {method} {granularity} ({what}), "
-            f"{'per-layer overrides, ' if overrides else ''}{scope} scope",
-        )
-        st.session_state["prune_applied_msg"] = True
     except UserError as e:
         st.error(f"Pruning failed: {e}")
-
-if committed is not None:
-    s = committed.summary
-    with a2:
-        st.success(
-            f"Session model: **{committed.stage}** — {'; '.join(committed.history)}. "
-            f"Measured on all {base_stats['n']} validation images: accuracy "
-            f"**{committed.accuracy:.2%}** (dense {base_stats['accuracy']:.2%}); parameters "
-            f"{s.get('params', 0):,} ({s.get('params_nonzero', 0):,} non-zero; dense "
-            f"{base_stats['params']:,}); MACs/image {s.get('macs', 0):,} (dense "
-            f"{base_stats['macs']:,})."
-        )
-        st.caption(
-            "Fine-tune, Trade-offs and Export now use this model. MACs count dense work: "
-            "unstructured zeros do not lower them, structured pruning does."
-        )
-        if st.button("Reset to the dense model", key="prune_reset"):
-            clear_pruned()
-            st.rerun()
-else:
-    a2.caption("Apply commits the preview to your session (physical shrinking for structured).")
+with a2:
+    committed_panel(committed, base_stats)

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
 import streamlit as st
 
+from pruning_core.criteria import Magnitude
 from pruning_core.errors import UserError
-from pruning_core.jobs import JobRunner
-from pruning_core.models import LoadedModel
-from pruning_core.plots import training_curves_figure
-from pruning_core.schedules import Schedule
+from pruning_core.regularize import REGULARIZERS
+from pruning_core.schedules import SCHEDULES, Schedule
 from pruning_core.train import OPTIMIZERS, TrainConfig
-from ui.finetune_job import FinetuneRequest, make_finetune_job
-from ui.loaders import baseline, shared_data, shared_model
-from ui.prune_widgets import (
+from ui.actions import start_finetune
+from ui.finetune_job import FinetuneRequest
+from ui.finetune_panel import finetune_panel
+from ui.jobs_panel import follow_job, runner_or_stop
+from ui.session import finetune_job_id, pruned
+from ui.state import init_state, selection
+from ui.texts import (
     PRUNE_TRAIN_RETRAIN,
     REG_HELP,
+    REG_LABELS,
     REGULARISATION_EXPLAINED,
     SCHEDULE_HELP,
-    explain,
-    job_runner,
+    SCHEDULE_LABELS,
 )
-from ui.session import finetune_job_id, pruned, set_finetune_job, set_pruned
-from ui.state import init_state, selection
-
-POLL_SECONDS = 1.0
+from ui.widgets import baseline_or_stop, explain
 
 init_state()
 st.title("Fine-tune")
@@ -37,17 +34,8 @@ st.caption(
 )
 explain(PRUNE_TRAIN_RETRAIN, "Why fine-tune after pruning?")
 model_ref, dataset_ref = selection()
-try:
-    base_stats = baseline(model_ref, dataset_ref)
-except UserError as e:
-    st.error(f"This model and dataset do not fit together: {e}")
-    st.stop()
-
-try:
-    runner: JobRunner = job_runner()
-except UserError as e:  # an unwritable PRUNING_LAB_HOME or bad job settings of the server
-    st.error(f"Background jobs are not available on this server: {e}")
-    st.stop()
+base_stats = baseline_or_stop(model_ref, dataset_ref)
+runner = runner_or_stop()
 committed = pruned()
 job_id = finetune_job_id()
 job = runner.get(job_id) if job_id else None
@@ -75,17 +63,12 @@ c1, c2, c3 = st.columns(3)
 with c1:
     schedule = st.radio(
         "Schedule",
-        ["oneshot", "linear", "agp", "dynamic"],
+        list(SCHEDULES),
         key="ft_schedule",
-        format_func=lambda s: {
-            "oneshot": "one-shot",
-            "linear": "linear (iterative)",
-            "agp": "AGP (gradual)",
-            "dynamic": "dynamic (masks move)",
-        }[s],
+        format_func=lambda s: SCHEDULE_LABELS.get(s, s),
         help="When pruning happens relative to fine-tuning.",
     )
-    st.caption(SCHEDULE_HELP[schedule])
+    st.caption(SCHEDULE_HELP.get(schedule, ""))
     steps = st.number_input(
         "Pruning steps" if schedule != "dynamic" else "Mask updates",
         min_value=1,
@@ -140,17 +123,12 @@ with c3:
     )
     reg = st.selectbox(
         "Regularisation",
-        ["none", "l1", "slim", "group-lasso"],
+        ["none", *REGULARIZERS],
         key="ft_reg",
-        format_func=lambda r: {
-            "none": "none",
-            "l1": "L1 on weights",
-            "slim": "BN slimming",
-            "group-lasso": "group lasso",
-        }[r],
+        format_func=lambda r: REG_LABELS.get(r, r),
         help="A sparsity penalty trained in before pruning.",
     )
-    st.caption(REG_HELP[reg])
+    st.caption(REG_HELP.get(reg, ""))
     strength = st.select_slider(
         "Strength",
         options=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2],
@@ -160,16 +138,16 @@ with c3:
     )
 explain(REGULARISATION_EXPLAINED, "Regularisation: train to be pruned")
 
-problem = None
+# The dynamic schedule recomputes magnitude masks from the current weights.
 dynamic_ok = committed is None or (
-    not committed.config.structured and committed.config.method == "magnitude"
+    not committed.config.structured and isinstance(committed.config.criterion_object(), Magnitude)
 )
+problem = None
 if schedule == "dynamic" and not dynamic_ok:
     problem = (
         "The dynamic schedule recomputes magnitude masks while training: it needs an "
         "unstructured or 2:4 target pruned with the magnitude criterion."
     )
-if problem:
     st.warning(problem)
 start = st.button(
     "Start fine-tuning",
@@ -199,26 +177,7 @@ if start and committed is not None:
             regularizer=reg,
             reg_strength=float(strength),
         )
-        holder: dict[str, Any] = {}
-        dense = shared_model(model_ref)
-        fn = make_finetune_job(dense.model, dense.spec, shared_data(dataset_ref), request, holder)
-        job = runner.submit(
-            fn,
-            name=f"fine-tune {model_ref} ({schedule}, {int(epochs)} epochs)",
-            kind="finetune",
-            record=True,
-            model=model_ref,
-            dataset=dataset_ref,
-            config=request.to_dict(),
-        )
-        st.session_state.setdefault("_ft_jobs", {})[job.id] = {
-            "holder": holder,
-            "request": request,
-            "model_ref": model_ref,
-            "dataset_ref": dataset_ref,
-            "committed": False,
-        }
-        set_finetune_job(job.id)
+        start_finetune(request, model_ref, dataset_ref)
     except UserError as e:
         st.error(f"Cannot start: {e}")
     else:
@@ -226,109 +185,5 @@ if start and committed is not None:
 
 
 # ------------------------------------------------------------------ the job
-def _commit(job_id: str, snap: dict[str, Any]) -> str:
-    """Make the finished job's model the session's model (once); says what happened."""
-    info = st.session_state.get("_ft_jobs", {}).get(job_id)
-    if info is None or "model" not in info["holder"]:
-        return "The fine-tuned model is no longer in memory (the session was restarted?)."
-    if not info["committed"]:
-        info["committed"] = True
-        info["note"] = _make_session_model(info, snap)
-    return str(info["note"])
-
-
-def _make_session_model(info: dict[str, Any], snap: dict[str, Any]) -> str:
-    h, req = info["holder"], info["request"]
-    if (info["model_ref"], info["dataset_ref"]) != selection():
-        return "The selection changed while it ran, so the result was not made your model."
-    current = pruned()
-    if current is None or current.config != req.prune:
-        return (
-            "You applied other pruning settings while it ran, so the result was not made your "
-            "model (it is in the run store)."
-        )
-    dense = shared_model(info["model_ref"])
-    res = h["result"]
-    set_pruned(
-        LoadedModel(h["model"], dense.spec, dense.arch, dense.source, dict(dense.meta)),
-        req.prune,
-        masks=h["masks"],
-        result=res.prune.to_dict(),
-        stage="fine-tuned",
-        summary=h["summary"],
-        accuracy=res.finetuned_accuracy,
-        finetune={**req.to_dict(), "run_id": snap["run_id"]},
-        note=f"fine-tuned {req.train.epochs} epoch(s), {req.schedule.kind} schedule",
-        model_ref=info["model_ref"],
-        dataset_ref=info["dataset_ref"],
-    )
-    return "This is now your session's model."
-
-
-def job_panel() -> None:
-    """Status, progress, curves and cancel of this session's latest job (polled)."""
-    jid = finetune_job_id()
-    job = runner.get(jid) if jid else None
-    if job is None:
-        if jid:
-            st.warning("The fine-tune job is no longer known (the server restarted?).")
-        return
-    snap = job.snapshot()
-    st.subheader(f"{snap['name']}")
-    status = snap["status"]
-    if status == "queued":
-        st.info(
-            f"Waiting in the queue: position {snap['queue_position']} "
-            f"({runner.running} job(s) running). It starts by itself."
-        )
-    prog = float(snap["progress"])
-    st.progress(prog, text=f"{status}: {snap['message'] or '...'} ({prog:.0%})")
-    curve = pd.DataFrame(snap["curve"])
-    if len(curve):
-        st.plotly_chart(training_curves_figure(curve, "Live fine-tuning curves"), key="ft_curves")
-        st.caption(
-            "Loss of each training batch; validation accuracy on the whole validation split "
-            "at the end of each epoch."
-        )
-    if not job.is_finished:
-        if st.button("Cancel", key="ft_cancel", help="Stops within one batch; keeps the curve."):
-            runner.cancel(job.id)  # the next poll shows "cancelling..." then the result
-        st.caption(f"Running for {snap['elapsed']:.0f} s. You can leave this page meanwhile.")
-        return
-    metrics = {**snap["metrics"], **(job.result if isinstance(job.result, dict) else {})}
-    if status == "done":
-        note = _commit(job.id, snap)
-        acc = metrics.get("accuracy")
-        st.success(
-            f"Done in {snap['elapsed']:.0f} s. Validation accuracy "
-            f"{acc:.2%} after fine-tuning (was {metrics.get('pruned_accuracy', 0):.2%} right "
-            f"after pruning; dense {base_stats['accuracy']:.2%}); sparsity "
-            f"{metrics.get('sparsity', 0):.1%} of the pruned layers. " + note
-            if acc is not None
-            else f"Done in {snap['elapsed']:.0f} s."
-        )
-    elif status == "cancelled":
-        kept = (
-            f"The partial curve ({len(curve)} points) is in the run store"
-            if snap["run_id"] is not None
-            else "It never started, so nothing was recorded"
-        )
-        st.warning(f"Cancelled ({snap['error']}). {kept}; your session keeps its previous model.")
-    else:
-        st.error(f"Failed: {snap['error']}")
-    if snap["run_id"] is not None:
-        st.caption(f"Recorded as run #{snap['run_id']} in the run store.")
-
-
 if job_id:
-    was_active, shown_id = active, job_id
-
-    def _panel() -> None:
-        job_panel()
-        j = runner.get(shown_id)
-        # The polling fragment hands back to a full run once the job ends, so the page (and the
-        # Start button) reflect the new model.
-        if was_active and j is not None and j.is_finished:
-            st.rerun()
-
-    st.fragment(run_every=POLL_SECONDS if active else None)(_panel)()
+    follow_job(job_id, finetune_panel(base_stats["accuracy"]), active=active)

@@ -5,19 +5,18 @@ repeats it from the command line, CSV tables, and a self-contained HTML report."
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pandas as pd
 import streamlit as st
-import torch
 
 from pruning_core import export
 from pruning_core.errors import UserError
-from pruning_core.latency import benchmark_backends
-from pruning_core.store import RunStore
-from ui.loaders import baseline, shared_data, shared_model
+from ui.export_docs import build_report, checkpoint_zip, export_metrics, export_stem
+from ui.jobs_panel import measurement_result
+from ui.loaders import shared_data, shared_model
 from ui.session import PrunedModel, pruned
-from ui.state import init_state, selection
+from ui.state import init_state, selection, session_cached
+from ui.widgets import baseline_or_stop
 
 init_state()
 st.title("Export & report")
@@ -27,13 +26,8 @@ st.caption(
     "line, the numbers as CSV, and a report with the plots that opens offline."
 )
 model_ref, dataset_ref = selection()
-try:
-    base = baseline(model_ref, dataset_ref)
-    dense = shared_model(model_ref)
-    data = shared_data(dataset_ref)
-except UserError as e:
-    st.error(f"This model and dataset do not fit together: {e}")
-    st.stop()
+base = baseline_or_stop(model_ref, dataset_ref)
+dense, data = shared_model(model_ref), shared_data(dataset_ref)
 
 pm: PrunedModel | None = pruned()
 loaded = pm.loaded if pm is not None else dense
@@ -44,7 +38,6 @@ if pm is None:
         f"`{model_ref}` as it is. Prune it on the Prune page (and fine-tune it) to export the "
         "pruned one."
     )
-    stem = f"{model_ref.replace(':', '-').replace('/', '-')}-dense"
 else:
     sp = float(pm.result.get("sparsity", 0.0))
     st.success(
@@ -52,91 +45,11 @@ else:
         f"{pm.config.granularity}, {sp:.1%} of the pruned layers' weights removed; accuracy "
         f"{(pm.accuracy or 0):.2%} on all {base['n']} validation images (dense {base['accuracy']:.2%})."
     )
-    stem = f"{pm.model_ref.replace(':', '-').replace('/', '-')}-{pm.config.method}-{sp:.0%}"
-stem = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.") or "model"
+stem = export_stem(model_ref, pm)
 # Everything derived from the model is cached per version of the session's model.
 version = f"{model_ref}|{dataset_ref}|{pm.created if pm is not None else 'dense'}"
-
-
-def _run_metrics(run_id: Any) -> dict[str, Any]:
-    if not isinstance(run_id, int):
-        return {}
-    try:
-        return RunStore().get_run(run_id).metrics
-    except UserError:
-        return {}
-
-
-def metrics_doc() -> dict[str, Any]:
-    """The exported model's numbers, in the layout of `pruning-lab prune`'s metrics.json."""
-    m: dict[str, Any] = {
-        "model": model_ref,
-        "arch": loaded.arch,
-        "dataset": dataset_ref,
-        "params_before": base["params"],
-        "macs_before": base["macs"],
-        "size_bytes_before": base["size_bytes"],
-        "dense_accuracy": base["accuracy"],
-        "val_images": base["n"],
-    }
-    if pm is None:
-        m.update(method=None, granularity=None, target_ratio=0.0, sparsity=0.0,
-                 params_after=base["params"], macs_after=base["macs"],
-                 size_bytes_after=base["size_bytes"], pruned_accuracy=base["accuracy"],
-                 finetuned_accuracy=None, stage="dense")  # fmt: skip
-        return m
-    s = pm.summary
-    ran = _run_metrics(pm.finetune.get("run_id"))
-    fine = pm.stage == "fine-tuned"
-    m.update(
-        method=pm.config.method, granularity=pm.config.granularity, scope=pm.config.scope,
-        target_ratio=pm.config.effective_ratio, sparsity=pm.result.get("sparsity"),
-        layer_sparsity=pm.result.get("layer_sparsity", {}),
-        params_after=s.get("params_nonzero"), macs_after=s.get("macs"),
-        size_bytes_after=s.get("size_bytes"),
-        pruned_accuracy=ran.get("pruned_accuracy") if fine else pm.accuracy,
-        finetuned_accuracy=pm.accuracy if fine else None, stage=pm.stage,
-        history=list(pm.history), recipe=recipe_doc(),
-    )  # fmt: skip
-    if fine and ran.get("schedule_curve"):
-        m["curve"] = ran["schedule_curve"]
-    return m
-
-
-def recipe_doc() -> dict[str, Any] | None:
-    """The recipe of `pruning-lab prune --recipe` that repeats the session's model."""
-    if pm is None:
-        return None
-    ft = pm.finetune
-    train = ft.get("train") or None
-    sched = ft.get("schedule") or {}
-    reg = ft.get("regularizer")
-    return export.make_recipe(
-        model=pm.model_ref,
-        dataset=pm.dataset_ref,
-        prune=pm.config.to_dict(),
-        train=train,
-        schedule=str(sched.get("kind") or "oneshot"),
-        steps=sched.get("steps"),
-        distill=bool(train and float(train.get("distill_weight") or 0) > 0),
-        regularize=reg if reg and reg != "none" else None,
-        reg_strength=ft.get("reg_strength") if reg and reg != "none" else None,
-        arch=loaded.arch if pm.model_ref.endswith((".pt", ".pth", ".safetensors")) else None,
-    )
-
-
-def _cached(name: str, make: Any) -> Any:
-    """`make()` once per version of the session's model (a per-session cache)."""
-    key = f"export_cache::{name}"
-    hit = st.session_state.get(key)
-    if isinstance(hit, tuple) and hit[0] == version:
-        return hit[1]
-    value = make()
-    st.session_state[key] = (version, value)
-    return value
-
-
-metrics = metrics_doc()
+sel = (model_ref, dataset_ref)
+metrics = export_metrics(model_ref, dataset_ref, base, loaded, pm)
 recipe = metrics.get("recipe")
 
 # --- checkpoint ---------------------------------------------------------------------------------
@@ -148,21 +61,10 @@ if loaded.arch is None:
         "saved as a safe checkpoint. Export it to ONNX instead."
     )
 else:
-    arch: str = loaded.arch
-    arch_kwargs = loaded.meta.get("arch_kwargs") or loaded.arch_kwargs
-    files: dict[str, Any] = {"metrics.json": metrics}
-    if recipe:
-        files["recipe.json"] = recipe
-    extra = {k: v for k, v in loaded.meta.items() if k not in ("surgery", "recipe")}
-    extra["dataset"] = dataset_ref
-    if recipe:
-        extra["recipe"] = recipe
-
-    def _zip() -> bytes:
-        return export.checkpoint_zip(loaded.model, arch=arch, arch_kwargs=arch_kwargs,
-                                     spec=spec, extra_meta=extra, files=files, folder=stem)  # fmt: skip
-
-    zipped = _cached("zip", _zip)
+    zipped = session_cached(
+        "export_cache::zip", version,
+        lambda: checkpoint_zip(loaded, metrics, recipe, dataset_ref, stem),
+    )  # fmt: skip
     st.download_button(
         f"Download checkpoint ({len(zipped) / 1024:,.0f} KiB zip)",
         zipped,
@@ -259,12 +161,8 @@ if layer_sp:
         "text/csv",
         key="export_dl_layers_csv",
     )
-sweep_res = st.session_state.get("tradeoff_sweep_result")
-sweep_df = (
-    sweep_res["df"]
-    if isinstance(sweep_res, dict) and sweep_res.get("selection") == (model_ref, dataset_ref)
-    else None
-)
+sweep_res = measurement_result("sweep", sel)
+sweep_df = sweep_res["df"] if sweep_res is not None else None
 if sweep_df is not None:
     c3.download_button(
         "Accuracy-vs-sparsity sweep",
@@ -283,36 +181,14 @@ st.caption(
     "One file with the accuracy-vs-sparsity and latency plots, the metrics and the model card; "
     "plotly is inlined, so it opens offline. Latency is measured now, on this machine."
 )
-lat_res = st.session_state.get("tradeoff_latency_result")
-lat_attrs: dict[str, Any] = lat_res.get("attrs", {}) if isinstance(lat_res, dict) else {}
-lat_sweep = (
-    lat_res["df"]
-    if isinstance(lat_res, dict) and lat_res.get("selection") == (model_ref, dataset_ref)
-    else None
-)
+lat_res = measurement_result("latency", sel)
 if st.button("Build the report", key="export_make_report"):
     try:
         with st.spinner("Timing the model and drawing the report..."):
-            threads = torch.get_num_threads()
-            x = torch.randn(32, spec.channels, spec.size, spec.size)
-            if lat_sweep is not None:
-                lat, note = (
-                    lat_sweep,
-                    "from the Trade-offs page: "
-                    + ", ".join(f"{k} {v}" for k, v in lat_attrs.items() if k != "cancelled"),
-                )
-            else:
-                lat = benchmark_backends(
-                    loaded.model, x, backends=["dense", "masked", "structured", "csr"],
-                    dense=dense.model, repeats=20, max_seconds=3.0,
-                )  # fmt: skip
-                note = f"CPU, {threads} threads, batch 32, random input"
-            card = export.model_card(model_ref)
-            page = export.pruning_report(
-                metrics, title=f"Pruning report: {model_ref}", sweep=sweep_df, latency=lat,
-                latency_note=note, model_card=card,
-                notes=["Exported from the Pruning Lab app."] if pm is not None else
-                ["Nothing was pruned in this session: this report shows the dense model."],
+            page = build_report(
+                metrics, model_ref, loaded, dense, pruned=pm is not None, sweep=sweep_df,
+                latency=lat_res["df"] if lat_res is not None else None,
+                latency_attrs=lat_res["attrs"] if lat_res is not None else {},
             )  # fmt: skip
         st.session_state["export_report"] = (version, page)
     except UserError as e:

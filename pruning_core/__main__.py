@@ -1,3 +1,5 @@
 from pruning_core.cli import run
 
+__all__: list[str] = []
+
 run()

@@ -16,7 +16,7 @@ from torch import nn
 
 from pruning_core.errors import UserError
 from pruning_core.layers import WEIGHT_LAYERS, eval_mode, following_batchnorm
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 
 __all__ = [
     "CALIB_BATCH_SIZE",

@@ -26,187 +26,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, shown
 from pruning_core.fsio import atomic_path, write_json
+from pruning_core.surgery import surgery_of
+
+__all__ = [
+    "META_FILE",
+    "MODEL_FILE",
+    "check_loaded_finite",
+    "check_state_dict",
+    "check_tensors",
+    "dtype_kind",
+    "nonfinite_count",
+    "read_model_dir",
+    "read_model_meta",
+    "read_model_state",
+    "read_state_file",
+    "save_model_dir",
+]
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
-
-# Integer attributes that describe a module's shape; structured pruning changes them.
-SHAPE_ATTRS = (
-    "in_channels",
-    "out_channels",
-    "groups",
-    "in_features",
-    "out_features",
-    "num_features",
-    "normalized_shape",
-    "num_heads",
-    "head_dim",
-    "embed_dim",
-    "hidden_dim",
-)
-
-
-def module_shape_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """The shape-describing attributes of every submodule (see `SHAPE_ATTRS`)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, mod in model.named_modules():
-        attrs: dict[str, Any] = {}
-        for a in SHAPE_ATTRS:
-            v = getattr(mod, a, None)
-            if isinstance(v, bool):
-                continue
-            if isinstance(v, int):
-                attrs[a] = v
-            elif isinstance(v, tuple) and all(isinstance(i, int) for i in v):
-                attrs[a] = list(v)
-        if attrs:
-            out[name] = attrs
-    return out
-
-
-def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
-    """What differs between `model` and a freshly built `reference` of the same architecture.
-
-    Returns:
-        {"attrs": {module: {attr: value}}, "identity": [module paths replaced by nn.Identity],
-        "self_attention": [nn.MultiheadAttention paths swapped for SelfAttention (head pruning)]}.
-    """
-    from pruning_core.models.architectures import SelfAttention
-
-    ref_attrs = module_shape_attrs(reference)
-    ref_mods = dict(reference.named_modules())
-    attrs = {
-        k: v
-        for k, v in module_shape_attrs(model).items()
-        if ref_attrs.get(k) != v and k in ref_mods
-    }
-    identity = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Identity) and n in ref_mods and not isinstance(ref_mods[n], nn.Identity)
-    ]
-    swapped = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, SelfAttention) and isinstance(ref_mods.get(n), nn.MultiheadAttention)
-    ]
-    return {"attrs": attrs, "identity": identity, "self_attention": swapped}
-
-
-SURGERY_KEYS = ("attrs", "identity", "self_attention")
-
-
-def has_surgery(surgery: Mapping[str, Any] | None) -> bool:
-    """True when `surgery` changes anything (some attrs, identities or attention swaps)."""
-    return surgery is not None and any(surgery.get(k) for k in SURGERY_KEYS)
-
-
-def apply_surgery(
-    model: nn.Module,
-    surgery: Mapping[str, Any],
-    state: Mapping[str, torch.Tensor],
-    *,
-    where: str = "checkpoint",
-) -> None:
-    """Reshape a freshly built model in place so that `state` loads into it.
-
-    Submodules named in `identity` become `nn.Identity`, `self_attention` paths (which must be
-    `nn.MultiheadAttention`) become `SelfAttention`, `attrs` set shape attributes that must
-    already exist on their module; then every parameter/buffer takes its saved shape (same number
-    of dimensions only). Nothing here trusts `state`: `check_module_shapes` must confirm
-    afterwards that each module's tensors agree with its own shape attributes. Without any
-    surgery nothing is resized, so `check_state_dict` sees every mismatch.
-
-    Args:
-        model: A freshly built model (on any device, `meta` included).
-        surgery: {"attrs": {path: {attr: int or list of int}}, "identity": [path],
-            "self_attention": [path]}, already type-checked (see `models.validate`).
-        state: The saved tensors (only their shapes are read).
-        where: Prefix of messages (`DIR/model.json`).
-
-    Raises:
-        UserError: A path that does not exist, an attention swap on something that is not a
-            batch-first `nn.MultiheadAttention`, or an attribute the module does not have.
-    """
-    from pruning_core.models.architectures import SelfAttention
-
-    if not has_surgery(surgery):
-        return
-    for i, path in enumerate(surgery.get("identity") or []):
-        _submodule(model, path, f"{where}: surgery.identity[{i}]")
-        _set_submodule(model, path, nn.Identity())
-    swapped: list[str] = []
-    for i, path in enumerate(surgery.get("self_attention") or []):
-        what = f"{where}: surgery.self_attention[{i}]"
-        mha = _submodule(model, path, what)
-        if not isinstance(mha, nn.MultiheadAttention):
-            raise UserError(
-                f"{what}: {path!r} is a {type(mha).__name__}, not an nn.MultiheadAttention"
-            )
-        w = mha.in_proj_weight
-        if not (mha.batch_first and mha._qkv_same_embed_dim and isinstance(w, torch.Tensor)):
-            raise UserError(
-                f"{what}: only a batch-first nn.MultiheadAttention with one in-projection "
-                f"converts, and {path!r} is not one"
-            )
-        # Values come from the state next, so nothing is copied (the model may be on `meta`).
-        with torch.device(w.device):
-            _set_submodule(model, path, SelfAttention(mha.embed_dim, mha.num_heads))
-        swapped.append(path)
-    mods = dict(model.named_modules())
-    for path, attrs in (surgery.get("attrs") or {}).items():
-        what = f"{where}: surgery.attrs.{shown(path) or '(root)'}"
-        if path not in mods:
-            raise UserError(f"{what}: the model has no module {path!r}")
-        mod = mods[path]
-        for a, v in attrs.items():
-            old = getattr(mod, a, None)
-            if a not in SHAPE_ATTRS or isinstance(old, bool) or not isinstance(old, int | tuple):
-                raise UserError(
-                    f"{what}.{shown(a)}: {type(mod).__name__} {path!r} has no shape attribute {a!r}"
-                )
-            if isinstance(old, tuple) != isinstance(v, list | tuple):
-                raise UserError(
-                    f"{what}.{a} must be {'a list of integers' if isinstance(old, tuple) else 'an integer'}"
-                    f", got {v!r}"
-                )
-            setattr(mod, a, tuple(v) if isinstance(v, list | tuple) else v)
-    # Parameters and buffers take the saved shapes; values come from load_state_dict next.
-    for name, mod in model.named_modules():
-        prefix = f"{name}." if name else ""
-        for pname, p in list(mod.named_parameters(recurse=False)):
-            t = state.get(prefix + pname)
-            if t is not None and t.shape != p.shape and t.dim() == p.dim():
-                new = torch.empty(t.shape, dtype=p.dtype, device=p.device)
-                setattr(mod, pname, nn.Parameter(new, p.requires_grad))
-        for bname, b in list(mod.named_buffers(recurse=False)):
-            t = state.get(prefix + bname)
-            if b is not None and t is not None and t.shape != b.shape and t.dim() == b.dim():
-                mod.register_buffer(bname, torch.empty(t.shape, dtype=b.dtype, device=b.device))
-    # An attention swap creates qkv/proj that the dense reference lacks, so surgery_of cannot
-    # record their widths: they follow their (checked) SelfAttention's heads instead.
-    for path in swapped:
-        att = model.get_submodule(path)
-        for lin in (getattr(att, "qkv", None), getattr(att, "proj", None)):
-            if isinstance(lin, nn.Linear):
-                lin.out_features, lin.in_features = lin.weight.shape
-
-
-def _submodule(model: nn.Module, path: Any, what: str) -> nn.Module:
-    if not isinstance(path, str) or not path:
-        raise UserError(f"{what} must be a module path such as 'layer1.0', got {path!r}")
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        raise UserError(f"{what}: the model has no module {path!r}") from None
-
-
-def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, new)
 
 
 def dtype_kind(dtype: torch.dtype) -> str:
@@ -260,12 +100,6 @@ def check_state_dict(
                 f"{source}: tensor {k!r} is {_dtype_name(state[k].dtype)} but the model's is "
                 f"{want} ({_dtype_name(v.dtype)}); refusing it (tensors are never cast across kinds)"
             )
-
-
-def shown(name: object) -> str:
-    """A name from a file as messages show it: itself, or its repr when it holds newlines or
-    other unprintable characters (a refusal must stay one line)."""
-    return name if isinstance(name, str) and name.isprintable() else repr(name)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

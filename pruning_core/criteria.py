@@ -42,7 +42,7 @@ from pruning_core.layers import (
     following_batchnorm,
     weight_of,
 )
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 from pruning_core.validate import number
 
 __all__ = [

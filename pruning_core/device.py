@@ -8,6 +8,8 @@ import torch
 
 from pruning_core.errors import UserError
 
+__all__ = ["resolve_device"]
+
 _CUDA = re.compile(r"^cuda(?::(\d{1,3}))?$")
 
 

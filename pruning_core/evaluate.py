@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning_core.data import DataBundle
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
+
+__all__ = ["EvalResult", "evaluate", "predict_logits"]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.fsio import atomic_path
 from pruning_core.models import LoadedModel
-from pruning_core.models.spec import InputSpec
 from pruning_core.plans import get_plan
 from pruning_core.prune import (
     MaskEnforcer,
@@ -44,6 +43,7 @@ from pruning_core.prune import (
     prunable_layers,
     prune_,
 )
+from pruning_core.spec import InputSpec
 from pruning_core.stats import count_macs, count_params
 from pruning_core.train import Progress, TrainConfig, fit
 

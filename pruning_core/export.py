@@ -33,9 +33,9 @@ from torch import nn
 
 from pruning_core.checkpoint import META_FILE, MODEL_FILE, save_model_dir
 from pruning_core.errors import UserError
-from pruning_core.fsio import OUTPUT_MARKER, atomic_path, output_dir, write_json
+from pruning_core.fsio import OUTPUT_MARKER, atomic_path, output_dir, to_jsonable, write_json
 from pruning_core.models import get_entry
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 
 __all__ = [
     "FORMATS",
@@ -380,7 +380,7 @@ def make_recipe(
 
 def recipe_text(recipe: Mapping[str, Any], fmt: str = "json") -> str:
     """The recipe as JSON or YAML text (both are read by `pruning-lab prune --recipe`)."""
-    plain = json.loads(json.dumps(recipe, default=_json_default))
+    plain = to_jsonable(recipe, lenient=True, finite=False)
     if fmt == "json":
         return json.dumps(plain, indent=2) + "\n"
     if fmt in ("yaml", "yml"):
@@ -388,20 +388,6 @@ def recipe_text(recipe: Mapping[str, Any], fmt: str = "json") -> str:
 
         return str(yaml.safe_dump(plain, sort_keys=False))
     raise UserError(f"unknown recipe format '{fmt}' (json or yaml)")
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, torch.Tensor | np.ndarray):
-        return o.tolist()
-    if isinstance(o, set | frozenset | tuple):
-        return list(o)
-    return str(o)
 
 
 # --- CSV and plain files ------------------------------------------------------------------------
@@ -447,7 +433,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, Mapping | list | tuple):
-        return json.dumps(v, default=_json_default)
+        return json.dumps(to_jsonable(v, lenient=True, finite=False))
     return str(v)
 
 

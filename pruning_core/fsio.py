@@ -45,6 +45,7 @@ __all__ = [
     "json_default",
     "output_dir",
     "temp_prefix",
+    "to_jsonable",
     "write_json",
 ]
 
@@ -138,7 +139,7 @@ def clean_stale(directory: Path, name: str | None = None) -> list[Path]:
 
 def json_default(o: Any) -> Any:
     """The `default=` of every JSON document Pruning Lab writes: objects with `to_dict`, paths,
-    tensors and arrays (`tolist`), sets; anything else is a TypeError."""
+    tensors, arrays and numpy scalars (`tolist`), sets (sorted); anything else is a TypeError."""
     if hasattr(o, "to_dict"):
         return o.to_dict()
     if isinstance(o, Path):
@@ -150,6 +151,13 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _lenient_default(o: Any) -> Any:
+    try:
+        return json_default(o)
+    except TypeError:
+        return str(o)
+
+
 def _finite(o: Any) -> Any:
     # Strict JSON has no NaN/Infinity; write them as null so any reader can parse the file.
     if isinstance(o, float) and not math.isfinite(o):
@@ -159,6 +167,26 @@ def _finite(o: Any) -> Any:
     if isinstance(o, list | tuple):
         return [_finite(v) for v in o]
     return o
+
+
+def to_jsonable(o: Any, *, lenient: bool = False, finite: bool = True) -> Any:
+    """`o` as plain JSON values (dicts with string keys, lists, str, int, float, bool, None).
+
+    The one encoding of Pruning Lab's JSON (files, store rows, CLI output, recipes): objects go
+    through `json_default`, tuples and sets become lists, and with `finite` NaN/inf become None
+    (strict JSON has no NaN).
+
+    Args:
+        o: The value.
+        lenient: Anything `json_default` cannot encode becomes `str(o)` instead of a TypeError
+            (the run store: a metric it cannot encode must not lose the whole run).
+        finite: Turn NaN/inf into None (off: they stay floats, for text that allows them).
+
+    Raises:
+        TypeError: A value that cannot be encoded (unless `lenient`).
+    """
+    plain = json.loads(json.dumps(o, default=_lenient_default if lenient else json_default))
+    return _finite(plain) if finite else plain
 
 
 def _umask() -> int:
@@ -196,8 +224,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 def write_json(path: Path, data: Any) -> None:
     """Write strict JSON (non-finite floats as null) atomically (temp file + rename)."""
-    plain = json.loads(json.dumps(data, default=json_default))
-    text = json.dumps(_finite(plain), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n"
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text)
 

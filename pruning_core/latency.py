@@ -1,51 +1,34 @@
-"""Honest latency: warm-up, repeats, median and spread, device synchronisation."""
+"""Honest latency of a model, and of one model under several execution backends side by side.
+
+The timing itself (warm-up, repeats, percentiles, device synchronisation, CPU threads) is
+`timing`'s; this module adds the backends: the dense original, the masked model, the physically
+shrunk one and the sparse-kernel conversions of `sparse` (`LATENCY_BACKENDS`; not to be confused
+with `sparse.SPARSE_BACKENDS`, the kernels one layer can be converted to).
+"""
 
 from __future__ import annotations
 
+import copy
 import math
-import statistics
-import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
+from pruning_core import sparse
+from pruning_core.errors import UserError
+from pruning_core.timing import Latency, sample_times, summarise, torch_threads
 
-@dataclass(frozen=True)
-class Latency:
-    """Timing of one configuration, in milliseconds per batch.
-
-    Attributes:
-        median_ms: Median over repeats.
-        p10_ms: 10th percentile.
-        p90_ms: 90th percentile.
-        repeats: Timed repeats.
-        batch_size: Images per forward.
-        device: Where it ran.
-        threads: torch CPU threads during the measurement.
-    """
-
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    repeats: int
-    batch_size: int
-    device: str
-    threads: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
-
-
-def _quantile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    i = q * (len(s) - 1)
-    lo, hi = int(i), min(int(i) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (i - lo)
+__all__ = [
+    "LATENCY_BACKENDS",
+    "LATENCY_BACKEND_HELP",
+    "Latency",
+    "benchmark_backends",
+    "check_backends",
+    "measure_latency",
+]
 
 
 @torch.inference_mode()
@@ -72,60 +55,11 @@ def measure_latency(
     )
 
 
-@torch.inference_mode()
-def sample_times(
-    model: nn.Module,
-    example: torch.Tensor,
-    *,
-    warmup: int = 5,
-    repeats: int = 30,
-    max_seconds: float = 10.0,
-) -> list[float]:
-    """The raw per-call times in ms behind `measure_latency` (CUDA events on GPU)."""
-    model.eval()
-    cuda = example.device.type == "cuda"
-    for _ in range(warmup):
-        model(example)
-    if cuda:
-        torch.cuda.synchronize(example.device)
-    times: list[float] = []
-    budget_end = time.perf_counter() + max_seconds
-    for i in range(repeats):
-        if cuda:
-            start_ev = torch.cuda.Event(enable_timing=True)
-            end_ev = torch.cuda.Event(enable_timing=True)
-            start_ev.record()
-            model(example)
-            end_ev.record()
-            torch.cuda.synchronize(example.device)
-            times.append(start_ev.elapsed_time(end_ev))
-        else:
-            t0 = time.perf_counter()
-            model(example)
-            times.append((time.perf_counter() - t0) * 1000)
-        if i >= 2 and time.perf_counter() > budget_end:
-            break
-    return times
-
-
-def summarise(times: list[float], example: torch.Tensor) -> Latency:
-    """Median and p10/p90 of raw times for a batch like `example`."""
-    return Latency(
-        median_ms=statistics.median(times),
-        p10_ms=_quantile(times, 0.1),
-        p90_ms=_quantile(times, 0.9),
-        repeats=len(times),
-        batch_size=int(example.shape[0]),
-        device=str(example.device),
-        threads=torch.get_num_threads(),
-    )
-
-
 # ----------------------------------------------------------------------------- backends
 
-BACKENDS = ("dense", "masked", "structured", "csr", "semi24")
+LATENCY_BACKENDS = ("dense", "masked", "structured", "csr", "semi24")
 
-BACKEND_HELP = {
+LATENCY_BACKEND_HELP = {
     "dense": "the unpruned model (or, without one, the same tensors run by dense kernels)",
     "masked": "the pruned model as stored: zeros in dense tensors, dense kernels",
     "structured": "the physically shrunk model (structured pruning): fewer channels, dense kernels",
@@ -134,11 +68,26 @@ BACKEND_HELP = {
 }
 
 
+def check_backends(names: Iterable[str]) -> list[str]:
+    """`names` as a list of latency backends (duplicates dropped, order kept).
+
+    Raises:
+        UserError: A name not in `LATENCY_BACKENDS`.
+    """
+    names = list(names)
+    unknown = [b for b in names if b not in LATENCY_BACKENDS]
+    if unknown:
+        raise UserError(
+            f"unknown backend '{unknown[0]}' (choose from {', '.join(LATENCY_BACKENDS)})"
+        )
+    return list(dict.fromkeys(names))
+
+
 def benchmark_backends(
     pruned: nn.Module,
     example: torch.Tensor,
     *,
-    backends: Sequence[str] = BACKENDS,
+    backends: Sequence[str] = LATENCY_BACKENDS,
     dense: nn.Module | None = None,
     structured: nn.Module | None = None,
     threads: int | None = None,
@@ -159,7 +108,7 @@ def benchmark_backends(
             not modified (sparse backends convert copies), but it, `dense` and `structured` are
             moved to the example's device and put in eval mode.
         example: One input batch on the target device (its first dimension is the batch size).
-        backends: Names from `BACKENDS`.
+        backends: Names from `LATENCY_BACKENDS`.
         dense: The unpruned original. Without it, `dense` times `pruned` itself and says so
             (the same dense kernels do the same work whatever the values).
         structured: The physically shrunk model, when there is one.
@@ -178,28 +127,17 @@ def benchmark_backends(
     Raises:
         UserError: Unknown backend names.
     """
-    import copy
-
-    from pruning_core.errors import UserError
-
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKENDS)})")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    check_backends(backends)
     device = example.device
     rows: dict[str, dict[str, Any]] = {}
     runnable: dict[str, tuple[nn.Module, torch.Tensor]] = {}
-    try:
+    with torch_threads(threads) as threads_used:
         for b in backends:
             row: dict[str, Any] = {
                 "backend": b,
                 "status": "ok",
                 "reason": "",
-                "detail": BACKEND_HELP[b],
+                "detail": LATENCY_BACKEND_HELP[b],
             }
             rows[b] = row
             if b == "dense":
@@ -231,7 +169,7 @@ def benchmark_backends(
                     runnable[b] = (shrunk.to(device).eval(), example)
             else:
                 reason, model, ex, detail = _sparse_variant(
-                    b, pruned, example, sparse_options or {}, copy
+                    b, pruned, example, sparse_options or {}
                 )
                 if reason:
                     row.update(status="skipped", reason=reason)
@@ -240,9 +178,6 @@ def benchmark_backends(
                     row["detail"] = detail
                     runnable[b] = (model, ex)
         timings = _interleaved(runnable, warmup, repeats, max_seconds, rounds)
-    finally:
-        torch.set_num_threads(old_threads)
-    threads_used = threads if threads is not None else old_threads
     out = []
     base = timings.get("dense")
     for b, row in rows.items():
@@ -270,11 +205,9 @@ def _is_shrunk(pruned: nn.Module, dense: nn.Module | None) -> bool:
 
 
 def _sparse_variant(
-    backend: str, pruned: nn.Module, example: torch.Tensor, options: dict[str, Any], copy: Any
+    backend: str, pruned: nn.Module, example: torch.Tensor, options: dict[str, Any]
 ) -> tuple[str, nn.Module | None, torch.Tensor | None, str]:
     """(skip reason, converted copy, its input, detail) for csr / semi24."""
-    from pruning_core import sparse
-
     if backend == "semi24":
         if example.device.type != "cuda":
             return "semi24 needs a CUDA GPU (run with --device cuda)", None, None, ""

@@ -1,4 +1,4 @@
-"""Layer-type helpers shared by every part of the engine (a leaf: torch and `models.spec` only).
+"""Layer-type helpers shared by every part of the engine (a leaf: torch, `errors` and `spec`).
 
 - which modules carry prunable weights (`is_weight_layer`, `weight_of`), the classifier that
   stays dense by default (`output_layers`, `classifier_name`), and the ignore-pattern rules
@@ -6,6 +6,7 @@
 - one zero-input forward pass (`example_input`, `zero_forward`) for tracing, MAC counting and
   shape checks, always in eval mode without gradients and restoring the model's mode;
 - `following_batchnorm`: which BatchNorm reads each layer's output;
+- `set_submodule`: replace the module at a dotted path (surgery, sparse kernels, classifiers);
 - `trainable_copy`: the one way to take a private copy of a shared model that can be trained or
   scored with gradients (the app keeps its cached models frozen and shared);
 - `check_finite`: the NaN/inf policy (refuse the layer by name; docs/RELIABILITY.md).
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import UserError
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 
 __all__ = [
     "WEIGHT_LAYERS",
@@ -37,6 +38,7 @@ __all__ = [
     "matches_pattern",
     "output_layers",
     "resolve_ignore",
+    "set_submodule",
     "trainable_copy",
     "weight_of",
     "zero_forward",
@@ -108,6 +110,13 @@ def ignored_modules(model: nn.Module, patterns: Iterable[str] | None) -> list[st
     return [n for n, _ in model.named_modules() if n and any(matches_pattern(n, p) for p in pats)]
 
 
+def set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put `new` at the dotted module path `path` of `model` (its parent must exist)."""
+    parent_path, _, leaf = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, leaf, new)
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode inside the block; the model's own mode afterwards, whatever happens."""
@@ -134,7 +143,9 @@ def example_input(
 
 
 @torch.no_grad()
-def zero_forward(model: nn.Module, spec: InputSpec, hooks: Iterable[Any] = ()) -> Any:
+def zero_forward(
+    model: nn.Module, spec: InputSpec, hooks: Iterable[Any] = (), *, batch: int = 1
+) -> Any:
     """One forward pass of a zero image (eval mode, no gradients, the model's mode restored).
 
     Args:
@@ -142,13 +153,14 @@ def zero_forward(model: nn.Module, spec: InputSpec, hooks: Iterable[Any] = ()) -
         spec: Its input spec.
         hooks: Handles to remove afterwards (what `register_forward_hook` returned), so the
             caller's tracing hooks never outlive the pass.
+        batch: Images in the zero batch.
 
     Returns:
         The model's output.
     """
     try:
         with eval_mode(model):
-            return model(example_input(model, spec))
+            return model(example_input(model, spec, batch))
     finally:
         for h in hooks:
             h.remove()

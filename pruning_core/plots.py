@@ -8,6 +8,24 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+__all__ = [
+    "TEMPLATE",
+    "accuracy_sparsity_figure",
+    "channel_bars_figure",
+    "confusion_figure",
+    "histogram_figure",
+    "latency_figure",
+    "latency_sparsity_figure",
+    "layer_sparsity_figure",
+    "mask_figure",
+    "per_class_figure",
+    "runs_curves_figure",
+    "sensitivity_figure",
+    "size_accuracy_figure",
+    "sparsity_heatmap_figure",
+    "training_curves_figure",
+]
+
 TEMPLATE = "plotly_white"
 _MARGIN = {"t": 50, "b": 40, "l": 60, "r": 20}
 # Trade-off figures carry a subtitle (what was measured, where), so they need more room on top.

@@ -25,9 +25,9 @@ from pruning_core.calibration import recalibrate_batchnorm
 from pruning_core.criteria import CRITERIA, Criterion, get_criterion
 from pruning_core.errors import UserError
 from pruning_core.layers import check_finite, weight_of
-from pruning_core.models.spec import InputSpec
 from pruning_core.plans import Plan, check_ratio, get_plan, list_granularities
 from pruning_core.plans.masks import apply_masks_, mask_sparsity, parse_nm
+from pruning_core.spec import InputSpec
 from pruning_core.validate import check_seed, number
 
 __all__ = [

@@ -20,17 +20,25 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pruning_core.errors import UserError
+from pruning_core.fsio import json_default
+from pruning_core.plans import get_plan
+from pruning_core.prune import PruneConfig, finetune_defaults
+from pruning_core.schedules import DYNAMIC_DEFAULT_UPDATES, Schedule
+from pruning_core.train import TrainConfig
 from pruning_core.validate import RATIO, SEED, Range
 
 __all__ = [
+    "DISTILL_WEIGHT",
     "RECIPE_KEYS",
     "RECIPE_SECTIONS",
     "RECIPE_VERSION",
     "SETTING_CHECKS",
+    "Recipe",
     "check_settings",
     "portable_ref",
     "read_mapping",
@@ -174,25 +182,7 @@ def read_recipe(path: Path, replaced: Collection[str] = ()) -> dict[str, Any]:
             reaches outside the recipe's folder.
     """
     path = Path(path)
-    doc = read_mapping(path, "recipe")
-    recipe = doc.get("recipe", doc) if "settings" not in doc else doc
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("settings"), dict):
-        raise UserError(f"{path.name} is not a pruning-lab recipe (no 'settings' mapping)")
-    version = recipe.get("version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise UserError(f"recipe {path.name}: 'version' must be an integer, got {version!r}")
-    if not 1 <= version <= RECIPE_VERSION:
-        raise UserError(
-            f"recipe {path.name} has version {version}; this Pruning Lab reads versions up to "
-            f"{RECIPE_VERSION} (a newer Pruning Lab wrote it)"
-        )
-    extra = sorted(set(recipe) - set(RECIPE_SECTIONS))
-    if extra:
-        raise UserError(
-            f"recipe {path.name}: unknown key(s) {', '.join(map(repr, extra))}; "
-            "it may come from a newer Pruning Lab"
-        )
-    settings = check_settings(recipe["settings"], path.name)
+    settings = _check_document(read_mapping(path, "recipe"), path.name)
     base = path.resolve().parent
     for key in _PATH_SETTINGS:
         value = settings.get(key)
@@ -254,3 +244,267 @@ def portable_ref(ref: str, kind: str) -> str:
         return ref
     prefix = next((p for p in _DATASET_PREFIXES if kind == "dataset" and ref.startswith(p)), "")
     return prefix + Path(ref[len(prefix) :].rstrip("/\\")).name
+
+
+# ---------------------------------------------------------------------------------------------
+# the Recipe object
+
+# Distillation weight a recipe's `distill: true` means (the dense model's soft targets share).
+DISTILL_WEIGHT = 0.5
+
+
+def _given(s: Mapping[str, Any], key: str, default: Any) -> Any:
+    """A setting, or `default` only when it is absent (0 is a value, never replaced)."""
+    v = s.get(key)
+    return default if v is None else v
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that repeats a pruning run: what, how, and with which seed.
+
+    One frozen, versioned object for the command line (`prune --recipe`), the app's fine-tune
+    job and the Export page; `to_document()` is the `recipe.json` format and `from_document`
+    reads it back (the version and every setting checked; see the module docstring).
+
+    Attributes:
+        model: Model reference (registry name, model folder or checkpoint file).
+        dataset: Dataset reference.
+        prune: The pruning target (criterion, granularity, ratios...).
+        schedule: How pruning is spread over time (one-shot, linear, AGP, dynamic).
+        finetune: Fine-tuning after each pruning step (0 epochs: none), distillation included
+            (`distill_weight`).
+        regularizer: A sparsity regulariser trained with before pruning (`l1`, `slim`,
+            `group-lasso`), or None.
+        reg_strength: Its multiplier (None: the regulariser's default).
+        arch: Architecture of a checkpoint-file model (a registry name), else None.
+        seed: Seeds pruning, fine-tuning and everything random: same seed, same result.
+        version: The format version (`RECIPE_VERSION`).
+    """
+
+    model: str
+    dataset: str
+    prune: PruneConfig
+    schedule: Schedule = field(default_factory=Schedule)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0))
+    regularizer: str | None = None
+    reg_strength: float | None = None
+    arch: str | None = None
+    seed: int = 0
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        for key in ("model", "dataset"):
+            v = getattr(self, key)
+            if not isinstance(v, str) or not v.strip():
+                raise UserError(f"a recipe needs a {key} reference, got {v!r}")
+        if not 1 <= self.version <= RECIPE_VERSION:
+            raise UserError(f"recipe version {self.version} is not one this Pruning Lab reads")
+        if self.regularizer is not None:
+            self.make_regularizer()  # unknown names and bad strengths fail here
+            if self.finetune.epochs < 1:
+                raise UserError(
+                    "--regularize trains with the penalty before pruning: give "
+                    "--finetune-epochs >= 1"
+                )
+
+    # -- building ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, s: Mapping[str, Any]) -> Recipe:
+        """A recipe from flat settings (the `settings` of a recipe file, or command-line options).
+
+        Absent settings take their defaults: fine-tune optimizer, learning rate, weight decay
+        and distillation follow the granularity (`prune.finetune_defaults`).
+
+        Raises:
+            UserError: A missing model, dataset, criterion or granularity, or any invalid value.
+        """
+        s = dict(s)
+        for k in ("model", "dataset", "method", "granularity"):
+            if not s.get(k):
+                raise UserError(f"--{k} is required (or --recipe FILE)")
+        layer_ratios: dict[str, Any] = dict(s.get("layer_ratios") or {})
+        if s.get("ratios_file"):
+            # A recipe carries the ratios file's content, not its path; a file given now wins.
+            layer_ratios = read_mapping(Path(s["ratios_file"]), "ratios file")
+        plan, granularity = get_plan(str(s["granularity"]))
+        ratio = s.get("ratio")
+        if ratio is None:
+            if not plan.fixed_ratio:
+                raise UserError("--ratio is required (share removed, in [0, 1))")
+            ratio = 0.0
+        ignore = s.get("ignore")
+        if isinstance(ignore, str):
+            ignore = [x.strip() for x in ignore.split(",") if x.strip()]
+        seed = int(_given(s, "seed", 0))
+        kw: dict[str, Any] = {
+            "criterion": s["method"],
+            "granularity": granularity,
+            "ratio": ratio,
+            "scope": s.get("scope") or "global",
+            "layer_ratios": tuple(layer_ratios.items()),
+            "ignore": None if ignore is None else tuple(ignore),
+            "norm": _given(s, "norm", 1),
+            "seed": seed,
+        }
+        for k in ("max_layer_ratio", "structured_mode", "round_to", "calib_batches"):
+            if s.get(k) is not None:
+                kw[k] = s[k]
+        prune = PruneConfig(**kw)
+        d = finetune_defaults(prune)
+        distill = s.get("distill")
+        finetune = TrainConfig(
+            epochs=int(_given(s, "finetune_epochs", 0)),
+            lr=float(_given(s, "lr", d["lr"])),
+            optimizer=str(s.get("optimizer") or d["optimizer"]),
+            batch_size=int(_given(s, "batch_size", 64)),
+            weight_decay=float(_given(s, "weight_decay", d["weight_decay"])),
+            device=str(s.get("device") or "auto"),
+            seed=seed,
+            distill_weight=float(d["distill_weight"])
+            if distill is None
+            else (DISTILL_WEIGHT if distill else 0.0),
+        )
+        kind = str(s.get("schedule") or "oneshot")
+        steps = s.get("steps")
+        schedule = Schedule(
+            kind,
+            int(steps)
+            if steps is not None
+            else (DYNAMIC_DEFAULT_UPDATES if kind == "dynamic" else 1),
+        )
+        return cls(
+            model=str(s["model"]),
+            dataset=str(s["dataset"]),
+            prune=prune,
+            schedule=schedule,
+            finetune=finetune,
+            regularizer=s.get("regularize") or None,
+            reg_strength=s.get("reg_strength"),
+            arch=s.get("arch") or None,
+            seed=seed,
+        )
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any], source: str = "recipe") -> Recipe:
+        """A recipe from its document (`to_document()`'s layout), checked like a file.
+
+        Raises:
+            UserError: As `read_recipe` (version, unknown keys, values), without file resolution.
+        """
+        return cls.from_settings(_check_document(doc, source))
+
+    @classmethod
+    def read(cls, path: Path, replaced: Mapping[str, Any] | None = None) -> Recipe:
+        """Read a recipe file, with `replaced` settings (command-line options) on top.
+
+        Raises:
+            UserError: As `read_recipe` and `from_settings`.
+        """
+        given = dict(replaced or {})
+        settings = read_recipe(path, given)
+        settings.update(given)
+        return cls.from_settings(settings)
+
+    # -- using ---------------------------------------------------------------------------------
+
+    def make_regularizer(self) -> Any:
+        """The regulariser object (`pruning_core.regularize`), or None."""
+        if self.regularizer is None:
+            return None
+        from pruning_core.regularize import make_regularizer
+
+        return make_regularizer(self.regularizer, self.reg_strength)
+
+    def settings(self) -> dict[str, Any]:
+        """The flat settings (`RECIPE_KEYS` + `layer_ratios`), every value resolved."""
+        p, t = self.prune.to_dict(), self.finetune
+        return {
+            "model": self.model,
+            "arch": self.arch,
+            "dataset": self.dataset,
+            "method": p["method"],
+            "granularity": p["granularity"],
+            "ratio": p["ratio"],
+            "scope": p["scope"],
+            "schedule": self.schedule.kind,
+            "steps": self.schedule.steps,
+            "finetune_epochs": t.epochs,
+            "lr": t.lr,
+            "optimizer": t.optimizer,
+            "batch_size": t.batch_size,
+            "weight_decay": t.weight_decay,
+            "distill": t.distill_weight > 0,
+            "regularize": self.regularizer,
+            "reg_strength": self.reg_strength,
+            "device": t.device,
+            "seed": self.seed,
+            "norm": p["norm"],
+            "ignore": p["ignore"],
+            "max_layer_ratio": p["max_layer_ratio"],
+            "structured_mode": p["structured_mode"],
+            "round_to": p["round_to"],
+            "calib_batches": p["calib_batches"],
+            "layer_ratios": p["layer_ratios"],
+        }
+
+    def to_document(self, *, portable: bool = False) -> dict[str, Any]:
+        """The `recipe.json` document: version, settings (what a run reads back) and the
+        resolved configs (what it meant, for people and other tools).
+
+        Args:
+            portable: Reduce model and dataset paths to file names (`portable_ref`): what a
+                recipe exported from the app carries, so no path of this machine leaves it.
+        """
+        settings = self.settings()
+        if portable:
+            settings["model"] = portable_ref(self.model, "model")
+            settings["dataset"] = portable_ref(self.dataset, "dataset")
+        reg = self.make_regularizer()
+        return {
+            "version": self.version,
+            "settings": settings,
+            "prune": self.prune.to_dict(),
+            "schedule": self.schedule.to_dict(),
+            "train": self.finetune.to_dict(),
+            "regularize": reg.to_dict() if reg is not None else None,
+            "seed": self.seed,
+        }
+
+    def text(self, fmt: str = "json", *, portable: bool = False) -> str:
+        """The document as JSON or YAML text (both are read by `pruning-lab prune --recipe`).
+
+        Raises:
+            UserError: An unknown format.
+        """
+        doc = json.loads(json.dumps(self.to_document(portable=portable), default=json_default))
+        if fmt == "json":
+            return json.dumps(doc, indent=2) + "\n"
+        if fmt in ("yaml", "yml"):
+            import yaml
+
+            return str(yaml.safe_dump(doc, sort_keys=False))
+        raise UserError(f"unknown recipe format '{fmt}' (json or yaml)")
+
+
+def _check_document(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The checked settings of a recipe document (version, known keys, value ranges)."""
+    recipe = doc.get("recipe", doc) if "settings" not in doc else doc
+    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("settings"), Mapping):
+        raise UserError(f"{source} is not a pruning-lab recipe (no 'settings' mapping)")
+    version = recipe.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UserError(f"recipe {source}: 'version' must be an integer, got {version!r}")
+    if not 1 <= version <= RECIPE_VERSION:
+        raise UserError(
+            f"recipe {source} has version {version}; this Pruning Lab reads versions up to "
+            f"{RECIPE_VERSION} (a newer Pruning Lab wrote it)"
+        )
+    extra = sorted(set(recipe) - set(RECIPE_SECTIONS))
+    if extra:
+        raise UserError(
+            f"recipe {source}: unknown key(s) {', '.join(map(repr, extra))}; "
+            "it may come from a newer Pruning Lab"
+        )
+    return check_settings(recipe["settings"], source)

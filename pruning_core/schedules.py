@@ -32,7 +32,6 @@ from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
-from pruning_core.models.spec import InputSpec
 from pruning_core.prune import (
     MaskEnforcer,
     Preview,
@@ -43,6 +42,7 @@ from pruning_core.prune import (
     prunable_layers,
     prune_,
 )
+from pruning_core.spec import InputSpec
 from pruning_core.train import Progress, TrainConfig, TrainResult, fit
 
 __all__ = ["SCHEDULES", "Schedule", "ScheduleResult", "run_schedule", "schedule_ratio"]

@@ -33,9 +33,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning_core.errors import UserError
+from pruning_core.layers import set_submodule
 from pruning_core.stats import is_n_m
+from pruning_core.timing import sample_times
 
-BACKENDS = ("csr", "semi24", "auto")
+__all__ = [
+    "AUTO_MARGIN",
+    "DEFAULT_MIN_SPARSITY",
+    "SPARSE_BACKENDS",
+    "CSRConv1x1",
+    "CSRLinear",
+    "LayerDecision",
+    "SemiStructuredLinear",
+    "SparseReport",
+    "semi24_unsupported_reason",
+    "to_sparse_",
+]
+
+# The kernels one layer can be converted to (`latency.LATENCY_BACKENDS` are whole-model setups).
+SPARSE_BACKENDS = ("csr", "semi24", "auto")
 DEFAULT_MIN_SPARSITY = 0.5
 # auto keeps a sparse kernel only when it is clearly faster, so timing noise cannot make it slower.
 AUTO_MARGIN = 0.9
@@ -318,8 +334,10 @@ def to_sparse_(
     Raises:
         UserError: Unknown backend or layer name.
     """
-    if backend not in BACKENDS:
-        raise UserError(f"unknown sparse backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    if backend not in SPARSE_BACKENDS:
+        raise UserError(
+            f"unknown sparse backend '{backend}' (choose from {', '.join(SPARSE_BACKENDS)})"
+        )
     model.eval()
     mods = dict(model.named_modules())
     if layers is None:
@@ -354,7 +372,7 @@ def to_sparse_(
         decision, new = _decide(name, kind, sparsity, mod, backend, probe, repeats)
         report.decisions.append(decision)
         if new is not None:
-            _set_submodule(model, name, new)
+            set_submodule(model, name, new)
     return report
 
 
@@ -449,8 +467,6 @@ def _alternating_medians(
     mods: dict[str, nn.Module], x: torch.Tensor, repeats: int
 ) -> dict[str, float]:
     """Median ms per module, timed call by call in alternating order so drift hits all alike."""
-    from pruning_core.latency import sample_times
-
     for m in mods.values():
         sample_times(m, x, warmup=2, repeats=0)
     samples: dict[str, list[float]] = {k: [] for k in mods}
@@ -496,9 +512,3 @@ def _random_probe(mod: nn.Module, batch: int, w: torch.Tensor) -> torch.Tensor:
     else:
         x = torch.randn(batch, w.shape[1], generator=gen)
     return x.to(device=w.device, dtype=w.dtype)
-
-
-def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, new)

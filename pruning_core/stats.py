@@ -32,7 +32,30 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pruning_core.models.spec import InputSpec
+from pruning_core.layers import zero_forward
+from pruning_core.spec import InputSpec
+
+__all__ = [
+    "ACT_SAMPLE",
+    "DEFAULT_BINS",
+    "INDEX_BYTES",
+    "VALUE_BYTES",
+    "ActivationStats",
+    "Histogram",
+    "activation_stats",
+    "count_macs",
+    "count_params",
+    "format_sizes",
+    "histograms_frame",
+    "is_n_m",
+    "layer_macs",
+    "layer_table",
+    "model_stats",
+    "model_summary",
+    "size_bytes",
+    "weight_histograms",
+    "weight_layers",
+]
 
 INDEX_BYTES = 4
 VALUE_BYTES = 4
@@ -56,14 +79,9 @@ def count_macs(model: nn.Module, spec: InputSpec, batch_size: int = 1) -> int:
 
     Uses `torch.utils.flop_counter.FlopCounterMode`, which counts 2 FLOPs per MAC.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    x = torch.zeros(batch_size, spec.channels, spec.size, spec.size, device=device)
     counter = FlopCounterMode(display=False)
     with counter:
-        model(x)
-    model.train(was_training)
+        zero_forward(model, spec, batch=batch_size)
     return int(counter.get_total_flops() // 2 // batch_size)
 
 
@@ -152,15 +170,7 @@ def layer_macs(model: nn.Module, spec: InputSpec) -> dict[str, int]:
         return fn
 
     handles = [m.register_forward_hook(hook(n, m)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        model(torch.zeros(1, spec.channels, spec.size, spec.size, device=p.device, dtype=p.dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    zero_forward(model, spec, handles)
     return macs
 
 

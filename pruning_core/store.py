@@ -39,7 +39,13 @@ from typing import Any
 import pandas as pd
 
 from pruning_core.errors import UserError
-from pruning_core.fsio import atomic_path, check_writable_dir, clean_stale, output_dir
+from pruning_core.fsio import (
+    atomic_path,
+    check_writable_dir,
+    clean_stale,
+    output_dir,
+    to_jsonable,
+)
 
 __all__ = [
     "CURVE_COLUMNS",
@@ -130,34 +136,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _default(o: Any) -> Any:
-    # Lenient: a metric the store cannot encode must not lose the whole run.
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "tolist"):  # torch tensors, numpy arrays and scalars
-        return o.tolist()
-    if isinstance(o, set | frozenset):
-        return sorted(o, key=str)
-    return str(o)
-
-
-def _finite(o: Any) -> Any:
-    # Strict JSON has no NaN/Infinity; store them as null so any reader can parse the row.
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {str(k): _finite(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_finite(v) for v in o]
-    return o
-
-
 def _dumps(o: Any) -> str:
-    # Round-trip through the lenient encoder first so nested objects become plain JSON values.
-    plain = json.loads(json.dumps(o, default=_default))
-    return json.dumps(_finite(plain), allow_nan=False)
+    # Lenient: a metric the store cannot encode becomes its str() and must not lose the whole
+    # run; NaN/inf are stored as null so any reader can parse the row.
+    return json.dumps(to_jsonable(o, lenient=True), allow_nan=False)
 
 
 class CurvePointError(UserError, ValueError):

@@ -21,14 +21,14 @@ from torch import nn
 
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
-from pruning_core.latency import benchmark_backends
-from pruning_core.models.spec import InputSpec
+from pruning_core.latency import LATENCY_BACKENDS, benchmark_backends
+from pruning_core.layers import example_input, trainable_copy
 from pruning_core.prune import PruneConfig, prune_
+from pruning_core.spec import InputSpec
 
 __all__ = ["DEFAULT_LATENCY_RATIOS", "LATENCY_BACKENDS", "latency_vs_sparsity", "pareto_front"]
 
 DEFAULT_LATENCY_RATIOS = (0.5, 0.7, 0.9, 0.95)
-LATENCY_BACKENDS = ("dense", "masked", "structured", "csr", "semi24")
 
 
 def latency_vs_sparsity(
@@ -71,13 +71,10 @@ def latency_vs_sparsity(
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
-    base = copy.deepcopy(model).eval().to(dev)
     # A frozen (cached, shared) model has requires_grad off; structured pruning skips such
     # parameters, so the private copy is made trainable like any freshly loaded model.
-    for p in base.parameters():
-        p.requires_grad_(True)
-    g = torch.Generator().manual_seed(0)
-    example = torch.randn(batch_size, spec.channels, spec.size, spec.size, generator=g).to(dev)
+    base = trainable_copy(model, dev).eval()
+    example = example_input(base, spec, batch_size, random=True)
     frames: list[pd.DataFrame] = []
     cancelled = False
     for i, r in enumerate(ratios):

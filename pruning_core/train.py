@@ -23,11 +23,24 @@ from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 from pruning_core.validate import check_seed, number
 
+__all__ = [
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "Progress",
+    "TrainConfig",
+    "TrainResult",
+    "augment_batch",
+    "distillation_loss",
+    "fit",
+    "make_optimizer",
+]
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "constant")
+# Learning-rate schedules of fine-tuning (the pruning schedules are `schedules.SCHEDULES`).
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -77,9 +90,9 @@ class TrainConfig:
             raise UserError(
                 f"unknown optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})"
             )
-        if self.schedule not in SCHEDULES:
+        if self.schedule not in LR_SCHEDULES:
             raise UserError(
-                f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})"
+                f"unknown schedule '{self.schedule}' (choose from {', '.join(LR_SCHEDULES)})"
             )
         number(self.batch_size, "batch size", integer=True, lo=1)
         number(self.distill_weight, "distillation weight", lo=0, hi=1)

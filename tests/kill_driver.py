@@ -25,7 +25,7 @@ def _pause(signal_file: str) -> None:
 def main() -> int:
     point, signal_file = sys.argv[1], sys.argv[2]
     args = sys.argv[sys.argv.index("--") + 1 :]
-    from pruning_core import fsio
+    from pruning_core import fsio, workflow
     from pruning_core.cli import main as cli_main
     from pruning_core.cli import prune as prune_cmd
 
@@ -36,13 +36,13 @@ def main() -> int:
 
         prune_cmd.stderr_progress = progress  # type: ignore[assignment]
     elif point == "write":
-        original_save = prune_cmd.save_model_dir
+        original_save = workflow.save_model_dir
 
         def save(*a: Any, **k: Any) -> None:
             original_save(*a, **k)
             _pause(signal_file)
 
-        prune_cmd.save_model_dir = save  # type: ignore[assignment]
+        workflow.save_model_dir = save  # type: ignore[assignment]
     elif point in ("before-swap", "after-swap"):
         original_swap = fsio._swap_into_place
 

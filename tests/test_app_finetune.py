@@ -35,7 +35,7 @@ def _pruned_session(ratio: float = 0.5) -> AppTest:
 
 
 def _job(at: AppTest) -> Job:
-    from ui.prune_widgets import job_runner
+    from ui.jobs_panel import job_runner
 
     job = job_runner().get(at.session_state["ft_job_id"])
     assert job is not None
@@ -112,7 +112,7 @@ def test_cancel_leaves_a_cancelled_run_with_its_partial_curve() -> None:
 
 
 def test_a_queued_job_shows_its_place_and_can_be_cancelled_before_it_starts() -> None:
-    from ui.prune_widgets import job_runner
+    from ui.jobs_panel import job_runner
 
     runner = job_runner()
     if runner.max_workers != 1:

@@ -7,7 +7,7 @@ from torch import nn
 
 from pruning_core.data import DataBundle
 from pruning_core.evaluate import evaluate
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 
 
 class _Fixed(nn.Module):

@@ -13,8 +13,8 @@ from pruning_core.data import DataBundle
 from pruning_core.errors import UserError
 from pruning_core.layers import following_batchnorm
 from pruning_core.models import architectures as A
-from pruning_core.models.spec import InputSpec
 from pruning_core.prune import PruneConfig, prune_
+from pruning_core.spec import InputSpec
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from pruning_core.errors import UserError
-from pruning_core.latency import BACKENDS, benchmark_backends, measure_latency
+from pruning_core.latency import LATENCY_BACKENDS as BACKENDS
+from pruning_core.latency import benchmark_backends, measure_latency
 
 
 def _mlp(width: int = 256) -> nn.Sequential:

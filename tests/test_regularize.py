@@ -11,8 +11,8 @@ from torch import nn
 from pruning_core.data import load_dataset
 from pruning_core.errors import UserError
 from pruning_core.models import architectures as A
-from pruning_core.models.spec import InputSpec
 from pruning_core.regularize import BNSlimming, GroupLasso, L1Weights, make_regularizer
+from pruning_core.spec import InputSpec
 from pruning_core.train import TrainConfig, fit
 
 torch.set_num_threads(1)

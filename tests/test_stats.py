@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pruning_core import stats
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 
 SPEC = InputSpec(channels=1, size=4, mean=(0.0,), std=(1.0,), num_classes=3)
 

@@ -13,7 +13,6 @@ from pruning_core.checkpoint import save_model_dir
 from pruning_core.errors import UserError
 from pruning_core.models import architectures as A
 from pruning_core.models import get_entry, load_model, model_spec
-from pruning_core.models.spec import InputSpec
 from pruning_core.prune import (
     PruneConfig,
     StructuredPreview,
@@ -21,6 +20,7 @@ from pruning_core.prune import (
     prunable_layers,
     prune_,
 )
+from pruning_core.spec import InputSpec
 from pruning_core.stats import count_macs, count_params
 
 torch.set_num_threads(1)
@@ -310,8 +310,8 @@ def test_torchvision_vit_heads_are_pruned_and_reload() -> None:
     """torchvision's MultiheadAttention is swapped exactly, then loses heads, and reloads."""
     from torchvision.models.vision_transformer import VisionTransformer
 
-    from pruning_core.checkpoint import apply_surgery, surgery_of
-    from pruning_core.models.architectures import SelfAttention
+    from pruning_core.attention import SelfAttention
+    from pruning_core.surgery import apply_surgery, surgery_of
 
     def build() -> torch.nn.Module:
         torch.manual_seed(0)

@@ -17,10 +17,11 @@ from torch import nn
 
 from pruning_core.data import DataBundle
 from pruning_core.jobs import JobContext
-from pruning_core.models.spec import InputSpec
+from pruning_core.layers import trainable_copy
 from pruning_core.prune import PruneConfig
 from pruning_core.regularize import make_regularizer
 from pruning_core.schedules import Schedule, run_schedule
+from pruning_core.spec import InputSpec
 from pruning_core.stats import model_summary
 from pruning_core.train import TrainConfig
 
@@ -71,14 +72,11 @@ def make_finetune_job(
         holder: Receives `model` (the fine-tuned module), `masks`, `summary`, `result` once the
             job finishes, cancelled or not.
     """
-    student = copy.deepcopy(dense).cpu()
-    for p in student.parameters():
-        p.requires_grad_(True)
+    student = trainable_copy(dense)
     teacher = None
     if request.train.distill_weight > 0:
-        teacher = copy.deepcopy(dense).cpu().eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        # A frozen copy: the teacher only runs forward, and the shared model is never moved.
+        teacher = copy.deepcopy(dense).cpu().eval().requires_grad_(False)
     reg = (
         make_regularizer(request.regularizer, request.reg_strength)
         if request.regularizer != "none"

@@ -20,7 +20,9 @@ import pandas as pd
 import streamlit as st
 
 from pruning_core import plots
+from pruning_core.criteria import Magnitude, Random
 from pruning_core.experiments import sweep
+from pruning_core.layers import trainable_copy
 from pruning_core.stats import histograms_frame, weight_histograms
 from pruning_core.tradeoffs import latency_vs_sparsity
 from pruning_core.train import TrainConfig
@@ -29,6 +31,8 @@ from ui.state import init_state
 
 MODEL, DATASET = "digits-cnn", "digits"
 LESSON_RATIOS = (0.5, 0.9)
+# Magnitude against its baseline: the lesson's point is that which weights go matters.
+LESSON_METHODS = (Magnitude.name, Random.name)
 STEPS = ("Look at the weights", "Prune: magnitude vs random", "Fine-tune one epoch",
          "Does it run faster?", "Your turn")  # fmt: skip
 
@@ -53,13 +57,9 @@ def _measure(step: int, label: str, fn: Callable[[], Any]) -> Any:
 def _sweep(epochs: int) -> pd.DataFrame:
     loaded, data = shared_model(MODEL), shared_data(DATASET)
     # sweep copies the model itself and never modifies it; fine-tuning needs trainable copies.
-    import copy
-
-    net = copy.deepcopy(loaded.model)
-    for p in net.parameters():
-        p.requires_grad_(True)
+    net = trainable_copy(loaded.model)
     tc = TrainConfig(epochs=max(epochs, 1), lr=1e-3, optimizer="adam", device="cpu")
-    return sweep((net, loaded.spec), data, ["magnitude", "random"], list(LESSON_RATIOS),
+    return sweep((net, loaded.spec), data, list(LESSON_METHODS), list(LESSON_RATIOS),
                  finetune_epochs=epochs, train_config=tc, device="cpu")  # fmt: skip
 
 
@@ -90,8 +90,8 @@ def _step_prune() -> None:
             plots.accuracy_sparsity_figure(df, subtitle="digits validation split, 359 images"),
             key="lesson_prune_chart",
         )
-        mag = df[(df["method"] == "magnitude") & (df["ratio"] == 0.9)]["accuracy"].iloc[0]
-        rnd = df[(df["method"] == "random") & (df["ratio"] == 0.9)]["accuracy"].iloc[0]
+        mag = df[(df["method"] == Magnitude.name) & (df["ratio"] == 0.9)]["accuracy"].iloc[0]
+        rnd = df[(df["method"] == Random.name) & (df["ratio"] == 0.9)]["accuracy"].iloc[0]
         st.success(
             f"At 90% sparsity: magnitude keeps **{mag:.1%}** accuracy, random **{rnd:.1%}**. "
             "Which weights you remove matters more than how many."
@@ -110,7 +110,7 @@ def _step_finetune() -> None:
             plots.accuracy_sparsity_figure(df, subtitle="dashed: after one epoch of fine-tuning"),
             key="lesson_ft_chart",
         )
-        row = df[(df["method"] == "random") & (df["ratio"] == 0.9)].iloc[0]
+        row = df[(df["method"] == Random.name) & (df["ratio"] == 0.9)].iloc[0]
         st.success(
             f"Random pruning at 90%: **{row['accuracy']:.1%}** before fine-tuning, "
             f"**{row['finetuned_accuracy']:.1%}** after one epoch."

@@ -1,12 +1,11 @@
-"""Cached loading: shared read-only models and datasets, per-session copies for mutation.
+"""Cached loading: shared read-only models and datasets, and the dense baseline.
 
-`st.cache_resource` objects are shared by every session, so they are never mutated: a page that
-prunes gets its own deep copy from `session_model()`.
+`st.cache_resource` objects are shared by every session, so they are never mutated: whatever
+prunes, trains or scores with gradients works on its own `pruning_core.layers.trainable_copy`.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pandas as pd
@@ -33,20 +32,6 @@ def shared_model(ref: str) -> LoadedModel:
 def shared_data(ref: str) -> DataBundle:
     """The dataset as loaded once per server (read-only)."""
     return load_dataset(ref)
-
-
-def session_model(ref: str) -> LoadedModel:
-    """This session's own copy of the model, safe to prune."""
-    key = f"_model_copy::{ref}"
-    if key not in st.session_state:
-        base = shared_model(ref)
-        model = copy.deepcopy(base.model)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        st.session_state[key] = LoadedModel(
-            model, base.spec, base.arch, base.source, dict(base.meta)
-        )
-    return st.session_state[key]
 
 
 @st.cache_data(show_spinner="Measuring the baseline...", max_entries=32)

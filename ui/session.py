@@ -1,7 +1,7 @@
 """This session's pruned model, its recipe and its fine-tune job: what pages 3 to 6 share.
 
 The Prune page commits a model with `set_pruned(...)`; the Fine-tune page replaces it with the
-fine-tuned one; Trade-offs and Export read it with `pruned()` / `pruned_model()`. The state is
+fine-tuned one; Trade-offs and Export read it with `pruned()`. The state is
 tied to the (model, dataset) pair it was made for: after the user picks another model, `pruned()`
 returns None instead of a model that no longer matches the selection.
 
@@ -90,18 +90,6 @@ def pruned() -> PrunedModel | None:
     return state
 
 
-def pruned_model() -> LoadedModel | None:
-    """Shortcut: the committed pruned model (with its spec), or None."""
-    state = pruned()
-    return state.loaded if state is not None else None
-
-
-def prune_config() -> PruneConfig | None:
-    """The PruneConfig of the committed model, or None."""
-    state = pruned()
-    return state.config if state is not None else None
-
-
 def set_pruned(
     loaded: LoadedModel,
     config: PruneConfig,
@@ -161,7 +149,7 @@ def clear_pruned() -> None:
 
 
 def finetune_job_id() -> str | None:
-    """Id of this session's latest fine-tune job (in `ui.jobs`' runner), or None."""
+    """Id of this session's latest fine-tune job (in `ui.jobs_panel.job_runner()`), or None."""
     init_state()
     job_id = st.session_state.get(_JOB_KEY)
     return job_id if isinstance(job_id, str) else None

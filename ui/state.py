@@ -7,20 +7,28 @@ AppTest runs files in `pages/` without app.py).
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
+
+from pruning_core.criteria import Magnitude, Random
+from pruning_core.prune import PruneConfig
+
+_T = TypeVar("_T")
+# The engine's defaults are the app's: one place says what a fresh session prunes with.
+_PRUNE = PruneConfig()
 
 DEFAULTS: dict[str, Any] = {
     "model_ref": "digits-cnn",
     "dataset_ref": "digits",
     # --- Inspect, Prune, Fine-tune (A1) ---
     "inspect_layer": None,
-    "prune_method": "magnitude",
-    "prune_granularity": "unstructured",
-    "prune_scope": "global",
-    "prune_ratio": 0.5,
+    "prune_method": _PRUNE.method,
+    "prune_granularity": _PRUNE.granularity,
+    "prune_scope": _PRUNE.scope,
+    "prune_ratio": _PRUNE.ratio,
     "prune_layer": None,
     "prune_estimate": True,
     "prune_estimate_n": 500,
@@ -35,14 +43,15 @@ DEFAULTS: dict[str, Any] = {
     "ft_reg": "none",
     "ft_reg_strength": 0.0001,
     # --- Trade-offs, Export, uploads, lesson (A2) ---
-    "tradeoff_methods": ["magnitude", "random"],
-    "tradeoff_granularity": "unstructured",
+    "tradeoff_methods": [Magnitude.name, Random.name],
+    "tradeoff_granularity": _PRUNE.granularity,
     "tradeoff_ratios": "0.5, 0.7, 0.9",
     "tradeoff_ft_epochs": 1,
     "tradeoff_lat_batch": 32,
-    "tradeoff_lat_threads": None,
+    # One thread by default: timings on a shared machine are far steadier.
+    "tradeoff_lat_threads": 1,
     "tradeoff_lat_ratios": "0.5, 0.7, 0.9, 0.95",
-    "tradeoff_sens_method": "magnitude",
+    "tradeoff_sens_method": _PRUNE.method,
     "tradeoff_sens_ratios": "0.25, 0.5, 0.75, 0.9",
     "tradeoff_compare": [],
     "tradeoff_sweep_job": None,
@@ -100,3 +109,18 @@ def selection() -> tuple[str, str]:
     """The (model, dataset) the user picked."""
     init_state()
     return st.session_state["model_ref"], st.session_state["dataset_ref"]
+
+
+def session_cached(key: str, token: Any, make: Callable[[], _T]) -> _T:
+    """`make()` once per `token` in this session: a one-entry cache under `key`.
+
+    The stale entry is dropped before `make()` runs, so a session holds one value at a time
+    (one model copy for the Prune preview, not two).
+    """
+    hit = st.session_state.get(key)
+    if isinstance(hit, tuple) and len(hit) == 2 and hit[0] == token:
+        return hit[1]
+    st.session_state.pop(key, None)
+    value = make()
+    st.session_state[key] = (token, value)
+    return value

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import warnings
@@ -17,6 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from pruning_core.errors import UserError
+from pruning_core.fsio import to_jsonable
+
+__all__ = ["Handler", "build_parser", "main", "run"]
 
 # Modules holding commands, in the order `--help` lists them.
 _COMMAND_MODULES = ("basic", "prune", "measure", "experiments_cmds", "export")
@@ -48,18 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_jsonable(v) for v in o]
-    if hasattr(o, "to_dict"):
-        return _jsonable(o.to_dict())
-    return o
-
-
 def _human(payload: Any, indent: str = "") -> str:
     if isinstance(payload, list):
         return "\n".join(_human(v, indent) if not isinstance(v, dict) else _row(v) for v in payload)
@@ -83,7 +73,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict | list):
-        return json.dumps(_jsonable(v))
+        return json.dumps(to_jsonable(v))
     return str(v)
 
 
@@ -126,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             payload = handler(args)
             text = None
             if payload is not None:
-                doc = _jsonable(payload)
+                doc = to_jsonable(payload)
                 text = json.dumps(doc, indent=2) if getattr(args, "json", False) else _human(doc)
         except UserError as e:
             sys.stderr.write(f"error: {_first_line(e) or 'bad input'}\n")

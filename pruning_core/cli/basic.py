@@ -18,8 +18,10 @@ from pruning_core.evaluate import evaluate
 from pruning_core.fsio import check_output_dir, output_dir, write_json
 from pruning_core.models import get_entry, list_models, load_model, model_spec
 from pruning_core.recipe import SETTING_CHECKS as C
-from pruning_core.train import OPTIMIZERS, SCHEDULES, TrainConfig, fit
+from pruning_core.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig, fit
 from pruning_core.validate import POSITIVE_INT, Range
+
+__all__ = ["cmd_app", "cmd_datasets", "cmd_evaluate", "cmd_models", "cmd_train", "register"]
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -47,7 +49,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=C["finetune_epochs"], default=d.epochs)
     p.add_argument("--lr", type=C["lr"], default=d.lr)
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
-    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
+    p.add_argument("--schedule", default=d.schedule, choices=LR_SCHEDULES)
     p.add_argument("--batch-size", type=C["batch_size"], default=d.batch_size)
     p.add_argument("--weight-decay", type=C["weight_decay"], default=d.weight_decay)
     p.add_argument("--device", default="auto")

@@ -7,8 +7,11 @@ import sys
 from typing import Any
 
 from pruning_core.data import DataBundle, load_dataset
+from pruning_core.errors import UserError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.train import Progress
+
+__all__ = ["add_model_args", "criterion_name", "granularity_name", "resolve", "stderr_progress"]
 
 
 def add_model_args(
@@ -45,6 +48,27 @@ def resolve(args: argparse.Namespace) -> tuple[LoadedModel, DataBundle | None]:
     if data is not None:
         data.check_spec(loaded.spec)
     return loaded, data
+
+
+def criterion_name(text: str) -> str:
+    """argparse type: a registered criterion's name (read from the registry when parsing)."""
+    from pruning_core.criteria import CRITERIA
+
+    if text not in CRITERIA:
+        raise argparse.ArgumentTypeError(
+            f"unknown method '{text}' (choose from {', '.join(CRITERIA)})"
+        )
+    return text
+
+
+def granularity_name(text: str) -> str:
+    """argparse type: a registered granularity, in its canonical form (`2:4`, `channel`...)."""
+    from pruning_core.plans import get_plan
+
+    try:
+        return get_plan(text)[1]
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def stderr_progress(label: str, quiet: bool = False) -> Any:

@@ -14,12 +14,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pruning_core.cli.common import add_model_args, resolve
+from pruning_core.cli.common import add_model_args, criterion_name, granularity_name, resolve
+from pruning_core.criteria import CRITERIA, Magnitude, Random
 from pruning_core.errors import UserError
 from pruning_core.fsio import check_output_file
+from pruning_core.plans import list_granularities
+from pruning_core.plans.masks import UnstructuredPlan
 from pruning_core.prune import PruneConfig
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.validate import POSITIVE_INT, RATIO
+
+__all__ = ["DEFAULT_TARGET_SPARSITY", "cmd_sensitivity", "cmd_sweep", "parse_ratios", "register"]
 
 DEFAULT_TARGET_SPARSITY = 0.8
 
@@ -34,9 +39,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "optionally fine-tune it, and write one CSV row per point.",
     )
     add_model_args(p)
-    p.add_argument("--methods", default="magnitude,random", help="comma-separated criteria")
+    p.add_argument(
+        "--methods",
+        default=f"{Magnitude.name},{Random.name}",
+        help="comma-separated criteria (" + ", ".join(CRITERIA) + ")",
+    )
     p.add_argument("--ratios", default="0.5,0.7,0.9", help="comma-separated ratios in [0, 1)")
-    p.add_argument("--granularity", default="unstructured", help="unstructured, N:M, channel...")
+    p.add_argument(
+        "--granularity",
+        default=UnstructuredPlan.name,
+        type=granularity_name,
+        help=", ".join(g.example for g in list_granularities()),
+    )
     p.add_argument("--scope", default="global", choices=["global", "layer"])
     p.add_argument(
         "--finetune-epochs",
@@ -62,8 +76,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add_model_args(p)
     p.add_argument("--ratios", default="0.25,0.5,0.75,0.9", help="comma-separated ratios")
-    p.add_argument("--method", default="magnitude")
-    p.add_argument("--granularity", default="unstructured", help="unstructured, channel or head")
+    p.add_argument(
+        "--criterion", "--method", dest="method", default=Magnitude.name, type=criterion_name
+    )
+    p.add_argument(
+        "--granularity",
+        default=UnstructuredPlan.name,
+        type=granularity_name,
+        help="a granularity with per-layer ratios: "
+        + ", ".join(g.example for g in list_granularities() if g.per_layer and not g.fixed_ratio),
+    )
     p.add_argument(
         "--target-sparsity",
         type=RATIO,

@@ -13,6 +13,8 @@ from pruning_core.errors import UserError
 from pruning_core.fsio import check_output_dir, check_output_file
 from pruning_core.validate import BATCH, POSITIVE_FLOAT
 
+__all__ = ["cmd_export", "register"]
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the export command."""
@@ -120,6 +122,7 @@ def _report(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> d
     from pruning_core import export
     from pruning_core.cli.measure import dense_reference
     from pruning_core.latency import benchmark_backends
+    from pruning_core.layers import example_input
 
     sweep = None
     if args.sweep is not None:
@@ -142,13 +145,7 @@ def _report(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> d
         }
     dense, how = dense_reference(loaded)
     spec = loaded.spec
-    x = torch.randn(
-        args.batch_size,
-        spec.channels,
-        spec.size,
-        spec.size,
-        generator=torch.Generator().manual_seed(0),
-    )
+    x = example_input(loaded.model, spec, args.batch_size, random=True)
     lat = benchmark_backends(
         loaded.model,
         x,

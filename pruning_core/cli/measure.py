@@ -29,6 +29,8 @@ from pruning_core.cli.common import add_model_args, resolve
 from pruning_core.errors import UserError
 from pruning_core.validate import BATCH, BINS, SMALL_COUNT, THREADS, Range
 
+__all__ = ["cmd_bench", "cmd_inspect", "dense_reference", "records", "register"]
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add inspect and bench."""
@@ -119,15 +121,12 @@ def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _parse_backends(text: str) -> list[str]:
-    from pruning_core.latency import BACKENDS
+    from pruning_core.latency import check_backends
 
     names = [b.strip() for b in text.split(",") if b.strip()]
     if not names:
         raise UserError("--backends is empty")
-    bad = [b for b in names if b not in BACKENDS]
-    if bad:
-        raise UserError(f"unknown backend '{bad[0]}' (choose from {', '.join(BACKENDS)})")
-    return list(dict.fromkeys(names))
+    return check_backends(names)
 
 
 def dense_reference(loaded: Any) -> tuple[nn.Module | None, str]:
@@ -185,6 +184,7 @@ def _origin(loaded: Any) -> str | None:
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.device import resolve_device
     from pruning_core.latency import benchmark_backends
+    from pruning_core.layers import example_input
     from pruning_core.models import load_model
 
     backends = _parse_backends(args.backends)
@@ -202,10 +202,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         pruned_loaded, _ = resolve(args)
         dense, dense_note = dense_reference(pruned_loaded)
     spec = pruned_loaded.spec
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randn(args.batch_size, spec.channels, spec.size, spec.size, generator=gen).to(
-        device
-    )
+    example = example_input(pruned_loaded.model, spec, args.batch_size, random=True).to(device)
     table = benchmark_backends(
         pruned_loaded.model,
         example,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pruning_core.errors import UserError
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 
 __all__ = ["DataBundle", "DatasetEntry", "data_root", "list_datasets", "load_dataset"]
 

@@ -43,6 +43,16 @@ from PIL import Image, UnidentifiedImageError
 from pruning_core.errors import UserError
 from pruning_core.fsio import clean_stale, temp_prefix
 
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "MAX_TOTAL_PIXELS",
+    "clean_cache",
+    "load_image_archive",
+    "load_image_folder",
+    "safe_extract_zip",
+]
+
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
     | {".pbm", ".pgm", ".ppm", ".pnm", ".pfm"}

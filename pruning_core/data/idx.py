@@ -17,6 +17,8 @@ import torch
 
 from pruning_core.errors import UserError
 
+__all__ = ["load_idx_dir", "read_idx"]
+
 # IDX dtype code -> big-endian numpy dtype.
 _IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),

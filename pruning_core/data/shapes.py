@@ -25,6 +25,8 @@ import torch
 
 from pruning_core.errors import UserError
 
+__all__ = ["IMAGE_SIZE", "SHAPE_CLASSES", "generate_shapes"]
+
 SHAPE_CLASSES: tuple[str, ...] = (
     "circle",
     "square",

@@ -19,7 +19,6 @@ from torch import nn
 from pruning_core.checkpoint import (
     META_FILE,
     MODEL_FILE,
-    apply_surgery,
     check_loaded_finite,
     check_state_dict,
     check_tensors,
@@ -28,9 +27,11 @@ from pruning_core.checkpoint import (
     read_state_file,
 )
 from pruning_core.errors import UserError
+from pruning_core.layers import set_submodule
 from pruning_core.models import architectures as A
 from pruning_core.models import validate as V
-from pruning_core.models.spec import InputSpec, check_int
+from pruning_core.spec import InputSpec, check_int
+from pruning_core.surgery import apply_surgery
 
 __all__ = [
     "InputSpec",
@@ -278,9 +279,7 @@ def _replace_classifier(model: nn.Module, num_classes: int) -> None:
             last_name, last = name, mod
     if last is None or last_name is None:
         raise UserError("cannot find the classifier layer to resize")
-    parent_path, _, leaf = last_name.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, nn.Linear(last.in_features, num_classes))
+    set_submodule(model, last_name, nn.Linear(last.in_features, num_classes))
 
 
 def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -302,8 +301,7 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
                 new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (3 / in_channels))
                 if mod.bias is not None and new.bias is not None:
                     new.bias.copy_(mod.bias)
-            parent_path, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent_path) if parent_path else model, leaf, new)
+            set_submodule(model, name, new)
             return
     raise UserError("model has no Conv2d input layer to adapt to the channel count")
 

@@ -9,14 +9,14 @@ The schema (unknown top-level keys such as `recipe`, `metrics`, `uploaded` are t
 - `arch`: a registry name (checked by the registry).
 - `arch_kwargs` (optional; default from `spec`): only the builders' real parameters,
   `num_classes` in [1, 100000], `in_channels` in [1, 16], `image_size` in [1, 4096] (integers;
-  see `models.spec`). The dense architecture they build may have at most `MAX_PARAMS`
+  see `pruning_core.spec`). The dense architecture they build may have at most `MAX_PARAMS`
   parameters, counted on the `meta` device before anything is allocated.
 - `spec` (optional; default: the registry's spec adapted to `arch_kwargs`): complete and strict
   (`InputSpec.parse`), and agreeing with `arch_kwargs` on channels, size and classes.
 - `surgery` (optional): only `attrs`, `identity` and `self_attention`. `attrs` maps module paths
-  to shape attributes (`checkpoint.SHAPE_ATTRS` only: no `forward`, no `__class__`) with positive
+  to shape attributes (`surgery.SHAPE_ATTRS` only: no `forward`, no `__class__`) with positive
   integer values (a list of them for `normalized_shape`); the paths and attributes must exist
-  on the built model (`checkpoint.apply_surgery`). `identity` and `self_attention` list module
+  on the built model (`surgery.apply_surgery`). `identity` and `self_attention` list module
   paths that exist (`self_attention` only on `nn.MultiheadAttention`).
 
 After surgery every module's tensors must agree with its own shape attributes
@@ -33,9 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning_core.checkpoint import SHAPE_ATTRS, SURGERY_KEYS, shown
-from pruning_core.errors import UserError
-from pruning_core.models.spec import MAX_CHANNELS, MAX_CLASSES, MAX_SIZE, InputSpec, check_int
+from pruning_core.errors import UserError, shown
+from pruning_core.layers import zero_forward
+from pruning_core.spec import MAX_CHANNELS, MAX_CLASSES, MAX_SIZE, InputSpec, check_int
+from pruning_core.surgery import SHAPE_ATTRS, SURGERY_KEYS
 
 __all__ = [
     "ARCH_KWARGS",
@@ -73,7 +74,7 @@ class ModelMeta:
         arch: Registry architecture name.
         arch_kwargs: {num_classes, in_channels, image_size} of the dense build.
         spec: The input spec (agrees with arch_kwargs).
-        surgery: Normalised surgery (only the keys present; see `checkpoint.apply_surgery`).
+        surgery: Normalised surgery (only the keys present; see `surgery.apply_surgery`).
     """
 
     arch: str
@@ -362,12 +363,12 @@ def _expected(mod: nn.Module, name: str, source: str) -> list[tuple[str, tuple[i
     return []
 
 
-@torch.no_grad()
 def dry_forward(model: nn.Module, spec: InputSpec, where: str) -> None:
-    """Run one zero image through `model` (eval mode, no gradients) and check the logits.
+    """Run one zero image through `model` (`layers.zero_forward`: eval mode, no gradients, its
+    mode restored) and check the logits.
 
     Args:
-        model: The assembled model on the CPU (left in eval mode).
+        model: The assembled model.
         spec: Its input spec.
         where: The folder or file, for messages.
 
@@ -376,11 +377,8 @@ def dry_forward(model: nn.Module, spec: InputSpec, where: str) -> None:
             not a finite (1, spec.num_classes) tensor.
     """
     shape = (1, spec.channels, spec.size, spec.size)
-    model.eval()
-    p = next(iter(model.parameters()), None)
-    dtype = p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
     try:
-        y = model(torch.zeros(shape, dtype=dtype))
+        y = zero_forward(model, spec)
     except Exception as e:  # any failure of a user's model means the folder is inconsistent
         line = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(

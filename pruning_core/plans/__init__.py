@@ -7,7 +7,14 @@ is one `Plan` subclass with `@register_granularity`, imported once.
 
 from __future__ import annotations
 
-from pruning_core.plans import blocks, channel, heads, masks
+# isort: off
+# Registration order is the order every menu lists: masks first, then structures from the finest.
+from pruning_core.plans import masks
+from pruning_core.plans import channel
+from pruning_core.plans import heads
+from pruning_core.plans import blocks
+
+# isort: on
 from pruning_core.plans.base import (
     GRANULARITIES,
     Applied,

@@ -27,7 +27,7 @@ from torch import nn
 
 from pruning_core.criteria import Criterion, score_kinds
 from pruning_core.errors import UserError
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 
 __all__ = [
     "GRANULARITIES",
@@ -197,6 +197,11 @@ class Plan:
     def parse(cls, text: str) -> str | None:
         """The canonical granularity text when `text` names this plan, else None."""
         return cls.name if text == cls.name else None
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        """The concrete granularity texts a menu offers for this plan (N:M offers `2:4`)."""
+        return (cls.name,)
 
     @classmethod
     def effective_ratio(cls, granularity: str, ratio: float) -> float:

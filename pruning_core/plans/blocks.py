@@ -17,9 +17,9 @@ from torch import nn
 from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError
 from pruning_core.layers import WEIGHT_LAYERS, ignored_modules, zero_forward
-from pruning_core.models.spec import InputSpec
 from pruning_core.plans.base import PlanConfig, Unit, register_granularity
 from pruning_core.plans.groups import GroupPlan
+from pruning_core.spec import InputSpec
 
 __all__ = ["BlockPlan", "removable_blocks"]
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch_pruning.pruner.importance import Importance as TPImportance
 
+from pruning_core.attention import attention_modules
 from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError
 from pruning_core.layers import (
@@ -28,10 +29,9 @@ from pruning_core.layers import (
     ignored_modules,
     output_layers,
 )
-from pruning_core.models.spec import InputSpec
 from pruning_core.plans.base import PlanConfig, Unit, register_granularity
 from pruning_core.plans.groups import GroupPlan
-from pruning_core.plans.heads import attention_modules
+from pruning_core.spec import InputSpec
 
 __all__ = ["ChannelPlan", "dependency_graph"]
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from pruning_core.errors import UserError
 from pruning_core.layers import eval_mode
-from pruning_core.models.spec import InputSpec
+from pruning_core.spec import InputSpec
 
 __all__ = ["guess_spec"]
 

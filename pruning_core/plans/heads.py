@@ -16,40 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning_core.attention import attention_modules, has_attention
 from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError
 from pruning_core.layers import ignored_modules
-from pruning_core.models.spec import InputSpec
 from pruning_core.plans.base import PlanConfig, Unit, register_granularity
 from pruning_core.plans.groups import GroupPlan
+from pruning_core.spec import InputSpec
 
-__all__ = ["HeadPlan", "attention_modules", "has_attention"]
-
-
-def attention_modules(model: nn.Module) -> list[tuple[str, Any]]:
-    """Attention layers with `num_heads`, `head_dim` and Linear `qkv`/`proj`."""
-    out = []
-    for n, m in model.named_modules():
-        qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
-        h, d = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
-        if (
-            isinstance(qkv, nn.Linear)
-            and isinstance(proj, nn.Linear)
-            and isinstance(h, int)
-            and isinstance(d, int)
-            and qkv.out_features == 3 * h * d
-            and proj.in_features == h * d
-        ):
-            out.append((n, m))
-    return out
-
-
-def has_attention(model: nn.Module) -> bool:
-    """True when the model has attention layers of some kind (with a `num_heads`)."""
-    return any(
-        isinstance(m, nn.MultiheadAttention) or isinstance(getattr(m, "num_heads", None), int)
-        for m in model.modules()
-    )
+__all__ = ["HeadPlan"]
 
 
 def _swap_multihead_attention(model: nn.Module) -> None:
@@ -59,7 +34,7 @@ def _swap_multihead_attention(model: nn.Module) -> None:
     and columns in `proj`, which `nn.MultiheadAttention` cannot shrink. Only batch-first MHA with
     a fused in-projection is swapped: that is how torchvision's ViT encoder blocks use it.
     """
-    from pruning_core.models.architectures import SelfAttention
+    from pruning_core.attention import SelfAttention
 
     for name, mod in list(model.named_modules()):
         if isinstance(mod, nn.MultiheadAttention):

@@ -25,8 +25,8 @@ from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError
 from pruning_core.layers import check_finite, is_weight_layer, matches_pattern, resolve_ignore
 from pruning_core.layers import weight_of as _weight_of
-from pruning_core.models.spec import InputSpec
 from pruning_core.plans.base import Applied, Plan, PlanConfig, Unit, layer_cap, register_granularity
+from pruning_core.spec import InputSpec
 
 __all__ = ["NMPlan", "UnstructuredPlan", "apply_masks_", "mask_sparsity", "parse_nm"]
 
@@ -310,6 +310,10 @@ class NMPlan(UnstructuredPlan):
     def parse(cls, text: str) -> str | None:
         nm = parse_nm(text)
         return f"{nm[0]}:{nm[1]}" if nm else None
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        return (f"{cls.pattern[0]}:{cls.pattern[1]}",)
 
     @classmethod
     def effective_ratio(cls, granularity: str, ratio: float) -> float:

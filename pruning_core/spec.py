@@ -1,4 +1,4 @@
-"""The input contract of a model: what tensors it expects and what it predicts.
+"""The input contract of a model: what tensors it expects and what it predicts (a leaf module).
 
 `InputSpec.parse` is the strict reader for specs that come from files (model.json): every field
 is type- and range-checked and a bad one is a `UserError` naming it. The bounds below are shared
@@ -17,8 +17,18 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, shown
 from pruning_core.validate import number
+
+__all__ = [
+    "MAX_CHANNELS",
+    "MAX_CLASSES",
+    "MAX_SIZE",
+    "SPEC_FIELDS",
+    "SPEC_INT_FIELDS",
+    "InputSpec",
+    "check_int",
+]
 
 MAX_CHANNELS = 16
 MAX_SIZE = 4096
@@ -51,11 +61,6 @@ def check_int(value: Any, what: str, lo: int, hi: int) -> int:
         raise UserError(f"{what} must be an integer, got {value!r}")
     checked: int = number(value, what, integer=True, lo=lo, hi=hi)
     return checked
-
-
-def _shown(name: object) -> str:
-    # A field name from a file: its repr when unprintable, so a refusal stays one line.
-    return name if isinstance(name, str) and name.isprintable() else repr(name)
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,7 @@ class InputSpec:
         unknown = [k for k in d if k not in SPEC_FIELDS]
         if unknown:
             raise UserError(
-                f"{where}.{_shown(unknown[0])} is not a spec field "
-                f"(known: {', '.join(SPEC_FIELDS)})"
+                f"{where}.{shown(unknown[0])} is not a spec field (known: {', '.join(SPEC_FIELDS)})"
             )
         for k in ("channels", "size", "mean", "std", "num_classes"):
             if k not in d:

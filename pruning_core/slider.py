@@ -1,16 +1,18 @@
-"""The Prune page's live preview, without Streamlit: scores once, masks per slider move.
+"""The slider path of the Prune page: scores once, masks and measurements per slider move.
 
-A `Preview` owns one session's working copy of the model. Importance is computed and sorted
-once (`pruning_core.prune.Preview`, over any granularity plan; structured plans in mask mode);
-each slider move restores the dense
-weights, applies the new masks and measures the copy: non-zero parameters, the MACs a sparse
-kernel (or the shrunk model) would do, per-layer sparsity and, optionally, an accuracy estimate
-on a few validation images. Nothing here touches the shared cached model.
+A `SliderPreview` owns one session's working copy of the model (`layers.trainable_copy`: the
+shared model is only read). Importance is computed and sorted once by
+`pruning_core.prune.Preview` over any granularity plan (structured plans in mask mode); each
+slider move restores the dense weights, applies the new masks and measures the copy: non-zero
+parameters, the MACs a sparse kernel (or the shrunk model) would do, per-layer sparsity and,
+optionally, an accuracy estimate on a few validation images.
+
+The histogram and mask-picture helpers (`binned`, `before_after`, `mask_grid`,
+`channel_sparsity`) turn tensors into the frames the plots draw. Nothing here imports Streamlit.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,13 +24,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning_core.evaluate import evaluate
-from pruning_core.layers import weight_of
+from pruning_core.layers import trainable_copy, weight_of
 from pruning_core.models import LoadedModel
-from pruning_core.prune import Preview as Engine
-from pruning_core.prune import PruneConfig, prunable_layers
+from pruning_core.prune import Preview, PruneConfig
 from pruning_core.stats import count_macs, layer_macs, weight_layers
 
+__all__ = [
+    "HIST_BINS",
+    "MASK_COLS",
+    "MASK_ROWS",
+    "LayerView",
+    "PreviewStats",
+    "SliderPreview",
+    "before_after",
+    "binned",
+    "channel_sparsity",
+    "mask_grid",
+    "mask_is_averaged",
+]
+
 HIST_BINS = 60
+# The mask picture's largest grid; bigger weights are averaged into cells.
+MASK_ROWS, MASK_COLS = 96, 192
 
 
 @dataclass
@@ -40,16 +57,20 @@ class PreviewStats:
         macs_effective: MACs per image that skipping the removed weights would leave.
         layers: One row per Linear/Conv layer: layer, params, sparsity, pruned (bool).
         masks: Keep-masks per pruned layer (shared tensors: do not modify).
+        sparsity: Share of weights the selection zeroes over all Linear/Conv layers (the
+            classifier included; biases and BatchNorm not counted).
         accuracy: Top-1 on the first `n_eval` validation images (None when not asked).
         n_eval: Images the accuracy estimate used.
         seconds: Time to compute masks and statistics (without the accuracy estimate).
         eval_seconds: Time of the accuracy estimate.
+        notes: Layers or groups the plan skips, and why.
     """
 
     params_nonzero: int
     macs_effective: float
     layers: pd.DataFrame
     masks: dict[str, torch.Tensor]
+    sparsity: float = 0.0
     accuracy: float | None = None
     n_eval: int = 0
     seconds: float = 0.0
@@ -57,13 +78,41 @@ class PreviewStats:
     notes: list[str] = field(default_factory=list)
 
 
-class Preview:
-    """Slider engine for one (model, dataset, method, granularity, norm) in one session.
+@dataclass
+class LayerView:
+    """One layer at one slider position, ready to draw.
+
+    Attributes:
+        histogram: Before/after weight histograms (`before_after`).
+        zeros_added: Weights this selection sets to zero (zeros already there not counted).
+        mask: Its keep-mask (from the selection, or the non-zero weights when not pruned).
+    """
+
+    histogram: pd.DataFrame
+    zeros_added: int
+    mask: torch.Tensor
+
+
+class SliderPreview:
+    """Slider engine for one (model, dataset, criterion, granularity) in one session.
 
     Args:
-        base: The dense model (only read: it is deep-copied).
-        config: Method, granularity, norm, ignore... (ratios come with `update`).
+        base: The dense model (only read: the preview works on its own trainable copy).
+        config: Criterion, granularity, options (ratios come with `update`).
         data: The DataBundle (calibration for data-driven criteria, estimates).
+
+    Attributes:
+        config: The config the scores were computed for.
+        engine: The `prune.Preview` holding the scores; `prune_(..., scores=engine)` reuses them.
+        unit_names: What per-layer ratios key on (layers, channel groups, attention layers...).
+        unit_sizes: Prunable elements per unit.
+        dense_weights: The dense weight of every Linear/Conv layer (copies).
+        params_nonzero_dense: Non-zero parameters of the dense model.
+        macs_dense: MACs per image of the dense model.
+        build_seconds: Time the scoring took.
+
+    Raises:
+        UserError: The criterion or granularity does not fit the model (as `prune.Preview`).
     """
 
     def __init__(self, base: LoadedModel, config: PruneConfig, data: Any) -> None:
@@ -71,20 +120,14 @@ class Preview:
         self.config = config
         self.spec = base.spec
         self.data = data
-        self.model = copy.deepcopy(base.model).cpu().eval()
-        for p in self.model.parameters():
-            p.requires_grad_(True)  # gradient criteria (taylor) need it; the copy is ours
+        # Gradient criteria (taylor) need trainable parameters; the copy is this preview's own.
+        self.model = trainable_copy(base.model, "cpu").eval()
         self._dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._layers = [(n, weight_of(m)) for n, m in weight_layers(self.model)]
         self.dense_weights = {n: w.detach().clone() for n, w in self._layers}
-        if config.structured:
-            self.engine = Engine(
-                self.model, config.replace(structured_mode="mask"), data, base.spec
-            )
-            self.prunable = prunable_layers(self.model, config)
-        else:
-            self.engine = Engine(self.model, config, data, base.spec)
-            self.prunable = list(self.engine.layer_names)
+        # Structured plans preview in mask mode: shapes stay, so the sliders can go back.
+        scored = config.replace(structured_mode="mask") if config.structured else config
+        self.engine = Preview(self.model, scored, data, base.spec)
         self._restore()
         self.unit_names: list[str] = list(self.engine.layer_names)
         self.unit_sizes: dict[str, int] = dict(self.engine.layer_sizes)
@@ -143,6 +186,9 @@ class Preview:
             layer_ratios: Per-layer overrides (keys: `unit_names`).
             scope: `global` or `layer`.
             n_eval: Also estimate accuracy on this many validation images (see `estimate`).
+
+        Raises:
+            UserError: Ratios the plan refuses (beyond max_layer_ratio, unknown layers).
         """
         t0 = time.perf_counter()
         masks = self.masks(ratio, layer_ratios, scope)
@@ -161,12 +207,20 @@ class Preview:
                     "pruned": name in masks and nz < dense_nz,
                 }
             )
+        layers = pd.DataFrame(rows, columns=["layer", "params", "sparsity", "pruned"])
+        pruned = layers[layers["pruned"]]
+        share = (
+            float((pruned["sparsity"] * pruned["params"]).sum() / layers["params"].sum())
+            if len(layers)
+            else 0.0
+        )
         stats = PreviewStats(
             params_nonzero=int(nonzero.sum()),
             macs_effective=macs,
-            layers=pd.DataFrame(rows, columns=["layer", "params", "sparsity", "pruned"]),
+            layers=layers,
             masks=masks,
-            notes=list(getattr(self.engine, "notes", [])),
+            sparsity=share,
+            notes=list(self.engine.notes),
         )
         stats.seconds = time.perf_counter() - t0
         if n_eval:
@@ -185,6 +239,16 @@ class Preview:
     def layer_weight(self, name: str) -> torch.Tensor:
         """The working copy's (masked) weight of a layer."""
         return weight_of(dict(self.model.named_modules())[name]).detach()
+
+    def layer_view(self, stats: PreviewStats, name: str) -> LayerView:
+        """The histogram, new zeros and mask of one layer at the position `stats` measured."""
+        dense, after = self.dense_weights[name], self.layer_weight(name)
+        mask = stats.masks.get(name)
+        return LayerView(
+            histogram=before_after(dense, after),
+            zeros_added=int((after == 0).sum()) - int((dense == 0).sum()),
+            mask=mask if mask is not None else after != 0,
+        )
 
 
 def binned(
@@ -223,7 +287,9 @@ def before_after(
     return pd.concat(parts, ignore_index=True)
 
 
-def mask_grid(mask: torch.Tensor, max_rows: int = 96, max_cols: int = 192) -> pd.DataFrame:
+def mask_grid(
+    mask: torch.Tensor, max_rows: int = MASK_ROWS, max_cols: int = MASK_COLS
+) -> pd.DataFrame:
     """A weight mask as a 2-D picture: rows are output channels, columns the rest (in_ch x k x k).
 
     Large layers are averaged into at most `max_rows` x `max_cols` cells (each cell: the kept
@@ -239,6 +305,13 @@ def mask_grid(mask: torch.Tensor, max_rows: int = 96, max_cols: int = 192) -> pd
         index=[i * r // rows for i in range(rows)],
         columns=[j * c // cols for j in range(cols)],
     )
+
+
+def mask_is_averaged(
+    mask: torch.Tensor, max_rows: int = MASK_ROWS, max_cols: int = MASK_COLS
+) -> bool:
+    """True when `mask_grid` averages this mask into cells (it is larger than the grid)."""
+    return mask[0].numel() > max_cols or mask.shape[0] > max_rows
 
 
 def channel_sparsity(model: nn.Module, slices: int = 24) -> pd.DataFrame:

@@ -1,0 +1,176 @@
+"""Session actions: what the Prune and Fine-tune pages' buttons do.
+
+- `apply_pruning`: prune this session's trainable copy of the dense model as the sliders say,
+  measure it and commit it as the session's model (`ui.session.set_pruned`);
+- `suggest_overrides`: per-layer ratios from measured sensitivity;
+- `start_finetune` / `commit_finetune`: queue the fine-tune job, and once it is done make its
+  model the session's model (once, and only if the session still wants it).
+
+Work on models always happens on `pruning_core.layers.trainable_copy`: the shared cached model
+is only read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import streamlit as st
+
+from pruning_core.evaluate import evaluate
+from pruning_core.experiments import layer_sizes, predicted_drop, suggest_ratios
+from pruning_core.jobs import Job
+from pruning_core.layers import trainable_copy
+from pruning_core.models import LoadedModel
+from pruning_core.prune import PruneConfig, prune_
+from pruning_core.slider import SliderPreview
+from pruning_core.stats import model_summary
+from ui.caches import sensitivity_for
+from ui.finetune_job import FinetuneRequest, make_finetune_job
+from ui.jobs_panel import submit_job
+from ui.loaders import shared_data, shared_model
+from ui.session import PrunedModel, pruned, set_finetune_job, set_pruned
+from ui.state import selection
+
+__all__ = ["apply_pruning", "commit_finetune", "start_finetune", "suggest_overrides"]
+
+_FT_JOBS = "_ft_jobs"
+SENSITIVITY_IMAGES = 500
+
+
+def apply_pruning(
+    preview: SliderPreview,
+    base: LoadedModel,
+    dataset_ref: str,
+    *,
+    ratio: float,
+    scope: str,
+    overrides: Mapping[str, float],
+) -> PrunedModel:
+    """Prune a trainable copy of `base` as the preview's criterion and granularity say (the
+    preview's scores are reused), measure it on the whole validation split and commit it.
+
+    Structured granularities shrink the copy physically.
+
+    Raises:
+        UserError: Settings the engine refuses.
+    """
+    config = preview.config.replace(
+        ratio=ratio,
+        scope=scope,
+        layer_ratios=tuple(sorted(overrides.items())),
+        structured_mode="physical",
+    )
+    model = trainable_copy(base.model)
+    data = shared_data(dataset_ref)
+    with st.spinner("Pruning your copy of the model and measuring it on the validation split"):
+        result = prune_(model, config, data=data, spec=base.spec, scores=preview.engine)
+        ev = evaluate(model, data, base.spec)
+        summary = model_summary(model, base.spec)
+    loaded = LoadedModel(model, base.spec, base.arch, base.source, dict(base.meta))
+    return set_pruned(
+        loaded,
+        config,
+        masks=result.masks,
+        result=result.to_dict(),
+        summary=summary,
+        accuracy=ev.accuracy,
+        note=f"{config.effective_ratio:.0%} {config.method} {config.granularity}, "
+        f"{'per-layer overrides, ' if overrides else ''}{scope} scope",
+    )
+
+
+def suggest_overrides(
+    preview: SliderPreview, model_ref: str, dataset_ref: str, ratio: float
+) -> tuple[dict[str, float], str]:
+    """Per-layer ratios that reach `ratio` overall with the least predicted accuracy loss,
+    from the dense model's per-layer sensitivity (measured once per session; progress shown).
+
+    Returns:
+        The ratios by unit name, and one line saying where they come from.
+
+    Raises:
+        UserError: The granularity has no per-layer ratios, or nothing is prunable.
+    """
+    config = preview.config
+    sens = sensitivity_for(
+        model_ref, dataset_ref, config.method, config.granularity, limit=SENSITIVITY_IMAGES
+    )
+    measured = set(sens["layer"])
+    units = [u for u in preview.unit_names if u in measured]
+    suggestion = suggest_ratios(sens, layer_sizes(shared_model(model_ref).model, units), ratio)
+    n_sens = min(SENSITIVITY_IMAGES, shared_data(dataset_ref).num_examples("val"))
+    note = (
+        f"Suggested from per-layer sensitivity measured on {n_sens} validation images; "
+        f"predicted drop {predicted_drop(sens, suggestion) * 100:.1f} points (an estimate: it "
+        "assumes layers do not interact)."
+    )
+    return {k: round(v, 4) for k, v in suggestion.items()}, note
+
+
+def start_finetune(request: FinetuneRequest, model_ref: str, dataset_ref: str) -> Job:
+    """Queue the fine-tune job for this session and remember it (the page follows it).
+
+    Raises:
+        UserError: The runner's queue is full or the settings are refused.
+    """
+    holder: dict[str, Any] = {}
+    dense = shared_model(model_ref)
+    fn = make_finetune_job(dense.model, dense.spec, shared_data(dataset_ref), request, holder)
+    job = submit_job(
+        fn,
+        name=f"fine-tune {model_ref} ({request.schedule.kind}, {request.train.epochs} epochs)",
+        kind="finetune",
+        config=request.to_dict(),
+        model_ref=model_ref,
+        dataset_ref=dataset_ref,
+    )
+    st.session_state.setdefault(_FT_JOBS, {})[job.id] = {
+        "holder": holder,
+        "request": request,
+        "model_ref": model_ref,
+        "dataset_ref": dataset_ref,
+        "committed": False,
+    }
+    set_finetune_job(job.id)
+    return job
+
+
+def commit_finetune(job_id: str, run_id: int | None) -> str:
+    """Make a finished fine-tune job's model the session's model (once); says what happened."""
+    info = st.session_state.get(_FT_JOBS, {}).get(job_id)
+    if info is None or "model" not in info["holder"]:
+        return "The fine-tuned model is no longer in memory (the session was restarted?)."
+    if not info["committed"]:
+        info["committed"] = True
+        info["note"] = _make_session_model(info, run_id)
+    return str(info["note"])
+
+
+def _make_session_model(info: dict[str, Any], run_id: int | None) -> str:
+    h, req = info["holder"], info["request"]
+    if (info["model_ref"], info["dataset_ref"]) != selection():
+        return "The selection changed while it ran, so the result was not made your model."
+    current = pruned()
+    wanted: PruneConfig = req.prune
+    if current is None or current.config != wanted:
+        return (
+            "You applied other pruning settings while it ran, so the result was not made your "
+            "model (it is in the run store)."
+        )
+    dense = shared_model(info["model_ref"])
+    res = h["result"]
+    set_pruned(
+        LoadedModel(h["model"], dense.spec, dense.arch, dense.source, dict(dense.meta)),
+        req.prune,
+        masks=h["masks"],
+        result=res.prune.to_dict(),
+        stage="fine-tuned",
+        summary=h["summary"],
+        accuracy=res.finetuned_accuracy,
+        finetune={**req.to_dict(), "run_id": run_id},
+        note=f"fine-tuned {req.train.epochs} epoch(s), {req.schedule.kind} schedule",
+        model_ref=info["model_ref"],
+        dataset_ref=info["dataset_ref"],
+    )
+    return "This is now your session's model."

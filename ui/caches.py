@@ -1,0 +1,142 @@
+"""What the pages compute once and keep: per server (`st.cache_*`) or per session.
+
+Per-server caches hold what depends only on the dense shared model; per-session caches
+(`ui.state.session_cached`) hold what depends on the session's own model or choices, one
+entry each so a session never keeps two model copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from pruning_core.evaluate import evaluate
+from pruning_core.experiments import sensitivity
+from pruning_core.layers import trainable_copy
+from pruning_core.models import LoadedModel
+from pruning_core.prune import PruneConfig
+from pruning_core.slider import SliderPreview
+from pruning_core.stats import ActivationStats, activation_stats, layer_table
+from ui.loaders import shared_data, shared_model
+from ui.state import session_cached
+
+__all__ = [
+    "dense_activations",
+    "dense_estimate",
+    "dense_layer_table",
+    "model_layer_table",
+    "preview_for",
+    "sensitivity_for",
+    "session_activations",
+]
+
+
+@st.cache_data(show_spinner="Measuring every layer...", max_entries=16)
+def dense_layer_table(ref: str) -> pd.DataFrame:
+    """`stats.layer_table` of the dense shared model (computed once per server)."""
+    loaded = shared_model(ref)
+    return layer_table(loaded.model, loaded.spec)
+
+
+def model_layer_table(loaded: LoadedModel, token: Any) -> pd.DataFrame:
+    """`stats.layer_table` of this session's model, measured once per version (`token`)."""
+    return session_cached("_inspect_table", token, lambda: layer_table(loaded.model, loaded.spec))
+
+
+@st.cache_data(show_spinner="Recording activations on calibration images...", max_entries=16)
+def dense_activations(model_ref: str, dataset_ref: str, batches: int = 2) -> ActivationStats:
+    """Activation statistics of the dense shared model (computed once per server)."""
+    loaded = shared_model(model_ref)
+    return activation_stats(loaded.model, loaded.spec, shared_data(dataset_ref), batches=batches)
+
+
+def session_activations(
+    loaded: LoadedModel, dataset_ref: str, token: Any, batches: int = 2
+) -> ActivationStats:
+    """Activation statistics of this session's pruned model, cached until it changes (`token`)."""
+
+    def record() -> ActivationStats:
+        with st.spinner("Recording activations of the pruned model..."):
+            return activation_stats(
+                loaded.model, loaded.spec, shared_data(dataset_ref), batches=batches
+            )
+
+    return session_cached("_inspect_acts", token, record)
+
+
+def preview_for(
+    model_ref: str, dataset_ref: str, method: str, granularity: str
+) -> tuple[SliderPreview, LoadedModel]:
+    """This session's slider engine for the selection (scores computed once, then cached).
+
+    Only the latest engine is kept per session, so memory stays one model copy.
+
+    Raises:
+        UserError: The criterion/granularity does not fit the model (e.g. heads without
+            attention).
+    """
+    base = shared_model(model_ref)
+
+    def build() -> SliderPreview:
+        config = PruneConfig(criterion=method, granularity=granularity)
+        data = shared_data(dataset_ref)  # calibration for data-driven criteria, and estimates
+        with st.spinner(
+            f"Scoring every weight with {method} (once; sliders then only threshold)..."
+        ):
+            return SliderPreview(base, config, data)
+
+    key = (model_ref, dataset_ref, method, granularity)
+    return session_cached("_prune_preview", key, build), base
+
+
+def sensitivity_for(
+    model_ref: str, dataset_ref: str, method: str, granularity: str, limit: int = 500
+) -> pd.DataFrame:
+    """Per-layer sensitivity of the dense model, measured once per session and selection.
+
+    Shows a progress bar while it runs.
+
+    Raises:
+        UserError: The granularity has no per-layer ratios, or nothing is prunable.
+    """
+    store: dict[tuple[Any, ...], pd.DataFrame] = st.session_state.setdefault(
+        "_prune_sensitivity", {}
+    )
+    key = (model_ref, dataset_ref, method, granularity, limit)
+    if key in store:
+        return store[key]
+    base = shared_model(model_ref)
+    bar = st.progress(0.0, text="Measuring sensitivity: pruning one layer at a time...")
+
+    def progress(frac: float, msg: str) -> None:
+        bar.progress(min(max(frac, 0.0), 1.0), text=f"Sensitivity: {msg}")
+
+    df = sensitivity(
+        trainable_copy(base.model),
+        base.spec,
+        shared_data(dataset_ref),
+        method=method,
+        granularity=granularity,
+        limit=limit,
+        progress=progress,
+    )
+    bar.empty()
+    store[key] = df
+    return df
+
+
+def dense_estimate(model_ref: str, dataset_ref: str, n_eval: int) -> float:
+    """The dense model's top-1 on the first `n_eval` validation images (once per session), so
+    the Prune page's estimate compares like with like."""
+    store: dict[tuple[str, str, int], float] = st.session_state.setdefault(
+        "_prune_dense_estimates", {}
+    )
+    key = (model_ref, dataset_ref, int(n_eval))
+    if key not in store:
+        base = shared_model(model_ref)
+        store[key] = evaluate(
+            base.model, shared_data(dataset_ref), base.spec, limit=n_eval
+        ).accuracy
+    return store[key]
