@@ -581,8 +581,9 @@ def _accuracy_sweep(
 
     ft = TrainConfig(epochs=max(ft_epochs, 1), lr=ft_lr, batch_size=64, device="cpu", seed=ctx.seed)
     df = sweep(
-        (net, spec), data, methods, ratios, finetune_epochs=ft_epochs, train_config=ft, device="cpu"
-    )
+        net, data, spec, methods=methods, ratios=ratios, finetune_epochs=ft_epochs, train_config=ft,
+        device="cpu",
+    )  # fmt: skip
     for r in df.to_dict(orient="records"):
         sec.rows.append({"dataset": label, **{k: r[k] for k in (
             "method", "ratio", "sparsity", "dense_accuracy", "accuracy", "finetuned_accuracy", "seconds"
@@ -692,7 +693,7 @@ def section_stats_speed(ctx: Ctx) -> Section:
         "weight_histograms (60 bins, all layers)": lambda: stats.weight_histograms(model),
         "model_stats (totals incl. FlopCounterMode)": lambda: stats.model_stats(model, spec),
         "activation_stats (1 batch of 8 at 224)": lambda: stats.activation_stats(
-            model, spec, torch.randn(8, 3, 224, 224), batches=1, batch_size=8
+            model, torch.randn(8, 3, 224, 224), spec, batches=1, batch_size=8
         ),
     }
     med = {}

@@ -6,11 +6,10 @@ import streamlit as st
 
 from pruning_core.criteria import Magnitude
 from pruning_core.errors import UserError
-from pruning_core.regularize import REGULARIZERS
+from pruning_core.regularize import NO_REGULARIZER, REGULARIZERS
 from pruning_core.schedules import SCHEDULES, Schedule
 from pruning_core.train import OPTIMIZERS, TrainConfig
-from ui.actions import start_finetune
-from ui.finetune_job import FinetuneRequest
+from ui.actions import finetune_recipe, start_finetune
 from ui.finetune_panel import finetune_panel
 from ui.jobs_panel import follow_job, runner_or_stop
 from ui.session import finetune_job_id, pruned
@@ -123,7 +122,7 @@ with c3:
     )
     reg = st.selectbox(
         "Regularisation",
-        ["none", *REGULARIZERS],
+        [NO_REGULARIZER, *REGULARIZERS],
         key="ft_reg",
         format_func=lambda r: REG_LABELS.get(r, r),
         help="A sparsity penalty trained in before pruning.",
@@ -134,7 +133,7 @@ with c3:
         options=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2],
         key="ft_reg_strength",
         format_func=lambda v: f"{v:g}",
-        disabled=reg == "none",
+        disabled=reg == NO_REGULARIZER,
     )
 explain(REGULARISATION_EXPLAINED, "Regularisation: train to be pruned")
 
@@ -164,20 +163,21 @@ st.caption(
 
 if start and committed is not None:
     try:
-        request = FinetuneRequest(
-            prune=committed.config,
-            schedule=Schedule(schedule, int(steps) if schedule != "oneshot" else 1),
-            train=TrainConfig(
+        recipe = finetune_recipe(
+            committed,
+            Schedule(schedule, int(steps) if schedule != "oneshot" else 1),
+            TrainConfig(
                 epochs=int(epochs),
                 lr=float(lr),
                 optimizer=optimizer,
                 distill_weight=float(distill_w) if distill else 0.0,
                 distill_temperature=float(temperature),
+                seed=committed.config.seed,
             ),
-            regularizer=reg,
-            reg_strength=float(strength),
+            reg,
+            float(strength),
         )
-        start_finetune(request, model_ref, dataset_ref)
+        start_finetune(recipe, model_ref, dataset_ref)
     except UserError as e:
         st.error(f"Cannot start: {e}")
     else:

@@ -11,7 +11,13 @@ import streamlit as st
 
 from pruning_core import export
 from pruning_core.errors import UserError
-from ui.export_docs import build_report, checkpoint_zip, export_metrics, export_stem
+from ui.export_docs import (
+    build_report,
+    checkpoint_zip,
+    export_metrics,
+    export_recipe_text,
+    export_stem,
+)
 from ui.jobs_panel import measurement_result
 from ui.loaders import shared_data, shared_model
 from ui.session import PrunedModel, pruned
@@ -128,7 +134,7 @@ else:
         "Format", ["json", "yaml"], key="export_recipe_format", horizontal=True,
         help="Both are read by `pruning-lab prune --recipe FILE`.",
     )  # fmt: skip
-    text = export.recipe_text(recipe, fmt)
+    text = export_recipe_text(pm, fmt) if pm is not None else ""
     st.code(text, language=fmt)
     st.download_button(
         f"Download recipe.{fmt}", text, f"recipe.{fmt}", "text/plain", key="export_dl_recipe"

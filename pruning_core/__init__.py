@@ -11,6 +11,15 @@ initialises no CUDA and touches no network; each name imports its module on firs
               spec=loaded.spec)
     pl.evaluate(loaded.model, data, loaded.spec).accuracy
 
+Every function that takes a model, data and an input spec takes them in that order,
+`(model, data, spec, ...)`; where it also accepts a `LoadedModel` (which carries its spec), the
+spec may be left out: `pl.sweep(loaded, data, methods=[...], ratios=[...])`. Every long-running
+function takes one style of `progress=` callback: it is called with one object with `fraction`
+(share done, in [0, 1]) and `message` (one line for people), the `ProgressReport` protocol
+(`fit` sends a `train.Progress`, which also has the epoch, step and loss):
+
+    pl.sensitivity(loaded, data, progress=lambda p: print(f"{p.fraction:.0%} {p.message}"))
+
 Everything else lives in the submodules (`pruning_core.stats`, `pruning_core.latency`, ...),
 each with its own `__all__`.
 
@@ -33,6 +42,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from pruning_core.experiments import sensitivity, sweep
     from pruning_core.latency import measure_latency
     from pruning_core.models import list_models, load_model
+    from pruning_core.progress import ProgressReport
     from pruning_core.prune import Preview, PruneConfig, list_methods, prune_
     from pruning_core.recipe import Recipe
     from pruning_core.stats import model_summary
@@ -42,6 +52,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
 # Public name -> the module that defines it.
 _API: dict[str, str] = {
     "Preview": "pruning_core.prune",
+    "ProgressReport": "pruning_core.progress",
     "PruneConfig": "pruning_core.prune",
     "Recipe": "pruning_core.recipe",
     "TrainConfig": "pruning_core.train",
@@ -62,6 +73,7 @@ _API: dict[str, str] = {
 
 __all__ = [
     "Preview",
+    "ProgressReport",
     "PruneConfig",
     "Recipe",
     "TrainConfig",

@@ -18,6 +18,7 @@ every threshold meaningless.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ from pruning_core.fsio import atomic_path, write_json
 from pruning_core.surgery import surgery_of
 
 __all__ = [
+    "CHECKPOINT_SUFFIXES",
     "META_FILE",
     "MODEL_FILE",
     "check_loaded_finite",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.safetensors"
+# Checkpoint files by suffix (anything else is a registry name or a model folder).
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 META_FILE = "model.json"
 
 
@@ -128,6 +132,9 @@ def check_tensors(state: Mapping[str, Any], source: str) -> dict[str, torch.Tens
             )
         if v.layout != torch.strided:
             raise UserError(f"{source}: tensor {k!r} is {v.layout} (only dense tensors load)")
+        if v.device.type != "cpu":
+            # A meta tensor has a shape but no values; nothing else can come out of a file.
+            raise UserError(f"{source}: tensor {k!r} is on the {v.device.type} device (no values)")
         if v.is_quantized or v.dtype.is_complex:
             raise UserError(
                 f"{source}: tensor {k!r} is {_dtype_name(v.dtype)}; refusing it (model weights are "
@@ -195,13 +202,21 @@ def read_state_file(
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise UserError(f"{path} is a directory without {MODEL_FILE}")
+    if not path.is_file():
+        # A pipe or a device would block the read forever or never end.
+        raise UserError(f"{shown(str(path))} is not a regular file")
     meta: dict[str, Any] = {}
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load, load_file
 
         try:
-            tensors = dict(load_file(str(path)))
+            try:
+                os.fsencode(path).decode("utf-8")
+                tensors = dict(load_file(str(path)))
+            except UnicodeDecodeError:
+                # safetensors takes UTF-8 paths only; a folder of another encoding is read here.
+                tensors = dict(load(path.read_bytes()))
         except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
             raise UserError(f"corrupt safetensors file {name}: {_first_line(e)}") from None
         return check_tensors(tensors, source), meta
@@ -312,7 +327,7 @@ def read_model_meta(directory: Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSON, encoding, over-long integers
         raise UserError(f"corrupt {META_FILE} in {directory}: {_first_line(e)}") from None
     except OSError as e:
         raise UserError(f"cannot read {meta_path}: {_first_line(e)}") from None

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "shown"]
+__all__ = ["UserError", "brief", "shown"]
+
+# Longest text of a value or name a refusal quotes: a message stays one readable line whatever
+# a file holds.
+_LIMIT = 120
 
 
 class UserError(Exception):
     """Bad input from the user: shown as one clear line, exit status 2 on the CLI."""
 
 
-def shown(name: object) -> str:
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(name: object, limit: int = _LIMIT) -> str:
     """A name from a file as messages show it: itself, or its repr when it holds newlines or
-    other unprintable characters (a refusal must stay one line)."""
-    return name if isinstance(name, str) and name.isprintable() else repr(name)
+    other unprintable characters, clipped (a refusal must stay one short line)."""
+    text = name if isinstance(name, str) and name.isprintable() else repr(name)
+    return _clip(text, limit)
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """A value from a file or an option as messages quote it: its repr, clipped.
+
+    Containers are summarised without walking them, so a huge or self-referencing value costs
+    nothing to quote.
+    """
+    if isinstance(value, dict | list | tuple | set):
+        return f"a {type(value).__name__} of {len(value)} entries"
+    return _clip(repr(value), limit)

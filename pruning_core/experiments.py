@@ -35,6 +35,7 @@ from pruning_core.evaluate import evaluate
 from pruning_core.fsio import atomic_path
 from pruning_core.models import LoadedModel
 from pruning_core.plans import get_plan
+from pruning_core.progress import ProgressFn, Report
 from pruning_core.prune import (
     MaskEnforcer,
     Preview,
@@ -68,16 +69,20 @@ SWEEP_COLUMNS = (
 SENSITIVITY_COLUMNS = ("layer", "ratio", "accuracy", "drop", "params", "sparsity")
 DEFAULT_SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)
 
-# progress(fraction done in [0, 1], message): matches `JobContext.report`.
-ProgressFn = Callable[[float, str], Any]
 
-
-def _unpack(model: LoadedModel | tuple[nn.Module, InputSpec]) -> tuple[nn.Module, InputSpec]:
+def _unpack(
+    model: nn.Module | LoadedModel, spec: InputSpec | None, what: str
+) -> tuple[nn.Module, InputSpec]:
+    """The module and its spec, from a LoadedModel (`spec` overrides its own) or a module."""
     if isinstance(model, LoadedModel):
-        return model.model, model.spec
-    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
-        return model[0], model[1]
-    raise TypeError("pass a LoadedModel or a (model, spec) pair")
+        return model.model, spec if spec is not None else model.spec
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{what}: pass a LoadedModel, or an nn.Module and its spec, got {type(model).__name__}"
+        )
+    if spec is None:
+        raise UserError(f"{what} needs the model's input spec")
+    return model, spec
 
 
 def _check_ratios(ratios: Iterable[float], what: str = "ratios") -> list[float]:
@@ -85,7 +90,7 @@ def _check_ratios(ratios: Iterable[float], what: str = "ratios") -> list[float]:
     for r in ratios:
         try:
             v = float(r)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"{what} must be numbers in [0, 1), got {r!r}") from None
         if not (math.isfinite(v) and 0.0 <= v < 1.0):
             raise UserError(f"{what} must be in [0, 1) (share of weights removed), got {r}")
@@ -105,8 +110,10 @@ def _fresh(model: nn.Module) -> nn.Module:
 
 
 def sweep(
-    model: LoadedModel | tuple[nn.Module, InputSpec],
+    model: nn.Module | LoadedModel,
     data: DataBundle,
+    spec: InputSpec | None = None,
+    *,
     methods: Sequence[str],
     ratios: Sequence[float],
     granularity: str = "unstructured",
@@ -114,7 +121,6 @@ def sweep(
     train_config: TrainConfig | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
-    *,
     scope: str = "global",
     device: str = "auto",
     eval_limit: int | None = None,
@@ -123,9 +129,10 @@ def sweep(
     """Accuracy against sparsity for each method and ratio (one fresh pruned copy per point).
 
     Args:
-        model: A LoadedModel or a (model, spec) pair; it is never modified.
+        model: The model, or a LoadedModel (then `spec` may be None); it is never modified.
         data: The dataset (val split for accuracy, calibration split for data-driven criteria,
             train split for fine-tuning).
+        spec: The model's input spec (default: the LoadedModel's).
         methods: Criterion names (`magnitude`, `random`, `wanda`, ...).
         ratios: Target shares removed, each in [0, 1). N:M granularity ignores them (one point
             per method at N/M).
@@ -133,7 +140,8 @@ def sweep(
         finetune_epochs: Fine-tune each pruned copy this many epochs (0: no fine-tune, and
             `finetuned_accuracy` is NaN).
         train_config: Fine-tune settings (its `epochs` is replaced by `finetune_epochs`).
-        progress: Called as progress(fraction, message) after each point.
+        progress: Called with a `progress.ProgressReport` (`fraction` of the sweep done,
+            `message`) after each point, and after each fine-tuning step.
         cancel: When set, the sweep stops after the current point (fine-tuning stops within a
             batch) and returns the rows done so far; `df.attrs["cancelled"]` is then True.
         scope: `global` or `layer` ratio scope.
@@ -147,9 +155,10 @@ def sweep(
         fine-tune), finetuned_accuracy, params_nonzero, macs, seconds.
 
     Raises:
-        UserError: Unknown methods, bad ratios, a method that does not fit the granularity.
+        UserError: Unknown methods, bad ratios, a method that does not fit the granularity, no
+            spec for a plain module.
     """
-    net, spec = _unpack(model)
+    net, spec = _unpack(model, spec, "sweep")
     data.check_spec(spec)
     ratios = _check_ratios(ratios)
     methods = [str(m).strip() for m in methods if str(m).strip()]
@@ -195,7 +204,7 @@ def sweep(
             t0 = time.perf_counter()
             pruned = _fresh(base)
             res = prune_(pruned, cfg.replace(ratio=r), data=data, spec=spec, scores=cache)
-            acc = _accuracy(pruned, spec, data, dev, eval_limit)
+            acc = _accuracy(pruned, data, spec, dev, eval_limit)
             # The scoring is shared by the method's points; charge it to the first one.
             seconds = time.perf_counter() - t0 + t_score
             t_score = 0.0
@@ -217,7 +226,9 @@ def sweep(
                     done_before, label = done, f"{method} ratio {r:g}: fine-tune"
 
                     def step_report(p: Progress, d: int = done_before, lb: str = label) -> None:
-                        progress((d + p.fraction) / total, f"{lb} step {p.step}/{p.total_steps}")
+                        progress(
+                            Report((d + p.fraction) / total, f"{lb} step {p.step}/{p.total_steps}")
+                        )
 
                 ft_acc, was_cancelled = _finetune(
                     pruned, res, data, spec, ft_config, cancel, eval_limit, step_report
@@ -232,9 +243,11 @@ def sweep(
             if progress is not None:
                 ft = "" if ft_config is None else f", fine-tuned {row['finetuned_accuracy']:.4f}"
                 progress(
-                    done / total,
-                    f"{method} {cfg.granularity} ratio {r:g}: sparsity {res.sparsity:.3f}, "
-                    f"accuracy {row['accuracy']:.4f}{ft}",
+                    Report(
+                        done / total,
+                        f"{method} {cfg.granularity} ratio {r:g}: sparsity {res.sparsity:.3f}, "
+                        f"accuracy {row['accuracy']:.4f}{ft}",
+                    )
                 )
             if cancelled:
                 break
@@ -248,8 +261,8 @@ def sweep(
 
 def _accuracy(
     model: nn.Module,
-    spec: InputSpec,
     data: DataBundle,
+    spec: InputSpec,
     dev: torch.device,
     limit: int | None,
     split: str = "val",
@@ -279,7 +292,7 @@ def _finetune(
             )
     else:
         tr = fit(model, data, spec, config, cancel=cancel, progress=on_progress)
-    return _accuracy(model, spec, data, resolve_device(config.device), limit), tr.cancelled
+    return _accuracy(model, data, spec, resolve_device(config.device), limit), tr.cancelled
 
 
 def layer_sizes(model: nn.Module, layers: Iterable[str]) -> dict[str, int]:
@@ -296,8 +309,8 @@ def layer_sizes(model: nn.Module, layers: Iterable[str]) -> dict[str, int]:
 
 def sensitivity(
     model: nn.Module | LoadedModel,
-    spec: InputSpec | None,
     data: DataBundle,
+    spec: InputSpec | None = None,
     ratios: Sequence[float] = DEFAULT_SENSITIVITY_RATIOS,
     method: str = "magnitude",
     granularity: str = "unstructured",
@@ -314,13 +327,14 @@ def sensitivity(
 
     Args:
         model: The model (never modified), or a LoadedModel (then `spec` may be None).
-        spec: Its input spec.
         data: The dataset; accuracy is measured on `split`.
+        spec: The model's input spec (default: the LoadedModel's).
         ratios: Shares of the layer removed, each in [0, 1).
         method: Criterion name.
         granularity: `unstructured`, `channel` or `head` (per-layer ratios must make sense).
         limit: Evaluate on only the first N images of the split (faster, noisier).
-        progress: Called as progress(fraction, message) after each point.
+        progress: Called with a `progress.ProgressReport` (`fraction` of the points done,
+            `message`) after each point.
         split: `val` (default) or `calib`; measuring on `calib` keeps the validation split
             unseen by the ratio choice.
         layers: Only these layers (default: every layer the method would prune).
@@ -334,14 +348,10 @@ def sensitivity(
         the layer). `df.attrs["base_accuracy"]` is the unpruned accuracy.
 
     Raises:
-        UserError: Bad ratios, unknown method or layers, N:M or block granularity.
+        UserError: Bad ratios, unknown method or layers, N:M or block granularity, no spec for
+            a plain module.
     """
-    if isinstance(model, LoadedModel):
-        net, spec = model.model, spec or model.spec
-    else:
-        net = model
-    if spec is None:
-        raise UserError("sensitivity needs the model's input spec")
+    net, spec = _unpack(model, spec, "sensitivity")
     data.check_spec(spec)
     ratios = sorted(set(_check_ratios(ratios)))
     plan, _ = get_plan(granularity)
@@ -400,7 +410,7 @@ def sensitivity(
                  "params": sizes[layer], "sparsity": sp}
             )  # fmt: skip
             if progress is not None:
-                progress(len(rows) / total, f"{layer} ratio {r:g}: accuracy {acc:.4f}")
+                progress(Report(len(rows) / total, f"{layer} ratio {r:g}: accuracy {acc:.4f}"))
         if cancelled:
             break
     df = pd.DataFrame(rows, columns=list(SENSITIVITY_COLUMNS))
@@ -521,8 +531,8 @@ def suggest_ratios(
 
 def check_suggestion(
     model: nn.Module,
-    spec: InputSpec,
     data: DataBundle,
+    spec: InputSpec,
     ratios: Mapping[str, float],
     *,
     method: str = "magnitude",
@@ -536,6 +546,17 @@ def check_suggestion(
     Both are applied to copies (the model is not modified) and evaluated before any fine-tune,
     so the comparison is measured rather than predicted.
 
+    Args:
+        model: The dense model (never modified).
+        data: The dataset; accuracy is measured on `split`.
+        spec: The model's input spec.
+        ratios: {layer: ratio}, e.g. from `suggest_ratios`.
+        method: Criterion name.
+        granularity: `unstructured`, `channel` or `head`.
+        split: The split to measure on (`val` by default).
+        limit: Evaluate on only the first N images of the split.
+        device: Where to evaluate.
+
     Returns:
         {"target_sparsity", "sparsity", "accuracy", "uniform_ratio", "uniform_sparsity",
         "uniform_accuracy", "base_accuracy"}; `target_sparsity` is the size-weighted mean of
@@ -547,7 +568,7 @@ def check_suggestion(
     total = float(sum(sizes.values()))
     target = sum(r * sizes[n] for n, r in ratios.items()) / total
     dev = resolve_device(device)
-    base_acc = _accuracy(_fresh(model), spec, data, dev, limit, split)
+    base_acc = _accuracy(_fresh(model), data, spec, dev, limit, split)
     suggested = PruneConfig(
         method=method, granularity=granularity, ratio=0.0,
         layer_ratios=tuple((n, float(r)) for n, r in ratios.items()),

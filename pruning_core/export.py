@@ -32,10 +32,11 @@ import torch
 from torch import nn
 
 from pruning_core.checkpoint import META_FILE, MODEL_FILE, save_model_dir
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, brief, shown
 from pruning_core.fsio import OUTPUT_MARKER, atomic_path, output_dir, to_jsonable, write_json
 from pruning_core.models import get_entry
 from pruning_core.spec import InputSpec
+from pruning_core.validate import number
 
 __all__ = [
     "FORMATS",
@@ -46,12 +47,10 @@ __all__ = [
     "export_onnx",
     "is_model_dir",
     "is_self_contained",
-    "make_recipe",
     "model_card",
     "onnx_bytes",
     "pruning_report",
     "read_pruned_dir",
-    "recipe_text",
     "report_html",
     "save_checkpoint",
     "write_bytes",
@@ -293,103 +292,6 @@ def onnx_bytes(
         return path.read_bytes(), check
 
 
-# --- recipes -----------------------------------------------------------------------------------
-
-
-def make_recipe(
-    *,
-    model: str,
-    dataset: str,
-    prune: Mapping[str, Any],
-    train: Mapping[str, Any] | None = None,
-    schedule: str = "oneshot",
-    steps: int | None = None,
-    distill: bool = False,
-    regularize: str | None = None,
-    reg_strength: float | None = None,
-    arch: str | None = None,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """A recipe in the format `pruning-lab prune --recipe` reads (that of `cli.prune`).
-
-    Args:
-        model, dataset: What the run used (registry names, paths...); a path is reduced to
-            its file name (see `recipe.portable_ref`).
-        prune: A `PruneConfig.to_dict()`.
-        train: A `TrainConfig.to_dict()` of the fine-tune (None or epochs 0: no fine-tune).
-        schedule, steps: The pruning schedule (`oneshot`, `linear`, `agp`, `dynamic`).
-        distill: Whether fine-tuning distilled from the dense model.
-        regularize, reg_strength: The sparsity regulariser, if any.
-        arch: Architecture of a checkpoint-file model.
-        device: Where it ran (`auto` repeats on whatever is there).
-
-    Raises:
-        UserError: The prune settings are not a valid PruneConfig.
-    """
-    from pruning_core.prune import PruneConfig
-    from pruning_core.recipe import RECIPE_KEYS, RECIPE_VERSION, portable_ref
-
-    cfg = PruneConfig.from_dict(prune)  # validates; a recipe never holds impossible settings
-    p = cfg.to_dict()
-    t = dict(train or {})
-    settings: dict[str, Any] = {
-        # Values, not paths: a file of this machine is named by its file name only, to be
-        # placed beside the recipe (or given on the command line) where it is repeated.
-        "model": portable_ref(model, "model"),
-        "arch": arch,
-        "dataset": portable_ref(dataset, "dataset"),
-        "method": p["method"],
-        "granularity": p["granularity"],
-        "ratio": p["ratio"],
-        "scope": p["scope"],
-        "schedule": schedule,
-        "steps": steps,
-        "finetune_epochs": int(t.get("epochs") or 0),
-        "lr": t.get("lr"),
-        "optimizer": t.get("optimizer"),
-        "batch_size": t.get("batch_size"),
-        "weight_decay": t.get("weight_decay"),
-        "distill": bool(distill) or None,
-        "regularize": regularize,
-        "reg_strength": reg_strength,
-        "device": device,
-        "seed": p["seed"],
-        "norm": p["norm"],
-        "ignore": p["ignore"],
-        "max_layer_ratio": p["max_layer_ratio"],
-        "structured_mode": p["structured_mode"],
-        "round_to": p["round_to"],
-        "calib_batches": p["calib_batches"],
-        "layer_ratios": p["layer_ratios"],
-    }
-    unknown = set(settings) - {*RECIPE_KEYS, "layer_ratios"}
-    if unknown:  # the CLI's format moved on: fail loudly rather than write a recipe it ignores
-        raise RuntimeError(f"recipe keys unknown to `pruning-lab prune`: {sorted(unknown)}")
-    return {
-        "version": RECIPE_VERSION,
-        "settings": settings,
-        "prune": p,
-        "schedule": {"kind": schedule, "steps": steps},
-        "train": t or None,
-        "regularize": (
-            {"name": regularize, "strength": reg_strength} if regularize is not None else None
-        ),
-        "seed": p["seed"],
-    }
-
-
-def recipe_text(recipe: Mapping[str, Any], fmt: str = "json") -> str:
-    """The recipe as JSON or YAML text (both are read by `pruning-lab prune --recipe`)."""
-    plain = to_jsonable(recipe, lenient=True, finite=False)
-    if fmt == "json":
-        return json.dumps(plain, indent=2) + "\n"
-    if fmt in ("yaml", "yml"):
-        import yaml
-
-        return str(yaml.safe_dump(plain, sort_keys=False))
-    raise UserError(f"unknown recipe format '{fmt}' (json or yaml)")
-
-
 # --- CSV and plain files ------------------------------------------------------------------------
 
 
@@ -518,16 +420,58 @@ def is_self_contained(page: str) -> bool:
     )  # fmt: skip
 
 
+# metrics.json fields the report and exports read, by the type each must have.
+_NUMBER_FIELDS = (
+    "target_ratio", "sparsity", "dense_accuracy", "pruned_accuracy", "regularized_accuracy",
+    "finetuned_accuracy", "final_accuracy", "accuracy", "params_before", "params_after",
+    "macs_before", "macs_after", "size_bytes_before", "size_bytes_after", "seconds",
+)  # fmt: skip
+_TEXT_FIELDS = (
+    "model", "arch", "dataset", "method", "criterion", "granularity", "scope", "schedule",
+    "stage",
+)  # fmt: skip
+_MAX_METRICS_BYTES = 8 << 20
+
+
 def read_pruned_dir(directory: Path) -> dict[str, Any]:
-    """The metrics.json of a `pruning-lab prune` output (empty dict when there is none)."""
+    """The metrics.json of a `pruning-lab prune` output (empty dict when there is none).
+
+    The file is data, not instructions, and it is checked like any input: the fields the report
+    reads must have their types (numbers finite and bounded, texts short), lists and mappings
+    their shapes.
+
+    Raises:
+        UserError: Unreadable or malformed JSON, or a field of the wrong type (named).
+    """
     p = Path(directory) / "metrics.json"
     if not p.is_file():
         return {}
     try:
+        if p.stat().st_size > _MAX_METRICS_BYTES:
+            raise UserError(f"metrics.json in {directory} is over {_MAX_METRICS_BYTES >> 20} MiB")
         doc = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"corrupt metrics.json in {directory}: {e}") from None
-    return doc if isinstance(doc, dict) else {}
+    except (ValueError, RecursionError) as e:  # JSON, encoding, over-long integers, nesting
+        raise UserError(f"corrupt metrics.json in {directory}: {shown(str(e))}") from None
+    if not isinstance(doc, dict):
+        return {}
+    where = f"{directory}/metrics.json"
+    for k in _NUMBER_FIELDS:
+        v = doc.get(k)
+        if v is not None:
+            doc[k] = number(v, f"{where}: {k}", lo=-1e18, hi=1e18)
+    for k in _TEXT_FIELDS:
+        v = doc.get(k)
+        if v is not None and (not isinstance(v, str) or len(v) > 1000):
+            raise UserError(f"{where}: {k} must be a short text, got {brief(v)}")
+    for k, kind in (("layer_sparsity", dict), ("curve", list), ("notes", list), ("history", list)):
+        v = doc.get(k)
+        if v is not None and not isinstance(v, kind):
+            raise UserError(f"{where}: {k} must be a {kind.__name__}, got {brief(v)}")
+    for layer, v in (doc.get("layer_sparsity") or {}).items():
+        number(v, f"{where}: layer_sparsity[{shown(layer, 40)}]", lo=0, hi=1)
+    if any(not isinstance(point, dict) for point in doc.get("curve") or []):
+        raise UserError(f"{where}: curve must be a list of objects")
+    return doc
 
 
 def is_model_dir(directory: Path) -> bool:

@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, shown
 
 __all__ = [
     "OUTPUT_MARKER",
@@ -64,9 +66,26 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+# Names longer than this (in bytes) are shortened in temporary names, so that a temporary of a
+# legal 255-byte name is legal too.
+_SHORT_BYTES = 80
+_NAME_FILE = ".name"  # sidecar of a renamed-aside old folder: the target's full name
+
+
+def _short(name: str) -> str:
+    """`name`, or for a long one a prefix of it plus a hash of the whole (fits any file system)."""
+    if len(name.encode("utf-8", "surrogateescape")) <= _SHORT_BYTES:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    head = name
+    while len(head.encode("utf-8", "surrogateescape")) > 40:
+        head = head[:-1]
+    return f"{head}~{digest}"
+
+
 def temp_prefix(name: str, tag: str = _TMP_TAG) -> str:
     """Prefix of a temporary sibling of `name` owned by this process (see `clean_stale`)."""
-    return f".{name}{tag}{os.getpid()}-"
+    return f".{_short(name)}{tag}{os.getpid()}-"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -122,19 +141,37 @@ def clean_stale(directory: Path, name: str | None = None) -> list[Path]:
     except OSError:
         return []
     done: list[Path] = []
+    wanted = None if name is None else _short(name)
     for entry in sorted(entries):
         m = _STALE_NAME.match(entry.name)
-        if m is None or (name is not None and m.group("name") != name) or not _is_stale(entry):
+        if m is None or (wanted is not None and m.group("name") != wanted) or not _is_stale(entry):
             continue
-        target = entry.with_name(m.group("name"))
-        if _OLD_TAG in entry.name and not os.path.lexists(target) and is_tool_output(entry):
-            with contextlib.suppress(OSError):
-                os.rename(entry, target)
-                done.append(entry)
-                continue
+        if not os.path.lexists(entry):
+            continue  # a sidecar already handled with its folder
+        if _OLD_TAG in entry.name and not entry.name.endswith(_NAME_FILE):
+            sidecar = entry.with_name(entry.name + _NAME_FILE)
+            full = _read_small(sidecar) or m.group("name")
+            target = entry.with_name(full)
+            restorable = _short(full) == m.group("name") and not os.path.lexists(target)
+            if restorable and is_tool_output(entry):
+                with contextlib.suppress(OSError):
+                    os.rename(entry, target)
+                    _remove(sidecar)
+                    done.append(entry)
+                    continue
         _remove(entry)
         done.append(entry)
     return done
+
+
+def _read_small(path: Path) -> str | None:
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
+            return None
+        text = path.read_text(encoding="utf-8", errors="surrogateescape").strip()
+    except OSError:
+        return None
+    return text if text and "/" not in text and text not in (".", "..") else None
 
 
 def json_default(o: Any) -> Any:
@@ -205,10 +242,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
     Raises:
         UserError: The folder cannot be created or written.
     """
-    target = Path(target)
+    target = _absolute(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(target.parent, target.name)
+        clean_stale(target.parent)
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), dir=target.parent)
     except OSError as e:
         raise UserError(f"cannot write {target}: {e.strerror or e}") from None
@@ -233,11 +270,32 @@ def is_tool_output(directory: Path) -> bool:
     """True when `directory` is a folder that Pruning Lab wrote (it holds the exact marker)."""
     marker = Path(directory) / OUTPUT_MARKER
     try:
-        return (
-            marker.is_file() and marker.stat().st_size < 4096 and marker.read_text() == _MARKER_TEXT
-        )
+        st = os.lstat(marker)
+        # A symbolic or hard link to another output's marker must not make a folder replaceable.
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size >= 4096:
+            return False
+        return marker.read_text() == _MARKER_TEXT
     except (OSError, UnicodeDecodeError):
         return False
+
+
+# The longest file name (in bytes) POSIX file systems accept.
+_NAME_MAX = 255
+
+
+def _absolute(path: Path | str, what: str = "path") -> Path:
+    """`path` made absolute without resolving links (`.` and `..` names become real names).
+
+    Raises:
+        UserError: A name in it is longer than file systems accept.
+    """
+    out = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    for part in out.parts:
+        if len(os.fsencode(part)) > _NAME_MAX:
+            raise UserError(
+                f"{what} {shown(str(out))[:120]}...: a name in it is longer than {_NAME_MAX} bytes"
+            )
+    return out
 
 
 def check_writable_dir(path: Path, what: str) -> None:
@@ -278,7 +336,7 @@ def check_output_dir(target: Path, what: str = "--out") -> None:
         UserError: `target` is a file or a symbolic link, a non-empty folder without the marker
             (someone's own work: nothing of it is touched), or cannot be written.
     """
-    target = Path(target).expanduser()
+    target = _absolute(target, what)
     if target.is_symlink():
         raise UserError(f"{what} {target} is a symbolic link; name the folder itself")
     if target.exists():
@@ -311,7 +369,7 @@ def check_output_file(target: Path, what: str = "--out", suffixes: tuple[str, ..
         UserError: A folder stands at `target`, the suffix is not one of `suffixes`, or the
             folder it goes into cannot be written.
     """
-    target = Path(target).expanduser()
+    target = _absolute(target, what)
     if target.is_dir():
         raise UserError(f"{what} {target} is a directory; give a file name")
     if suffixes and target.suffix.lower() not in suffixes:
@@ -352,9 +410,12 @@ def _swap_into_place(new: Path, target: Path) -> None:
         return
     old = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name, _OLD_TAG), dir=target.parent))
     os.rmdir(old)
+    sidecar = old.with_name(old.name + _NAME_FILE)
+    sidecar.write_text(target.name, encoding="utf-8", errors="surrogateescape")
     os.rename(target, old)
     os.rename(new, target)
     os.rename(old, new)
+    sidecar.unlink()
 
 
 @contextmanager
@@ -370,11 +431,11 @@ def output_dir(target: Path, what: str = "--out") -> Iterator[Path]:
     Raises:
         UserError: As `check_output_dir`.
     """
-    target = Path(target).expanduser()
+    target = _absolute(target, what)
     check_output_dir(target, what)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(target.parent, target.name)
+        clean_stale(target.parent)
         tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
     except OSError as e:
         raise UserError(f"{what} {target} cannot be written ({e.strerror or e})") from None

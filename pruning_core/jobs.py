@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pruning_core.errors import UserError
+from pruning_core.progress import ProgressReport
 from pruning_core.store import RunStore, check_curve_point, split_encodable
 from pruning_core.validate import number
 
@@ -196,6 +197,12 @@ class JobContext:
                 self.job.message = message
             self.job.metrics.update(metrics)
 
+    def follow(self, p: ProgressReport) -> None:
+        """A `progress=` callback (`progress.ProgressReport`) for any long-running function
+        (`experiments.sweep`, `experiments.sensitivity`, `tradeoffs.latency_vs_sparsity`...):
+        reports its `fraction` and `message` into this job."""
+        self.report(p.fraction, p.message)
+
     def log(self, **point: Any) -> None:
         """Append a curve point (e.g. step=, epoch=, loss=, accuracy=); recorded in the store.
 
@@ -221,9 +228,12 @@ class JobContext:
         self._last_flush = time.monotonic()
 
     def fit_progress(self, every: int = 1, label: str = "fine-tune") -> Callable[[Any], None]:
-        """A `progress=` callback for `train.fit` that reports and logs into this job.
+        """A `progress=` callback for `train.fit` (and `run_schedule`, `run_recipe`) that reports
+        and logs into this job.
 
-        Logs the loss every `every` steps and each epoch's validation accuracy.
+        Unlike `follow`, it reads the training fields of `train.Progress` (epoch, step, loss,
+        lr, val_accuracy): it logs the loss every `every` steps and each epoch's validation
+        accuracy as curve points.
         """
 
         def on_progress(p: Any) -> None:

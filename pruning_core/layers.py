@@ -29,6 +29,7 @@ from pruning_core.spec import InputSpec
 __all__ = [
     "WEIGHT_LAYERS",
     "check_finite",
+    "check_model_finite",
     "classifier_name",
     "eval_mode",
     "example_input",
@@ -228,6 +229,22 @@ def trainable_copy(model: nn.Module, device: torch.device | str = "cpu") -> nn.M
     for p in m.parameters():
         p.requires_grad_(True)
     return m
+
+
+def check_model_finite(model: nn.Module) -> None:
+    """Refuse a model any of whose floating parameters or buffers hold NaN or inf.
+
+    The policy (docs/RELIABILITY.md) is the same for every granularity: a non-finite model is
+    refused by name before anything is scored or pruned, whether or not the granularity would
+    touch that tensor (a NaN anywhere makes every accuracy and every score meaningless).
+
+    Raises:
+        UserError: Naming the first such tensor and counting its NaN/inf values.
+    """
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.dtype.is_floating_point and not bool(torch.isfinite(t.detach()).all()):
+            layer, _, leaf = name.rpartition(".")
+            check_finite(layer or name, t, "weights" if leaf == "weight" else f"values in {leaf}")
 
 
 def check_finite(name: str, values: torch.Tensor, what: str = "weights") -> None:

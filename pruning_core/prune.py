@@ -24,7 +24,7 @@ from torch import nn
 from pruning_core.calibration import recalibrate_batchnorm
 from pruning_core.criteria import CRITERIA, Criterion, get_criterion
 from pruning_core.errors import UserError
-from pruning_core.layers import check_finite, weight_of
+from pruning_core.layers import check_model_finite
 from pruning_core.plans import Plan, check_ratio, get_plan, list_granularities
 from pruning_core.plans.masks import apply_masks_, mask_sparsity, parse_nm
 from pruning_core.spec import InputSpec
@@ -384,6 +384,7 @@ class Preview:
         zeros_first: bool = True,
     ) -> None:
         criterion = config.criterion_object()
+        check_model_finite(model)
         if scores is None and criterion.needs_data and (data is None or spec is None):
             raise UserError(f"method '{criterion.name}' needs calibration data: give a dataset")
         self.config = config
@@ -557,11 +558,7 @@ def prune_(
     if preview is None:
         preview = Preview(model, config, data, spec)
     else:
-        # The preview scored another copy of the model: this one's weights must be finite too.
-        mods = dict(model.named_modules())
-        for n in preview.layer_names:
-            if n in mods and isinstance(getattr(mods[n], "weight", None), torch.Tensor):
-                check_finite(n, weight_of(mods[n]))
+        check_model_finite(model)  # the preview scored another copy: this one must be finite too
     selection = preview.select(config.ratio, dict(config.layer_ratios), config.scope)
     done = preview.plan.apply(model, selection, physical=config.structured_mode == "physical")
     if preview.plan.structured and data is not None and spec is not None:

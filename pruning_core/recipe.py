@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pruning_core.errors import UserError
+from pruning_core.checkpoint import CHECKPOINT_SUFFIXES
+from pruning_core.errors import UserError, brief, shown
 from pruning_core.fsio import json_default
 from pruning_core.plans import get_plan
 from pruning_core.prune import PruneConfig, finetune_defaults
@@ -81,6 +82,24 @@ _TEXT_SETTINGS = (
 )  # fmt: skip
 
 
+# Recipes and ratios files are small documents; anything larger is not one.
+MAX_DOCUMENT_BYTES = 1 << 20
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML's safe subset, without aliases: `*name` references let a few lines expand into
+    gigabytes ("billion laughs"), and a recipe never needs them."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("aliases (*name) are not allowed")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliasLoader)
+
+
 def read_mapping(path: Path, what: str) -> dict[str, Any]:
     """A JSON or YAML file holding one mapping (YAML by the `.yaml`/`.yml` suffix).
 
@@ -91,18 +110,19 @@ def read_mapping(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
     try:
+        if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            raise UserError(
+                f"{what} {path.name} is over {MAX_DOCUMENT_BYTES // 1024} KiB; a recipe or ratios "
+                "file is a few lines"
+            )
         text = path.read_text(errors="replace")
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            doc = yaml.safe_load(text)
-        else:
-            doc = json.loads(text)
+        yaml_file = path.suffix.lower() in (".yaml", ".yml")
+        doc = _load_yaml(text) if yaml_file else json.loads(text)
     except Exception as e:  # json and yaml raise different types; both mean a malformed file
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = shown(str(e).splitlines()[0]) if str(e) else type(e).__name__
         raise UserError(f"cannot parse {what} {path.name}: {first}") from None
     if not isinstance(doc, dict):
         raise UserError(f"{what} {path.name} must hold a mapping")
@@ -125,7 +145,7 @@ def check_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
     unknown = sorted(set(settings) - {*RECIPE_KEYS, "layer_ratios"})
     if unknown:
         raise UserError(
-            f"recipe {source}: unknown setting(s) {', '.join(map(repr, unknown))}; "
+            f"recipe {source}: unknown setting(s) {', '.join(repr(shown(k, 40)) for k in unknown[:5])}; "
             "it may come from a newer Pruning Lab"
         )
     out: dict[str, Any] = {}
@@ -135,30 +155,30 @@ def check_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
             out[key] = None
         elif key in SETTING_CHECKS:
             if isinstance(value, str | bool):
-                raise UserError(f"{what} must be a number, got {value!r}")
+                raise UserError(f"{what} must be a number, got {brief(value)}")
             out[key] = SETTING_CHECKS[key].check(value, what)
         elif key in _TEXT_SETTINGS:
             if not isinstance(value, str) or not value.strip() or "\0" in value:
-                raise UserError(f"{what} must be a non-empty text, got {value!r}")
+                raise UserError(f"{what} must be a non-empty text, got {brief(value)}")
             out[key] = value
         elif key == "distill":
             if not isinstance(value, bool):
-                raise UserError(f"{what} must be true or false, got {value!r}")
+                raise UserError(f"{what} must be true or false, got {brief(value)}")
             out[key] = value
         elif key == "ignore":
             ok = isinstance(value, str) or (
                 isinstance(value, list) and all(isinstance(v, str) for v in value)
             )
             if not ok:
-                raise UserError(f"{what} must be a list of layer names, got {value!r}")
+                raise UserError(f"{what} must be a list of layer names, got {brief(value)}")
             out[key] = value
         elif key == "layer_ratios":
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise UserError(f"{what} must map layer names to ratios, got {value!r}")
+                raise UserError(f"{what} must map layer names to ratios, got {brief(value)}")
             ratios = {}
             for layer, r in value.items():
                 if isinstance(r, str | bool):
-                    raise UserError(f"{what}['{layer}'] must be a number, got {r!r}")
+                    raise UserError(f"{what}['{layer}'] must be a number, got {brief(r)}")
                 ratios[layer] = RATIO.check(r, f"{what}['{layer}']")
             out[key] = ratios
     return out
@@ -196,7 +216,7 @@ def _is_registry_ref(key: str, value: str) -> bool:
         "/" in value
         or "\\" in value
         or value.startswith(("~", ".", *_DATASET_PREFIXES))
-        or value.endswith((".pt", ".pth", ".safetensors", ".zip"))
+        or value.endswith((*CHECKPOINT_SUFFIXES, ".zip"))
     )
     if key == "ratios_file" or path_like:
         return False
@@ -495,7 +515,7 @@ def _check_document(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
         raise UserError(f"{source} is not a pruning-lab recipe (no 'settings' mapping)")
     version = recipe.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise UserError(f"recipe {source}: 'version' must be an integer, got {version!r}")
+        raise UserError(f"recipe {source}: 'version' must be an integer, got {brief(version)}")
     if not 1 <= version <= RECIPE_VERSION:
         raise UserError(
             f"recipe {source} has version {version}; this Pruning Lab reads versions up to "
@@ -504,7 +524,7 @@ def _check_document(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
     extra = sorted(set(recipe) - set(RECIPE_SECTIONS))
     if extra:
         raise UserError(
-            f"recipe {source}: unknown key(s) {', '.join(map(repr, extra))}; "
+            f"recipe {source}: unknown key(s) {', '.join(repr(shown(k, 40)) for k in extra[:5])}; "
             "it may come from a newer Pruning Lab"
         )
     return check_settings(recipe["settings"], source)

@@ -20,6 +20,7 @@ from pruning_core.errors import UserError
 from pruning_core.layers import weight_of
 
 __all__ = [
+    "NO_REGULARIZER",
     "REGULARIZERS",
     "BNSlimming",
     "GroupLasso",
@@ -131,6 +132,9 @@ class GroupLasso(Regularizer):
             terms.append(math.sqrt(w.shape[1]) * w.norm(dim=1).sum())
         return _total(terms)
 
+
+# The choice that means "no regulariser" in menus (not a registry entry).
+NO_REGULARIZER = "none"
 
 REGULARIZERS: dict[str, type[Regularizer]] = {
     c.name: c for c in (L1Weights, BNSlimming, GroupLasso)

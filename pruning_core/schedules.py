@@ -203,7 +203,8 @@ def run_schedule(
         train_config: Fine-tuning of each cycle (None or 0 epochs: prune only).
         data: The dataset (training, evaluation, calibration).
         spec: The model's input spec.
-        progress: Called with fit's Progress, steps counted over the whole schedule.
+        progress: Called with fit's `train.Progress` (a `progress.ProgressReport`: `fraction`,
+            `message`, plus epoch, step, loss...), steps counted over the whole schedule.
         cancel: Stops within one batch; the result says cancelled.
         teacher: Dense teacher for distillation (used when train_config.distill_weight > 0).
         regularizer: An `extra_loss` (see `pruning_core.regularize`): used in a sparsity

@@ -12,12 +12,11 @@ with the architecture arguments (`arch_kwargs`) that the same numbers feed:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pruning_core.errors import UserError, shown
+from pruning_core.errors import UserError, brief, shown
 from pruning_core.validate import number
 
 __all__ = [
@@ -33,6 +32,9 @@ __all__ = [
 MAX_CHANNELS = 16
 MAX_SIZE = 4096
 MAX_CLASSES = 100_000
+# Bounds of a normalisation (mean, std) of pixels in [0, 1].
+MAX_NORM = 1000.0
+MIN_STD = 1e-6
 # The spec fields and the bounds of the integer ones (lo, hi).
 SPEC_INT_FIELDS: dict[str, tuple[int, int]] = {
     "channels": (1, MAX_CHANNELS),
@@ -149,16 +151,14 @@ class InputSpec:
             v = d[k]
             if not isinstance(v, list | tuple) or len(v) != c:
                 raise UserError(
-                    f"{where}.{k} must be a list of {c} numbers (one per channel), got {v!r}"
+                    f"{where}.{k} must be a list of {c} numbers (one per channel), got {brief(v)}"
                 )
-            vals = []
-            for i, x in enumerate(v):
-                if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-                    raise UserError(f"{where}.{k}[{i}] must be a finite number, got {x!r}")
-                if k == "std" and not x > 0:
-                    raise UserError(f"{where}.std[{i}] must be > 0, got {x!r}")
-                vals.append(float(x))
-            vecs[k] = tuple(vals)
+            # Pixels are normalised from [0, 1]: means far outside it, or a std so small that
+            # inputs overflow (a denormal), describe no real normalisation.
+            lo, hi = (MIN_STD, MAX_NORM) if k == "std" else (-MAX_NORM, MAX_NORM)
+            vecs[k] = tuple(
+                float(number(x, f"{where}.{k}[{i}]", lo=lo, hi=hi)) for i, x in enumerate(v)
+            )
         names = d.get("class_names", [])
         if names is None:
             names = []

@@ -297,7 +297,8 @@ Histogram = tuple[list[float], list[int]]
 def _histogram(
     values: torch.Tensor, bins: int, lo: float | None = None, hi: float | None = None
 ) -> Histogram:
-    v = values.detach().float().reshape(-1)
+    # float64: a range near float32's limits (weights of +-3e38) overflows in float32 arithmetic.
+    v = values.detach().double().reshape(-1)
     # Only finite values are binned: a single inf would stretch the bins to infinity.
     v = v[torch.isfinite(v)]
     if v.numel() == 0:
@@ -306,10 +307,11 @@ def _histogram(
     b = float(v.max()) if hi is None else hi
     if not b > a:  # constant tensor: a unit-wide window around it
         a, b = a - 0.5, b + 0.5
-    # torch.histc drops values outside [min, max]; clamping keeps every value counted.
-    counts = torch.histc(v.clamp(a, b), bins=bins, min=a, max=b)
-    edges = torch.linspace(a, b, bins + 1)
-    return [float(e) for e in edges], [int(c) for c in counts.round().long()]
+    edges = torch.linspace(a, b, bins + 1, dtype=torch.float64)
+    # Each value's bin from its offset in the window; values outside it count in the end bins.
+    idx = ((v.clamp(a, b) - a) / (b - a) * bins).floor().long().clamp(0, bins - 1)
+    counts = torch.bincount(idx, minlength=bins)
+    return [float(e) for e in edges], [int(c) for c in counts]
 
 
 @torch.no_grad()
@@ -442,8 +444,8 @@ class _Acc:
 @torch.no_grad()
 def activation_stats(
     model: nn.Module,
-    spec: InputSpec,
     data: Any,
+    spec: InputSpec,
     batches: int = 2,
     bins: int = DEFAULT_BINS,
     *,
@@ -456,8 +458,8 @@ def activation_stats(
 
     Args:
         model: The model (not modified; evaluated in eval mode on its own device).
-        spec: Its input spec.
         data: A `DataBundle`, or a tensor of inputs already adapted to `spec`.
+        spec: The model's input spec.
         batches: Calibration batches to run.
         bins: Fixed histogram bin count.
         batch_size: Images per batch.

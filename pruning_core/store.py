@@ -343,7 +343,8 @@ class RunStore:
 
     def __init__(self, path: str | Path | None = None) -> None:
         p = Path(path).expanduser() if path is not None else data_home()
-        if p.suffix in (".sqlite3", ".sqlite", ".db"):
+        # PRUNING_LAB_HOME always names a folder; only a path given in code may name the file.
+        if path is not None and p.suffix in (".sqlite3", ".sqlite", ".db"):
             self.root, self.db_path = p.parent, p
         else:
             self.root, self.db_path = p, p / DB_FILE
@@ -443,6 +444,13 @@ class RunStore:
 
     def _migrate(self, con: sqlite3.Connection) -> None:
         version = con.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version == 0 and tables - {"runs", "curves", "artifacts", "sqlite_sequence"}:
+            # Someone's own database at this path: adding tables to it would change their file.
+            raise UserError(
+                f"{self.db_path} is a database that pruning-lab did not create; "
+                "set PRUNING_LAB_HOME to another folder"
+            )
         if version > SCHEMA_VERSION:
             raise UserError(
                 f"run store {self.db_path} has schema version {version}, newer than this "

@@ -67,7 +67,9 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
 
     Returns:
         {"attrs": {module: {attr: value}}, "identity": [module paths replaced by nn.Identity],
-        "self_attention": [nn.MultiheadAttention paths swapped for SelfAttention (head pruning)]}.
+        "self_attention": [nn.MultiheadAttention paths swapped for SelfAttention (head pruning)],
+        "free": {tensor: shape} for parameters and buffers of modules without shape attributes
+        whose shape changed (a ViT's position embedding, a ConvNeXt layer scale)}.
     """
     ref_attrs = module_shape_attrs(reference)
     ref_mods = dict(reference.named_modules())
@@ -86,10 +88,18 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
         for n, m in model.named_modules()
         if isinstance(m, SelfAttention) and isinstance(ref_mods.get(n), nn.MultiheadAttention)
     ]
-    return {"attrs": attrs, "identity": identity, "self_attention": swapped}
+    ref_tensors = {**dict(reference.named_parameters()), **dict(reference.named_buffers())}
+    free = {
+        n: list(t.shape)
+        for n, t in [*model.named_parameters(), *model.named_buffers()]
+        if n.rpartition(".")[0] not in ref_attrs
+        and n in ref_tensors
+        and tuple(ref_tensors[n].shape) != tuple(t.shape)
+    }
+    return {"attrs": attrs, "identity": identity, "self_attention": swapped, "free": free}
 
 
-SURGERY_KEYS = ("attrs", "identity", "self_attention")
+SURGERY_KEYS = ("attrs", "identity", "self_attention", "free")
 
 
 def has_surgery(surgery: Mapping[str, Any] | None) -> bool:
@@ -148,6 +158,8 @@ def apply_surgery(
             set_submodule(model, path, SelfAttention(mha.embed_dim, mha.num_heads))
         swapped.append(path)
     mods = dict(model.named_modules())
+    shaped = set(module_shape_attrs(model))  # modules whose tensors their own attributes check
+    old_widths: set[int] = set()
     for path, attrs in (surgery.get("attrs") or {}).items():
         what = f"{where}: surgery.attrs.{shown(path) or '(root)'}"
         if path not in mods:
@@ -164,18 +176,24 @@ def apply_surgery(
                     f"{what}.{a} must be {'a list of integers' if isinstance(old, tuple) else 'an integer'}"
                     f", got {v!r}"
                 )
+            if isinstance(old, int):
+                old_widths.add(old)
             setattr(mod, a, tuple(v) if isinstance(v, list | tuple) else v)
+    free = surgery.get("free")
     # Parameters and buffers take the saved shapes; values come from load_state_dict next.
     for name, mod in model.named_modules():
         prefix = f"{name}." if name else ""
+        own = name in shaped or name in swapped
         for pname, p in list(mod.named_parameters(recurse=False)):
             t = state.get(prefix + pname)
             if t is not None and t.shape != p.shape and t.dim() == p.dim():
+                _allowed(prefix + pname, p, t, own, free, old_widths, where)
                 new = torch.empty(t.shape, dtype=p.dtype, device=p.device)
                 setattr(mod, pname, nn.Parameter(new, p.requires_grad))
         for bname, b in list(mod.named_buffers(recurse=False)):
             t = state.get(prefix + bname)
             if b is not None and t is not None and t.shape != b.shape and t.dim() == b.dim():
+                _allowed(prefix + bname, b, t, own, free, old_widths, where)
                 mod.register_buffer(bname, torch.empty(t.shape, dtype=b.dtype, device=b.device))
     # An attention swap creates qkv/proj that the dense reference lacks, so surgery_of cannot
     # record their widths: they follow their (checked) SelfAttention's heads instead.
@@ -184,6 +202,38 @@ def apply_surgery(
         for lin in (getattr(att, "qkv", None), getattr(att, "proj", None)):
             if isinstance(lin, nn.Linear):
                 lin.out_features, lin.in_features = lin.weight.shape
+
+
+def _allowed(
+    name: str,
+    built: torch.Tensor,
+    saved: torch.Tensor,
+    own: bool,
+    free: Mapping[str, Any] | None,
+    old_widths: set[int],
+    where: str,
+) -> None:
+    """May the saved tensor `name` change the built shape? A tensor of a module with shape
+    attributes may (`check_module_shapes` holds it to them); a free tensor only as the surgery
+    records it (`free`), or, in folders written before `free` was recorded, along one dimension
+    whose built size is a width the surgery changed (an embedding or layer-scale width).
+
+    Raises:
+        UserError: Naming the tensor and both shapes.
+    """
+    if own:
+        return
+    got, want = tuple(saved.shape), tuple(built.shape)
+    if free is not None:
+        ok = name in free and tuple(free[name]) == got
+    else:
+        differ = [i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b]
+        ok = len(differ) == 1 and want[differ[0]] in old_widths
+    if not ok:
+        raise UserError(
+            f"{where}: tensor {shown(name)} is saved as {got} but the architecture builds {want}, "
+            "and the surgery does not say it changed"
+        )
 
 
 def _submodule(model: nn.Module, path: Any, what: str) -> nn.Module:

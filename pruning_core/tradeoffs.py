@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.latency import LATENCY_BACKENDS, benchmark_backends
 from pruning_core.layers import example_input, trainable_copy
+from pruning_core.progress import ProgressFn, Report
 from pruning_core.prune import PruneConfig, prune_
 from pruning_core.spec import InputSpec
 
@@ -42,7 +42,7 @@ def latency_vs_sparsity(
     backends: Sequence[str] = LATENCY_BACKENDS,
     repeats: int = 15,
     max_seconds: float = 2.0,
-    progress: Callable[[float, str], Any] | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> pd.DataFrame:
     """Time dense, masked, shrunk, CSR and 2:4 versions of `model` at several sparsities.
@@ -57,7 +57,8 @@ def latency_vs_sparsity(
         threads: torch CPU threads while timing (default: as set now).
         backends: A subset of `LATENCY_BACKENDS`.
         repeats, max_seconds: Timed calls and time budget per backend and ratio.
-        progress: Called as progress(fraction, message) after each ratio.
+        progress: Called with a `progress.ProgressReport` (`fraction` of the ratios done,
+            `message`) after each ratio.
         cancel: Stops after the current ratio when set (`df.attrs["cancelled"]`).
 
     Returns:
@@ -105,7 +106,7 @@ def latency_vs_sparsity(
             df.loc[is_struct, "reason"] = why
         frames.append(df)
         if progress is not None:
-            progress((i + 1) / len(ratios), f"latency at ratio {r:g} measured")
+            progress(Report((i + 1) / len(ratios), f"latency at ratio {r:g} measured"))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     out.attrs.update(cancelled=cancelled, batch_size=batch_size, device=str(dev),
                      threads=threads or torch.get_num_threads())  # fmt: skip

@@ -104,7 +104,21 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress report: after every step, and with `val_accuracy` at each epoch's end."""
+    """One progress report: after every step, and with `val_accuracy` at each epoch's end.
+
+    It satisfies `progress.ProgressReport` (`fraction` and `message`), so a callback written for
+    any long-running function also serves `fit`; the other fields are for callbacks that plot
+    the training curve.
+
+    Attributes:
+        epoch: The current epoch, from 1.
+        epochs: Epochs in all.
+        step: Optimizer steps taken so far.
+        total_steps: Optimizer steps in all.
+        loss: The step's training loss (at an epoch's end: the epoch's mean loss).
+        lr: The learning rate of the step.
+        val_accuracy: Validation accuracy, only in the report at an epoch's end.
+    """
 
     epoch: int
     epochs: int
@@ -118,6 +132,20 @@ class Progress:
     def fraction(self) -> float:
         """Share of the work done, in [0, 1]."""
         return self.step / self.total_steps if self.total_steps else 1.0
+
+    @property
+    def message(self) -> str:
+        """One line for people: `epoch 2/3, step 40/250, loss 0.1234`, or at an epoch's end
+        `epoch 2/3: loss 0.1234, val accuracy 0.9512`."""
+        if self.val_accuracy is not None:
+            return (
+                f"epoch {self.epoch}/{self.epochs}: loss {self.loss:.4f}, "
+                f"val accuracy {self.val_accuracy:.4f}"
+            )
+        return (
+            f"epoch {self.epoch}/{self.epochs}, step {self.step}/{self.total_steps}, "
+            f"loss {self.loss:.4f}"
+        )
 
 
 @dataclass
@@ -206,7 +234,9 @@ def fit(
         teacher: Dense teacher for distillation (used when config.distill_weight > 0).
         after_step: Called as after_step(model, step) after each optimizer step.
         extra_loss: A regulariser added to the loss each step.
-        progress: Called after every step with a `Progress`.
+        progress: Called with a `Progress` (a `progress.ProgressReport`: `fraction`, `message`,
+            plus epoch, step, loss...) after every step, and with `val_accuracy` at each
+            epoch's end.
         cancel: When set, training stops within one batch and the result says cancelled.
 
     Returns:

@@ -12,7 +12,7 @@ import argparse
 import math
 from typing import Any
 
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, brief
 
 __all__ = [
     "BATCH",
@@ -62,22 +62,22 @@ def number(
     """
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool):
-        raise UserError(f"{what} must be {kind}, got {value!r}")
+        raise UserError(f"{what} must be {kind}, got {brief(value)}")
     try:
         v = float(value) if not isinstance(value, int) else value
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be {kind}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{what} must be {kind}, got {brief(value)}") from None
     if isinstance(v, float):
         if not math.isfinite(v):
-            raise UserError(f"{what} must be a finite number, got {value!r}")
+            raise UserError(f"{what} must be a finite number, got {brief(value)}")
         if integer:
             if not v.is_integer():
-                raise UserError(f"{what} must be an integer, got {value!r}")
+                raise UserError(f"{what} must be an integer, got {brief(value)}")
             v = int(v)
     low_ok = lo is None or (v > lo if lo_open else v >= lo)
     high_ok = hi is None or (v < hi if hi_open else v <= hi)
     if not (low_ok and high_ok):
-        raise UserError(f"{what} must be {_describe(lo, hi, lo_open, hi_open)}, got {value!r}")
+        raise UserError(f"{what} must be {_describe(lo, hi, lo_open, hi_open)}, got {brief(value)}")
     return v
 
 

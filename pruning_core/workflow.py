@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning_core.checkpoint import save_model_dir
+from pruning_core.checkpoint import CHECKPOINT_SUFFIXES, save_model_dir
 from pruning_core.data import DataBundle, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
@@ -29,6 +29,7 @@ from pruning_core.fsio import output_dir, write_json
 from pruning_core.models import LoadedModel, get_entry, load_model
 from pruning_core.recipe import Recipe
 from pruning_core.schedules import ScheduleResult, run_schedule
+from pruning_core.spec import InputSpec
 from pruning_core.stats import count_macs, count_params, size_bytes
 from pruning_core.train import Progress
 
@@ -52,8 +53,14 @@ class Measures:
     size_bytes: int
 
 
-def measure(model: nn.Module, spec: Any, data: DataBundle | None = None) -> Measures:
-    """Non-zero parameters, MACs, size and (with `data`) validation accuracy of `model`."""
+def measure(model: nn.Module, data: DataBundle | None, spec: InputSpec) -> Measures:
+    """Non-zero parameters, MACs, size and (with `data`) validation accuracy of `model`.
+
+    Args:
+        model: The model (not modified).
+        data: The dataset, for the validation accuracy; None: accuracy not measured.
+        spec: The model's input spec.
+    """
     acc = evaluate(model, data, spec).accuracy if data is not None else None
     return Measures(
         accuracy=acc,
@@ -220,7 +227,7 @@ def run_recipe(
     if data is None:
         data = load_dataset(recipe.dataset)
     if model is None:
-        is_file = recipe.model.endswith((".pt", ".pth", ".safetensors"))
+        is_file = recipe.model.endswith(CHECKPOINT_SUFFIXES)
         model = load_model(
             recipe.model,
             arch=recipe.arch,
@@ -233,7 +240,7 @@ def run_recipe(
     if regularizer is not None:
         regularizer(net)  # fails now (e.g. slim without BatchNorm), not after an epoch
     torch.manual_seed(recipe.seed)
-    dense = measure(net, spec, data)
+    dense = measure(net, data, spec)
     teacher = copy.deepcopy(net).eval() if recipe.finetune.distill_weight > 0 else None
     if teacher is not None:
         for p in teacher.parameters():
@@ -242,7 +249,7 @@ def run_recipe(
         net, recipe.prune, recipe.schedule, train_config=recipe.finetune, data=data, spec=spec,
         progress=progress, cancel=cancel, teacher=teacher, regularizer=regularizer,
     )  # fmt: skip
-    after = measure(net, spec)
+    after = measure(net, None, spec)
     return RecipeResult(
         recipe=recipe,
         loaded=model,

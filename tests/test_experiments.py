@@ -49,8 +49,8 @@ def test_sweep_grid_and_input_untouched(cnn, digits, monkeypatch: pytest.MonkeyP
     before = _state(cnn.model)
     messages: list[tuple[float, str]] = []
     df = E.sweep(
-        cnn, digits, ["magnitude", "random"], [0.5, 0.9], device="cpu",
-        progress=lambda f, m: messages.append((f, m)),
+        cnn, digits, methods=["magnitude", "random"], ratios=[0.5, 0.9], device="cpu",
+        progress=lambda p: messages.append((p.fraction, p.message)),
     )  # fmt: skip
     assert _same(before, _state(cnn.model))  # the caller's model is never pruned
     assert built == ["magnitude", "random"]  # scored once per method, not once per point
@@ -75,22 +75,27 @@ def test_sweep_grid_and_input_untouched(cnn, digits, monkeypatch: pytest.MonkeyP
 
 def test_sweep_finetune_cancel_and_structured(cnn, digits) -> None:
     cfg = TrainConfig(lr=1e-3, batch_size=128, device="cpu")
-    df = E.sweep(cnn, digits, ["random"], [0.8], finetune_epochs=1, train_config=cfg, device="cpu")
+    df = E.sweep(
+        cnn, digits, methods=["random"], ratios=[0.8], finetune_epochs=1, train_config=cfg,
+        device="cpu",
+    )  # fmt: skip
     # fine-tuning recovers much of what random pruning lost
     assert df.loc[0, "finetuned_accuracy"] > df.loc[0, "accuracy"] + 0.05
     assert abs(df.loc[0, "sparsity"] - 0.8) < 0.01
 
     cancel = threading.Event()
     part = E.sweep(
-        cnn, digits, ["magnitude"], [0.3, 0.5, 0.7], device="cpu", cancel=cancel,
-        progress=lambda f, m: cancel.set(),
+        cnn, digits, methods=["magnitude"], ratios=[0.3, 0.5, 0.7], device="cpu", cancel=cancel,
+        progress=lambda p: cancel.set(),
     )  # fmt: skip
     assert len(part) == 1 and part.attrs["cancelled"]
 
-    ch = E.sweep(cnn, digits, ["magnitude"], [0.5], granularity="channel", device="cpu")
+    ch = E.sweep(cnn, digits, methods=["magnitude"], ratios=[0.5], granularity="channel",
+                 device="cpu")  # fmt: skip
     assert ch.loc[0, "macs"] < 0.6 * df.loc[0, "macs"]  # structured pruning really cuts work
 
-    nm = E.sweep(cnn, digits, ["magnitude"], [0.3, 0.9], granularity="2:4", device="cpu")
+    nm = E.sweep(cnn, digits, methods=["magnitude"], ratios=[0.3, 0.9], granularity="2:4",
+                 device="cpu")  # fmt: skip
     assert list(nm["ratio"]) == [0.5] and abs(nm.loc[0, "sparsity"] - 0.5) < 1e-6
 
 
@@ -106,13 +111,13 @@ def test_sweep_finetune_cancel_and_structured(cnn, digits) -> None:
 def test_sweep_bad_input(cnn, digits, kw, match) -> None:
     args = {"methods": ["magnitude"], "ratios": [0.5], **kw}
     with pytest.raises(UserError, match=match):
-        E.sweep(cnn, digits, args["methods"], args["ratios"], device="cpu")
+        E.sweep(cnn, digits, methods=args["methods"], ratios=args["ratios"], device="cpu")
 
 
 def test_sensitivity_rows(cnn, digits) -> None:
     before = _state(cnn.model)
     ratios = (0.5, 0.9)
-    df = E.sensitivity(cnn.model, cnn.spec, digits, ratios=ratios, device="cpu")
+    df = E.sensitivity(cnn.model, digits, cnn.spec, ratios=ratios, device="cpu")
     assert _same(before, _state(cnn.model))
     layers = prunable_layers(cnn.model, PruneConfig())
     assert layers == ["conv1", "conv2", "fc1"]  # the classifier stays dense
@@ -134,21 +139,21 @@ def test_sensitivity_rows(cnn, digits) -> None:
     assert at["conv1"] > at["fc1"] + 0.05
 
     with pytest.raises(UserError, match="per-layer"):
-        E.sensitivity(cnn.model, cnn.spec, digits, granularity="2:4")
+        E.sensitivity(cnn.model, digits, cnn.spec, granularity="2:4")
     with pytest.raises(UserError, match="not a prunable layer"):
-        E.sensitivity(cnn.model, cnn.spec, digits, layers=["fc2"])
+        E.sensitivity(cnn.model, digits, cnn.spec, layers=["fc2"])
 
 
 def test_suggestion_beats_uniform_on_digits_cnn(cnn, digits) -> None:
     # Drops measured on the calibration split (training images); the suggestion is then judged
     # on the validation split, which the choice never saw.
-    sens = E.sensitivity(cnn.model, cnn.spec, digits, split="calib", device="cpu")
+    sens = E.sensitivity(cnn.model, digits, cnn.spec, split="calib", device="cpu")
     sizes = E.layer_sizes(cnn.model, ["conv1", "conv2", "fc1"])
     target = 0.8
     ratios = E.suggest_ratios(sens, sizes, target)
     reached = sum(ratios[n] * sizes[n] for n in sizes) / sum(sizes.values())
     assert reached == pytest.approx(target, abs=1e-9)
-    check = E.check_suggestion(cnn.model, cnn.spec, digits, ratios, device="cpu")
+    check = E.check_suggestion(cnn.model, digits, cnn.spec, ratios, device="cpu")
     assert check["sparsity"] == pytest.approx(check["uniform_sparsity"], abs=1e-3)
     assert check["sparsity"] == pytest.approx(target, abs=1e-3)
     assert check["accuracy"] > check["uniform_accuracy"] + 0.02, check

@@ -16,6 +16,7 @@ from pruning_core import export
 from pruning_core.errors import UserError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.prune import PruneConfig, prune_
+from pruning_core.recipe import Recipe
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +102,9 @@ def test_onnx_mismatch_writes_nothing(
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
 def test_recipe_repeats_the_run(dense: LoadedModel, fmt: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     config = PruneConfig(method="magnitude", ratio=0.8, scope="layer")
-    recipe = export.make_recipe(model="digits-cnn", dataset="digits", prune=config.to_dict())
+    recipe = Recipe("digits-cnn", "digits", config)
     path = tmp_path / f"recipe.{fmt}"
-    path.write_text(export.recipe_text(recipe, fmt))
+    path.write_text(recipe.text(fmt))
     code, out, err = cli("prune", "--recipe", str(path), "--out", str(tmp_path / "run"),
                          "--quiet", "--json")  # fmt: skip
     assert code == 0, err
@@ -120,9 +121,9 @@ def test_recipe_repeats_the_run(dense: LoadedModel, fmt: str, tmp_path: Path, cl
 
 def test_recipe_validates_settings() -> None:
     with pytest.raises(UserError):
-        export.make_recipe(model="digits-cnn", dataset="digits", prune={"method": "nope"})
+        Recipe("digits-cnn", "digits", PruneConfig.from_dict({"method": "nope"}))
     with pytest.raises(UserError):
-        export.recipe_text({}, "toml")
+        Recipe("digits-cnn", "digits", PruneConfig()).text("toml")
 
 
 def test_report_is_self_contained(dense: LoadedModel) -> None:

@@ -155,8 +155,10 @@ CASES: list[tuple[str, Mutation, str]] = [
         f"build a model of 2,147,492,682 parameters, over the limit of {MAX_PARAMS:,}",
     ),
     ("spec missing mean", _drop("spec.mean"), "model.json: spec lacks 'mean'"),
-    ("spec std 0", _set("spec.std", [0.0]), "model.json: spec.std[0] must be > 0"),
-    ("spec std negative", _set("spec.std", [-1.0]), "spec.std[0] must be > 0"),
+    ("spec std 0", _set("spec.std", [0.0]), "model.json: spec.std[0] must be in [1e-06"),
+    ("spec std denormal", _set("spec.std", [1e-320]), "model.json: spec.std[0] must be in [1e-06"),
+    ("spec mean huge int", _set("spec.mean", [10**400]), "model.json: spec.mean[0] must be in"),
+    ("spec std negative", _set("spec.std", [-1.0]), "spec.std[0] must be in [1e-06"),
     ("spec NaN mean", _set("spec.mean", [math.nan]), "spec.mean[0] must be a finite number"),
     (
         "spec wrong-length mean",

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from pruning_core import export
 from pruning_core.errors import UserError
 from pruning_core.prune import PruneConfig
-from pruning_core.recipe import RECIPE_VERSION, portable_ref, read_recipe
+from pruning_core.recipe import RECIPE_VERSION, Recipe, portable_ref, read_recipe
 
 BASE = {
     "model": "digits-mlp",
@@ -144,12 +143,13 @@ def test_yaml_and_metrics_json_recipes_are_checked_the_same_way(tmp_path: Path) 
 
 def test_exported_recipes_carry_values_not_paths(tmp_path: Path) -> None:
     config = PruneConfig(method="magnitude", ratio=0.6, layer_ratios=(("fc1", 0.3),))
-    recipe = export.make_recipe(
-        model="/srv/pruning-lab/uploads/models/mine-digits-cnn-abc123",
-        dataset="/srv/pruning-lab/uploads/datasets/pics-123.zip",
-        prune=config.to_dict(),
+    made = Recipe(
+        "/srv/pruning-lab/uploads/models/mine-digits-cnn-abc123",
+        "/srv/pruning-lab/uploads/datasets/pics-123.zip",
+        config,
     )
-    text = export.recipe_text(recipe)
+    text = made.text(portable=True)
+    recipe = made.to_document(portable=True)
     assert "/srv" not in text
     assert recipe["settings"]["model"] == "mine-digits-cnn-abc123"
     assert recipe["settings"]["dataset"] == "pics-123.zip"

@@ -300,7 +300,7 @@ def test_stats_count_nonfinite_and_bin_only_finite_values() -> None:
     assert all(math.isfinite(e) for e in hists["3"][0])
     s = stats.model_stats(m, SPEC16, t.reset_index())
     assert s["params"] == stats.count_params(m)
-    act = stats.activation_stats(m, SPEC16, torch.randn(8, 1, 4, 4), batches=1)
+    act = stats.activation_stats(m, torch.randn(8, 1, 4, 4), SPEC16, batches=1)
     row = act.table.set_index("layer").loc["1"]
     assert row["nonfinite"] == 8 * 2 and row["n"] == 8 * 30
     assert math.isfinite(row["mean"]) and math.isfinite(row["std"])

@@ -121,7 +121,7 @@ def test_activation_apoz_crafted() -> None:
         m.fc.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]))
         m.fc.bias.copy_(torch.tensor([-1.0, 2.0, 0.0]))  # ch0 always 0 after ReLU, ch1 never
     x = torch.cat([torch.ones(30, 2), -torch.ones(10, 2)])  # ch2 positive for 30 of 40 inputs
-    a = stats.activation_stats(m, SPEC, x, batches=2, batch_size=20, bins=10)
+    a = stats.activation_stats(m, x, SPEC, batches=2, batch_size=20, bins=10)
     assert a.batches == 2
     ch = a.channels["fc"]
     assert ch["apoz"].tolist() == pytest.approx([1.0, 0.0, 10 / 40])
@@ -138,7 +138,7 @@ def test_activation_after_batchnorm() -> None:
     with torch.no_grad():
         m[1].bias.copy_(torch.tensor([-100.0, 100.0, 0.0, 0.0]))
     x = torch.randn(8, 1, 4, 4)
-    a = stats.activation_stats(m, SPEC, x, batches=1, batch_size=8)
+    a = stats.activation_stats(m, x, SPEC, batches=1, batch_size=8)
     ch = a.channels["0"]
     assert bool(a.table.set_index("layer").loc["0", "after_bn"])
     assert ch["apoz"][0] == 1.0 and ch["apoz"][1] == 0.0
@@ -149,7 +149,7 @@ def test_activation_stats_on_dataset() -> None:
     from pruning_core.models import load_model
 
     lm = load_model("digits-cnn")
-    a = stats.activation_stats(lm.model, lm.spec, load_dataset("digits"), batches=1, batch_size=16)
+    a = stats.activation_stats(lm.model, load_dataset("digits"), lm.spec, batches=1, batch_size=16)
     assert set(a.table.layer) == {"conv1", "conv2", "fc1", "fc2"}
     assert a.table.apoz.between(0, 1).all()
     assert len(a.channels["conv1"]) == 32

@@ -12,6 +12,7 @@ is only read.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,10 +24,15 @@ from pruning_core.jobs import Job
 from pruning_core.layers import trainable_copy
 from pruning_core.models import LoadedModel
 from pruning_core.prune import PruneConfig, prune_
+from pruning_core.recipe import Recipe
+from pruning_core.regularize import NO_REGULARIZER
+from pruning_core.schedules import Schedule
 from pruning_core.slider import SliderPreview
 from pruning_core.stats import model_summary
+from pruning_core.train import TrainConfig
+from pruning_core.workflow import RecipeResult
 from ui.caches import sensitivity_for
-from ui.finetune_job import FinetuneRequest, make_finetune_job
+from ui.finetune_job import make_finetune_job
 from ui.jobs_panel import submit_job
 from ui.loaders import shared_data, shared_model
 from ui.session import PrunedModel, pruned, set_finetune_job, set_pruned
@@ -108,7 +114,30 @@ def suggest_overrides(
     return {k: round(v, 4) for k, v in suggestion.items()}, note
 
 
-def start_finetune(request: FinetuneRequest, model_ref: str, dataset_ref: str) -> Job:
+def finetune_recipe(
+    committed: PrunedModel,
+    schedule: Schedule,
+    train: TrainConfig,
+    regularizer: str,
+    strength: float,
+) -> Recipe:
+    """The recipe the Fine-tune page runs: the session's pruning target (its recipe) with this
+    schedule, fine-tune settings and regulariser (`none` for none).
+
+    Raises:
+        UserError: Settings the recipe refuses (e.g. a regulariser without fine-tune epochs).
+    """
+    on = regularizer != NO_REGULARIZER
+    return dataclasses.replace(
+        committed.recipe(),
+        schedule=schedule,
+        finetune=train,
+        regularizer=regularizer if on else None,
+        reg_strength=strength if on else None,
+    )
+
+
+def start_finetune(recipe: Recipe, model_ref: str, dataset_ref: str) -> Job:
     """Queue the fine-tune job for this session and remember it (the page follows it).
 
     Raises:
@@ -116,18 +145,18 @@ def start_finetune(request: FinetuneRequest, model_ref: str, dataset_ref: str) -
     """
     holder: dict[str, Any] = {}
     dense = shared_model(model_ref)
-    fn = make_finetune_job(dense.model, dense.spec, shared_data(dataset_ref), request, holder)
+    fn = make_finetune_job(dense, shared_data(dataset_ref), recipe, holder)
     job = submit_job(
         fn,
-        name=f"fine-tune {model_ref} ({request.schedule.kind}, {request.train.epochs} epochs)",
+        name=f"fine-tune {model_ref} ({recipe.schedule.kind}, {recipe.finetune.epochs} epochs)",
         kind="finetune",
-        config=request.to_dict(),
+        config=recipe.to_document(),
         model_ref=model_ref,
         dataset_ref=dataset_ref,
     )
     st.session_state.setdefault(_FT_JOBS, {})[job.id] = {
         "holder": holder,
-        "request": request,
+        "recipe": recipe,
         "model_ref": model_ref,
         "dataset_ref": dataset_ref,
         "committed": False,
@@ -139,7 +168,7 @@ def start_finetune(request: FinetuneRequest, model_ref: str, dataset_ref: str) -
 def commit_finetune(job_id: str, run_id: int | None) -> str:
     """Make a finished fine-tune job's model the session's model (once); says what happened."""
     info = st.session_state.get(_FT_JOBS, {}).get(job_id)
-    if info is None or "model" not in info["holder"]:
+    if info is None or "result" not in info["holder"]:
         return "The fine-tuned model is no longer in memory (the session was restarted?)."
     if not info["committed"]:
         info["committed"] = True
@@ -148,28 +177,28 @@ def commit_finetune(job_id: str, run_id: int | None) -> str:
 
 
 def _make_session_model(info: dict[str, Any], run_id: int | None) -> str:
-    h, req = info["holder"], info["request"]
+    run: RecipeResult = info["holder"]["result"]
+    recipe = run.recipe
     if (info["model_ref"], info["dataset_ref"]) != selection():
         return "The selection changed while it ran, so the result was not made your model."
     current = pruned()
-    wanted: PruneConfig = req.prune
+    wanted: PruneConfig = recipe.prune
     if current is None or current.config != wanted:
         return (
             "You applied other pruning settings while it ran, so the result was not made your "
             "model (it is in the run store)."
         )
-    dense = shared_model(info["model_ref"])
-    res = h["result"]
     set_pruned(
-        LoadedModel(h["model"], dense.spec, dense.arch, dense.source, dict(dense.meta)),
-        req.prune,
-        masks=h["masks"],
-        result=res.prune.to_dict(),
+        run.loaded,
+        recipe.prune,
+        masks=run.schedule.prune.masks,
+        result=run.schedule.prune.to_dict(),
         stage="fine-tuned",
-        summary=h["summary"],
-        accuracy=res.finetuned_accuracy,
-        finetune={**req.to_dict(), "run_id": run_id},
-        note=f"fine-tuned {req.train.epochs} epoch(s), {req.schedule.kind} schedule",
+        summary=model_summary(run.model, run.loaded.spec),
+        accuracy=run.schedule.finetuned_accuracy,
+        finetune={"run_id": run_id},
+        run=run,
+        note=f"fine-tuned {recipe.finetune.epochs} epoch(s), {recipe.schedule.kind} schedule",
         model_ref=info["model_ref"],
         dataset_ref=info["dataset_ref"],
     )

@@ -16,6 +16,7 @@ from pruning_core.evaluate import evaluate
 from pruning_core.experiments import sensitivity
 from pruning_core.layers import trainable_copy
 from pruning_core.models import LoadedModel
+from pruning_core.progress import ProgressReport
 from pruning_core.prune import PruneConfig
 from pruning_core.slider import SliderPreview
 from pruning_core.stats import ActivationStats, activation_stats, layer_table
@@ -49,7 +50,7 @@ def model_layer_table(loaded: LoadedModel, token: Any) -> pd.DataFrame:
 def dense_activations(model_ref: str, dataset_ref: str, batches: int = 2) -> ActivationStats:
     """Activation statistics of the dense shared model (computed once per server)."""
     loaded = shared_model(model_ref)
-    return activation_stats(loaded.model, loaded.spec, shared_data(dataset_ref), batches=batches)
+    return activation_stats(loaded.model, shared_data(dataset_ref), loaded.spec, batches=batches)
 
 
 def session_activations(
@@ -60,7 +61,7 @@ def session_activations(
     def record() -> ActivationStats:
         with st.spinner("Recording activations of the pruned model..."):
             return activation_stats(
-                loaded.model, loaded.spec, shared_data(dataset_ref), batches=batches
+                loaded.model, shared_data(dataset_ref), loaded.spec, batches=batches
             )
 
     return session_cached("_inspect_acts", token, record)
@@ -110,13 +111,13 @@ def sensitivity_for(
     base = shared_model(model_ref)
     bar = st.progress(0.0, text="Measuring sensitivity: pruning one layer at a time...")
 
-    def progress(frac: float, msg: str) -> None:
-        bar.progress(min(max(frac, 0.0), 1.0), text=f"Sensitivity: {msg}")
+    def progress(p: ProgressReport) -> None:
+        bar.progress(min(max(p.fraction, 0.0), 1.0), text=f"Sensitivity: {p.message}")
 
     df = sensitivity(
         trainable_copy(base.model),
-        base.spec,
         shared_data(dataset_ref),
+        base.spec,
         method=method,
         granularity=granularity,
         limit=limit,

@@ -1,9 +1,9 @@
 """What the Export page writes, without widgets: the metrics document, the recipe, file names
 and the HTML report.
 
-`export_metrics` and `export_recipe` are the one place the app builds these documents (in the
-layout of `pruning-lab prune`'s metrics.json and recipe), so switching them to the engine's
-recipe workflow later changes only this module.
+The documents come from the engine's one workflow: the recipe is the session's `Recipe`
+(`to_document`), and the metrics are `RecipeResult.metrics()`: the fine-tune job's own result, or
+one assembled from what Apply measured. No layout is written here.
 """
 
 from __future__ import annotations
@@ -18,28 +18,19 @@ from pruning_core import export
 from pruning_core.errors import UserError
 from pruning_core.latency import benchmark_backends
 from pruning_core.models import LoadedModel
-from pruning_core.store import RunStore
+from pruning_core.prune import PruneResult
+from pruning_core.schedules import ScheduleResult
+from pruning_core.workflow import Measures, RecipeResult
 from ui.session import PrunedModel
-from ui.uploads import CHECKPOINT_SUFFIXES
 
 __all__ = [
     "build_report",
     "checkpoint_zip",
     "export_metrics",
     "export_recipe",
+    "export_recipe_text",
     "export_stem",
-    "run_metrics",
 ]
-
-
-def run_metrics(run_id: Any) -> dict[str, Any]:
-    """The metrics the run store kept for a run ({} when there is no such run)."""
-    if not isinstance(run_id, int):
-        return {}
-    try:
-        return RunStore().get_run(run_id).metrics
-    except UserError:
-        return {}
 
 
 def export_stem(model_ref: str, pm: PrunedModel | None) -> str:
@@ -52,28 +43,16 @@ def export_stem(model_ref: str, pm: PrunedModel | None) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.") or "model"
 
 
-def export_recipe(pm: PrunedModel | None, loaded: LoadedModel) -> dict[str, Any] | None:
-    """The recipe of `pruning-lab prune --recipe` that repeats the session's model (None when
-    nothing is pruned)."""
-    if pm is None:
-        return None
-    ft = pm.finetune
-    train = ft.get("train") or None
-    sched = ft.get("schedule") or {}
-    reg = ft.get("regularizer")
-    regularized = bool(reg) and reg != "none"
-    return export.make_recipe(
-        model=pm.model_ref,
-        dataset=pm.dataset_ref,
-        prune=pm.config.to_dict(),
-        train=train,
-        schedule=str(sched.get("kind") or "oneshot"),
-        steps=sched.get("steps"),
-        distill=bool(train and float(train.get("distill_weight") or 0) > 0),
-        regularize=reg if regularized else None,
-        reg_strength=ft.get("reg_strength") if regularized else None,
-        arch=loaded.arch if pm.model_ref.endswith(CHECKPOINT_SUFFIXES) else None,
-    )
+def export_recipe(pm: PrunedModel | None) -> dict[str, Any] | None:
+    """The recipe document that repeats the session's model with `pruning-lab prune --recipe`
+    (None when nothing is pruned). It carries values, not paths: an uploaded model or dataset
+    is named by its file name, to be placed beside the recipe."""
+    return None if pm is None else pm.recipe().to_document(portable=True)
+
+
+def export_recipe_text(pm: PrunedModel, fmt: str) -> str:
+    """The session's recipe as JSON or YAML text (both read by `pruning-lab prune --recipe`)."""
+    return pm.recipe().text(fmt, portable=True)
 
 
 def export_metrics(
@@ -83,7 +62,7 @@ def export_metrics(
     loaded: LoadedModel,
     pm: PrunedModel | None,
 ) -> dict[str, Any]:
-    """The exported model's numbers, in the layout of `pruning-lab prune`'s metrics.json.
+    """The exported model's numbers, in the one `metrics.json` layout (`RecipeResult.metrics`).
 
     Args:
         model_ref, dataset_ref: The selection.
@@ -91,38 +70,43 @@ def export_metrics(
         loaded: The model exported (the session's, or the dense one).
         pm: The session's pruned model, or None (the dense model is exported).
     """
-    m: dict[str, Any] = {
-        "model": model_ref,
-        "arch": loaded.arch,
-        "dataset": dataset_ref,
-        "params_before": base["params"],
-        "macs_before": base["macs"],
-        "size_bytes_before": base["size_bytes"],
-        "dense_accuracy": base["accuracy"],
-        "val_images": base["n"],
-    }
+    dense = Measures(base["accuracy"], base["params"], base["macs"], base["size_bytes"])
     if pm is None:
-        m.update(method=None, granularity=None, target_ratio=0.0, sparsity=0.0,
-                 params_after=base["params"], macs_after=base["macs"],
-                 size_bytes_after=base["size_bytes"], pruned_accuracy=base["accuracy"],
-                 finetuned_accuracy=None, stage="dense")  # fmt: skip
-        return m
-    s = pm.summary
-    ran = run_metrics(pm.finetune.get("run_id"))
-    fine = pm.stage == "fine-tuned"
-    m.update(
-        method=pm.config.method, granularity=pm.config.granularity, scope=pm.config.scope,
-        target_ratio=pm.config.effective_ratio, sparsity=pm.result.get("sparsity"),
-        layer_sparsity=pm.result.get("layer_sparsity", {}),
-        params_after=s.get("params_nonzero"), macs_after=s.get("macs"),
-        size_bytes_after=s.get("size_bytes"),
-        pruned_accuracy=ran.get("pruned_accuracy") if fine else pm.accuracy,
-        finetuned_accuracy=pm.accuracy if fine else None, stage=pm.stage,
-        history=list(pm.history), recipe=export_recipe(pm, loaded),
-    )  # fmt: skip
-    if fine and ran.get("schedule_curve"):
-        m["curve"] = ran["schedule_curve"]
-    return m
+        return {
+            "model": model_ref, "arch": loaded.arch, "dataset": dataset_ref, "method": None,
+            "granularity": None, "target_ratio": 0.0, "sparsity": 0.0,
+            "params_before": dense.params, "params_after": dense.params,
+            "macs_before": dense.macs, "macs_after": dense.macs,
+            "size_bytes_before": dense.size_bytes, "size_bytes_after": dense.size_bytes,
+            "dense_accuracy": dense.accuracy, "pruned_accuracy": dense.accuracy,
+            "finetuned_accuracy": None, "stage": "dense", "val_images": base["n"],
+        }  # fmt: skip
+    extra = {"stage": pm.stage, "history": list(pm.history), "val_images": base["n"]}
+    run = pm.run
+    if run is None:
+        # Pruned in the session without fine-tuning: the same layout from what Apply measured.
+        s = pm.summary
+        result = dict(pm.result)
+        run = RecipeResult(
+            recipe=pm.recipe(),
+            loaded=loaded,
+            dense=dense,
+            after=Measures(
+                pm.accuracy, s.get("params_nonzero", 0), s.get("macs", 0), s.get("size_bytes", 0)
+            ),
+            schedule=ScheduleResult(
+                prune=PruneResult(
+                    layer_sparsity=dict(result.get("layer_sparsity", {})),
+                    sparsity=float(result.get("sparsity", 0.0)),
+                    removed=dict(result.get("removed", {})),
+                    notes=list(result.get("notes", [])),
+                ),
+                pruned_accuracy=pm.accuracy,
+            ),
+        )
+    metrics = {**run.metrics(), **extra}
+    metrics["recipe"] = export_recipe(pm)
+    return metrics
 
 
 def checkpoint_zip(

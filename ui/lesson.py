@@ -59,7 +59,7 @@ def _sweep(epochs: int) -> pd.DataFrame:
     # sweep copies the model itself and never modifies it; fine-tuning needs trainable copies.
     net = trainable_copy(loaded.model)
     tc = TrainConfig(epochs=max(epochs, 1), lr=1e-3, optimizer="adam", device="cpu")
-    return sweep((net, loaded.spec), data, list(LESSON_METHODS), list(LESSON_RATIOS),
+    return sweep(net, data, loaded.spec, methods=list(LESSON_METHODS), ratios=list(LESSON_RATIOS),
                  finetune_epochs=epochs, train_config=tc, device="cpu")  # fmt: skip
 
 

@@ -19,8 +19,11 @@ from typing import Any
 import streamlit as st
 import torch
 
+from pruning_core.checkpoint import CHECKPOINT_SUFFIXES
 from pruning_core.models import LoadedModel
 from pruning_core.prune import PruneConfig
+from pruning_core.recipe import Recipe
+from pruning_core.workflow import RecipeResult
 from ui.state import init_state, selection
 
 _KEY = "prune_committed"
@@ -43,8 +46,8 @@ class PrunedModel:
         stage: `pruned` or `fine-tuned`.
         summary: `stats.model_summary` of the model as committed (params, non-zero, MACs, size).
         accuracy: Top-1 accuracy measured on the whole validation split when committed.
-        finetune: Fine-tune settings and results once fine-tuned (schedule, train config,
-            run id in the run store), else {}.
+        finetune: The fine-tune job's run id in the run store once fine-tuned, else {}.
+        run: The fine-tune job's `RecipeResult` (recipe, measures, curve) once fine-tuned.
         history: Plain-language log of what was applied, oldest first.
         created: `time.time()` of the commit.
     """
@@ -61,22 +64,22 @@ class PrunedModel:
     finetune: dict[str, Any] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    run: RecipeResult | None = None
 
     @property
     def model(self) -> torch.nn.Module:
         """The pruned module."""
         return self.loaded.model
 
-    def recipe(self) -> dict[str, Any]:
-        """JSON-ready recipe: what reproduces this model from `model_ref` on `dataset_ref`."""
-        out: dict[str, Any] = {
-            "model": self.model_ref,
-            "dataset": self.dataset_ref,
-            "prune": self.config.to_dict(),
-        }
-        if self.finetune:
-            out["finetune"] = {k: v for k, v in self.finetune.items() if k != "run_id"}
-        return out
+    def recipe(self) -> Recipe:
+        """The recipe that reproduces this model from `model_ref` on `dataset_ref`: the fine-tune
+        job's, or the pruning step alone (no fine-tuning)."""
+        if self.run is not None:
+            return self.run.recipe
+        arch = self.loaded.arch if self.model_ref.endswith(CHECKPOINT_SUFFIXES) else None
+        return Recipe(
+            self.model_ref, self.dataset_ref, self.config, arch=arch, seed=self.config.seed
+        )
 
 
 def pruned() -> PrunedModel | None:
@@ -101,6 +104,7 @@ def set_pruned(
     accuracy: float | None = None,
     finetune: Mapping[str, Any] | None = None,
     note: str = "",
+    run: RecipeResult | None = None,
     model_ref: str | None = None,
     dataset_ref: str | None = None,
 ) -> PrunedModel:
@@ -114,7 +118,8 @@ def set_pruned(
         stage: `pruned` or `fine-tuned`.
         summary: Measured params / MACs / size of the model.
         accuracy: Measured validation accuracy.
-        finetune: Fine-tune settings and results.
+        finetune: The fine-tune job's run id.
+        run: The fine-tune job's result (its recipe, measures and curve).
         note: One line for the history ("pruned 50% magnitude unstructured").
         model_ref, dataset_ref: What it was made from (default: the current selection).
     """
@@ -137,8 +142,9 @@ def set_pruned(
         accuracy=accuracy,
         finetune=dict(finetune or {}),
         history=history,
+        run=run,
     )
-    meta["recipe"] = state.recipe()
+    meta["recipe"] = state.recipe().to_document()
     st.session_state[_KEY] = state
     return state
 

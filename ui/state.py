@@ -15,6 +15,7 @@ from streamlit.errors import StreamlitAPIException
 
 from pruning_core.criteria import Magnitude, Random
 from pruning_core.prune import PruneConfig
+from pruning_core.regularize import NO_REGULARIZER
 
 _T = TypeVar("_T")
 # The engine's defaults are the app's: one place says what a fresh session prunes with.
@@ -40,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "ft_distill": False,
     "ft_distill_weight": 0.5,
     "ft_temperature": 4.0,
-    "ft_reg": "none",
+    "ft_reg": NO_REGULARIZER,
     "ft_reg_strength": 0.0001,
     # --- Trade-offs, Export, uploads, lesson (A2) ---
     "tradeoff_methods": [Magnitude.name, Random.name],

@@ -7,6 +7,8 @@ regulariser does, why fine-tuning follows pruning.
 
 from __future__ import annotations
 
+from pruning_core.regularize import NO_REGULARIZER
+
 CRITERIA_EXPLAINED = (
     "**Magnitude vs activation criteria.** A *magnitude* criterion looks only at the weights: "
     "small ones are assumed unimportant, no data needed. *Activation* (data-driven) criteria "
@@ -67,14 +69,14 @@ PRUNE_TRAIN_RETRAIN = (
 )
 
 REG_LABELS: dict[str, str] = {
-    "none": "none",
+    NO_REGULARIZER: "none",
     "l1": "L1 on weights",
     "slim": "BN slimming",
     "group-lasso": "group lasso",
 }
 
 REG_HELP: dict[str, str] = {
-    "none": "No sparsity regularisation.",
+    NO_REGULARIZER: "No sparsity regularisation.",
     "l1": "L1 on the weights pushes small weights to exactly zero: helps magnitude pruning.",
     "slim": (
         "L1 on BatchNorm scales (network slimming): channels the network can do without get "

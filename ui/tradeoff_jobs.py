@@ -109,8 +109,9 @@ def sweep_job(
 
     def run(ctx: JobContext) -> dict[str, Any]:
         df = sweep(
-            (net, spec), data, methods, ratios, granularity, finetune_epochs=epochs,
-            train_config=tc, progress=ctx.report, cancel=ctx.cancel, device=device,
+            net, data, spec, methods=methods, ratios=ratios, granularity=granularity,
+            finetune_epochs=epochs, train_config=tc, progress=ctx.follow, cancel=ctx.cancel,
+            device=device,
         )  # fmt: skip
         return frame_result(ctx, df, "sweep.csv")
 
@@ -134,7 +135,7 @@ def latency_job(
     def run(ctx: JobContext) -> dict[str, Any]:
         df = latency_vs_sparsity(
             net, spec, ratios, batch_size=batch, device=device, threads=threads,
-            progress=ctx.report, cancel=ctx.cancel,
+            progress=ctx.follow, cancel=ctx.cancel,
         )  # fmt: skip
         return frame_result(ctx, df, "latency.csv")
 
@@ -158,7 +159,7 @@ def sensitivity_job(
 
     def run(ctx: JobContext) -> dict[str, Any]:
         df = sensitivity(
-            net, spec, data, ratios, method=method, progress=ctx.report, cancel=ctx.cancel,
+            net, data, spec, ratios, method=method, progress=ctx.follow, cancel=ctx.cancel,
             device=device,
         )  # fmt: skip
         return frame_result(ctx, df, "sensitivity.csv")

@@ -28,7 +28,7 @@ from typing import Any
 
 import streamlit as st
 
-from pruning_core.checkpoint import save_model_dir
+from pruning_core.checkpoint import CHECKPOINT_SUFFIXES, save_model_dir
 from pruning_core.data import data_root, load_dataset
 from pruning_core.data.archive import clean_cache
 from pruning_core.errors import UserError
@@ -40,7 +40,6 @@ from ui.state import init_state
 # Keep in step with `server.maxUploadSize` in .streamlit/config.toml (the browser-side limit).
 MAX_UPLOAD_MB = 200
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def uploads_dir() -> Path:

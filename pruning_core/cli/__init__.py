@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, shown
 from pruning_core.fsio import to_jsonable
 
 __all__ = ["Handler", "build_parser", "main", "run"]
@@ -124,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
             return 130
+        except OSError as e:
+            # The file system said no (a name too long, a missing or unreadable path, a full
+            # disk): a fact about the paths given or the machine, not a bug of the tool.
+            where = f" {shown(e.filename)}" if e.filename else ""
+            sys.stderr.write(f"error: cannot use{where}: {e.strerror or _first_line(e)}\n")
+            return 2
         except Exception as e:
             if debug:
                 raise

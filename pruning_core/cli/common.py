@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
+from pruning_core.checkpoint import CHECKPOINT_SUFFIXES
 from pruning_core.data import DataBundle, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.models import LoadedModel, load_model
+from pruning_core.progress import ProgressFn, ProgressReport
 from pruning_core.train import Progress
 
 __all__ = ["add_model_args", "criterion_name", "granularity_name", "resolve", "stderr_progress"]
@@ -38,7 +39,7 @@ def add_model_args(
 def resolve(args: argparse.Namespace) -> tuple[LoadedModel, DataBundle | None]:
     """Load the dataset (if any) first so a checkpoint file can take its class count."""
     data = load_dataset(args.dataset) if getattr(args, "dataset", None) else None
-    is_file = args.model.endswith((".pt", ".pth", ".safetensors"))
+    is_file = args.model.endswith(CHECKPOINT_SUFFIXES)
     loaded = load_model(
         args.model,
         arch=args.arch,
@@ -71,14 +72,20 @@ def granularity_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def stderr_progress(label: str, quiet: bool = False) -> Any:
-    """A progress callback printing one line per epoch (and a live bar on a terminal)."""
+def stderr_progress(label: str, quiet: bool = False) -> ProgressFn:
+    """A `progress=` callback (`progress.ProgressReport`) writing to stderr.
+
+    A training report (`train.Progress`) prints one line per epoch (and a live bar on a
+    terminal); any other report prints `label  42.0%  message`, one line each.
+    """
     tty = sys.stderr.isatty()
 
-    def report(p: Progress) -> None:
+    def report(p: ProgressReport) -> None:
         if quiet:
             return
-        if p.val_accuracy is not None:
+        if not isinstance(p, Progress):
+            sys.stderr.write(f"{label} {p.fraction * 100:5.1f}%  {p.message}\n")
+        elif p.val_accuracy is not None:
             end = "\n"
             sys.stderr.write(
                 f"\r{label} epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  val acc {p.val_accuracy:.4f}{end}"

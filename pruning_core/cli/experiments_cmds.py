@@ -20,6 +20,7 @@ from pruning_core.errors import UserError
 from pruning_core.fsio import check_output_file
 from pruning_core.plans import list_granularities
 from pruning_core.plans.masks import UnstructuredPlan
+from pruning_core.progress import ProgressFn, ProgressReport
 from pruning_core.prune import PruneConfig
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.validate import POSITIVE_INT, RATIO
@@ -131,14 +132,15 @@ def _check_out(out: Path) -> None:
     check_output_file(out, "--out", (".csv",))
 
 
-def _progress(label: str, quiet: bool) -> Any:
+def _progress(label: str, quiet: bool) -> ProgressFn:
+    """A `progress=` callback printing `label  42.0%  message` lines on stderr."""
     tty = sys.stderr.isatty()
 
-    def report(fraction: float, message: str) -> None:
-        step = "step" in message  # per-step fine-tune updates: only on a terminal
+    def report(p: ProgressReport) -> None:
+        step = "step" in p.message  # per-step fine-tune updates: only on a terminal
         if quiet or (step and not tty):
             return
-        line = f"{label} {fraction * 100:5.1f}%  {message}"
+        line = f"{label} {p.fraction * 100:5.1f}%  {p.message}"
         sys.stderr.write((f"\r{line}\033[K" + ("" if step else "\n")) if tty else line + "\n")
         sys.stderr.flush()
 
@@ -177,8 +179,8 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     df = sweep(
         loaded,
         data,
-        methods,
-        ratios,
+        methods=methods,
+        ratios=ratios,
         granularity=args.granularity,
         finetune_epochs=args.finetune_epochs,
         train_config=train_config,
@@ -228,8 +230,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     assert data is not None
     start = time.perf_counter()
     df = sensitivity(
-        loaded.model,
-        loaded.spec,
+        loaded,
         data,
         ratios=ratios,
         method=args.method,
@@ -248,8 +249,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     uniform = dict.fromkeys(sizes, target)
     check = check_suggestion(
         loaded.model,
-        loaded.spec,
         data,
+        loaded.spec,
         suggested,
         method=args.method,
         granularity=args.granularity,

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from pruning_core.data import is_offline_dataset
 from pruning_core.errors import UserError
 from pruning_core.fsio import check_output_dir, check_output_file
 from pruning_core.validate import BATCH, POSITIVE_FLOAT
@@ -110,7 +111,10 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
             "files": sorted(["model.safetensors", "model.json", *files]),
         }
     if args.format == "onnx":
-        ds = args.dataset or metrics.get("dataset") or loaded.meta.get("dataset")
+        # A dataset named inside the folder is only followed when it is a bundled registry set:
+        # a file must not make the tool walk other folders or download anything.
+        named = metrics.get("dataset") or loaded.meta.get("dataset")
+        ds = args.dataset or (named if is_offline_dataset(named) else None)
         check = export.export_onnx(
             loaded.model, loaded.spec, out, example=_example(loaded, ds), atol=args.atol
         )

@@ -105,8 +105,8 @@ def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
     if data is not None:
         act = stats.activation_stats(
             model,
-            loaded.spec,
             data,
+            loaded.spec,
             batches=args.batches,
             bins=args.bins,
             batch_size=args.batch_size,

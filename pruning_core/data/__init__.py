@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, shown
 from pruning_core.spec import InputSpec
 
-__all__ = ["DataBundle", "DatasetEntry", "data_root", "list_datasets", "load_dataset"]
+__all__ = [
+    "DataBundle",
+    "DatasetEntry",
+    "data_root",
+    "is_offline_dataset",
+    "list_datasets",
+    "load_dataset",
+]
 
 CALIB_SIZE = 512
 # Adapted float copies are cached when smaller than this; larger sets are adapted per batch.
@@ -223,7 +231,19 @@ def _split(
     rng = np.random.default_rng(seed)
     val_idx: list[np.ndarray] = []
     yn = y.numpy()
-    for c in np.unique(yn):
+    classes, counts = np.unique(yn, return_counts=True)
+    few = [
+        class_names[c] if c < len(class_names) else str(c)
+        for c, k in zip(classes, counts, strict=True)
+        if k < 2
+    ]
+    if few:
+        # One image cannot be both trained on and held out: the class would never be learned.
+        raise UserError(
+            f"dataset {name}: class {shown(few[0], 40)} has only one image ({len(few)} such "
+            "classes); each class needs at least 2 (one to train on, one to validate)"
+        )
+    for c in classes:
         idx = np.flatnonzero(yn == c)
         rng.shuffle(idx)
         val_idx.append(idx[: max(1, round(len(idx) * val_fraction))])
@@ -240,6 +260,13 @@ def _bundle(
     val: tuple[torch.Tensor, torch.Tensor],
     class_names: tuple[str, ...],
 ) -> DataBundle:
+    if len(train[1]) == 0 or len(val[1]) == 0:
+        raise UserError(
+            f"dataset {name}: {len(train[1])} training and {len(val[1])} validation images; "
+            "both splits need images"
+        )
+    if len(class_names) < 2:
+        raise UserError(f"dataset {name}: {len(class_names)} class; need at least 2")
     n = len(train[1])
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(1234))
     return DataBundle(name, train, val, class_names, perm[: min(CALIB_SIZE, n)].sort().values)
@@ -285,6 +312,7 @@ def _load_torchvision(name: str, root: Path | None = None, download: bool = True
     cls_name = _TV[name][0]
     cls = getattr(tvd, cls_name)
     root = root or data_root() / name
+    created = not root.exists()
     splits = []
     try:
         for train in (True, False):
@@ -294,6 +322,9 @@ def _load_torchvision(name: str, root: Path | None = None, download: bool = True
                 ds = cls(str(root), train=train, download=download)
             splits.append(ds)
     except Exception as e:  # network errors come as several types; all mean the same here
+        if created:
+            # A failed download leaves empty folders behind; the user named none of them.
+            shutil.rmtree(root, ignore_errors=True)
         msg = (str(e).splitlines() or [type(e).__name__])[0][:120]
         raise UserError(
             f"dataset {name} is not available ({msg}); you may be offline: download it once with "
@@ -364,6 +395,11 @@ for _n, (_c, _ch, _s, _k, _d) in _TV.items():
 def list_datasets() -> list[DatasetEntry]:
     """Registry datasets (plus the `idx:DIR` and `folder:DIR` / `.zip` sources, not listed)."""
     return list(_REGISTRY.values())
+
+
+def is_offline_dataset(ref: Any) -> bool:
+    """True for the name of a registry dataset that needs no download (`digits`, `shapes`)."""
+    return isinstance(ref, str) and ref in _REGISTRY and _REGISTRY[ref].offline
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pruning_core.errors import UserError
+from pruning_core.spec import MAX_CLASSES, MAX_SIZE
 
 __all__ = ["load_idx_dir", "read_idx"]
 
@@ -151,10 +152,20 @@ def load_idx_dir(directory: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]
                 f"{files['images']}: expected unsigned-byte images of shape (N, H, W), "
                 f"got {images.dtype} {images.shape}"
             )
+        n, h, w = images.shape
+        if n < 1 or not (1 <= h <= MAX_SIZE and 1 <= w <= MAX_SIZE):
+            raise UserError(
+                f"{files['images']}: {n} images of {h}x{w} pixels (need at least one image, "
+                f"1 to {MAX_SIZE} pixels a side)"
+            )
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
             raise UserError(f"{files['labels']}: expected 1-D integer labels, got {labels.shape}")
         if labels.size and labels.min() < 0:
             raise UserError(f"{files['labels']}: labels must be non-negative")
+        if labels.size and int(labels.max()) >= MAX_CLASSES:
+            raise UserError(
+                f"{files['labels']}: label {int(labels.max())} is over the {MAX_CLASSES:,}-class limit"
+            )
         if len(images) != len(labels):
             raise UserError(
                 f"{directory}: {split} has {len(images)} images but {len(labels)} labels"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pruning_core.checkpoint import (
+    CHECKPOINT_SUFFIXES,
     META_FILE,
     MODEL_FILE,
     check_loaded_finite,
@@ -434,7 +435,7 @@ def load_model(
             (`models.validate`).
     """
     path = Path(ref)
-    is_path = path.exists() or os.sep in ref or ref.endswith((".pt", ".pth", ".safetensors"))
+    is_path = path.exists() or os.sep in ref or ref.endswith(CHECKPOINT_SUFFIXES)
     if not is_path:
         spec = model_spec(
             ref, num_classes=num_classes, in_channels=in_channels, image_size=image_size
@@ -508,15 +509,14 @@ def _count_on_meta(
 ) -> nn.Module | None:
     """The dense model built on the meta device (None when its code cannot run there)."""
     try:
-        with torch.device("meta"):
-            model = entry.builder(**kw)
+        model = V.build_skeleton(entry.builder, kw)
     except UserError:
         raise
+    except NotImplementedError:
+        # Code that needs real weight values while building: its size is fixed by the
+        # architecture and the bounded arguments, so the real build is the check.
+        return None
     except Exception as e:
-        if entry.family == "torchvision":
-            # A few torchvision builders copy tensor data at init (regnet), which meta tensors
-            # lack; their size is fixed by the architecture, so the CPU build is safe.
-            return None
         raise UserError(f"{where}: {what} {kw} do not build {entry.name}: {_short(e)}") from None
     V.check_param_budget(sum(p.numel() for p in model.parameters()), where, f"{what} {kw}")
     return model

@@ -26,12 +26,14 @@ After surgery every module's tensors must agree with its own shape attributes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from pruning_core.errors import UserError, shown
 from pruning_core.layers import zero_forward
@@ -42,6 +44,7 @@ __all__ = [
     "ARCH_KWARGS",
     "MAX_PARAMS",
     "ModelMeta",
+    "build_skeleton",
     "check_arch_kwargs",
     "check_arch_name",
     "check_meta",
@@ -147,6 +150,8 @@ def check_surgery(surgery: Any, where: str) -> dict[str, Any]:
             continue
         if key == "attrs":
             out[key] = _check_attrs(value, where)
+        elif key == "free":
+            out[key] = _check_free(value, where)
         else:
             if not isinstance(value, list):
                 raise UserError(f"{where}: surgery.{key} must be a list of module paths")
@@ -156,6 +161,20 @@ def check_surgery(surgery: Any, where: str) -> dict[str, Any]:
                         f"{where}: surgery.{key}[{i}] must be a module path, got {path!r}"
                     )
             out[key] = list(value)
+    return out
+
+
+def _check_free(free: Any, where: str) -> dict[str, list[int]]:
+    if not isinstance(free, Mapping):
+        raise UserError(f"{where}: surgery.free must be an object of tensor names and shapes")
+    out: dict[str, list[int]] = {}
+    for name, shape in free.items():
+        what = f"{where}: surgery.free.{shown(name)}"
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{what}: tensor names must be strings")
+        if not isinstance(shape, list) or not 0 <= len(shape) <= _MAX_NDIM:
+            raise UserError(f"{what} must be a list of 0 to {_MAX_NDIM} sizes")
+        out[name] = [check_int(x, f"{what}[{i}]", 0, _MAX_ATTR) for i, x in enumerate(shape)]
     return out
 
 
@@ -240,15 +259,57 @@ def check_meta(meta: Mapping[str, Any], where: str, default_spec: InputSpec) -> 
     )
 
 
-def count_params_meta(builder: Callable[..., nn.Module], kwargs: Mapping[str, Any]) -> int:
-    """Parameters of `builder(**kwargs)`, built on the `meta` device (no memory, no init work).
+class _LargeOnMeta(TorchFunctionMode):
+    """Tensors created with a size put on the `meta` device when larger than `_SMALL`; the rest
+    (the few values some builders compute with, such as regnet's block widths) stay real."""
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _SIZED and kwargs.get("device") is None:
+            dims = args[0] if len(args) == 1 and isinstance(args[0], tuple | list) else args
+            if func is torch.full:
+                dims = args[0]
+            try:
+                n = math.prod(int(d) for d in dims)
+            except (TypeError, ValueError):
+                n = None
+            if n is None or n > _SMALL:
+                kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+_SIZED = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn})
+_SMALL = 4096
+
+
+def build_skeleton(builder: Callable[..., nn.Module], kwargs: Mapping[str, Any]) -> nn.Module:
+    """`builder(**kwargs)` with its weights on the `meta` device: shapes without memory.
+
+    Some builders compute with tensor values while building (torchvision's regnet sizes its
+    blocks with `torch.arange(...).tolist()`), which a plain `torch.device("meta")` refuses; for
+    those only the large tensors go to meta. The device context is per thread, so other
+    sessions building models at the same time are not affected.
 
     Raises:
-        Whatever the builder raises (bad arguments, or code that cannot run on `meta`).
+        Whatever the builder raises (bad arguments, or code that needs real weight values).
     """
-    with torch.device("meta"):
-        model = builder(**kwargs)
-    return sum(p.numel() for p in model.parameters())
+    try:
+        with torch.device("meta"):
+            return builder(**kwargs)
+    except NotImplementedError:
+        with _LargeOnMeta():
+            return builder(**kwargs)
+
+
+def count_params_meta(builder: Callable[..., nn.Module], kwargs: Mapping[str, Any]) -> int:
+    """Parameters of `builder(**kwargs)`, counted on a skeleton (`build_skeleton`).
+
+    Raises:
+        Whatever the builder raises.
+    """
+    return sum(p.numel() for p in build_skeleton(builder, kwargs).parameters())
 
 
 def _fmt(shape: Any) -> str:

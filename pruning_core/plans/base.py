@@ -92,7 +92,7 @@ def check_ratio(r: Any, what: str = "ratio") -> float:
     """
     try:
         v = float(r)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{what} must be a number in [0, 1), got {r!r}") from None
     if not math.isfinite(v) or not 0.0 <= v < 1.0:
         raise UserError(f"{what} must be in [0, 1) (share of weights removed), got {r}")
