@@ -425,6 +425,7 @@ class RunStore:
         with self._errors("cannot open the "):
             con = self._connect()
             try:
+                self._refuse_foreign(con)
                 # A file system without shared memory refuses WAL; the rollback journal still
                 # works.
                 with suppress(sqlite3.OperationalError):
@@ -442,15 +443,19 @@ class RunStore:
             finally:
                 con.close()
 
-    def _migrate(self, con: sqlite3.Connection) -> None:
+    def _refuse_foreign(self, con: sqlite3.Connection) -> None:
+        """Someone's own database at this path: changing anything in it (tables, even its
+        journal mode) would change their file."""
         version = con.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if version == 0 and tables - {"runs", "curves", "artifacts", "sqlite_sequence"}:
-            # Someone's own database at this path: adding tables to it would change their file.
             raise UserError(
                 f"{self.db_path} is a database that pruning-lab did not create; "
                 "set PRUNING_LAB_HOME to another folder"
             )
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise UserError(
                 f"run store {self.db_path} has schema version {version}, newer than this "

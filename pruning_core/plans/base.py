@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from pruning_core.criteria import Criterion, score_kinds
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, brief
 from pruning_core.spec import InputSpec
 
 __all__ = [
@@ -93,9 +93,9 @@ def check_ratio(r: Any, what: str = "ratio") -> float:
     try:
         v = float(r)
     except (TypeError, ValueError, OverflowError):
-        raise UserError(f"{what} must be a number in [0, 1), got {r!r}") from None
+        raise UserError(f"{what} must be a number in [0, 1), got {brief(r)}") from None
     if not math.isfinite(v) or not 0.0 <= v < 1.0:
-        raise UserError(f"{what} must be in [0, 1) (share of weights removed), got {r}")
+        raise UserError(f"{what} must be in [0, 1) (share of weights removed), got {brief(r)}")
     return v
 
 
