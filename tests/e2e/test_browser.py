@@ -69,6 +69,10 @@ def test_pick_prune_finetune_tradeoffs(browser: Any, app_url: str) -> None:
         assert float(value.inner_text()) > before
         _no_exceptions(page, "Prune (preview)")
         page.get_by_role("button", name="Apply pruning").click()
+        # The commit is visible before leaving the page (a cold server can be slow to rerun).
+        page.wait_for_selector(
+            '[data-testid="stAlertContentSuccess"]:has-text("Session model")', timeout=LONG
+        )
         _idle(page)
         _no_exceptions(page, "Prune (applied)")
 
