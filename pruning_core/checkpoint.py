@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning_core.errors import UserError, shown
+from pruning_core.errors import UserError, first_line, shown
 from pruning_core.fsio import atomic_path, write_json
 from pruning_core.surgery import surgery_of
 
@@ -39,12 +40,14 @@ __all__ = [
     "check_state_dict",
     "check_tensors",
     "dtype_kind",
+    "load_state",
     "nonfinite_count",
     "read_model_dir",
     "read_model_meta",
     "read_model_state",
     "read_state_file",
     "save_model_dir",
+    "state_versions",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -218,7 +221,7 @@ def read_state_file(
                 # safetensors takes UTF-8 paths only; a folder of another encoding is read here.
                 tensors = dict(load(path.read_bytes()))
         except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
-            raise UserError(f"corrupt safetensors file {name}: {_first_line(e)}") from None
+            raise UserError(f"corrupt safetensors file {name}: {first_line(e)}") from None
         return check_tensors(tensors, source), meta
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -232,7 +235,7 @@ def read_state_file(
             ) from None
         obj = _trusted_load(path, e)
     except Exception as e:  # torch raises many types for damaged files; all mean "corrupt"
-        raise UserError(f"corrupt checkpoint {name}: {_first_line(e)}") from None
+        raise UserError(f"corrupt checkpoint {name}: {first_line(e)}") from None
     if isinstance(obj, nn.Module):
         return obj, meta
     if isinstance(obj, Mapping):
@@ -261,18 +264,13 @@ def _trusted_load(path: Path, err: Exception) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise UserError(f"cannot load trusted pickle {path.name}: {_first_line(e)}") from None
+        raise UserError(f"cannot load trusted pickle {path.name}: {first_line(e)}") from None
 
 
 def _looks_like_torch_file(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(4)
     return head.startswith(b"PK") or head[:1] == b"\x80"
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return s[0][:200] if s else type(e).__name__
 
 
 def save_model_dir(
@@ -293,13 +291,37 @@ def save_model_dir(
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    full = model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in full.items()}
     meta = dict(meta)
     if reference is not None:
         meta["surgery"] = surgery_of(model, reference)
+    meta["state_versions"] = state_versions(full)
     with atomic_path(directory / MODEL_FILE) as tmp:
         save_file(_dedupe_shared(state), str(tmp))
     write_json(directory / META_FILE, meta)
+
+
+def state_versions(state: Mapping[str, Any]) -> dict[str, int]:
+    """The per-module format versions a state dict carries (`state_dict()._metadata`): some
+    modules read them when loading (torchvision's MnasNet refuses a state without them)."""
+    meta = getattr(state, "_metadata", None) or {}
+    return {k: int(v["version"]) for k, v in meta.items() if isinstance(v.get("version"), int)}
+
+
+def load_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], versions: Mapping[str, int] | None = None
+) -> None:
+    """`model.load_state_dict(state)` with the module format versions attached (`versions` as
+    recorded beside the tensors; for files without them, the model's own, which is what the
+    tensors were saved from with this library version)."""
+    own = getattr(model.state_dict(), "_metadata", None) or {}
+    metadata = {k: dict(v) for k, v in own.items()}
+    for prefix, version in (versions or {}).items():
+        metadata.setdefault(prefix, {})["version"] = version
+    full: Any = OrderedDict(state)
+    full._metadata = metadata
+    model.load_state_dict(full)
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -328,9 +350,9 @@ def read_model_meta(directory: Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text())
     except (ValueError, RecursionError) as e:  # JSON, encoding, over-long integers
-        raise UserError(f"corrupt {META_FILE} in {directory}: {_first_line(e)}") from None
+        raise UserError(f"corrupt {META_FILE} in {directory}: {first_line(e)}") from None
     except OSError as e:
-        raise UserError(f"cannot read {meta_path}: {_first_line(e)}") from None
+        raise UserError(f"cannot read {meta_path}: {first_line(e)}") from None
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path} must hold a JSON object, got {type(meta).__name__}")
     if "arch" not in meta:

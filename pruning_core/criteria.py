@@ -40,6 +40,7 @@ from pruning_core.layers import (
     check_finite,
     eval_mode,
     following_batchnorm,
+    main_logits,
     weight_of,
 )
 from pruning_core.spec import InputSpec
@@ -556,7 +557,8 @@ class Taylor(Calibrated):
                     w.requires_grad_(True)
                 for xb, yb in batches:
                     with torch.enable_grad():
-                        loss = F.cross_entropy(model(xb.to(device)).float(), yb.to(device))
+                        out = main_logits(model(xb.to(device)))
+                        loss = F.cross_entropy(out.float(), yb.to(device))
                         grads = torch.autograd.grad(loss, weights, allow_unused=True)
                     for n, w, g in zip(layers, weights, grads, strict=True):
                         wg = w.detach().float() * (g.float() if g is not None else 0.0)
@@ -601,7 +603,7 @@ class Taylor(Calibrated):
 
         def loss() -> float:
             total = sum(
-                float(F.cross_entropy(model(xb.to(device)).float(), yb.to(device)))
+                float(F.cross_entropy(main_logits(model(xb.to(device))).float(), yb.to(device)))
                 for xb, yb in batches
             )
             return total / len(batches)

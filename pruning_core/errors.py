@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "brief", "shown"]
+__all__ = ["UserError", "brief", "first_line", "shown"]
 
 # Longest text of a value or name a refusal quotes: a message stays one readable line whatever
 # a file holds.
@@ -22,6 +22,19 @@ def shown(name: object, limit: int = _LIMIT) -> str:
     other unprintable characters, clipped (a refusal must stay one short line)."""
     text = name if isinstance(name, str) and name.isprintable() else repr(name)
     return _clip(text, limit)
+
+
+def first_line(e: BaseException, limit: int = 200, default: str | None = None) -> str:
+    """The first line of an exception's message, clipped (for one-line refusals and job
+    errors); `default` (or the exception's type name) when the message is empty. A hostile
+    `__str__` cannot break the caller."""
+    try:
+        lines = str(e).strip().splitlines()
+    except Exception:  # an exception whose message itself fails
+        lines = []
+    if not lines:
+        return type(e).__name__ if default is None else default
+    return _clip(lines[0], limit)
 
 
 def brief(value: object, limit: int = 60) -> str:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning_core.data import DataBundle
+from pruning_core.layers import main_logits
 from pruning_core.spec import InputSpec
 
 __all__ = ["EvalResult", "evaluate", "predict_logits"]
@@ -52,7 +53,8 @@ def predict_logits(
     device = device or next(model.parameters()).device
     model.eval()
     outs = [
-        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
+        main_logits(model(x[i : i + batch_size].to(device))).float().cpu()
+        for i in range(0, len(x), batch_size)
     ]
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -87,11 +89,11 @@ def evaluate(
     loss_sum, top5_hits, n = 0.0, 0, 0
     top_k = min(5, spec.num_classes)
     for xb, yb in data.batches(split, spec, batch_size, limit=limit):
-        logits = model(xb.to(device)).float().cpu()
+        logits = main_logits(model(xb.to(device))).float().cpu()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
         pred = logits.argmax(1)
         conf += torch.bincount(yb * k + pred.clamp(max=k - 1), minlength=k * k).view(k, k)
-        top5_hits += (logits.topk(top_k, 1).indices == yb[:, None]).any(1).sum().item()
+        top5_hits += int((logits.topk(top_k, 1).indices == yb[:, None]).any(1).sum())
         n += len(yb)
     model.train(was_training)
     if n == 0:

@@ -34,6 +34,7 @@ from torch import nn
 from pruning_core.checkpoint import META_FILE, MODEL_FILE, save_model_dir
 from pruning_core.errors import UserError, brief, shown
 from pruning_core.fsio import OUTPUT_MARKER, atomic_path, output_dir, to_jsonable, write_json
+from pruning_core.layers import main_logits
 from pruning_core.models import get_entry
 from pruning_core.spec import InputSpec
 from pruning_core.validate import number
@@ -271,7 +272,7 @@ def _compare(path: Path, model: nn.Module, x: torch.Tensor) -> float:
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
-        want = model(x).numpy()
+        want = main_logits(model(x)).numpy()
     if got.shape != want.shape:
         raise UserError(f"ONNX output shape {got.shape} differs from PyTorch's {want.shape}")
     d = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if got.size else 0.0

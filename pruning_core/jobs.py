@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, first_line
 from pruning_core.progress import ProgressReport
 from pruning_core.store import RunStore, check_curve_point, split_encodable
 from pruning_core.validate import number
@@ -627,20 +627,12 @@ def _env_int(name: str, default: int, *, lo: int = 0, hi: int | None = None) -> 
     return checked
 
 
-def _one_line(e: BaseException) -> str:
-    try:
-        s = str(e).strip().splitlines()
-    except Exception:  # a hostile __str__ must not keep the job from ending
-        s = []
-    return s[0] if s else type(e).__name__
-
-
 def _describe(e: BaseException) -> str:
     """One line for a job's error: a `UserError`'s message as it is, anything else with its
     type (`SystemExit: 3`, `KeyboardInterrupt`)."""
     if isinstance(e, UserError):
-        return _one_line(e)
-    line = _one_line(e)
+        return first_line(e)
+    line = first_line(e)
     name = type(e).__name__
     return name if line == name else f"{name}: {line}"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ from pruning_core.spec import InputSpec
 
 __all__ = [
     "WEIGHT_LAYERS",
+    "batchnorm_frozen",
     "check_finite",
     "check_model_finite",
     "classifier_name",
@@ -36,6 +37,7 @@ __all__ = [
     "following_batchnorm",
     "ignored_modules",
     "is_weight_layer",
+    "main_logits",
     "matches_pattern",
     "output_layers",
     "resolve_ignore",
@@ -219,6 +221,29 @@ def following_batchnorm(model: nn.Module, spec: InputSpec | None = None) -> dict
     return pairs
 
 
+@contextmanager
+def batchnorm_frozen(model: nn.Module, frozen: bool = True) -> Iterator[None]:
+    """BatchNorm layers in eval mode (running statistics, no update) inside the block.
+
+    A training batch of one image cannot give BatchNorm a batch statistic (one value per
+    channel on a 1x1 map), so such a step uses the running statistics instead: training never
+    fails on a last batch of one, whatever the dataset size and batch size.
+    """
+    bns = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    ]
+    if not frozen or not bns:
+        yield
+        return
+    for m in bns:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.train()
+
+
 def trainable_copy(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
     """A private deep copy on `device` whose parameters all require gradients.
 
@@ -229,6 +254,32 @@ def trainable_copy(model: nn.Module, device: torch.device | str = "cpu") -> nn.M
     for p in m.parameters():
         p.requires_grad_(True)
     return m
+
+
+def main_logits(output: Any) -> torch.Tensor:
+    """The class logits of a model's output, whatever its training-mode form.
+
+    Models return more than logits in training mode: torchvision's GoogLeNet and Inception v3 a
+    named tuple with auxiliary logits (`.logits` is the main one), timm's distilled ViTs a tuple
+    (class token first), others a dict (`logits` or `out`). Training, distillation, evaluation
+    and the criteria all use the main logits; auxiliary heads only add to their own losses.
+
+    Raises:
+        UserError: No tensor of logits can be found in the output.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping):
+        for key in ("logits", "out", "output"):
+            if isinstance(output.get(key), torch.Tensor):
+                return output[key]
+        output = list(output.values())
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise UserError(f"the model returns a {type(output).__name__}: no class logits in it")
 
 
 def check_model_finite(model: nn.Module) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, first_line
 from pruning_core.fsio import (
     atomic_path,
     check_writable_dir,
@@ -184,7 +184,7 @@ def _point_row(p: Any) -> tuple[list[Any], str | None]:
         return vals, _dumps(extra)
     except (TypeError, ValueError, RecursionError) as e:
         raise CurvePointError(
-            f"curve point {', '.join(map(str, extra))} cannot be stored: {_one_line(e)}"
+            f"curve point {', '.join(map(str, extra))} cannot be stored: {first_line(e)}"
         ) from None
 
 
@@ -198,11 +198,6 @@ def check_curve_point(point: Mapping[str, Any]) -> None:
         CurvePointError: Which key holds what, in one line.
     """
     _point_row(point)
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 # -- which process owns a running row -------------------------------------------------------
@@ -376,7 +371,7 @@ class RunStore:
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.IntegrityError | sqlite3.ProgrammingError):
                 raise
-            raise UserError(f"{doing}run store {self.db_path}: {_one_line(e)}") from None
+            raise UserError(f"{doing}run store {self.db_path}: {first_line(e)}") from None
 
     def _connect(self) -> sqlite3.Connection:
         # One short-lived connection per operation: safe across threads and processes.

@@ -23,6 +23,7 @@ from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
+from pruning_core.layers import batchnorm_frozen, main_logits
 from pruning_core.spec import InputSpec
 from pruning_core.validate import check_seed, number
 
@@ -274,12 +275,15 @@ def fit(
             if config.augment:
                 xb = augment_batch(xb, aug_gen)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(xb)
+            with (
+                torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp),
+                batchnorm_frozen(model, len(yb) < 2),
+            ):
+                logits = main_logits(model(xb))
                 loss = F.cross_entropy(logits.float(), yb)
                 if teacher is not None and config.distill_weight > 0:
                     with torch.no_grad():
-                        t_logits = teacher(xb).float()
+                        t_logits = main_logits(teacher(xb)).float()
                     kd = distillation_loss(logits.float(), t_logits, config.distill_temperature)
                     loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
                 if extra_loss is not None:

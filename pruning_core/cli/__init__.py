@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from pruning_core.errors import UserError, shown
+from pruning_core.errors import UserError, first_line, shown
 from pruning_core.fsio import to_jsonable
 
 __all__ = ["Handler", "build_parser", "main", "run"]
@@ -90,11 +90,6 @@ def _preflight(args: argparse.Namespace) -> None:
         RunStore()  # opens (or creates) the store: an unwritable or corrupt home fails here
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else ""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -119,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 doc = to_jsonable(payload)
                 text = json.dumps(doc, indent=2) if getattr(args, "json", False) else _human(doc)
         except UserError as e:
-            sys.stderr.write(f"error: {_first_line(e) or 'bad input'}\n")
+            sys.stderr.write(f"error: {first_line(e, 500, 'bad input')}\n")
             return 2
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
@@ -128,13 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The file system said no (a name too long, a missing or unreadable path, a full
             # disk): a fact about the paths given or the machine, not a bug of the tool.
             where = f" {shown(e.filename)}" if e.filename else ""
-            sys.stderr.write(f"error: cannot use{where}: {e.strerror or _first_line(e)}\n")
+            sys.stderr.write(f"error: cannot use{where}: {e.strerror or first_line(e, 500, '')}\n")
             return 2
         except Exception as e:
             if debug:
                 raise
             sys.stderr.write(
-                f"internal error: {type(e).__name__}: {_first_line(e)} "
+                f"internal error: {type(e).__name__}: {first_line(e, 500, '')} "
                 "(set PRUNING_LAB_DEBUG=1 for a traceback)\n"
             )
             return 1

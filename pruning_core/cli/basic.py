@@ -16,7 +16,14 @@ from pruning_core.data import list_datasets, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.fsio import check_output_dir, output_dir, write_json
-from pruning_core.models import get_entry, list_models, load_model, model_spec
+from pruning_core.models import (
+    get_entry,
+    input_size_for,
+    is_external,
+    list_models,
+    load_model,
+    model_spec,
+)
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig, fit
 from pruning_core.validate import POSITIVE_INT, Range
@@ -27,6 +34,11 @@ __all__ = ["cmd_app", "cmd_datasets", "cmd_evaluate", "cmd_models", "cmd_train",
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add this module's commands."""
     p = sub.add_parser("models", parents=[common], help="list available models")
+    p.add_argument(
+        "--filter",
+        help="list every torchvision and timm architecture whose name matches (substring or "
+        "glob such as '*vit*'); without it, a few suggested ones",
+    )
     p.set_defaults(handler=cmd_models)
     p = sub.add_parser("datasets", parents=[common], help="list available datasets")
     p.set_defaults(handler=cmd_datasets)
@@ -72,7 +84,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> Any:
-    return [e.to_dict() for e in list_models()]
+    entries = list_models(filter=args.filter)
+    if args.filter and not entries:
+        raise UserError(f"no model matches {args.filter!r}")
+    return [e.to_dict() for e in entries]
 
 
 def cmd_datasets(args: argparse.Namespace) -> Any:
@@ -125,7 +140,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     else:
         arch = args.model
         entry = get_entry(arch)
-        size = max(data.size, 32) if entry.family == "torchvision" else None
+        # Another library's architecture is built at the smallest side it runs at from the
+        # data's up (at least 32 px: deep nets downsample 32x); our own take the data's side.
+        size = input_size_for(entry, max(data.size, 32)) if is_external(entry) else None
         spec = model_spec(arch, num_classes=data.num_classes, image_size=size)
         if data.channels != spec.channels and {data.channels, spec.channels} != {1, 3}:
             spec = model_spec(

@@ -40,7 +40,7 @@ import PIL
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, first_line
 from pruning_core.fsio import clean_stale, temp_prefix
 
 __all__ = [
@@ -285,11 +285,6 @@ def _image_files(class_dir: Path) -> list[Path]:
     return files
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _too_large(path: Path, what: str, limit: int) -> UserError:
     side = round(limit**0.5)
     bound = f"{side}x{side} ({limit:,} pixels)" if side * side == limit else f"{limit:,} pixels"
@@ -323,7 +318,7 @@ def _reading(path: Path, max_pixels: int) -> Iterator[None]:
                 f"cannot read image {path}: not a PNG, JPEG, BMP, GIF, WebP, TIFF or PNM image"
             ) from None
         except _DECODE_ERRORS as exc:
-            raise UserError(f"cannot read image {path}: {_first_line(exc)}") from None
+            raise UserError(f"cannot read image {path}: {first_line(exc)}") from None
     for w in caught:
         # Only Pillow's own warnings speak about this file (another thread may warn meanwhile).
         from_pillow = Path(w.filename).parent == _PIL_DIR
@@ -366,7 +361,7 @@ def _lab_to_rgb(img: Image.Image, path: Path) -> Image.Image:
     try:
         return _lab_transform().apply(img)
     except ImageCms.PyCMSError as exc:
-        raise UserError(f"cannot read image {path}: {_first_line(exc)}") from None
+        raise UserError(f"cannot read image {path}: {first_line(exc)}") from None
 
 
 @functools.cache

@@ -7,6 +7,8 @@ written by `train`/`prune`, or a checkpoint file with an architecture name.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,14 +25,15 @@ from pruning_core.checkpoint import (
     check_loaded_finite,
     check_state_dict,
     check_tensors,
+    load_state,
     read_model_meta,
     read_model_state,
     read_state_file,
 )
-from pruning_core.errors import UserError
-from pruning_core.layers import set_submodule
+from pruning_core.errors import UserError, first_line
 from pruning_core.models import architectures as A
 from pruning_core.models import validate as V
+from pruning_core.models.families import FAMILIES, Family, fit_size
 from pruning_core.spec import InputSpec, check_int
 from pruning_core.surgery import apply_surgery
 
@@ -40,6 +43,8 @@ __all__ = [
     "ModelEntry",
     "create_model",
     "get_entry",
+    "input_size_for",
+    "is_external",
     "list_models",
     "load_model",
     "model_spec",
@@ -48,7 +53,6 @@ __all__ = [
 
 _MNIST = ((0.1307,), (0.3081,))
 _CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # digits pixels are 0..16 scaled to [0, 1]; these are their statistics.
 _DIGITS = ((0.3052,), (0.3824,))
 _SHAPES = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -182,16 +186,6 @@ for _e in (
 ):
     _register(_e)
 
-TORCHVISION_PREFIX = "torchvision:"
-# A short list for menus; any torchvision classification model name works.
-TORCHVISION_SUGGESTED = (
-    "resnet18",
-    "resnet50",
-    "mobilenet_v3_small",
-    "efficientnet_b0",
-    "vit_b_16",
-)
-
 
 def sample_models_dir() -> Path:
     """Where the trained sample models live (override with PRUNING_LAB_SAMPLES)."""
@@ -199,112 +193,99 @@ def sample_models_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "sample_models"
 
 
-def list_models(include_torchvision: bool = True) -> list[ModelEntry]:
-    """All registry entries; torchvision appears as a few suggested `torchvision:NAME` entries."""
+def list_models(include_external: bool = True, filter: str | None = None) -> list[ModelEntry]:
+    """Registry entries, then a few suggested `torchvision:NAME` and `timm:NAME` entries.
+
+    Args:
+        include_external: List the suggested torchvision and timm architectures too.
+        filter: A case-insensitive substring or glob (`*vit*`): then every torchvision and timm
+            architecture whose name matches is listed, not only the suggested ones.
+    """
     out = list(_REGISTRY.values())
-    if include_torchvision:
-        out += [_torchvision_entry(n) for n in TORCHVISION_SUGGESTED]
+    if filter:
+        pat = filter.lower() if any(c in filter for c in "*?[") else f"*{filter.lower()}*"
+        out = [e for e in out if fnmatch.fnmatchcase(e.name.lower(), pat)]
+        for fam in FAMILIES.values():
+            out += [
+                _family_entry(fam, n)
+                for n in fam.names()
+                if fnmatch.fnmatchcase((fam.prefix + n).lower(), pat)
+            ]
+        return out
+    if include_external:
+        for fam in FAMILIES.values():
+            out += [_family_entry(fam, n) for n in fam.suggested]
     return out
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for `name` (`torchvision:NAME` included).
+    """The registry entry for `name` (`torchvision:NAME` and `timm:NAME` included).
 
     Raises:
         UserError: Unknown name.
     """
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith(TORCHVISION_PREFIX):
-        return _torchvision_entry(name[len(TORCHVISION_PREFIX) :])
+    for prefix, fam in FAMILIES.items():
+        if name.startswith(prefix):
+            arch = name[len(prefix) :]
+            if not fam.exists(arch):
+                raise UserError(
+                    f"unknown {fam.label} model {arch!r} ({fam.label} has no such name)"
+                )
+            return _family_entry(fam, arch)
     known = ", ".join(_REGISTRY)
     raise UserError(
-        f"unknown model {name!r} (known: {known}, torchvision:NAME, a model directory or a checkpoint file)"
+        f"unknown model {name!r} (known: {known}, torchvision:NAME, timm:NAME, a model directory "
+        "or a checkpoint file)"
     )
 
 
-def _torchvision_entry(tv_name: str) -> ModelEntry:
-    from torchvision import models as tvm
-
-    if tv_name not in tvm.list_models(module=tvm):
-        raise UserError(f"unknown torchvision classification model {tv_name!r}")
-    size = 224
+def _family_entry(fam: Family, arch: str) -> ModelEntry:
     return ModelEntry(
-        TORCHVISION_PREFIX + tv_name,
-        "torchvision",
-        f"torchvision {tv_name} (ImageNet architecture; pretrained weights on request)",
-        _spec(3, size, _IMAGENET, 1000),
-        lambda **kw: _build_torchvision(tv_name, **kw),
+        fam.prefix + arch,
+        fam.label,
+        fam.description(arch),
+        fam.default_spec(arch),
+        functools.partial(_build_family, fam, arch),
         None,
     )
 
 
-def _build_torchvision(
-    tv_name: str,
+def _build_family(
+    fam: Family,
+    arch: str,
     num_classes: int = 1000,
     in_channels: int = 3,
     image_size: int = 224,
     pretrained: bool = False,
 ) -> nn.Module:
-    from torchvision import models as tvm
-
-    kwargs: dict[str, Any] = {}
-    if tv_name.startswith(("vit_", "swin_", "maxvit")) and image_size != 224:
-        kwargs["image_size"] = image_size
-    if pretrained:
-        weights = tvm.get_model_weights(tv_name).DEFAULT
-        try:
-            model = tvm.get_model(tv_name, weights=weights, **kwargs)
-        except Exception as e:  # urllib raises several types; all mean the same to the user
-            raise UserError(
-                f"could not fetch pretrained weights for {tv_name} ({_short(e)}); you may be offline: "
-                f"place the file in {torch.hub.get_dir()}/checkpoints or use pretrained=False"
-            ) from None
-        if num_classes != 1000:
-            _replace_classifier(model, num_classes)
-    else:
-        model = tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
-    if in_channels != 3:
-        _adapt_first_conv(model, in_channels)
-    return model
+    return fam.create(arch, num_classes, in_channels, image_size, pretrained)
 
 
-def _short(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:160]
+def is_external(entry: ModelEntry) -> bool:
+    """True for architectures of another library (torchvision, timm)."""
+    return entry.name.startswith(tuple(FAMILIES))
 
 
-def _replace_classifier(model: nn.Module, num_classes: int) -> None:
-    last_name, last = None, None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            last_name, last = name, mod
-    if last is None or last_name is None:
-        raise UserError("cannot find the classifier layer to resize")
-    set_submodule(model, last_name, nn.Linear(last.in_features, num_classes))
+def input_size_for(entry: ModelEntry, wanted: int) -> int:
+    """The input side to build `entry` at for data of side `wanted`: the smallest the
+    architecture runs at from `wanted` up (`families.fit_size`); the registry's own
+    architectures take any size.
 
-
-def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Conv2d):
-            new = nn.Conv2d(
-                in_channels,
-                mod.out_channels,
-                mod.kernel_size,  # type: ignore[arg-type]
-                mod.stride,  # type: ignore[arg-type]
-                mod.padding,  # type: ignore[arg-type]
-                mod.dilation,  # type: ignore[arg-type]
-                mod.groups,
-                mod.bias is not None,
-            )
-            with torch.no_grad():
-                # Pretrained RGB filters summed over colour work well on grayscale input.
-                mean = mod.weight.mean(dim=1, keepdim=True)
-                new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (3 / in_channels))
-                if mod.bias is not None and new.bias is not None:
-                    new.bias.copy_(mod.bias)
-            set_submodule(model, name, new)
-            return
-    raise UserError("model has no Conv2d input layer to adapt to the channel count")
+    Raises:
+        UserError: The architecture runs at no side from `wanted` up to the size limit.
+    """
+    fam = next((f for p, f in FAMILIES.items() if entry.name.startswith(p)), None)
+    if fam is None:
+        return wanted
+    arch = entry.name[len(fam.prefix) :]
+    return fit_size(
+        entry.name,
+        lambda side: entry.builder(num_classes=2, image_size=side),
+        wanted,
+        takes_size=fam.size_kwarg(arch) is not None,
+    )
 
 
 def model_spec(
@@ -365,7 +346,7 @@ def create_model(
     entry = get_entry(name)
     spec = model_spec(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     kw: dict[str, Any] = _kw(spec)
-    if entry.family == "torchvision":
+    if is_external(entry):
         model = _build(entry, kw, name, "the arguments", pretrained=bool(pretrained))
     else:
         model = _build(entry, kw, name, "the arguments")
@@ -375,7 +356,7 @@ def create_model(
                     f"{name}'s trained weights fit only its own input spec; pass pretrained=False"
                 )
             loaded = load_model(str(sample_models_dir() / name))
-            model.load_state_dict(loaded.model.state_dict())
+            load_state(model, loaded.model.state_dict())
     return model.eval()
 
 
@@ -469,7 +450,7 @@ def load_model(
     spec = model_spec(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     model = _build(get_entry(arch), _kw(spec), arch, "the arguments")
     check_state_dict(model, obj, arch, source=source)
-    model.load_state_dict(obj)
+    load_state(model, obj)
     check_loaded_finite(model, source)
     return LoadedModel(model.eval(), spec, arch, ref)
 
@@ -501,7 +482,9 @@ def _build(
     except UserError:
         raise
     except Exception as e:  # builders fail in many ways on arguments they cannot take
-        raise UserError(f"{where}: {what} {kw} do not build {entry.name}: {_short(e)}") from None
+        raise UserError(
+            f"{where}: {what} {kw} do not build {entry.name}: {first_line(e, 160)}"
+        ) from None
 
 
 def _count_on_meta(
@@ -517,7 +500,9 @@ def _count_on_meta(
         # architecture and the bounded arguments, so the real build is the check.
         return None
     except Exception as e:
-        raise UserError(f"{where}: {what} {kw} do not build {entry.name}: {_short(e)}") from None
+        raise UserError(
+            f"{where}: {what} {kw} do not build {entry.name}: {first_line(e, 160)}"
+        ) from None
     V.check_param_budget(sum(p.numel() for p in model.parameters()), where, f"{what} {kw}")
     return model
 
@@ -552,7 +537,7 @@ def _load_model_dir(path: Path, ref: str) -> LoadedModel:
         _fit(model, m, state, where, source)
     else:
         model = skeleton
-    model.load_state_dict(state)
+    load_state(model, state, m.state_versions)
     check_loaded_finite(model, source)
     V.dry_forward(model, m.spec, str(path))
     if isinstance(meta.get("arch_kwargs"), dict):

@@ -78,12 +78,14 @@ class ModelMeta:
         arch_kwargs: {num_classes, in_channels, image_size} of the dense build.
         spec: The input spec (agrees with arch_kwargs).
         surgery: Normalised surgery (only the keys present; see `surgery.apply_surgery`).
+        state_versions: Module format versions of the saved state (`checkpoint.load_state`).
     """
 
     arch: str
     arch_kwargs: dict[str, int]
     spec: InputSpec
     surgery: dict[str, Any] = field(default_factory=dict)
+    state_versions: dict[str, int] = field(default_factory=dict)
 
 
 def check_arch_name(meta: Mapping[str, Any], where: str) -> str:
@@ -254,8 +256,18 @@ def check_meta(meta: Mapping[str, Any], where: str, default_spec: InputSpec) -> 
                 f"{where}: arch_kwargs.{k} is {v} but spec.{field_name} is {from_spec[k]}; "
                 "they must agree"
             )
+    versions = meta.get("state_versions") or {}
+    if not isinstance(versions, Mapping) or not all(isinstance(k, str) for k in versions):
+        raise UserError(f"{where}: state_versions must be an object of module prefixes")
+    checked = {
+        k: check_int(v, f"{where}: state_versions.{shown(k)}", 1, 1000) for k, v in versions.items()
+    }
     return ModelMeta(
-        arch, {**from_spec, **(kw or {})}, spec, check_surgery(meta.get("surgery"), where)
+        arch,
+        {**from_spec, **(kw or {})},
+        spec,
+        check_surgery(meta.get("surgery"), where),
+        checked,
     )
 
 

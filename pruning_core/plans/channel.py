@@ -21,7 +21,7 @@ from torch_pruning.pruner.importance import Importance as TPImportance
 
 from pruning_core.attention import attention_modules
 from pruning_core.criteria import Criterion
-from pruning_core.errors import UserError
+from pruning_core.errors import UserError, first_line
 from pruning_core.layers import (
     WEIGHT_LAYERS,
     eval_mode,
@@ -282,20 +282,49 @@ def _grouped(group: Any) -> bool:
 
 
 def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
-    """Torch-Pruning's dependency graph of `model`, traced on one zero image.
+    """Torch-Pruning's dependency graph of `model`, traced in training mode on two zero images.
+
+    Training mode, because some layers run only then (GoogLeNet's and Inception's auxiliary
+    heads read inner feature maps): traced in eval mode, their inputs would keep channels the
+    pruned layers no longer produce, and the model could never train again. Every tensor the
+    model returns is traced (main and auxiliary logits). BatchNorm statistics that the traced
+    pass updates are put back afterwards, and so is the model's mode.
 
     Raises:
         UserError: The model cannot be traced (the message names the exception).
     """
     import torch_pruning as tp
 
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+
+    def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        m.train()
+        return sum((t.float().sum() for t in _tensors(m(x))), torch.zeros(()))
+
     try:
         with eval_mode(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tp warns about auto-detected unwrapped parameters
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input(model, spec)
+                model, example_inputs=example_input(model, spec, batch=2), forward_fn=forward
             )
     except Exception as e:  # tracing can fail in many ways on arbitrary user models
         raise UserError(
-            f"could not trace the model for structured pruning: {type(e).__name__}: {e}"
+            f"could not trace the model for structured pruning: {type(e).__name__}: "
+            f"{first_line(e, 160)}"
         ) from None
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in saved and b.shape == saved[n].shape:
+                    b.copy_(saved[n])
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a model output (tensor, named tuple, tuple, list or dict)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, tuple | list):
+        return [t for o in out for t in _tensors(o)]
+    return []
