@@ -37,10 +37,10 @@ from pruning_core.models import LoadedModel
 from pruning_core.plans import get_plan
 from pruning_core.progress import ProgressFn, Report
 from pruning_core.prune import (
-    MaskEnforcer,
     Preview,
     PruneConfig,
     PruneResult,
+    hold_masks,
     prunable_layers,
     prune_,
 )
@@ -159,6 +159,8 @@ def sweep(
             spec for a plain module.
     """
     net, spec = _unpack(model, spec, "sweep")
+    # A pruned folder's own zeros stay zero through every fine-tune (`prune.hold_masks`).
+    keep_zeros = isinstance(model, LoadedModel) and "pruned" in model.meta
     data.check_spec(spec)
     ratios = _check_ratios(ratios)
     methods = [str(m).strip() for m in methods if str(m).strip()]
@@ -231,7 +233,7 @@ def sweep(
                         )
 
                 ft_acc, was_cancelled = _finetune(
-                    pruned, res, data, spec, ft_config, cancel, eval_limit, step_report
+                    pruned, res, data, spec, ft_config, cancel, eval_limit, step_report, keep_zeros
                 )
                 seconds += time.perf_counter() - t0
                 # A fine-tune cut short measures nothing meaningful: leave it NaN.
@@ -282,9 +284,10 @@ def _finetune(
     cancel: threading.Event | None,
     limit: int | None,
     on_progress: Callable[[Progress], None] | None = None,
+    keep_zeros: bool = False,
 ) -> tuple[float, bool]:
     """Fine-tune in place keeping pruned weights at zero; returns (val accuracy, cancelled)."""
-    enforcer = MaskEnforcer(model, res.masks) if res.masks else None
+    enforcer = hold_masks(model, res.masks, keep_zeros=keep_zeros)
     if enforcer is not None:
         with enforcer:
             tr = fit(

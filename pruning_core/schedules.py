@@ -17,6 +17,7 @@ All training goes through `train.fit`; masks are kept by `prune.MaskEnforcer` (i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -33,11 +34,11 @@ from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.prune import (
-    MaskEnforcer,
     Preview,
     PruneConfig,
     PruneResult,
     apply_masks_,
+    hold_masks,
     measured_sparsity,
     prunable_layers,
     prune_,
@@ -192,6 +193,7 @@ def run_schedule(
     cancel: threading.Event | None = None,
     teacher: nn.Module | None = None,
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+    keep_zeros: bool = False,
 ) -> ScheduleResult:
     """Prune `model` in place following a schedule, fine-tuning with masks held.
 
@@ -210,6 +212,9 @@ def run_schedule(
         regularizer: An `extra_loss` (see `pruning_core.regularize`): used in a sparsity
             training phase of train_config's epochs *before* the first pruning step, as network
             slimming does (train with the penalty, prune, fine-tune).
+        keep_zeros: The model came pruned (a folder written by `prune`): every training phase
+            also holds the zeros it came with (`prune.hold_masks`), so they never regrow. The
+            dynamic schedule regrows by design and ignores it.
 
     Returns:
         A ScheduleResult with the per-step sparsity/accuracy curve.
@@ -228,12 +233,14 @@ def run_schedule(
     device = resolve_device(tc.device)
     result = ScheduleResult(prune=PruneResult())
     if regularizer is not None and tc.epochs > 0:
+        hold = hold_masks(model, {}, keep_zeros=keep_zeros)
         r = fit(
             model,
             data,
             spec,
             tc,
             teacher=teacher,
+            after_step=hold,
             extra_loss=regularizer,
             progress=progress,
             cancel=cancel,
@@ -247,7 +254,10 @@ def run_schedule(
     if schedule.kind == "dynamic":
         _dynamic(model, config, schedule, tc, data, spec, device, progress, cancel, teacher, result)
     else:
-        _cycles(model, config, schedule, tc, data, spec, device, progress, cancel, teacher, result)
+        _cycles(
+            model, config, schedule, tc, data, spec, device, progress, cancel, teacher, result,
+            keep_zeros,
+        )  # fmt: skip
     result.seconds = time.perf_counter() - start
     return result
 
@@ -279,6 +289,7 @@ def _cycles(
     cancel: threading.Event | None,
     teacher: nn.Module | None,
     result: ScheduleResult,
+    keep_zeros: bool = False,
 ) -> None:
     # N:M is one fixed pattern: ramping it makes no sense, so it is always one step.
     n = schedule.steps if schedule.kind in ("linear", "agp") and not config.fixed_ratio else 1
@@ -306,14 +317,15 @@ def _cycles(
         result.pruned_accuracy = row["pruned_accuracy"]
         if tc.epochs > 0:
             report = _offset_progress(progress, (t - 1) * per_fit, total)
-            with MaskEnforcer(model, res.masks) as enforce:
+            hold = hold_masks(model, res.masks, keep_zeros=keep_zeros)
+            with hold or contextlib.nullcontext():
                 tr = fit(
                     model,
                     data,
                     spec,
                     tc,
                     teacher=teacher,
-                    after_step=enforce,
+                    after_step=hold,
                     progress=report,
                     cancel=cancel,
                 )

@@ -248,6 +248,7 @@ def run_recipe(
     result = run_schedule(
         net, recipe.prune, recipe.schedule, train_config=recipe.finetune, data=data, spec=spec,
         progress=progress, cancel=cancel, teacher=teacher, regularizer=regularizer,
+        keep_zeros="pruned" in model.meta,
     )  # fmt: skip
     after = measure(net, None, spec)
     return RecipeResult(

@@ -24,6 +24,7 @@ from pruning_core.models import (
     load_model,
     model_spec,
 )
+from pruning_core.prune import MaskEnforcer, hold_masks, measured_sparsity
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig, fit
 from pruning_core.validate import POSITIVE_INT, Range
@@ -132,11 +133,18 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     )
     check_output_dir(args.out)
     data = load_dataset(args.dataset)
+    kept: dict[str, Any] = {}
+    enforcer: MaskEnforcer | None = None
     if Path(args.model).is_dir():
         loaded = load_model(args.model)
         arch, spec, model = loaded.arch, loaded.spec, loaded.model
         if arch is None:
             raise UserError("cannot continue training a model without a known architecture")
+        # A pruned folder stays what it is: its shapes (surgery) and its zeros, which the
+        # optimizer would otherwise regrow.
+        kept = {k: loaded.meta[k] for k in ("surgery", "pruned") if k in loaded.meta}
+        if "pruned" in kept:
+            enforcer = hold_masks(model, {}, keep_zeros=True)
     else:
         arch = args.model
         entry = get_entry(arch)
@@ -156,7 +164,14 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         )
     data.check_spec(spec)
     start = time.perf_counter()
-    result = fit(model, data, spec, config, progress=stderr_progress("train", args.quiet))
+    result = fit(
+        model,
+        data,
+        spec,
+        config,
+        after_step=enforcer,
+        progress=stderr_progress("train", args.quiet),
+    )
     final = evaluate(model, data, spec)
     metrics = {
         "model": arch,
@@ -167,12 +182,17 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": time.perf_counter() - start,
         "config": config.to_dict(),
     }
+    if enforcer is not None:
+        sparsity, _ = measured_sparsity(model, enforcer.layers)
+        kept["pruned"] = {**kept["pruned"], "sparsity": sparsity}
+        metrics["sparsity_kept"] = sparsity
     kw = {"num_classes": spec.num_classes, "in_channels": spec.channels, "image_size": spec.size}
     meta = {
         "arch": arch,
         "arch_kwargs": kw,
         "spec": spec.to_dict(),
         "dataset": args.dataset,
+        **kept,
         "metrics": metrics,
     }
     with output_dir(args.out) as tmp:
