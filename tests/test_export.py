@@ -93,7 +93,7 @@ def test_onnx_matches_torch(dense: LoadedModel, granularity: str, tmp_path: Path
 def test_onnx_mismatch_writes_nothing(
     dense: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export, "_compare", lambda *a: 0.5)
+    monkeypatch.setattr(export, "_compare", lambda *a: (0.5, 1.0))
     with pytest.raises(UserError, match="differs from PyTorch"):
         export.export_onnx(dense.model, dense.spec, tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []
@@ -160,3 +160,21 @@ def test_write_bytes_is_atomic_and_refuses_dirs(tmp_path: Path) -> None:
     assert p.read_bytes() == b"123"
     with pytest.raises(UserError):
         export.write_bytes(tmp_path, b"x")
+
+
+def test_onnx_check_scales_with_the_logits(dense: LoadedModel, tmp_path: Path) -> None:
+    """Logits in the millions (an untrained or freshly pruned net) are judged relative to their
+    size; a model whose outputs overflow is refused by that reason, writing nothing."""
+    import copy
+
+    big = copy.deepcopy(dense.model)
+    last = [m for m in big.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1e6)
+    check = export.export_onnx(big, dense.spec, tmp_path / "big.onnx")
+    assert check.ok and (tmp_path / "big.onnx").exists()
+    with torch.no_grad():
+        last.weight.fill_(float("inf"))
+    with pytest.raises(UserError, match="not finite"):
+        export.export_onnx(big, dense.spec, tmp_path / "inf.onnx")
+    assert not (tmp_path / "inf.onnx").exists()

@@ -16,14 +16,7 @@ from pruning_core.data import list_datasets, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.fsio import check_output_dir, output_dir, write_json
-from pruning_core.models import (
-    get_entry,
-    input_size_for,
-    is_external,
-    list_models,
-    load_model,
-    model_spec,
-)
+from pruning_core.models import build_for_data, list_models, load_model
 from pruning_core.prune import MaskEnforcer, hold_masks, measured_sparsity
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig, fit
@@ -147,21 +140,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             enforcer = hold_masks(model, {}, keep_zeros=True)
     else:
         arch = args.model
-        entry = get_entry(arch)
-        # Another library's architecture is built at the smallest side it runs at from the
-        # data's up (at least 32 px: deep nets downsample 32x); our own take the data's side.
-        size = input_size_for(entry, max(data.size, 32)) if is_external(entry) else None
-        spec = model_spec(arch, num_classes=data.num_classes, image_size=size)
-        if data.channels != spec.channels and {data.channels, spec.channels} != {1, 3}:
-            spec = model_spec(
-                arch, num_classes=data.num_classes, in_channels=data.channels, image_size=size
-            )
-        import torch
-
-        torch.manual_seed(args.seed)
-        model = entry.builder(
-            num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
-        )
+        built = build_for_data(arch, data.num_classes, data.channels, data.size, seed=args.seed)
+        spec, model = built.spec, built.model
     data.check_spec(spec)
     start = time.perf_counter()
     result = fit(

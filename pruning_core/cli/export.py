@@ -41,7 +41,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--batch-size", type=BATCH, default=32, help="report: latency batch (default 32)"
     )
     p.add_argument(
-        "--atol", type=POSITIVE_FLOAT, default=1e-4, help="onnx: accepted max abs difference"
+        "--atol",
+        type=POSITIVE_FLOAT,
+        default=1e-4,
+        help="onnx: accepted max difference from PyTorch, relative to the largest |logit| (at least 1)",
     )
     p.set_defaults(handler=cmd_export)
 

@@ -41,6 +41,7 @@ __all__ = [
     "InputSpec",
     "LoadedModel",
     "ModelEntry",
+    "build_for_data",
     "create_model",
     "get_entry",
     "input_size_for",
@@ -286,6 +287,31 @@ def input_size_for(entry: ModelEntry, wanted: int) -> int:
         wanted,
         takes_size=fam.size_kwarg(arch) is not None,
     )
+
+
+def build_for_data(
+    arch: str, num_classes: int, channels: int, side: int, *, seed: int = 0
+) -> LoadedModel:
+    """A fresh (untrained) `arch` that fits data of `num_classes` classes, `channels` channels
+    and side `side` px: what `pruning-lab train` starts from.
+
+    Another library's architecture is built at the smallest side it runs at from the data's up
+    (at least 32 px, since deep nets downsample 32x; `input_size_for`); the registry's own take
+    the data's side. Channels are adapted between 1 and 3 where the data needs it.
+
+    Raises:
+        UserError: Unknown architecture, or no input size it runs at.
+    """
+    entry = get_entry(arch)
+    size = input_size_for(entry, max(side, 32)) if is_external(entry) else None
+    spec = model_spec(arch, num_classes=num_classes, image_size=size)
+    if channels != spec.channels and {channels, spec.channels} != {1, 3}:
+        spec = model_spec(arch, num_classes=num_classes, in_channels=channels, image_size=size)
+    torch.manual_seed(seed)
+    model = entry.builder(
+        num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
+    )
+    return LoadedModel(model=model.eval(), spec=spec, arch=arch, source=arch)
 
 
 def model_spec(

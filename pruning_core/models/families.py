@@ -263,7 +263,8 @@ def fit_size(
 
     Candidates are `wanted`, then sides rounded up to multiples of 8, 16, 32, 64, 112, 224...;
     each is tried on a skeleton of the model (weights on the `meta` device), so nothing is
-    allocated and no weights are initialised.
+    allocated and no weights are initialised, in eval and in training mode (which may run
+    more layers).
 
     Args:
         arch: Registry name, for messages.
@@ -288,16 +289,30 @@ def fit_size(
     )
     candidates = [c for c in candidates if wanted <= c <= MAX_SIZE][:_MAX_TRIES]
     fixed = None if takes_size else _skeleton(build_skeleton, build, candidates[0])
-    for side in candidates:
+
+    def runs(side: int) -> bool:
         try:
             model = fixed if fixed is not None else _skeleton(build_skeleton, build, side)
             with torch.no_grad():
                 model.eval()(torch.zeros(1, channels, side, side, device="meta"))
+                # Training mode too: auxiliary heads (Inception's) run only then, and need
+                # more pixels than the main path.
+                model.train()(torch.zeros(2, channels, side, side, device="meta"))
         except UserError:
             raise
         except Exception:  # a size the architecture refuses fails in model-specific ways
-            continue
-        return side
+            return False
+        return True
+
+    below = wanted - 1
+    for side in candidates:
+        if runs(side):
+            # The coarse steps may overshoot (Inception needs ~299 px, not 384): look for a
+            # smaller multiple of 8 between the last side that failed and this one.
+            finer = range(-(-(below + 1) // 8) * 8, side, 8)
+            return next((s for s in list(finer)[:_MAX_TRIES] if runs(s)), side)
+        below = side
+
     rule = size_rule(arch)
     raise UserError(
         f"{arch} runs on no input side from {wanted} to {candidates[-1]} px"

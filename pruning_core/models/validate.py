@@ -312,7 +312,8 @@ def build_skeleton(builder: Callable[..., nn.Module], kwargs: Mapping[str, Any])
             return builder(**kwargs)
     except NotImplementedError:
         with _LargeOnMeta():
-            return builder(**kwargs)
+            # The small tensors built for real go to meta too, so the skeleton runs on one device.
+            return builder(**kwargs).to("meta")
 
 
 def count_params_meta(builder: Callable[..., nn.Module], kwargs: Mapping[str, Any]) -> int:

@@ -308,6 +308,13 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
                 model, example_inputs=example_input(model, spec, batch=2), forward_fn=forward
             )
     except Exception as e:  # tracing can fail in many ways on arbitrary user models
+        shuffle = channel_shuffle_site(model, spec)
+        if shuffle is not None:
+            raise UserError(
+                f"channel pruning cannot follow the channel shuffle in {shuffle} (channels are "
+                "split into groups and interleaved between branches there, so removing one "
+                "would misplace the others); unstructured and N:M pruning still apply"
+            ) from None
         raise UserError(
             f"could not trace the model for structured pruning: {type(e).__name__}: "
             f"{first_line(e, 160)}"
@@ -317,6 +324,60 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
             for n, b in model.named_buffers():
                 if n in saved and b.shape == saved[n].shape:
                     b.copy_(saved[n])
+
+
+def channel_shuffle_site(model: nn.Module, spec: InputSpec) -> str | None:
+    """Where `model` shuffles channels, as "'MODULE' (OP)", or None.
+
+    A channel shuffle (ShuffleNet, Zhang et al. 2018) views (N, C, H, W) as (N, g, C/g, H, W)
+    and transposes the groups, so channel k of one branch lands between channels of another:
+    no per-channel index mapping survives it (Torch-Pruning's tracer fails with a division by
+    zero there). Found by watching one eval-mode forward for a 4-D to 5-D view or reshape that
+    splits the channel axis, or `channel_shuffle` itself.
+    """
+    from torch.overrides import TorchFunctionMode
+
+    stack: list[str] = []
+    found: list[str] = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = getattr(func, "__name__", "")
+            x = args[0] if args else None
+            split = (
+                name in ("view", "reshape", "unflatten")
+                and isinstance(x, torch.Tensor)
+                and isinstance(out, torch.Tensor)
+                and x.dim() == 4
+                and out.dim() == 5
+                and out.shape[1] > 1
+                and out.shape[2] > 1
+                and out.shape[1] * out.shape[2] == x.shape[1]
+            )
+            if not found and (split or "channel_shuffle" in name):
+                found.append(f"'{stack[-1] if stack else type(model).__name__}' ({name})")
+            return out
+
+    def enter(name: str) -> Any:
+        return lambda _m, _i: stack.append(name)
+
+    def leave(_m: nn.Module, _i: Any, _o: Any) -> None:
+        stack.pop()  # a hook that returned the name would replace the module's output
+
+    handles = []
+    for n, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(enter(n)))
+        handles.append(m.register_forward_hook(leave))
+    try:
+        with eval_mode(model), torch.no_grad(), Watch():
+            model(example_input(model, spec, batch=1))
+    except Exception:  # the model's own failure is reported by the caller
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
