@@ -10,8 +10,9 @@ product's own paths:
 1. build the untrained architecture for a small RGB image-folder dataset (4 classes, 32 px) at
    the smallest input size it runs at (`models.build_for_data`, as `pruning-lab train` does),
    with its BatchNorm statistics estimated on the data;
-2. prune with the magnitude criterion and fine-tune one epoch, i.e. training-mode forward and
-   backward steps with the masks held (`run_recipe`, as `pruning-lab prune` does), and save the
+2. prune with the magnitude criterion and fine-tune one epoch at a small learning rate (1e-4:
+   an untrained net at its smallest input is ill-conditioned, and the cell checks the
+   mechanics, not recovery), i.e. training-mode forward and backward steps with masks held (`run_recipe`, as `pruning-lab prune` does), and save the
    model folder (`RecipeResult.save`);
 3. export to ONNX and check it with onnxruntime (`export.export_onnx`);
 4. in a *fresh* process, reopen the folder (`load_model`), compare its outputs with the ones
@@ -110,6 +111,7 @@ def run_cell(arch: str, granularity: str, dataset: str, work: Path) -> dict[str,
     import torch
 
     from pruning_core import Recipe, run_recipe
+    from pruning_core.attention import has_attention
     from pruning_core.calibration import recalibrate_batchnorm
     from pruning_core.data import load_dataset
     from pruning_core.errors import UserError
@@ -139,10 +141,17 @@ def run_cell(arch: str, granularity: str, dataset: str, work: Path) -> dict[str,
     except UserError as e:
         return {**rec, "status": "refused", "stage": "plan", "message": _refusal(e)}
     if not units:
-        return {**rec, "status": "n/a", "message": f"no {granularity} units in this architecture"}
+        if granularity == "head" and has_attention(loaded.model):
+            try:  # the plan says which attention it cannot shrink
+                config.plan(loaded.model, config, spec=loaded.spec)
+            except UserError as e:
+                return {**rec, "status": "refused", "stage": "plan", "message": _refusal(e)}
+        what = {"head": "attention heads", "block": "residual blocks with an identity shortcut"}
+        return {**rec, "status": "n/a",
+                "message": f"no {what.get(granularity, granularity + ' units')} to prune"}  # fmt: skip
     settings = {
         "model": arch, "dataset": dataset, "method": "magnitude", "granularity": granularity,
-        "ratio": ratio, "finetune_epochs": 1, "seed": 0,
+        "ratio": ratio, "finetune_epochs": 1, "lr": 1e-4, "seed": 0,
     }  # fmt: skip
     try:
         result = run_recipe(Recipe.from_settings(settings), model=loaded, data=data)

@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Attention", "SelfAttention", "attention_modules", "has_attention"]
+__all__ = [
+    "Attention",
+    "SelfAttention",
+    "attention_modules",
+    "has_attention",
+    "head_count",
+    "head_structured_linears",
+    "head_structured_parents",
+    "opaque_attention_layers",
+]
 
 
 class Attention(nn.Module):
@@ -95,9 +104,65 @@ def attention_modules(model: nn.Module) -> list[tuple[str, Any]]:
     return out
 
 
+def head_count(m: nn.Module) -> int | None:
+    """The head count of an attention module of any library (`num_heads`, or `n_heads` as in
+    torchvision's MaxViT), else None."""
+    for attr in ("num_heads", "n_heads"):
+        h = getattr(m, attr, None)
+        if isinstance(h, int) and not isinstance(h, bool):
+            return h
+    return None
+
+
 def has_attention(model: nn.Module) -> bool:
-    """True when the model has attention layers of some kind (with a `num_heads`)."""
+    """True when the model has attention layers of some kind (with a head count)."""
     return any(
-        isinstance(m, nn.MultiheadAttention) or isinstance(getattr(m, "num_heads", None), int)
-        for m in model.modules()
+        isinstance(m, nn.MultiheadAttention) or head_count(m) is not None for m in model.modules()
     )
+
+
+def head_structured_linears(model: nn.Module) -> list[nn.Linear]:
+    """Linear layers inside attention modules: their output features are laid out by head
+    (query/key/value projections), so channel pruning must not choose among them freely."""
+
+    inner = head_structured_parents(model)
+    return [c for m in inner for c in m.modules() if isinstance(c, nn.Linear)]
+
+
+def opaque_attention_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers around attention that the head plan does not know (`attention_modules` does not
+    match it): its Linear projections, and the norm layer registered just before it in the same
+    block, which is what feeds it in pre-norm transformers (torchvision's Swin: `norm1`, then
+    `attn`).
+
+    Such attention may use its projections' weights through functional calls that a tracer
+    does not see (Swin's `F.linear(x, self.qkv.weight)`), so the channels it reads and writes
+    must not be pruned (`plans.channel.untraceable_roots`).
+    """
+    known = {id(m) for _, m in attention_modules(model)}
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    out: list[nn.Module] = []
+    inner = {id(m) for m in head_structured_parents(model)}
+    for parent in model.modules():
+        prev = None
+        for child in parent.children():
+            if id(child) in inner and id(child) not in known:
+                out += [c for c in child.modules() if isinstance(c, nn.Linear)]
+                if isinstance(prev, norms):
+                    out.append(prev)
+            prev = child
+    return out
+
+
+def head_structured_parents(model: nn.Module) -> list[nn.Module]:
+    """The innermost modules with a head count (or `nn.MultiheadAttention`)."""
+
+    def counted(m: nn.Module) -> bool:
+        return isinstance(m, nn.MultiheadAttention) or head_count(m) is not None
+
+    # A transformer block that records its heads (torchvision's ViT EncoderBlock) holds an
+    # MLP whose channels are free: only the innermost counted module is the attention.
+    return [
+        m for m in model.modules()
+        if counted(m) and not any(counted(c) for c in m.modules() if c is not m)
+    ]  # fmt: skip

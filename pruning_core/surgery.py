@@ -50,6 +50,8 @@ def module_shape_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
     for name, mod in model.named_modules():
         attrs: dict[str, Any] = {}
         for a in SHAPE_ATTRS:
+            if isinstance(getattr(type(mod), a, None), property):
+                continue  # derived from its children (timm's ConvNormAct.in_channels)
             v = getattr(mod, a, None)
             if isinstance(v, bool):
                 continue

@@ -311,6 +311,14 @@ def fit(
                 )
         if result.cancelled:
             break
+        # A finite loss can still take a step that overflows the weights; such a model must
+        # never be evaluated as if it were one, nor saved.
+        bad = next((n for n, p in model.named_parameters() if not bool(p.isfinite().all())), None)
+        if bad is not None:
+            raise UserError(
+                f"training diverged: the weights of '{bad}' are no longer finite after epoch "
+                f"{epoch + 1}: lower the learning rate"
+            )
         ev = evaluate(model, data, spec, device=device, limit=config.val_limit)
         result.history.append(
             {

@@ -26,9 +26,17 @@ def test_page_shows_measured_baseline_and_reacts_to_model_change() -> None:
     assert _metric(at, "Parameters") == "17,226"
 
 
-def test_page_runs_standalone_and_reports_mismatch() -> None:
+def test_page_runs_standalone_and_reports_mismatch(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for c in range(3):  # a 3-class image folder: digits-cnn predicts 10 classes
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(2):
+            Image.new("L", (8, 8), color=40 * c + i).save(tmp_path / f"c{c}" / f"{i}.png")
     at = AppTest.from_file(str(ROOT / "pages" / "1_model_and_data.py"), default_timeout=120).run()
     assert not at.exception and at.metric
-    at.selectbox(key="model_ref").set_value("torchvision:resnet18").run()
+    at = AppTest.from_file(str(ROOT / "pages" / "1_model_and_data.py"), default_timeout=120)
+    at.session_state["dataset_ref"] = f"folder:{tmp_path}"
+    at.run()
     assert not at.exception
     assert any("do not fit" in e.value for e in at.error)

@@ -94,3 +94,21 @@ def test_augment_batch_shifts_and_flips_deterministically() -> None:
                 for dx in range(5):
                     ok |= torch.equal(padded[:, dy : dy + 16, dx : dx + 16], img)
         assert ok, i
+
+
+def test_weights_that_overflow_stop_training_by_name() -> None:
+    """A step that leaves a weight non-finite (the loss was still finite) is reported, naming
+    the layer, instead of a model that would be evaluated and saved."""
+    data = load_dataset("digits")
+    spec = model_spec("digits-mlp")
+    model = create_model("digits-mlp", pretrained=False)
+
+    last = -(-len(data.train[1]) // TrainConfig().batch_size)
+
+    def overflow(m: torch.nn.Module, step: int) -> None:
+        if step == last:  # after the last step: no later loss would show it
+            with torch.no_grad():
+                m.fc2.weight[0, 0] = float("inf")
+
+    with pytest.raises(UserError, match=r"diverged.*'fc2.weight'"):
+        fit(model, data, spec, TrainConfig(epochs=1), after_step=overflow)

@@ -9,12 +9,14 @@ import streamlit as st
 from pruning_core.data import DataBundle, list_datasets
 from pruning_core.errors import UserError
 from pruning_core.models import LoadedModel, list_models
+from ui import architectures
 from ui.loaders import baseline, shared_data, shared_model
 from ui.state import init_state
 
 
 def model_and_data_picker() -> tuple[str, str]:
-    """Model and dataset select boxes bound to the session's selection."""
+    """Model and dataset select boxes bound to the session's selection, and a search box for
+    any torchvision or timm architecture (built for the dataset: `ui.architectures`)."""
     init_state()
     models = [m.name for m in list_models()]
     labels = {m.name: f"{m.name} — {m.description}" for m in list_models()}
@@ -28,16 +30,47 @@ def model_and_data_picker() -> tuple[str, str]:
         "Model",
         models,
         key="model_ref",
-        format_func=lambda n: labels.get(n, n),
-        help="Sample models are trained and ship with the app; classic and torchvision ones start untrained.",
+        format_func=lambda n: labels.get(n) or architectures.describe(n) or n,
+        on_change=architectures.on_model_change,
+        help="Sample models are trained and ship with the app; torchvision and timm "
+        "architectures are built for the dataset and start untrained.",
     )
     c2.selectbox(
         "Dataset",
         datasets,
         key="dataset_ref",
+        on_change=architectures.on_dataset_change,
         help="digits and shapes work offline; the others download once or read a local copy.",
     )
+    _architecture_search()
+    if st.session_state.get("arch_error"):
+        st.error(st.session_state["arch_error"])
     return st.session_state["model_ref"], st.session_state["dataset_ref"]
+
+
+def _architecture_search() -> None:
+    with st.expander("Bring an architecture from torchvision or timm"):
+        query = st.text_input(
+            "Search architectures",
+            key="arch_query",
+            placeholder="e.g. resnet, mobilenetv3, *vit_tiny*",
+            help="A part of the name or a glob; every torchvision and timm classifier is listed.",
+        )
+        names, total = architectures.search(query)
+        if query.strip() and not names:
+            st.caption(f"No torchvision or timm architecture matches '{query.strip()}'.")
+        if names:
+            shown = f"first {len(names)} of {total}" if total > len(names) else str(total)
+            st.selectbox(f"Matches ({shown})", names, key="arch_pick")
+            st.checkbox(
+                "Start from the library's ImageNet weights (downloads once; the classifier is new)",
+                key="arch_pretrained",
+            )
+            st.button(
+                "Use this architecture", key="arch_use", on_click=architectures.use_searched,
+                help="Builds it for the current dataset at the smallest input size it runs at "
+                "and keeps it as a model folder; pruning, fine-tuning and export work as usual.",
+            )  # fmt: skip
 
 
 def baseline_or_stop(model_ref: str, dataset_ref: str) -> dict[str, Any]:

@@ -61,6 +61,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=C["seed"], default=0)
     p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="torchvision:/timm: architectures: start from the library's ImageNet weights "
+        "(downloaded once; needs network)",
+    )
+    p.add_argument(
         "--augment", action="store_true", help="random shifts and horizontal flips while training"
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -129,6 +135,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     enforcer: MaskEnforcer | None = None
     if Path(args.model).is_dir():
+        if args.pretrained:
+            raise UserError(
+                "--pretrained starts an architecture afresh; a model folder has its own weights"
+            )
         loaded = load_model(args.model)
         arch, spec, model = loaded.arch, loaded.spec, loaded.model
         if arch is None:
@@ -140,7 +150,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             enforcer = hold_masks(model, {}, keep_zeros=True)
     else:
         arch = args.model
-        built = build_for_data(arch, data.num_classes, data.channels, data.size, seed=args.seed)
+        built = build_for_data(
+            arch, data.num_classes, data.channels, data.size, seed=args.seed,
+            pretrained=args.pretrained,
+        )  # fmt: skip
         spec, model = built.spec, built.model
     data.check_spec(spec)
     start = time.perf_counter()

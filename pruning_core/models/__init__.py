@@ -290,7 +290,13 @@ def input_size_for(entry: ModelEntry, wanted: int) -> int:
 
 
 def build_for_data(
-    arch: str, num_classes: int, channels: int, side: int, *, seed: int = 0
+    arch: str,
+    num_classes: int,
+    channels: int,
+    side: int,
+    *,
+    seed: int = 0,
+    pretrained: bool = False,
 ) -> LoadedModel:
     """A fresh (untrained) `arch` that fits data of `num_classes` classes, `channels` channels
     and side `side` px: what `pruning-lab train` starts from.
@@ -299,17 +305,30 @@ def build_for_data(
     (at least 32 px, since deep nets downsample 32x; `input_size_for`); the registry's own take
     the data's side. Channels are adapted between 1 and 3 where the data needs it.
 
+    Args:
+        arch: Registry name (`digits-cnn`, `torchvision:NAME`, `timm:NAME`).
+        num_classes: Classes of the data (the classifier is sized, or replaced, to match).
+        channels: Image channels of the data.
+        side: Image side of the data (px).
+        seed: Seed of the random initialisation.
+        pretrained: torchvision and timm architectures: start from the library's ImageNet
+            weights (downloaded once through the library's own path; the classifier is new).
+
     Raises:
-        UserError: Unknown architecture, or no input size it runs at.
+        UserError: Unknown architecture, no input size it runs at, or pretrained weights that
+            cannot be fetched (offline) or that the architecture does not have.
     """
     entry = get_entry(arch)
+    if pretrained and not is_external(entry):
+        raise UserError(f"{arch} has no library weights to start from (drop --pretrained)")
     size = input_size_for(entry, max(side, 32)) if is_external(entry) else None
     spec = model_spec(arch, num_classes=num_classes, image_size=size)
     if channels != spec.channels and {channels, spec.channels} != {1, 3}:
         spec = model_spec(arch, num_classes=num_classes, in_channels=channels, image_size=size)
     torch.manual_seed(seed)
+    extra = {"pretrained": True} if pretrained else {}
     model = entry.builder(
-        num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
+        num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size, **extra
     )
     return LoadedModel(model=model.eval(), spec=spec, arch=arch, source=arch)
 

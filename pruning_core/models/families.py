@@ -157,8 +157,8 @@ class TorchvisionFamily(Family):
             except Exception as e:  # urllib raises several types; all mean the same to the user
                 raise UserError(
                     f"could not fetch pretrained weights for {name} ({first_line(e, 160)}); you may be "
-                    f"offline: place the file in {torch.hub.get_dir()}/checkpoints or use "
-                    "pretrained=False"
+                    f"offline: place the file in {torch.hub.get_dir()}/checkpoints, or "
+                    "start from untrained weights"
                 ) from None
             if num_classes != 1000:
                 replace_classifier(model, num_classes)
@@ -226,8 +226,8 @@ class TimmFamily(Family):
             if pretrained:
                 raise UserError(
                     f"could not fetch pretrained weights for timm:{name} ({first_line(e, 160)}); you may be "
-                    "offline: set HF_HUB_OFFLINE=0 with network access once, or use "
-                    "pretrained=False"
+                    "offline: set HF_HUB_OFFLINE=0 with network access once, "
+                    "or start from untrained weights"
                 ) from None
             raise
 

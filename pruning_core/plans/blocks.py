@@ -88,6 +88,7 @@ class BlockPlan(GroupPlan):
         from pruning_core.plans.guess import guess_spec
 
         self.model = model
+        self.spec = spec
         self.notes = []
         skip = set(ignored_modules(model, config.ignore))
         self.blocks = [

@@ -10,8 +10,9 @@ channel; a group's score is the mean over its members, fed to Torch-Pruning thro
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,11 @@ import torch
 from torch import nn
 from torch_pruning.pruner.importance import Importance as TPImportance
 
-from pruning_core.attention import attention_modules
+from pruning_core.attention import (
+    attention_modules,
+    head_structured_linears,
+    opaque_attention_layers,
+)
 from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError, first_line
 from pruning_core.layers import (
@@ -33,7 +38,14 @@ from pruning_core.plans.base import PlanConfig, Unit, register_granularity
 from pruning_core.plans.groups import GroupPlan
 from pruning_core.spec import InputSpec
 
-__all__ = ["ChannelPlan", "dependency_graph"]
+__all__ = [
+    "GROUPING_SECONDS",
+    "MAX_TRACED_INDICES",
+    "ChannelPlan",
+    "channel_shuffle_site",
+    "dependency_graph",
+    "untraceable_roots",
+]
 
 
 @dataclass
@@ -68,22 +80,47 @@ class ChannelPlan(GroupPlan):
         self.notes = []
         self.round_to = config.round_to
         spec = spec or guess_spec(model)
+        self.spec = spec
         mods = dict(model.named_modules())
         ignored: list[nn.Module] = [
             mods[n] for n in ignored_modules(model, config.ignore) if n in mods
         ]
         ignored += output_layers(model)
-        # Splitting qkv's rows freely would mix heads; heads are pruned by the head plan.
+        # Splitting qkv's rows freely would mix heads; heads are pruned by the head plan. That
+        # holds for attention of any library (timm's, MaxViT's `to_qkv`), not only ours.
         ignored += [a.qkv for _, a in attention_modules(model)]
+        ignored += head_structured_linears(model)
         ignored += [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
         self.dg = dependency_graph(model, spec)
         self.names = {m: n for n, m in model.named_modules()}
+        # Attention the head plan does not know may use its projections' weights directly;
+        # their channels stay as they are (`untraceable_roots`).
+        fixed = opaque_attention_layers(model)
+        if fixed or _channel_reshapes(self.dg):
+            skip = set(map(id, ignored))
+            roots = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+            bound = untraceable_roots(self.dg, [m for m in roots if id(m) not in skip], fixed)
+            if bound:
+                ignored += bound
+                self.notes.append(
+                    f"{len(bound)} layers skipped, e.g. {self.names.get(bound[0], '?')}: their "
+                    "output channels reach attention projections used outside their modules "
+                    "or chained reshapes (window partitions) that channel tracing cannot "
+                    "follow; the channels inside their blocks are still pruned"
+                )
         self.groups: dict[str, tuple[nn.Module, Any]] = {}
         self.touches: dict[str, list[_Touch]] = {}
         self.units = []
+        start = time.perf_counter()
         for group in self.dg.get_all_groups(
             ignored_layers=ignored, root_module_types=WEIGHT_LAYERS
         ):
+            if time.perf_counter() - start > GROUPING_SECONDS:
+                raise UserError(
+                    f"channel pruning is refused for {type(model).__name__}: finding which "
+                    f"channels are coupled took over {GROUPING_SECONDS:.0f} s and was stopped "
+                    "(many reshapes of channels); unstructured and N:M pruning still apply"
+                )
             root_dep = group[0].dep
             root = root_dep.target.module
             name = self.names.get(root)
@@ -281,6 +318,14 @@ def _grouped(group: Any) -> bool:
     return False
 
 
+# Torch-Pruning maps a channel through a reshape into `stride` indices; a group whose channels
+# would stand for more indices than this is not traced (`untraceable_roots`): VGG's
+# classifier flatten is 25k, Swin's and MaxViT's chained window partitions are millions.
+MAX_TRACED_INDICES = 200_000
+# A last resort for graphs the count above does not catch: stop grouping and refuse.
+GROUPING_SECONDS = 150.0
+
+
 def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
     """Torch-Pruning's dependency graph of `model`, traced in training mode on two zero images.
 
@@ -291,7 +336,8 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
     pass updates are put back afterwards, and so is the model's mode.
 
     Raises:
-        UserError: The model cannot be traced (the message names the exception).
+        UserError: The model cannot be traced (the message names the exception, or the channel
+            shuffle it met).
     """
     import torch_pruning as tp
 
@@ -304,7 +350,7 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
     try:
         with eval_mode(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tp warns about auto-detected unwrapped parameters
-            return tp.DependencyGraph().build_dependency(
+            graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_input(model, spec, batch=2), forward_fn=forward
             )
     except Exception as e:  # tracing can fail in many ways on arbitrary user models
@@ -324,6 +370,80 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
             for n, b in model.named_buffers():
                 if n in saved and b.shape == saved[n].shape:
                     b.copy_(saved[n])
+    return graph
+
+
+def untraceable_roots(
+    graph: Any,
+    roots: Sequence[nn.Module],
+    fixed: Sequence[nn.Module] = (),
+    max_indices: int = MAX_TRACED_INDICES,
+) -> list[nn.Module]:
+    """The layers among `roots` whose channel group cannot be pruned safely or in time: it
+    would touch a layer in `fixed`, or blow up through reshapes.
+
+    `fixed` holds layers whose weights the model also uses in ways the tracer does not see
+    (torchvision's Swin calls its attention's `qkv` weight through `F.linear`): a group that
+    would shrink them must not be formed.
+
+    Torch-Pruning maps a channel through a reshape by multiplying the indices it stands for
+    (its flatten mapping, `stride` indices per channel), so a chain of reshapes such as Swin's
+    and MaxViT's window partitions makes one group hold millions of indices and its tracing
+    take many minutes (swin_t: over 5 minutes on 2 cores). The walk here follows the same
+    dependency edges as Torch-Pruning's grouping, carrying only how many indices each channel
+    has become; a layer whose group would exceed `max_indices` is returned. A classifier's
+    flatten (VGG: 512 channels x 49) stays far below it.
+    """
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+    from torch_pruning.pruner import function
+
+    # A weight used through a functional call is traced as a bare parameter node.
+    frozen = {id(m) for m in fixed} | {id(p) for m in fixed for p in m.parameters()}
+    bound = []
+    for m in roots:
+        node = graph.module2node.get(m)
+        pruner = graph.get_pruner_of_module(m)
+        size = pruner.get_out_channels(m) if pruner is not None else None
+        if node is None or pruner is None or not size:
+            continue
+        fn = pruner.prune_out_channels
+        if isinstance(m, nn.Conv2d) and m.groups == m.out_channels > 1:
+            fn = function.prune_depthwise_conv_out_channels  # as Torch-Pruning does
+        stack: list[tuple[Any, Any, int]] = [(node, fn, 1)]
+        best: dict[tuple[int, Any], int] = {}
+        hit = False
+        while stack and not hit:
+            n, f, mult = stack.pop()
+            for dep in n.dependencies:
+                if not dep.is_triggered_by(f):
+                    continue
+                k = mult
+                for x in dep.index_mapping:
+                    if isinstance(x, _FlattenIndexMapping):
+                        k = max(1, k // x._stride) if x.reverse else k * x._stride
+                if k * size > max_indices or id(dep.target.module) in frozen:
+                    hit = True
+                    break
+                key = (id(dep.target), dep.handler)
+                if best.get(key, 0) < k:
+                    best[key] = k
+                    stack.append((dep.target, dep.handler, k))
+        if hit:
+            bound.append(m)
+    return bound
+
+
+def _channel_reshapes(graph: Any) -> int:
+    """How many reshape steps map channel indices in `graph` (Torch-Pruning's flatten mapping:
+    each multiplies the indices a channel stands for, and chains of them make grouping slow)."""
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    return sum(
+        isinstance(m, _FlattenIndexMapping)
+        for node in graph.module2node.values()
+        for dep in node.dependencies
+        for m in dep.index_mapping
+    )
 
 
 def channel_shuffle_site(model: nn.Module, spec: InputSpec) -> str | None:

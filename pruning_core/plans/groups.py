@@ -23,8 +23,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pruning_core.layers import check_finite
+from pruning_core.errors import UserError, first_line
+from pruning_core.layers import check_finite, eval_mode, example_input
 from pruning_core.plans.base import Applied, Plan, Unit, layer_cap
+from pruning_core.plans.guess import guess_spec
+from pruning_core.spec import InputSpec
+from pruning_core.surgery import SHAPE_ATTRS
 
 __all__ = ["GroupPlan"]
 
@@ -106,7 +110,7 @@ class GroupPlan(Plan):
         before = self.weight_sizes()
         masks: dict[str, torch.Tensor] = {}
         if physical:
-            self.shrink(selection)
+            self._shrink_or_undo(selection)
             after = self.weight_sizes(list(before))
             layer_sparsity = {n: 1.0 - after.get(n, 0) / before[n] for n in before if before[n]}
         else:
@@ -126,6 +130,60 @@ class GroupPlan(Plan):
         )
 
     round_to: int | None = None
+    spec: InputSpec | None = None
+
+    def _shrink_or_undo(self, selection: Mapping[str, list[int]]) -> None:
+        """`shrink`, then check that the model still runs; if not, put every tensor and shape
+        attribute back (the user's model is intact) and refuse naming where it fails."""
+        # Shrinking replaces tensors and shape attributes; keeping the old ones allows undo.
+        saved = [
+            (m, dict(m._parameters), dict(m._buffers),
+             {a: m.__dict__[a] for a in SHAPE_ATTRS if a in m.__dict__})
+            for m in self.model.modules()
+        ]  # fmt: skip
+        self.shrink(selection)
+        broken = _fails_at(self.model, self.spec or guess_spec(self.model))
+        if broken is None:
+            return
+        for m, params, buffers, attrs in saved:
+            m._parameters.clear()
+            m._parameters.update(params)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            m.__dict__.update(attrs)
+        raise UserError(
+            f"{self.name} pruning of {type(self.model).__name__} is refused: the shrunk model "
+            f"no longer runs at {broken} (a coupling the tracer did not see); the model is "
+            "unchanged, and unstructured and N:M pruning still apply"
+        )
+
+
+def _fails_at(model: nn.Module, spec: InputSpec) -> str | None:
+    """None when `model` runs on two zero images (eval mode), else where it fails:
+    "'MODULE' (TYPE): first line of the error"."""
+    stack: list[str] = []
+
+    def enter(name: str) -> Any:
+        return lambda _m, _i: stack.append(name)
+
+    def leave(_m: nn.Module, _i: Any, _o: Any) -> None:
+        stack.pop()
+
+    mods = dict(model.named_modules())
+    handles = []
+    for n, m in mods.items():
+        handles.append(m.register_forward_pre_hook(enter(n)))
+        handles.append(m.register_forward_hook(leave))
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example_input(model, spec, batch=2))
+    except Exception as e:  # any failure of the shrunk model is the refusal's reason
+        where = stack[-1] if stack else ""
+        return f"'{where}' ({type(mods[where]).__name__}): {first_line(e, 120)}"
+    finally:
+        for h in handles:
+            h.remove()
+    return None
 
 
 def _global_counts(units: Sequence[Unit], ratio: float, max_layer_ratio: float) -> dict[str, int]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning_core.attention import attention_modules, has_attention
+from pruning_core.attention import attention_modules, has_attention, head_count
 from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError
 from pruning_core.layers import ignored_modules
@@ -65,12 +65,21 @@ class HeadPlan(GroupPlan):
                 "head pruning needs attention layers, and this model has none (use channel or block)"
             )
         self.model = model
+        self.spec = spec
         self.notes = []
         skip = set(ignored_modules(model, config.ignore))
         _swap_multihead_attention(model)
         found = attention_modules(model)
         if not found:
-            raise UserError(f"head pruning needs attention layers; {type(model).__name__} has none")
+            name, mod = next(
+                (n, m) for n, m in model.named_modules()
+                if isinstance(m, nn.MultiheadAttention) or head_count(m) is not None
+            )  # fmt: skip
+            raise UserError(
+                f"head pruning cannot shrink the attention in '{name}' ({type(mod).__name__}): "
+                "its heads are not the rows of one qkv Linear and the columns of one proj "
+                "Linear; unstructured, N:M and channel pruning still apply"
+            )
         self.attn: dict[str, Any] = {
             n: m for n, m in found if not ({n, f"{n}.qkv", f"{n}.proj"} & skip)
         }
