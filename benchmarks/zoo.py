@@ -271,7 +271,8 @@ def _arch_process(
     arch: str, granularities: list[str], dataset: str, tmp: Path, timeout: int, threads: int
 ) -> list[dict[str, Any]]:
     work = Path(tempfile.mkdtemp(prefix="arch-", dir=tmp))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore",
+           "PRUNING_LAB_HOME": str(tmp / "home")}  # fmt: skip
     cmd = [sys.executable, "-m", "benchmarks.zoo", "--arch", arch, "--granularity",
            *granularities, "--dataset", dataset, "--work", str(work), "--timeout", str(timeout)]  # fmt: skip
     start = time.perf_counter()
@@ -307,7 +308,6 @@ def run_matrix(
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     with tempfile.TemporaryDirectory(prefix="pruning-lab-zoo-") as t:
         tmp = Path(t)
-        os.environ["PRUNING_LAB_HOME"] = str(tmp / "home")
         dataset = make_dataset(tmp / "data")
 
         def one(arch: str) -> list[dict[str, Any]]:

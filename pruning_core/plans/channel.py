@@ -341,6 +341,15 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
     """
     import torch_pruning as tp
 
+    # Checked first, not only when tracing fails: the tracer maps a shuffle's view as a
+    # flatten, and a model it does not fail on would be pruned into a different function.
+    shuffle = channel_shuffle_site(model, spec)
+    if shuffle is not None:
+        raise UserError(
+            f"channel pruning cannot follow the channel shuffle in {shuffle} (channels are "
+            "split into groups and interleaved between branches there, so removing one would "
+            "misplace the others); unstructured and N:M pruning still apply"
+        )
     saved = {n: b.detach().clone() for n, b in model.named_buffers()}
 
     def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -354,13 +363,6 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
                 model, example_inputs=example_input(model, spec, batch=2), forward_fn=forward
             )
     except Exception as e:  # tracing can fail in many ways on arbitrary user models
-        shuffle = channel_shuffle_site(model, spec)
-        if shuffle is not None:
-            raise UserError(
-                f"channel pruning cannot follow the channel shuffle in {shuffle} (channels are "
-                "split into groups and interleaved between branches there, so removing one "
-                "would misplace the others); unstructured and N:M pruning still apply"
-            ) from None
         raise UserError(
             f"could not trace the model for structured pruning: {type(e).__name__}: "
             f"{first_line(e, 160)}"
@@ -476,7 +478,8 @@ def channel_shuffle_site(model: nn.Module, spec: InputSpec) -> str | None:
                 and out.shape[1] * out.shape[2] == x.shape[1]
             )
             if not found and (split or "channel_shuffle" in name):
-                found.append(f"'{stack[-1] if stack else type(model).__name__}' ({name})")
+                where = stack[-1] if stack and stack[-1] else type(model).__name__
+                found.append(f"'{where}' ({name})")
             return out
 
     def enter(name: str) -> Any:

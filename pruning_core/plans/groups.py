@@ -179,7 +179,7 @@ def _fails_at(model: nn.Module, spec: InputSpec) -> str | None:
             model(example_input(model, spec, batch=2))
     except Exception as e:  # any failure of the shrunk model is the refusal's reason
         where = stack[-1] if stack else ""
-        return f"'{where}' ({type(mods[where]).__name__}): {first_line(e, 120)}"
+        return f"'{where or type(model).__name__}' ({type(mods[where]).__name__}): {first_line(e, 120)}"
     finally:
         for h in handles:
             h.remove()
