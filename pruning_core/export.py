@@ -59,11 +59,12 @@ __all__ = [
 
 FORMATS = ("checkpoint", "onnx", "report")
 ONNX_OPSET = 17
-# ONNX and PyTorch kernels sum in different orders; fp32 logits agree far closer than this.
-# The tolerance is relative to the logits' scale (max |logit|, at least 1): rounding error
-# grows with the magnitudes summed, and an untrained or freshly pruned model can have logits
-# in the thousands.
-ONNX_ATOL = 1e-4
+# ONNX and PyTorch kernels sum in different orders (and ONNX Runtime folds BatchNorm into the
+# convolutions). The tolerance is relative to the logits' scale (max |logit|, at least 1):
+# rounding error grows with the magnitudes summed, and an untrained or freshly pruned model can
+# have logits in the thousands (timm's efficientnet_b0 differs by 1.4e-4 of them). A wrong
+# export differs by the logits' own size.
+ONNX_ATOL = 1e-3
 
 
 # --- checkpoints -------------------------------------------------------------------------------

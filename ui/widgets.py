@@ -43,6 +43,13 @@ def model_and_data_picker() -> tuple[str, str]:
         help="digits and shapes work offline; the others download once or read a local copy.",
     )
     _architecture_search()
+    info = architectures.prepared_from(st.session_state["model_ref"])
+    if info is not None and not info.get("pretrained"):
+        st.caption(
+            f"{info['arch']} starts untrained, so its accuracy is chance: train it first "
+            f"(`pruning-lab train --model {info['arch']} --dataset {info['dataset']} --out DIR`, "
+            "then upload the folder), or prune it to see what pruning does to its structure."
+        )
     if st.session_state.get("arch_error"):
         st.error(st.session_state["arch_error"])
     return st.session_state["model_ref"], st.session_state["dataset_ref"]

@@ -126,6 +126,13 @@ class ChannelPlan(GroupPlan):
             name = self.names.get(root)
             if name is None:
                 continue
+            beyond = self._beyond_axis(group)
+            if beyond is not None:
+                self.notes.append(
+                    f"{name} skipped: its channels map onto another axis of {beyond} (token "
+                    "mixing and the like), which channel pruning cannot follow"
+                )
+                continue
             if _grouped(group):
                 self.notes.append(
                     f"{name} skipped: it is coupled to a grouped convolution (channel groups "
@@ -150,6 +157,30 @@ class ChannelPlan(GroupPlan):
         if not self.units:
             raise UserError("channel pruning found no prunable conv/linear channels in this model")
         self._check_weights()
+
+    def _beyond_axis(self, group: Any) -> str | None:
+        """The first layer where the group's indices exceed the dimension they would prune
+        (the tracer mapped channels onto tokens: MLP-Mixer's token mixing), or None."""
+        for it in group:
+            target = it.dep.target.module
+            if not it.idxs:
+                continue
+            size: int | None = None
+            if isinstance(target, nn.Parameter):
+                dim = getattr(it.dep.target, "pruning_dim", 0) or 0
+                size = int(target.shape[dim]) if target.dim() > dim else None
+            elif isinstance(target, nn.Conv2d | nn.Conv1d | nn.Linear):
+                out = self.dg.is_out_channel_pruning_fn(it.dep.handler)
+                size = (
+                    int(target.weight.shape[0])
+                    if out
+                    else int(getattr(target, "in_channels", None) or target.weight.shape[1])
+                )
+            elif isinstance(getattr(target, "weight", None), torch.Tensor):
+                size = int(target.weight.shape[0])
+            if size is not None and max(it.idxs) >= size:
+                return f"'{self.names.get(target, type(target).__name__)}'"
+        return None
 
     def _touches(self, group: Any) -> list[_Touch]:
         import torch_pruning as tp

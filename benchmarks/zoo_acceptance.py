@@ -1,0 +1,83 @@
+"""The zoo's acceptance run: GoogLeNet, Inception v3, Swin-T, MaxViT-T and MnasNet each pruned
+by channel, fine-tuned one epoch on `digits` with the default settings, saved, and reopened in a
+fresh process with equal outputs (and evaluated through the CLI).
+
+    uv run python -m benchmarks.zoo_acceptance [--out DIR]
+
+Prints one JSON line per architecture (input size, sparsity, MACs, accuracy before and after
+fine-tuning, reopen difference, seconds) and writes them to DIR/zoo_acceptance.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ARCHS = [
+    "torchvision:googlenet", "torchvision:inception_v3", "torchvision:swin_t",
+    "torchvision:maxvit_t", "torchvision:mnasnet0_5",
+]  # fmt: skip
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one(arch: str, work: Path) -> dict[str, Any]:
+    """Prune (channel 0.3), fine-tune one epoch on digits, save, reopen in a fresh process."""
+    import torch
+
+    from pruning_core import Recipe, run_recipe
+    from pruning_core.data import load_dataset
+    from pruning_core.layers import main_logits
+    from pruning_core.models import build_for_data
+
+    start = time.perf_counter()
+    data = load_dataset("digits")
+    loaded = build_for_data(arch, data.num_classes, data.channels, data.size)
+    settings = {"model": arch, "dataset": "digits", "method": "magnitude",
+                "granularity": "channel", "ratio": 0.3, "finetune_epochs": 1}  # fmt: skip
+    result = run_recipe(Recipe.from_settings(settings), model=loaded, data=data)
+    metrics = result.save(work / "model")
+    x = torch.randn(2, loaded.spec.channels, loaded.spec.size, loaded.spec.size)
+    with torch.no_grad():
+        torch.save({"x": x, "y": main_logits(result.model.eval()(x))}, work / "reference.pt")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.zoo", "--reopen", str(work), "--dataset", "digits"],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    reopened = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "arch": arch,
+        "input_size": loaded.spec.size,
+        "sparsity": metrics.get("sparsity"),
+        "macs_ratio": metrics.get("macs_ratio"),
+        "pruned_accuracy": result.schedule.pruned_accuracy,
+        "finetuned_accuracy": result.schedule.finetuned_accuracy,
+        "notes": result.schedule.prune.notes,
+        **reopened,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.zoo_acceptance")
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()))
+    p.add_argument("--only", nargs="+", default=ARCHS)
+    a = p.parse_args()
+    rows = []
+    for arch in a.only:
+        with tempfile.TemporaryDirectory(prefix="pruning-lab-accept-") as t:
+            row = one(arch, Path(t))
+        print(json.dumps(row, default=str), flush=True)
+        rows.append(row)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "zoo_acceptance.json").write_text(json.dumps(rows, indent=1, default=str))
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
