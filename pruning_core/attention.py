@@ -16,7 +16,9 @@ from torch import nn
 __all__ = [
     "Attention",
     "SelfAttention",
+    "as_attention",
     "attention_modules",
+    "convertible_attention",
     "has_attention",
     "head_count",
     "head_structured_linears",
@@ -39,10 +41,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        # `attn_mask` and `is_causal` as timm's blocks pass them to the attention this one
+        # stands in for (timm.layers.attention.Attention.forward has the same signature).
+        out = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=attn_mask, is_causal=is_causal
+        )
         return self.proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
 
@@ -84,6 +92,44 @@ class SelfAttention(Attention):
             else:
                 new.proj.bias.zero_()
         return new.to(mha.in_proj_weight.device)
+
+
+def convertible_attention(m: nn.Module) -> bool:
+    """True for another library's plain multi-head self-attention that `Attention` computes
+    exactly: timm's ViT/DeiT `Attention` (biased `qkv` and `proj` Linear, `num_heads`,
+    `head_dim`, no query/key norm, default scale). It reshapes its output to its *input* width,
+    so its heads cannot be removed in place; swapped for `Attention`, they can."""
+    if isinstance(m, Attention) or not type(m).__module__.startswith("timm."):
+        return False
+    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    h, d = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
+    plain = all(
+        isinstance(getattr(m, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm")
+    )
+    return (
+        type(m).__name__ == "Attention"
+        and isinstance(qkv, nn.Linear)
+        and isinstance(proj, nn.Linear)
+        and qkv.bias is not None
+        and proj.bias is not None
+        and isinstance(h, int)
+        and isinstance(d, int)
+        and qkv.in_features == proj.out_features == h * d
+        and qkv.out_features == 3 * h * d
+        and plain
+        and abs(float(getattr(m, "scale", d**-0.5)) - d**-0.5) < 1e-9
+    )
+
+
+def as_attention(m: nn.Module) -> Attention:
+    """`Attention` with the weights of a `convertible_attention` module (same outputs)."""
+    qkv: Any = m.qkv
+    heads: Any = m.num_heads
+    new = Attention(int(qkv.in_features), int(heads))
+    new.load_state_dict(
+        {k: v for k, v in m.state_dict().items() if k.split(".")[0] in ("qkv", "proj")}
+    )
+    return new.to(qkv.weight.device)
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, Any]]:

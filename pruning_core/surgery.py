@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning_core.attention import SelfAttention
+from pruning_core.attention import Attention, SelfAttention, convertible_attention
 from pruning_core.errors import UserError, shown
 from pruning_core.layers import set_submodule
 
@@ -70,6 +70,8 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
     Returns:
         {"attrs": {module: {attr: value}}, "identity": [module paths replaced by nn.Identity],
         "self_attention": [nn.MultiheadAttention paths swapped for SelfAttention (head pruning)],
+        "attention": [paths of another library's attention converted to `Attention`; only
+        when there are some],
         "free": {tensor: shape} for parameters and buffers of modules without shape attributes
         whose shape changed (a ViT's position embedding, a ConvNeXt layer scale)}.
     """
@@ -90,6 +92,11 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
         for n, m in model.named_modules()
         if isinstance(m, SelfAttention) and isinstance(ref_mods.get(n), nn.MultiheadAttention)
     ]
+    converted = [
+        n
+        for n, m in model.named_modules()
+        if type(m) is Attention and n in ref_mods and type(ref_mods[n]) is not Attention
+    ]
     ref_tensors = {**dict(reference.named_parameters()), **dict(reference.named_buffers())}
     free = {
         n: list(t.shape)
@@ -98,10 +105,13 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
         and n in ref_tensors
         and tuple(ref_tensors[n].shape) != tuple(t.shape)
     }
-    return {"attrs": attrs, "identity": identity, "self_attention": swapped, "free": free}
+    out = {"attrs": attrs, "identity": identity, "self_attention": swapped, "free": free}
+    if converted:  # written only when used, so folders stay readable by the previous version
+        out["attention"] = converted
+    return out
 
 
-SURGERY_KEYS = ("attrs", "identity", "self_attention", "free")
+SURGERY_KEYS = ("attrs", "identity", "self_attention", "attention", "free")
 
 
 def has_surgery(surgery: Mapping[str, Any] | None) -> bool:
@@ -159,6 +169,18 @@ def apply_surgery(
         with torch.device(w.device):
             set_submodule(model, path, SelfAttention(mha.embed_dim, mha.num_heads))
         swapped.append(path)
+    for i, path in enumerate(surgery.get("attention") or []):
+        what = f"{where}: surgery.attention[{i}]"
+        att = _submodule(model, path, what)
+        if not convertible_attention(att):
+            raise UserError(
+                f"{what}: {path!r} is a {type(att).__name__}, not an attention that converts"
+            )
+        # Values come from the state next (the model may be on `meta`).
+        qkv: Any = att.qkv
+        heads: Any = att.num_heads
+        with torch.device(qkv.weight.device):
+            set_submodule(model, path, Attention(int(qkv.in_features), int(heads)))
     mods = dict(model.named_modules())
     shaped = set(module_shape_attrs(model))  # modules whose tensors their own attributes check
     old_widths: set[int] = set()

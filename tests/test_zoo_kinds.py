@@ -175,3 +175,32 @@ def test_derived_shape_properties_are_not_recorded_as_surgery() -> None:
     assert "in_channels" not in attrs.get("0", {})
     assert attrs["0.conv"]["in_channels"] == 3
     copy.deepcopy(attrs)
+
+
+def test_timm_attention_heads_are_pruned_and_reopen(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """timm's ViT attention reshapes to its input width, so it is converted, exactly, to one
+    whose heads can go; the folder records the conversion and reopens with equal outputs."""
+    import json
+
+    from pruning_core.attention import as_attention, convertible_attention
+    from pruning_core.checkpoint import save_model_dir
+    from pruning_core.models import build_for_data, get_entry, load_model
+
+    lm = build_for_data("timm:deit_tiny_patch16_224", 4, 3, 32)
+    model = lm.model.eval()
+    x = torch.randn(2, 3, lm.spec.size, lm.spec.size)
+    attn = model.blocks[0].attn
+    assert convertible_attention(attn)
+    tokens = torch.randn(2, 5, attn.qkv.in_features)
+    assert torch.allclose(as_attention(attn)(tokens), attn(tokens), atol=1e-6)
+    heads = attn.num_heads
+    prune_(model, PruneConfig(criterion="magnitude", granularity="head", ratio=0.5), spec=lm.spec)
+    assert model.blocks[0].attn.num_heads < heads
+    y = model(x)
+    meta = {"arch": lm.arch, "arch_kwargs": lm.arch_kwargs, "spec": lm.spec.to_dict()}
+    ref = get_entry(lm.arch).builder(**lm.arch_kwargs)
+    save_model_dir(tmp_path / "m", model, meta, reference=ref)
+    surgery = json.loads((tmp_path / "m" / "model.json").read_text())["surgery"]
+    assert "blocks.0.attn" in surgery["attention"]
+    again = load_model(str(tmp_path / "m")).model.eval()
+    assert torch.allclose(again(x), y, atol=1e-6)

@@ -190,7 +190,12 @@ def save_dataset_upload(name: str, data: bytes, *, limit: int = MAX_UPLOAD_BYTES
 
 
 def _architectures() -> list[str]:
-    return [m.name for m in list_models()]
+    names = [m.name for m in list_models()]
+    # Any torchvision or timm architecture found with the search box on Model & data.
+    picked = st.session_state.get("arch_pick")
+    if isinstance(picked, str) and picked and picked not in names:
+        names.append(picked)
+    return names
 
 
 def _one_line(text: str) -> str:
@@ -286,8 +291,9 @@ def upload_panel() -> None:
                 "Architecture",
                 archs,
                 key="upload_arch",
-                help="The registry architecture the weights were trained with: its layer names "
-                "and shapes must match the file.",
+                help="The architecture the weights were trained with: its layer names and "
+                "shapes must match the file. Any torchvision or timm architecture picked in "
+                "'Bring an architecture' is listed here too.",
             )
             arch = st.session_state.get("upload_arch") or archs[0]
             st.number_input(

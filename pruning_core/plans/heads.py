@@ -16,10 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning_core.attention import attention_modules, has_attention, head_count
+from pruning_core.attention import (
+    as_attention,
+    attention_modules,
+    convertible_attention,
+    has_attention,
+    head_count,
+)
 from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError
-from pruning_core.layers import ignored_modules
+from pruning_core.layers import ignored_modules, set_submodule
 from pruning_core.plans.base import PlanConfig, Unit, register_granularity
 from pruning_core.plans.groups import GroupPlan
 from pruning_core.spec import InputSpec
@@ -46,6 +52,14 @@ def _swap_multihead_attention(model: nn.Module) -> None:
             setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
+def _swap_convertible_attention(model: nn.Module) -> None:
+    """Replace other libraries' plain attention (timm's ViT `Attention`) by `Attention`, exactly
+    (same weights, same outputs), so that its heads can go (`attention.convertible_attention`)."""
+    for name, mod in list(model.named_modules()):
+        if name and convertible_attention(mod):
+            set_submodule(model, name, as_attention(mod))
+
+
 @register_granularity
 class HeadPlan(GroupPlan):
     """Whole attention heads (rows of qkv, columns of proj)."""
@@ -69,6 +83,7 @@ class HeadPlan(GroupPlan):
         self.notes = []
         skip = set(ignored_modules(model, config.ignore))
         _swap_multihead_attention(model)
+        _swap_convertible_attention(model)
         found = attention_modules(model)
         if not found:
             name, mod = next(
