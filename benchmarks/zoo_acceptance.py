@@ -54,7 +54,9 @@ def one(arch: str, work: Path) -> dict[str, Any]:
         "arch": arch,
         "input_size": loaded.spec.size,
         "sparsity": metrics.get("sparsity"),
-        "macs_ratio": metrics.get("macs_ratio"),
+        "macs_after_over_before": (metrics["macs_after"] / metrics["macs_before"])
+        if metrics.get("macs_before")
+        else None,
         "pruned_accuracy": result.schedule.pruned_accuracy,
         "finetuned_accuracy": result.schedule.finetuned_accuracy,
         "notes": result.schedule.prune.notes,

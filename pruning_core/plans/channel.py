@@ -10,6 +10,7 @@ channel; a group's score is the mean over its members, fed to Torch-Pruning thro
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ from pruning_core.spec import InputSpec
 
 __all__ = [
     "GROUPING_SECONDS",
+    "MAX_GROUP_DEPS",
     "MAX_TRACED_INDICES",
     "ChannelPlan",
     "channel_shuffle_site",
@@ -112,8 +114,9 @@ class ChannelPlan(GroupPlan):
         self.touches: dict[str, list[_Touch]] = {}
         self.units = []
         start = time.perf_counter()
-        for group in self.dg.get_all_groups(
-            ignored_layers=ignored, root_module_types=WEIGHT_LAYERS
+        for group in _bounded(
+            self.dg.get_all_groups(ignored_layers=ignored, root_module_types=WEIGHT_LAYERS),
+            model,
         ):
             if time.perf_counter() - start > GROUPING_SECONDS:
                 raise UserError(
@@ -355,6 +358,8 @@ def _grouped(group: Any) -> bool:
 MAX_TRACED_INDICES = 200_000
 # A last resort for graphs the count above does not catch: stop grouping and refuse.
 GROUPING_SECONDS = 150.0
+# Tensors one group may couple: ordinary groups hold tens (DenseNet's ~100); ReXNet's blow up.
+MAX_GROUP_DEPS = 5000
 
 
 def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
@@ -532,6 +537,52 @@ def channel_shuffle_site(model: nn.Module, spec: InputSpec) -> str | None:
         for h in handles:
             h.remove()
     return found[0] if found else None
+
+
+class _GroupTooLargeError(Exception):
+    pass
+
+
+_bounding = threading.local()
+
+
+def _install_group_bound() -> None:
+    """Count the tensors each Torch-Pruning group collects, and stop past MAX_GROUP_DEPS while
+    `_bounded` runs in this thread (installed once; a no-op elsewhere)."""
+    from torch_pruning.dependency import group as tp_group
+
+    if getattr(tp_group.Group.add_dep, "_pruning_lab", False):
+        return
+    original = tp_group.Group.add_dep
+
+    def add_dep(self: Any, dep: Any, idxs: Any) -> Any:
+        if getattr(_bounding, "on", False):
+            n = self.__dict__.get("_pl_deps", 0) + 1
+            self.__dict__["_pl_deps"] = n
+            if n > MAX_GROUP_DEPS:
+                raise _GroupTooLargeError(getattr(dep.target, "name", "?"))
+        return original(self, dep, idxs)
+
+    add_dep._pruning_lab = True  # type: ignore[attr-defined]
+    tp_group.Group.add_dep = add_dep
+
+
+def _bounded(groups: Any, model: nn.Module) -> Any:
+    """Torch-Pruning's groups, refused with a reason when one grows without bound (ReXNet's
+    partial residual additions make one group collect tens of thousands of tensors and trace
+    for many minutes; ordinary groups hold tens, DenseNet's about a hundred)."""
+    _install_group_bound()
+    _bounding.on = True
+    try:
+        yield from groups
+    except _GroupTooLargeError as e:
+        raise UserError(
+            f"channel pruning is refused for {type(model).__name__}: one channel group grows "
+            f"without bound (over {MAX_GROUP_DEPS} coupled tensors, last at {e}), so tracing "
+            "it would take many minutes; unstructured and N:M pruning still apply"
+        ) from None
+    finally:
+        _bounding.on = False
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
