@@ -204,3 +204,21 @@ def test_timm_attention_heads_are_pruned_and_reopen(tmp_path) -> None:  # type: 
     assert "blocks.0.attn" in surgery["attention"]
     again = load_model(str(tmp_path / "m")).model.eval()
     assert torch.allclose(again(x), y, atol=1e-6)
+
+
+def test_surgery_attention_on_something_else_is_refused_by_field(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from pruning_core.checkpoint import save_model_dir
+    from pruning_core.models import load_model
+
+    loaded = load_model("digits-mlp")
+    meta = {"arch": "digits-mlp", "arch_kwargs": loaded.arch_kwargs, "spec": loaded.spec.to_dict()}
+    save_model_dir(tmp_path / "m", loaded.model, meta)
+    path = tmp_path / "m" / "model.json"
+    doc = json.loads(path.read_text())
+    for bad in (["fc1"], ["nowhere"], [3]):
+        doc["surgery"] = {"attention": bad}
+        path.write_text(json.dumps(doc))
+        with pytest.raises(UserError, match=r"surgery\.attention\[0\]"):
+            load_model(str(tmp_path / "m"))

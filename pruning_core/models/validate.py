@@ -13,11 +13,12 @@ The schema (unknown top-level keys such as `recipe`, `metrics`, `uploaded` are t
   parameters, counted on the `meta` device before anything is allocated.
 - `spec` (optional; default: the registry's spec adapted to `arch_kwargs`): complete and strict
   (`InputSpec.parse`), and agreeing with `arch_kwargs` on channels, size and classes.
-- `surgery` (optional): only `attrs`, `identity` and `self_attention`. `attrs` maps module paths
+- `surgery` (optional): only `attrs`, `identity`, `self_attention`, `attention` and `free`. `attrs` maps module paths
   to shape attributes (`surgery.SHAPE_ATTRS` only: no `forward`, no `__class__`) with positive
   integer values (a list of them for `normalized_shape`); the paths and attributes must exist
-  on the built model (`surgery.apply_surgery`). `identity` and `self_attention` list module
-  paths that exist (`self_attention` only on `nn.MultiheadAttention`).
+  on the built model (`surgery.apply_surgery`). `identity`, `self_attention` and `attention` list
+  module paths that exist (`self_attention` only on `nn.MultiheadAttention`, `attention` only on
+  another library's attention that converts exactly, `attention.convertible_attention`).
 
 After surgery every module's tensors must agree with its own shape attributes
 (`check_module_shapes`), and one forward pass of a zero image in eval mode must give
