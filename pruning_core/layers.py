@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,6 +40,7 @@ __all__ = [
     "is_weight_layer",
     "main_logits",
     "matches_pattern",
+    "module_stack",
     "output_layers",
     "resolve_ignore",
     "set_submodule",
@@ -143,6 +145,32 @@ def example_input(
     if random:
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
     return torch.zeros(shape, device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def module_stack(model: nn.Module) -> Iterator[list[str]]:
+    """While inside, the list holds the names of the modules whose forward is running,
+    innermost last (the root is ""): where an operation or a failure happened.
+
+    Hooks on every module, removed on exit; they return nothing, so outputs are unchanged.
+    """
+    stack: list[str] = []
+
+    def enter(name: str) -> Any:
+        return lambda _m, _i: stack.append(name)
+
+    def leave(_m: nn.Module, _i: Any, _o: Any) -> None:
+        stack.pop()  # a hook that returned the name would replace the module's output
+
+    handles = []
+    for n, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(enter(n)))
+        handles.append(m.register_forward_hook(leave))
+    try:
+        yield stack
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from pruning_core.layers import (
     eval_mode,
     example_input,
     ignored_modules,
+    module_stack,
     output_layers,
 )
 from pruning_core.plans.base import PlanConfig, Unit, register_granularity
@@ -495,8 +496,8 @@ def channel_shuffle_site(model: nn.Module, spec: InputSpec) -> str | None:
     """
     from torch.overrides import TorchFunctionMode
 
-    stack: list[str] = []
     found: list[str] = []
+    stack: list[str] = []
 
     class Watch(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -518,24 +519,12 @@ def channel_shuffle_site(model: nn.Module, spec: InputSpec) -> str | None:
                 found.append(f"'{where}' ({name})")
             return out
 
-    def enter(name: str) -> Any:
-        return lambda _m, _i: stack.append(name)
-
-    def leave(_m: nn.Module, _i: Any, _o: Any) -> None:
-        stack.pop()  # a hook that returned the name would replace the module's output
-
-    handles = []
-    for n, m in model.named_modules():
-        handles.append(m.register_forward_pre_hook(enter(n)))
-        handles.append(m.register_forward_hook(leave))
     try:
-        with eval_mode(model), torch.no_grad(), Watch():
+        with module_stack(model) as running, eval_mode(model), torch.no_grad(), Watch():
+            stack = running
             model(example_input(model, spec, batch=1))
     except Exception:  # the model's own failure is reported by the caller
         return None
-    finally:
-        for h in handles:
-            h.remove()
     return found[0] if found else None
 
 

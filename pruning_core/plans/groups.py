@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import UserError, first_line
-from pruning_core.layers import check_finite, eval_mode, example_input
+from pruning_core.layers import check_finite, eval_mode, example_input, module_stack
 from pruning_core.plans.base import Applied, Plan, Unit, layer_cap
 from pruning_core.plans.guess import guess_spec
 from pruning_core.spec import InputSpec
@@ -161,28 +161,15 @@ class GroupPlan(Plan):
 def _fails_at(model: nn.Module, spec: InputSpec) -> str | None:
     """None when `model` runs on two zero images (eval mode), else where it fails:
     "'MODULE' (TYPE): first line of the error"."""
-    stack: list[str] = []
-
-    def enter(name: str) -> Any:
-        return lambda _m, _i: stack.append(name)
-
-    def leave(_m: nn.Module, _i: Any, _o: Any) -> None:
-        stack.pop()
-
     mods = dict(model.named_modules())
-    handles = []
-    for n, m in mods.items():
-        handles.append(m.register_forward_pre_hook(enter(n)))
-        handles.append(m.register_forward_hook(leave))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(example_input(model, spec, batch=2))
-    except Exception as e:  # any failure of the shrunk model is the refusal's reason
-        where = stack[-1] if stack else ""
-        return f"'{where or type(model).__name__}' ({type(mods[where]).__name__}): {first_line(e, 120)}"
-    finally:
-        for h in handles:
-            h.remove()
+    with module_stack(model) as stack:
+        try:
+            with eval_mode(model), torch.no_grad():
+                model(example_input(model, spec, batch=2))
+        except Exception as e:  # any failure of the shrunk model is the refusal's reason
+            where = stack[-1] if stack else ""
+            kind = type(mods[where]).__name__
+            return f"'{where or type(model).__name__}' ({kind}): {first_line(e, 120)}"
     return None
 
 
