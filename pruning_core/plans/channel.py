@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch_pruning.pruner.importance import Importance as TPImportance
 
 from pruning_core.attention import (
     attention_modules,
@@ -303,9 +302,11 @@ class ChannelPlan(GroupPlan):
         return out
 
 
-class _GroupImportance(TPImportance):
-    """Torch-Pruning importance adapter: a group's score per root channel is the mean of the
-    criterion's per-output-channel scores of the group's conv/linear members.
+class _GroupImportance:
+    """A group importance in the shape of Torch-Pruning's `Importance` (called with a group): a
+    group's score per root channel is the mean of the criterion's per-output-channel scores of
+    the group's conv/linear members. Not a subclass, so that importing this module does not
+    import Torch-Pruning (which imports timm and torchvision: seconds at every CLI start).
     """
 
     def __init__(
