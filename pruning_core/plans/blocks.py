@@ -98,8 +98,10 @@ class BlockPlan(GroupPlan):
         ]
         if not self.blocks:
             raise UserError(
-                "block pruning needs residual blocks with an identity shortcut; "
-                f"{type(model).__name__} has none"
+                "block pruning found no residual blocks with an identity shortcut that it "
+                f"recognises in {type(model).__name__} (it knows Pruning Lab's and "
+                "torchvision's ResNet, ConvNeXt, ViT, Swin, MobileNet and EfficientNet blocks; "
+                "other libraries' blocks are not detected yet): use channel pruning"
             )
         self.units = [
             Unit(self.UNIT, len(self.blocks), members=tuple(self.blocks), roundable=False)
