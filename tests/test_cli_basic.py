@@ -158,3 +158,20 @@ def test_malicious_pickle_via_subprocess(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert "refusing to unpickle" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def test_models_filter_matches_names_with_or_without_prefix(cli) -> None:  # type: ignore[no-untyped-def]
+    for pattern in ("mobilenetv3_small*", "timm:mobilenetv3_small*", "*small_050"):
+        code, out, _ = cli("models", "--filter", pattern, "--json")
+        names = {m["name"] for m in json.loads(out)}
+        assert code == 0 and "timm:mobilenetv3_small_050" in names, pattern
+        assert all("mobilenetv3_small" in n or n.endswith("small_050") for n in names)
+
+
+def test_an_empty_model_name_is_named_not_searched_as_a_folder(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for name in ("", "  "):
+        code, _, err = cli(
+            "train", "--model", name, "--dataset", "digits", "--out", str(tmp_path / "o")
+        )
+        assert code == 2 and "model name is empty" in err
+    assert not (tmp_path / "o").exists()

@@ -78,3 +78,54 @@ def test_pretrained_offline_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path) -
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(UserError, match="offline"):
         create_model("torchvision:resnet18", pretrained=True)
+
+
+def _hub_offline(monkeypatch: pytest.MonkeyPatch, cache) -> None:  # type: ignore[no-untyped-def]
+    import huggingface_hub.constants as hub
+
+    from pruning_core.models import families
+
+    monkeypatch.setattr(families, "reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def test_timm_pretrained_offline_is_one_line_and_fast(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    import huggingface_hub.constants as hub
+
+    _hub_offline(monkeypatch, tmp_path)
+    before = hub.HF_HUB_OFFLINE
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"not in the local cache and .* cannot be reached"):
+        create_model("timm:mobilenetv3_small_050", pretrained=True)
+    # Without the probe the hub retries each file for about a minute.
+    assert time.perf_counter() - start < 20
+    assert before == hub.HF_HUB_OFFLINE  # the switch does not outlive the call
+
+
+def test_timm_pretrained_weights_in_the_cache_load_offline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    import timm
+    from safetensors.torch import save_file
+
+    name = "mobilenetv3_small_050"
+    tag = timm.models.get_pretrained_cfg(name).hf_hub_id
+    snap = tmp_path / f"models--{tag.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("0" * 40)
+    torch.manual_seed(3)
+    weights = timm.create_model(name, pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(snap / "model.safetensors"))
+    _hub_offline(monkeypatch, tmp_path)
+    model = create_model(f"timm:{name}", pretrained=True, num_classes=4)
+    got = model.state_dict()
+    # Every weight came from the cached file except the classifier, resized for 4 classes.
+    same = [k for k in weights if k in got and got[k].shape == weights[k].shape]
+    assert len(same) >= len(weights) - 2
+    assert all(torch.equal(got[k], weights[k]) for k in same)

@@ -169,7 +169,7 @@ def test_block_pruning_replaces_blocks_by_identity() -> None:
     assert sum(len(v) for v in res.removed.values()) == 2
     assert model(x).shape == (4, 10)
     assert count_macs(model, SPEC16) < m0
-    with pytest.raises(UserError, match="residual blocks"):
+    with pytest.raises(UserError, match="residual block with an identity shortcut"):
         digits = A.DigitsCNN()
         prune_(digits, PruneConfig(granularity="block", ratio=0.5), spec=model_spec("digits-cnn"))
 

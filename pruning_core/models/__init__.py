@@ -199,8 +199,10 @@ def list_models(include_external: bool = True, filter: str | None = None) -> lis
 
     Args:
         include_external: List the suggested torchvision and timm architectures too.
-        filter: A case-insensitive substring or glob (`*vit*`): then every torchvision and timm
-            architecture whose name matches is listed, not only the suggested ones.
+        filter: A case-insensitive substring or glob (`*vit*`, `mobilenetv3*`,
+            `timm:vit_*`): then every torchvision and timm architecture whose name, with or
+            without its `timm:`/`torchvision:` prefix, matches is listed, not only the
+            suggested ones.
     """
     out = list(_REGISTRY.values())
     if filter:
@@ -211,12 +213,21 @@ def list_models(include_external: bool = True, filter: str | None = None) -> lis
                 _family_entry(fam, n)
                 for n in fam.names()
                 if fnmatch.fnmatchcase((fam.prefix + n).lower(), pat)
+                or fnmatch.fnmatchcase(n.lower(), pat)
             ]
         return out
     if include_external:
         for fam in FAMILIES.values():
             out += [_family_entry(fam, n) for n in fam.suggested]
     return out
+
+
+def _check_not_blank(ref: str) -> None:
+    if not ref.strip():
+        # Path("") is the current folder: say what is wrong instead of searching it.
+        raise UserError(
+            "the model name is empty: give a registry name, a model directory or a checkpoint file"
+        )
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -227,6 +238,7 @@ def get_entry(name: str) -> ModelEntry:
     """
     if name in _REGISTRY:
         return _REGISTRY[name]
+    _check_not_blank(name)
     for prefix, fam in FAMILIES.items():
         if name.startswith(prefix):
             arch = name[len(prefix) :]
@@ -460,6 +472,7 @@ def load_model(
             `checkpoint`), and for model directories any breach of the model.json schema
             (`models.validate`).
     """
+    _check_not_blank(ref)
     path = Path(ref)
     is_path = path.exists() or os.sep in ref or ref.endswith(CHECKPOINT_SUFFIXES)
     if not is_path:

@@ -169,6 +169,27 @@ class TorchvisionFamily(Family):
         return model
 
 
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to `url`'s host opens within `timeout` seconds (one try).
+
+    With a proxy configured (`HTTPS_PROXY`, `ALL_PROXY`) the answer is True: only the proxy
+    knows, and the library's own request will say.
+    """
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 class TimmFamily(Family):
     """timm's models (`timm.list_models`), with their pretrained configurations (input size,
     mean and std) known offline."""
@@ -220,16 +241,31 @@ class TimmFamily(Family):
         kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_channels}
         if self.size_kwarg(name) is not None:
             kwargs["img_size"] = image_size
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        import huggingface_hub.constants as hub
+
+        host = hub.ENDPOINT
+        # Unreachable, the hub retries each file for about a minute before it even looks in
+        # its cache: ask once, and when nobody answers read the cache only (offline mode).
+        offline = hub.HF_HUB_OFFLINE or not reachable(host)
+        saved = hub.HF_HUB_OFFLINE
+        hub.HF_HUB_OFFLINE = offline
         try:
-            return timm.create_model(name, pretrained=pretrained, **kwargs)
+            return timm.create_model(name, pretrained=True, **kwargs)
         except (OSError, RuntimeError) as e:
-            if pretrained:
+            if offline:
                 raise UserError(
-                    f"could not fetch pretrained weights for timm:{name} ({first_line(e, 160)}); you may be "
-                    "offline: set HF_HUB_OFFLINE=0 with network access once, "
+                    f"pretrained weights for timm:{name} are not in the local cache and {host} "
+                    "cannot be reached (offline?): connect once to download them, "
                     "or start from untrained weights"
                 ) from None
-            raise
+            raise UserError(
+                f"could not fetch pretrained weights for timm:{name} ({first_line(e, 160)}): "
+                "start from untrained weights, or try again"
+            ) from None
+        finally:
+            hub.HF_HUB_OFFLINE = saved
 
 
 FAMILIES: dict[str, Family] = {f.prefix: f for f in (TorchvisionFamily(), TimmFamily())}

@@ -4,10 +4,19 @@ A residual block whose input and output shapes match computes x + f(x); dropping
 shape and removes only f (Veit et al. 2016 showed residual networks survive losing single
 blocks). The criterion scores each block (`Criterion.block_scores`); one ratio removes that
 share of the removable blocks.
+
+Blocks are found by what they compute, not by class name, so the blocks of any library (timm,
+torchvision, Pruning Lab, a user's own) are found alike: a module is a removable block when,
+with every parameter inside it set to zero, it returns its input unchanged. Zeroing the
+parameters turns the residual branch f into 0 (a zero convolution, linear layer, norm scale or
+layer scale outputs 0) while the identity shortcut still carries x, so such a module behaves as
+nn.Identity exactly when f is gone; a plain layer, a projection shortcut or a squeeze-excitation
+gate returns something else.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +25,7 @@ from torch import nn
 
 from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError
-from pruning_core.layers import WEIGHT_LAYERS, ignored_modules, zero_forward
+from pruning_core.layers import WEIGHT_LAYERS, eval_mode, example_input, ignored_modules
 from pruning_core.plans.base import PlanConfig, Unit, register_granularity
 from pruning_core.plans.groups import GroupPlan
 from pruning_core.spec import InputSpec
@@ -24,49 +33,77 @@ from pruning_core.spec import InputSpec
 __all__ = ["BlockPlan", "removable_blocks"]
 
 
-def _is_residual_block(m: nn.Module) -> bool:
-    """Blocks that add their input back unchanged (identity shortcut)."""
-    from pruning_core.models import architectures as A
-
-    if isinstance(m, A.BasicBlock):
-        return isinstance(m.shortcut, nn.Identity)
-    if isinstance(m, A.TransformerBlock):
-        return True
-    cls = type(m).__name__
-    mod = type(m).__module__
-    if mod.startswith("torchvision.models"):
-        if cls in ("BasicBlock", "Bottleneck"):
-            return getattr(m, "downsample", None) is None
-        if cls in ("EncoderBlock", "CNBlock", "SwinTransformerBlock", "SwinTransformerBlockV2"):
-            return True
-        if cls in ("InvertedResidual", "MBConv", "FusedMBConv"):
-            return bool(getattr(m, "use_res_connect", False))
-    return False
+def _has_weight_layer(m: nn.Module) -> bool:
+    return any(isinstance(s, WEIGHT_LAYERS) for s in m.modules())
 
 
+@torch.no_grad()
+def _passes_input_when_zeroed(m: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a copy of `m` with every parameter zero returns `x` (its recorded input)."""
+    zeroed = copy.deepcopy(m)
+    for p in zeroed.parameters():
+        p.zero_()
+    try:
+        out = zeroed(x.clone())
+    except Exception:  # a module that cannot run alone is not a removable block
+        return False
+    scale = float(x.abs().max()) if x.numel() else 0.0
+    # An all-zero input proves nothing (any zeroed layer returns it); untrained models at small
+    # sizes can carry activations near 1e-7, so the tolerance follows the input's scale.
+    if not scale > 0 or not torch.isfinite(x).all():
+        return False
+    return (
+        isinstance(out, torch.Tensor)
+        and out.shape == x.shape
+        and bool(torch.allclose(out, x, rtol=1e-5, atol=1e-6 * scale))
+    )
+
+
+@torch.no_grad()
 def removable_blocks(model: nn.Module, spec: InputSpec) -> list[str]:
-    """Residual blocks with an identity shortcut whose output shape equals their input shape.
+    """Modules that compute x + f(x) with an identity shortcut, innermost first.
 
-    Such a block computes x + f(x) (possibly followed by a ReLU of a non-negative x), so
-    replacing it by `nn.Identity` keeps every shape and drops only f.
+    One forward pass of seeded noise (eval mode) records the input of every module that holds
+    a convolution or linear layer, has submodules and takes one tensor; each is then run alone
+    as a zeroed copy (see the module docstring). A post-addition ReLU (ResNet's relu(x + f(x)))
+    counts when its input is non-negative, as it is after the previous block's ReLU.
+
+    Args:
+        model: The model (not modified; its mode is restored).
+        spec: Its input spec, for the `(1, C, H, W)` probe.
+
+    Returns:
+        Qualified module names. Where both a module and one inside it qualify (a stage of
+        residual blocks, which is the identity once all its blocks are zero), only the inner
+        ones are listed: blocks, not stages, are the unit of layer pruning.
     """
-    cands = [(n, m) for n, m in model.named_modules() if n and _is_residual_block(m)]
-    if not cands:
-        return []
-    same: dict[str, bool] = {}
+    inputs: dict[str, torch.Tensor] = {}
     handles = []
-    for n, m in cands:
+    for name, m in model.named_modules():
+        if not name or not any(True for _ in m.children()) or not _has_weight_layer(m):
+            continue
 
-        def hook(_m: nn.Module, i: tuple[Any, ...], o: Any, n: str = n) -> None:
-            same[n] = (
-                bool(i) and isinstance(o, torch.Tensor) and tuple(i[0].shape) == tuple(o.shape)
-            )
+        def record(
+            _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = name
+        ) -> None:
+            if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+                # Cloned before the module runs: blocks may modify their input in place.
+                inputs.setdefault(name, args[0].detach().clone())
 
-        handles.append(m.register_forward_hook(hook))
-    zero_forward(model, spec, handles)
-    names = [n for n, _ in cands if same.get(n)]
-    # A block nested in another removable block is removed with it.
-    return [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
+        handles.append(m.register_forward_pre_hook(record, with_kwargs=True))
+    try:
+        with eval_mode(model):
+            model(example_input(model, spec, random=True))
+    finally:
+        for h in handles:
+            h.remove()
+    with eval_mode(model):
+        found = [
+            n
+            for n, m in model.named_modules()
+            if n in inputs and _passes_input_when_zeroed(m, inputs[n])
+        ]
+    return [n for n in found if not any(o.startswith(n + ".") for o in found)]
 
 
 @register_granularity
@@ -98,10 +135,10 @@ class BlockPlan(GroupPlan):
         ]
         if not self.blocks:
             raise UserError(
-                "block pruning found no residual blocks with an identity shortcut that it "
-                f"recognises in {type(model).__name__} (it knows Pruning Lab's and "
-                "torchvision's ResNet, ConvNeXt, ViT, Swin, MobileNet and EfficientNet blocks; "
-                "other libraries' blocks are not detected yet): use channel pruning"
+                f"block pruning found no residual block with an identity shortcut in "
+                f"{type(model).__name__} (no module returns its input once its own weights are "
+                "zero; blocks with a projection or pooling shortcut change the shape and cannot "
+                "be removed): use channel or unstructured pruning"
             )
         self.units = [
             Unit(self.UNIT, len(self.blocks), members=tuple(self.blocks), roundable=False)
