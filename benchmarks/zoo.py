@@ -146,7 +146,11 @@ def run_cell(arch: str, granularity: str, dataset: str, work: Path) -> dict[str,
                 config.plan(loaded.model, config, spec=loaded.spec)
             except UserError as e:
                 return {**rec, "status": "refused", "stage": "plan", "message": _refusal(e)}
-        what = {"head": "attention heads", "block": "residual blocks with an identity shortcut"}
+        what = {
+            "head": "attention heads",
+            "block": "residual blocks that are the identity once their weights are zero "
+            "(projection shortcuts, or an activation after the addition that changes its input)",
+        }
         return {**rec, "status": "n/a",
                 "message": f"no {what.get(granularity, granularity + ' units')} to prune"}  # fmt: skip
     settings = {
