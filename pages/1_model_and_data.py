@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pruning_core.plots import confusion_figure, latency_figure, per_class_figure
+from pruning_core.plots import confusion_figure, per_class_figure
+from ui.latency_panel import dense_latency_panel
 from ui.lesson import lesson_panel
-from ui.loaders import baseline_latency
 from ui.state import init_state
 from ui.uploads import upload_panel
 from ui.widgets import baseline_or_stop, model_and_data_picker
@@ -33,12 +33,7 @@ c[4].metric("Size (fp32)", f"{base['size_bytes'] / 1024:,.1f} KiB")
 
 left, right = st.columns(2)
 with left:
-    lat = baseline_latency(model_ref)
-    st.plotly_chart(latency_figure(lat, "CPU latency of the dense model"), key="latency_chart")
-    st.caption(
-        "Median of repeated timed runs after warm-up; the bar spans the 10th to 90th percentile. "
-        "Pruning only pays off when this number drops, which masked zeros alone do not do."
-    )
+    dense_latency_panel(model_ref)
 with right:
     st.plotly_chart(per_class_figure(base["per_class"], base["class_names"]), key="per_class_chart")
 with st.expander("Confusion matrix"):

@@ -20,6 +20,7 @@ from ui.choices import (
     granularity_label,
     plan_of,
 )
+from ui.latency_panel import applied_latency_panel
 from ui.prune_widgets import committed_panel, overrides_editor
 from ui.session import pruned
 from ui.state import init_state, selection
@@ -217,3 +218,4 @@ if a1.button("Apply pruning", type="primary", key="prune_apply"):
         st.error(f"Pruning failed: {e}")
 with a2:
     committed_panel(committed, base_stats)
+applied_latency_panel(committed)

@@ -158,18 +158,18 @@ with tab_lat:
         st.info("Measure latency to see what each backend gains (a few seconds on the samples).")
     else:
         df, a = res["df"], res["attrs"]
-        sub = (
+        sub = a.get("protocol") or (
             f"device {a.get('device', DEVICE)}, {a.get('threads')} threads, batch "
-            f"{a.get('batch_size')}, random input {spec.channels}x{spec.size}x{spec.size}; "
-            "median of repeated runs"
+            f"{a.get('batch_size')}, random input; median of repeated runs"
         )
         st.plotly_chart(plots.latency_sparsity_figure(df, subtitle=sub), key="tradeoff_lat_chart")
         skipped = df[df["status"] != "ok"].drop_duplicates("backend")
         for _, row in skipped.iterrows():
-            st.caption(f"Not timed: **{row['backend']}** ({row['reason']})")
+            st.caption(f"Not timed: **{row['backend']}**: {row['reason']}.")
         explain(ZEROS_NO_SPEEDUP, "Why masked zeros give no speed-up")
         with st.expander("Table"):
-            st.dataframe(df, hide_index=True)
+            # The medians' raw ratio is left out: `vs_dense` says whether it is measurable.
+            st.dataframe(df.drop(columns=["speedup"], errors="ignore"), hide_index=True)
 
 # --- 3. size vs accuracy ------------------------------------------------------------------------
 

@@ -537,7 +537,8 @@ def pruning_report(
             points (dense at 0, pruned and fine-tuned at the measured sparsity).
         latency: A `tradeoffs.latency_vs_sparsity` frame (plotted against sparsity) or a
             `latency.benchmark_backends` frame (bars per backend).
-        latency_note: Where the latency was measured (device, threads, batch size).
+        latency_note: How the latency was measured (`LatencyProtocol.describe()`: device,
+            threads, batch size, warm-up, repeats).
         model_card: The model card.
         notes: More sentences on what was measured.
     """
@@ -589,7 +590,7 @@ def pruning_report(
         tables.append(("Sweep", sweep))
     if latency is not None and len(latency):
         cols = [c for c in ("ratio", "sparsity", "backend", "status", "median_ms", "p10_ms",
-                            "p90_ms", "speedup", "batch_size", "threads", "device", "reason")
+                            "p90_ms", "vs_dense", "batch_size", "threads", "device", "reason")
                 if c in latency]  # fmt: skip
         tables.append(("Latency", latency[cols]))
     flat = {k: v for k, v in m.items() if k not in ("curve", "layer_sparsity", "recipe")}

@@ -1,16 +1,23 @@
 """Honest latency of a model, and of one model under several execution backends side by side.
 
-The timing itself (warm-up, repeats, percentiles, device synchronisation, CPU threads) is
+The timing itself (warm-up, repeats, percentiles, device synchronisation, CPU threads) and the
+one protocol every number follows (`PROTOCOL`: threads, batch sizes, warm-up, repeats) are
 `timing`'s; this module adds the backends: the dense original, the masked model, the physically
 shrunk one and the sparse-kernel conversions of `sparse` (`LATENCY_BACKENDS`; not to be confused
-with `sparse.SPARSE_BACKENDS`, the kernels one layer can be converted to).
+with `sparse.SPARSE_BACKENDS`, the kernels one layer can be converted to), the per-batch timing
+of Model & data (`measure_batches`) and `MeasurementCache`, which keeps a measurement only for
+its context (what was timed, with which protocol, where) and for a bounded time.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -19,14 +26,32 @@ from torch import nn
 
 from pruning_core import sparse
 from pruning_core.errors import UserError
-from pruning_core.timing import Latency, sample_times, summarise, torch_threads
+from pruning_core.timing import (
+    NO_DIFFERENCE,
+    PROTOCOL,
+    Difference,
+    Latency,
+    LatencyProtocol,
+    compare,
+    sample_times,
+    summarise,
+    torch_threads,
+)
 
 __all__ = [
     "LATENCY_BACKENDS",
     "LATENCY_BACKEND_HELP",
+    "NO_DIFFERENCE",
+    "PROTOCOL",
+    "Difference",
     "Latency",
+    "LatencyProtocol",
+    "Measured",
+    "MeasurementCache",
     "benchmark_backends",
     "check_backends",
+    "compare",
+    "measure_batches",
     "measure_latency",
 ]
 
@@ -36,23 +61,141 @@ def measure_latency(
     model: nn.Module,
     example: torch.Tensor,
     *,
-    warmup: int = 5,
-    repeats: int = 30,
-    max_seconds: float = 10.0,
+    protocol: LatencyProtocol = PROTOCOL,
+    warmup: int | None = None,
+    repeats: int | None = None,
+    max_seconds: float | None = None,
+    threads: int | None = None,
 ) -> Latency:
-    """Time `model(example)` on the example's device.
+    """Time `model(example)` on the example's device, following `protocol`.
 
     Args:
         model: Module in eval mode (set here).
         example: One input batch, already on the target device.
-        warmup: Untimed calls first (allocator, caches, lazy init).
-        repeats: Timed calls (fewer if `max_seconds` runs out, at least 3).
-        max_seconds: Budget for the timed calls.
+        protocol: Threads, warm-up, repeats and time budget (default: `PROTOCOL`, 1 thread).
+        warmup, repeats, max_seconds, threads: Overrides of the protocol's settings.
+
+    Raises:
+        UserError: A setting out of range.
     """
-    return summarise(
-        sample_times(model, example, warmup=warmup, repeats=repeats, max_seconds=max_seconds),
-        example,
-    )
+    p = protocol.with_(warmup=warmup, repeats=repeats, max_seconds=max_seconds, threads=threads)
+    with torch_threads(p.threads):
+        times = sample_times(
+            model, example, warmup=p.warmup, repeats=p.repeats, max_seconds=p.max_seconds
+        )
+        return summarise(times, example)
+
+
+def measure_batches(
+    model: nn.Module,
+    example: Callable[[int], torch.Tensor],
+    *,
+    protocol: LatencyProtocol = PROTOCOL,
+) -> pd.DataFrame:
+    """The dense latency of `model` at each of the protocol's batch sizes (Model & data).
+
+    Each batch is timed exactly as `pruning-lab bench --backends dense --batch-size N` times
+    it (`benchmark_backends` with the same protocol), so the two agree within their p10-p90.
+
+    Args:
+        model: The model (put in eval mode; not modified).
+        example: Returns one input batch of a given size, on the target device.
+        protocol: The settings (default `PROTOCOL`).
+
+    Returns:
+        One row per batch size: label (`batch N`), median_ms, p10_ms, p90_ms, repeats,
+        batch_size, threads, device; `attrs["protocol"]` says the settings in words.
+    """
+    rows = []
+    device = "cpu"
+    for b in protocol.batch_sizes:
+        x = example(b)
+        device = str(x.device)
+        df = benchmark_backends(model, x, backends=("dense",), protocol=protocol)
+        row = df.iloc[0]
+        rows.append(
+            {"label": f"batch {b}", **{k: row[k] for k in ("median_ms", "p10_ms", "p90_ms",
+                                                          "repeats", "batch_size", "threads",
+                                                          "device")}}
+        )  # fmt: skip
+    out = pd.DataFrame(rows)
+    out.attrs["protocol"] = protocol.describe(device=device)
+    return out
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A measurement and when it was taken.
+
+    Attributes:
+        table: What was measured (e.g. `measure_batches`' rows).
+        taken_at: Wall-clock time it was taken (seconds since the epoch).
+    """
+
+    table: pd.DataFrame
+    taken_at: float
+
+    def when(self, now: float | None = None) -> str:
+        """`measured at 14:03:12 (2 min ago)` in local time."""
+        now = time.time() if now is None else now
+        age = max(0.0, now - self.taken_at)
+        ago = "just now" if age < 60 else f"{age / 60:.0f} min ago"
+        return f"measured at {time.strftime('%H:%M:%S', time.localtime(self.taken_at))} ({ago})"
+
+
+class MeasurementCache:
+    """Measurements kept only for their context, and not for long.
+
+    The key is the whole context of a number: what was timed (a model's name and version),
+    the protocol, the device. A different context measures anew; an entry older than
+    `max_age_s` is measured again (the load of a shared machine changes), and `refresh=True`
+    (a re-measure button) always does. Thread-safe; at most `max_entries` kept (oldest dropped).
+
+    Args:
+        max_entries: Entries kept.
+        max_age_s: Seconds an entry stays valid.
+        clock: Time source (seconds), replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = 64,
+        max_age_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, Measured] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, context: Hashable) -> Measured | None:
+        """The valid measurement for `context`, or None."""
+        with self._lock:
+            hit = self._entries.get(context)
+            if hit is not None and self._clock() - hit.taken_at > self.max_age_s:
+                del self._entries[context]
+                hit = None
+            return hit
+
+    def measure(
+        self, context: Hashable, fn: Callable[[], pd.DataFrame], *, refresh: bool = False
+    ) -> Measured:
+        """The measurement for `context`: kept one if valid (and not `refresh`), else `fn()`.
+
+        `fn` runs outside the lock (timings take seconds); two callers may then both measure,
+        and the later result is kept.
+        """
+        hit = None if refresh else self.get(context)
+        if hit is not None:
+            return hit
+        got = Measured(fn(), self._clock())
+        with self._lock:
+            self._entries[context] = got
+            self._entries.move_to_end(context)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return got
 
 
 # ----------------------------------------------------------------------------- backends
@@ -90,10 +233,11 @@ def benchmark_backends(
     backends: Sequence[str] = LATENCY_BACKENDS,
     dense: nn.Module | None = None,
     structured: nn.Module | None = None,
+    protocol: LatencyProtocol = PROTOCOL,
     threads: int | None = None,
-    warmup: int = 5,
-    repeats: int = 30,
-    max_seconds: float = 10.0,
+    warmup: int | None = None,
+    repeats: int | None = None,
+    max_seconds: float | None = None,
     sparse_options: dict[str, Any] | None = None,
     rounds: int | None = None,
 ) -> pd.DataFrame:
@@ -112,26 +256,32 @@ def benchmark_backends(
         dense: The unpruned original. Without it, `dense` times `pruned` itself and says so
             (the same dense kernels do the same work whatever the values).
         structured: The physically shrunk model, when there is one.
-        threads: torch CPU threads for the measurement (restored afterwards).
-        warmup: Untimed calls per backend.
-        repeats: Timed calls per backend.
-        max_seconds: Time budget per backend.
+        protocol: Threads, warm-up, repeats, time budget and rounds (default `PROTOCOL`).
+        threads: Override of the protocol's torch CPU threads (restored afterwards).
+        warmup: Override: untimed calls per backend.
+        repeats: Override: timed calls per backend.
+        max_seconds: Override: time budget per backend.
         sparse_options: Extra keyword arguments for `sparse.to_sparse_`.
-        rounds: Interleaving rounds (default 3, or 1 below 9 repeats); `rounds=repeats`
+        rounds: Override: interleaving rounds (1 below 9 repeats); `rounds=repeats`
             alternates the backends call by call, the most robust on a busy machine.
 
     Returns:
-        DataFrame with columns backend, status, reason, median_ms, p10_ms, p90_ms, speedup
-        (dense median / this median), repeats, batch_size, threads, device, detail.
+        DataFrame with columns backend, status, reason (plain words, for skipped rows),
+        median_ms, p10_ms, p90_ms, speedup (dense median / this median, whatever the noise),
+        vs_dense (`timing.compare`: "no measurable difference" when the p10-p90 ranges
+        overlap, else e.g. "1.92x faster"; what to show people), repeats, batch_size,
+        threads, device, detail. `attrs["protocol"]` is the settings in words.
 
     Raises:
-        UserError: Unknown backend names.
+        UserError: Unknown backend names or a setting out of range.
     """
     check_backends(backends)
+    p = protocol.with_(threads=threads, warmup=warmup, repeats=repeats,
+                       max_seconds=max_seconds, rounds=rounds)  # fmt: skip
     device = example.device
     rows: dict[str, dict[str, Any]] = {}
     runnable: dict[str, tuple[nn.Module, torch.Tensor]] = {}
-    with torch_threads(threads) as threads_used:
+    with torch_threads(p.threads if device.type == "cpu" else None) as threads_used:
         for b in backends:
             row: dict[str, Any] = {
                 "backend": b,
@@ -150,7 +300,10 @@ def benchmark_backends(
                 if _is_shrunk(pruned, dense):
                     row.update(
                         status="skipped",
-                        reason="the model is physically shrunk: no masked twin is stored",
+                        reason=(
+                            "this model was physically shrunk, so there is no copy with zeros "
+                            "in full-size tensors to time"
+                        ),
                     )
                 else:
                     runnable[b] = (pruned.to(device).eval(), example)
@@ -163,7 +316,10 @@ def benchmark_backends(
                 if shrunk is None:
                     row.update(
                         status="skipped",
-                        reason="no physically shrunk model (unstructured or mask-mode prune)",
+                        reason=(
+                            "nothing was physically removed: single-weight and 2:4 pruning only "
+                            "set weights to zero (channel, head or block pruning shrinks a model)"
+                        ),
                     )
                 else:
                     runnable[b] = (shrunk.to(device).eval(), example)
@@ -177,25 +333,29 @@ def benchmark_backends(
                     assert model is not None and ex is not None
                     row["detail"] = detail
                     runnable[b] = (model, ex)
-        timings = _interleaved(runnable, warmup, repeats, max_seconds, rounds)
+        timings = _interleaved(runnable, p.warmup, p.repeats, p.max_seconds, p.rounds)
     out = []
     base = timings.get("dense")
     for b, row in rows.items():
         lat = timings.get(b)
+        diff = compare(base, lat) if (lat and base) else None
         row.update(
             median_ms=lat.median_ms if lat else math.nan,
             p10_ms=lat.p10_ms if lat else math.nan,
             p90_ms=lat.p90_ms if lat else math.nan,
-            speedup=(base.median_ms / lat.median_ms) if (lat and base) else math.nan,
+            speedup=diff.ratio if diff else math.nan,
+            vs_dense=("the reference" if b == "dense" else diff.text) if diff else "",
             repeats=lat.repeats if lat else 0,
             batch_size=int(example.shape[0]),
             threads=threads_used if device.type == "cpu" else None,
             device=str(device),
         )
         out.append(row)
-    cols = ["backend", "status", "reason", "median_ms", "p10_ms", "p90_ms", "speedup", "repeats",
-            "batch_size", "threads", "device", "detail"]  # fmt: skip
-    return pd.DataFrame(out, columns=cols)
+    cols = ["backend", "status", "reason", "median_ms", "p10_ms", "p90_ms", "speedup", "vs_dense",
+            "repeats", "batch_size", "threads", "device", "detail"]  # fmt: skip
+    df = pd.DataFrame(out, columns=cols)
+    df.attrs["protocol"] = p.describe(batch_size=int(example.shape[0]), device=str(device))
+    return df
 
 
 def _is_shrunk(pruned: nn.Module, dense: nn.Module | None) -> bool:
@@ -210,11 +370,18 @@ def _sparse_variant(
     """(skip reason, converted copy, its input, detail) for csr / semi24."""
     if backend == "semi24":
         if example.device.type != "cuda":
-            return "semi24 needs a CUDA GPU (run with --device cuda)", None, None, ""
+            return (
+                "2:4 sparse kernels run only on a CUDA GPU (NVIDIA, compute capability 8.0 or newer); "
+                "this was timed on the CPU (bench: --device cuda)",
+                None,
+                None,
+                "",
+            )
         major, minor = torch.cuda.get_device_capability(example.device)
         if major < 8:
             return (
-                f"semi24 needs compute capability >= 8.0 (this GPU has {major}.{minor})",
+                f"2:4 sparse kernels need an NVIDIA GPU of compute capability 8.0 or newer "
+                f"(this one is {major}.{minor})",
                 None,
                 None,
                 "",
@@ -227,7 +394,7 @@ def _sparse_variant(
     report = sparse.to_sparse_(model, backend, example=ex, **options)
     if not report.converted:
         reasons = "; ".join(sorted({d.reason for d in report.decisions})) or "no Linear layer"
-        return f"no layer converted to {backend} ({reasons})", None, None, ""
+        return f"no layer could use the {backend} kernel ({reasons})", None, None, ""
     detail = report.summary() + (" (fp16; compare with dense fp16)" if backend == "semi24" else "")
     return "", model, ex, detail
 
@@ -237,13 +404,16 @@ def _interleaved(
     warmup: int,
     repeats: int,
     max_seconds: float,
-    rounds: int | None = None,
+    rounds: int,
 ) -> dict[str, Latency]:
     """Time the models in alternating rounds and pool each one's samples."""
     if not runnable:
         return {}
-    if rounds is None:
-        rounds = 3 if repeats >= 9 else 1
+    # Below 9 repeats a round would time too few calls to re-warm and still count.
+    # Below 9 repeats a round would time too few calls to count, unless alternating call by
+    # call (rounds == repeats) was asked for.
+    if repeats < 9 and rounds != repeats:
+        rounds = 1
     rounds = max(1, min(rounds, repeats))
     per_round = max(repeats // rounds, 1)
     samples: dict[str, list[float]] = {k: [] for k in runnable}

@@ -36,7 +36,8 @@ def latency_figure(df: pd.DataFrame, title: str = "Latency per batch") -> go.Fig
     """Median latency with a p10-p90 bar for each configuration.
 
     Args:
-        df: Columns `label`, `median_ms`, `p10_ms`, `p90_ms` (one row per configuration).
+        df: Columns `label`, `median_ms`, `p10_ms`, `p90_ms` (one row per configuration),
+            optionally `vs_dense` (`timing.compare`'s words, written under the number).
         title: Figure title.
     """
     fig = go.Figure(
@@ -49,7 +50,14 @@ def latency_figure(df: pd.DataFrame, title: str = "Latency per batch") -> go.Fig
                 "array": (df["p90_ms"] - df["median_ms"]).tolist(),
                 "arrayminus": (df["median_ms"] - df["p10_ms"]).tolist(),
             },
-            text=[f"{v:.2f} ms" for v in df["median_ms"]],
+            text=[
+                f"{v:.2f} ms" + (f"<br>{d}" if isinstance(d, str) and d else "")
+                for v, d in zip(
+                    df["median_ms"],
+                    df["vs_dense"] if "vs_dense" in df else [""] * len(df),
+                    strict=True,
+                )
+            ],
             textposition="outside",
             marker_color="#4C78A8",
             name="median",
@@ -477,7 +485,7 @@ def latency_sparsity_figure(
 
     Args:
         df: Rows of `tradeoffs.latency_vs_sparsity`: `ratio`, `backend`, `status`,
-            `median_ms`, `p10_ms`, `p90_ms`, `speedup`.
+            `median_ms`, `p10_ms`, `p90_ms`, `vs_dense` (`timing.compare`'s words).
         title: Figure title.
         subtitle: Device, threads and batch size (say what was timed).
     """
@@ -493,8 +501,8 @@ def latency_sparsity_figure(
                          "array": (g["p90_ms"] - g["median_ms"]).tolist(),
                          "arrayminus": (g["median_ms"] - g["p10_ms"]).tolist(),
                          "thickness": 1},
-                customdata=g[["speedup"]].to_numpy(),
-                hovertemplate="ratio %{x:.0%}<br>%{y:.3f} ms<br>speed-up x%{customdata[0]:.2f}"
+                customdata=(g[["vs_dense"]] if "vs_dense" in g else g[["backend"]]).to_numpy(),
+                hovertemplate="ratio %{x:.0%}<br>%{y:.3f} ms<br>%{customdata[0]}"
                 "<extra>" + _BACKEND_LABELS[b] + "</extra>",
             )
         )  # fmt: skip

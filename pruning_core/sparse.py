@@ -363,7 +363,10 @@ def to_sparse_(
         kind = f"{type(mod).__name__} {'x'.join(str(s) for s in w.shape)}"
         sparsity = 1.0 - int(torch.count_nonzero(w)) / max(w.numel(), 1)
         if sparsity < min_sparsity:
-            reason = f"sparsity {sparsity:.2f} below min_sparsity {min_sparsity:.2f}"
+            reason = (
+                f"only {sparsity:.0%} of its weights are zero, too few for a sparse kernel to pay "
+                f"off (min_sparsity {min_sparsity:.0%})"
+            )
             report.decisions.append(LayerDecision(name, kind, sparsity, "dense", reason))
             continue
         probe = probes.get(name)

@@ -6,7 +6,11 @@ choice of sparse kernels (`sparse`): both time the same way.
 - `sample_times`: untimed warm-up calls, then per-call times in ms (CUDA events and
   `torch.cuda.synchronize` on a GPU, `time.perf_counter` on the CPU) within a time budget;
 - `summarise` / `Latency`: median and p10/p90 of those times;
-- `torch_threads`: torch's CPU thread count set for a block and restored afterwards.
+- `torch_threads`: torch's CPU thread count set for a block and restored afterwards;
+- `LatencyProtocol` / `PROTOCOL`: the one set of timing settings every latency shown by the app,
+  the report and `pruning-lab bench` uses, with `describe()` for the words beside the number;
+- `compare` / `Difference`: whether two timings differ measurably (p10-p90 ranges apart), the
+  one verdict the app, the report and the CLI print instead of a bare ratio.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -23,7 +27,18 @@ from torch import nn
 
 from pruning_core.errors import UserError
 
-__all__ = ["Latency", "quantile", "sample_times", "summarise", "torch_threads"]
+__all__ = [
+    "NO_DIFFERENCE",
+    "PROTOCOL",
+    "Difference",
+    "Latency",
+    "LatencyProtocol",
+    "compare",
+    "quantile",
+    "sample_times",
+    "summarise",
+    "torch_threads",
+]
 
 
 @dataclass(frozen=True)
@@ -135,3 +150,130 @@ def torch_threads(threads: int | None) -> Iterator[int]:
         yield threads if threads is not None else old
     finally:
         torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+@dataclass(frozen=True)
+class LatencyProtocol:
+    """How a latency is measured, wherever Pruning Lab shows one.
+
+    One thread by default: the app's server shares its cores with background jobs and other
+    sessions, and with several threads a timing measures the scheduler (OpenMP threads waiting
+    for a busy core: 51 ms for a 0.5 ms model was seen) rather than the model. `pruning-lab
+    bench` uses the same defaults, so its numbers and the app's agree.
+
+    Attributes:
+        threads: torch CPU threads while timing (restored afterwards).
+        batch_sizes: Images per timed call on Model & data (one bar each); the last one is
+            `batch_size`, the batch of every comparison (backends, trade-offs, report, bench).
+        warmup: Untimed calls first (allocator, caches, lazy initialisation).
+        repeats: Timed calls (fewer when `max_seconds` runs out, at least 3).
+        max_seconds: Time budget for the timed calls of one configuration.
+        rounds: Backends compared side by side are timed in this many interleaved rounds, so a
+            slow drift of a shared machine hits them all alike (1 below 9 repeats).
+    """
+
+    threads: int = 1
+    batch_sizes: tuple[int, ...] = (1, 32)
+    warmup: int = 5
+    repeats: int = 30
+    max_seconds: float = 3.0
+    rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise UserError(f"threads must be >= 1, got {self.threads}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise UserError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
+        if self.warmup < 0 or self.repeats < 1 or self.rounds < 1 or not self.max_seconds > 0:
+            raise UserError(
+                "warm-up must be >= 0, repeats and rounds >= 1 and the time budget > 0 "
+                f"(got {self.warmup}, {self.repeats}, {self.rounds}, {self.max_seconds})"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        """The batch of comparisons (the last of `batch_sizes`)."""
+        return self.batch_sizes[-1]
+
+    def with_(self, **changes: Any) -> LatencyProtocol:
+        """A copy with `changes` (None values ignored); `self` itself when nothing changes.
+
+        `batch_size=N` makes `batch_sizes` `(N,)`.
+
+        Raises:
+            UserError: A setting out of range.
+        """
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "batch_size" in changes:
+            changes["batch_sizes"] = (int(changes.pop("batch_size")),)
+        new = replace(self, **changes)
+        return self if new == self else new
+
+    def describe(self, batch_size: int | None = None, device: str = "cpu") -> str:
+        """The settings in words, for beside a number.
+
+        Args:
+            batch_size: The batch the number is for (default: all of `batch_sizes`).
+            device: Where it ran (`cpu`, `cuda:0`...); threads are named on the CPU only.
+        """
+        batches = [batch_size] if batch_size is not None else list(self.batch_sizes)
+        where = (
+            f"CPU, {self.threads} thread{'s' if self.threads != 1 else ''}"
+            if device == "cpu"
+            else device
+        )
+        return (
+            f"{where}, batch {' and '.join(str(b) for b in batches)}, random input; median of "
+            f"{self.repeats} timed calls after {self.warmup} warm-up calls, bar p10-p90"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {**asdict(self), "batch_sizes": list(self.batch_sizes)}
+
+
+PROTOCOL = LatencyProtocol()
+"""The protocol of the app (every page), the report and `pruning-lab bench`'s defaults."""
+
+NO_DIFFERENCE = "no measurable difference"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How a timing compares with a baseline.
+
+    Attributes:
+        ratio: Baseline median / this median (above 1: faster than the baseline).
+        measurable: Whether the p10-p90 ranges are apart; when they overlap, the medians'
+            ratio is within the noise of this machine and `text` says so.
+        text: `NO_DIFFERENCE`, or e.g. `1.92x faster` / `1.31x slower`.
+    """
+
+    ratio: float
+    measurable: bool
+    text: str
+
+
+def compare(base: Latency, other: Latency) -> Difference:
+    """Whether `other` is measurably faster or slower than `base`.
+
+    The two differ measurably only when their p10-p90 ranges do not overlap; otherwise the
+    verdict is "no measurable difference", whatever the medians' ratio.
+
+    Args:
+        base: The reference timing (e.g. the dense model).
+        other: The timing to judge, same batch and protocol.
+
+    Returns:
+        The `Difference` (ratio of medians, whether measurable, the words to show).
+    """
+    ratio = base.median_ms / other.median_ms if other.median_ms > 0 else float("nan")
+    apart = other.p90_ms < base.p10_ms or other.p10_ms > base.p90_ms
+    if not apart or ratio != ratio:
+        return Difference(ratio, False, NO_DIFFERENCE)
+    if ratio >= 1:
+        return Difference(ratio, True, f"{ratio:.2f}x faster")
+    return Difference(ratio, True, f"{1 / ratio:.2f}x slower")

@@ -20,7 +20,7 @@ from torch import nn
 
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
-from pruning_core.latency import LATENCY_BACKENDS, benchmark_backends
+from pruning_core.latency import LATENCY_BACKENDS, PROTOCOL, LatencyProtocol, benchmark_backends
 from pruning_core.layers import example_input, trainable_copy
 from pruning_core.progress import ProgressFn, Report
 from pruning_core.prune import PruneConfig, prune_
@@ -36,12 +36,13 @@ def latency_vs_sparsity(
     spec: InputSpec,
     ratios: Sequence[float] = DEFAULT_LATENCY_RATIOS,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
     backends: Sequence[str] = LATENCY_BACKENDS,
-    repeats: int = 15,
-    max_seconds: float = 2.0,
+    protocol: LatencyProtocol = PROTOCOL,
+    repeats: int | None = None,
+    max_seconds: float | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> pd.DataFrame:
@@ -52,10 +53,13 @@ def latency_vs_sparsity(
         spec: Its input spec.
         ratios: Shares removed: of weights (L1 magnitude, global) for masked/CSR/2:4, of
             channels (L1 magnitude) for the physically shrunk model.
-        batch_size: Images per timed call (random input of the model's shape).
+        batch_size: Images per timed call (random input of the model's shape; default the
+            protocol's `batch_size`).
         device: `cpu`, `cuda` or `auto`.
-        threads: torch CPU threads while timing (default: as set now).
+        threads: torch CPU threads while timing (default: the protocol's).
         backends: A subset of `LATENCY_BACKENDS`.
+        protocol: Warm-up, repeats, time budget, threads and batch (default `PROTOCOL`, the
+            one the whole app uses); the arguments above and below override it.
         repeats, max_seconds: Timed calls and time budget per backend and ratio.
         progress: Called with a `progress.ProgressReport` (`fraction` of the ratios done,
             `message`) after each ratio.
@@ -63,14 +67,19 @@ def latency_vs_sparsity(
 
     Returns:
         The rows of `benchmark_backends` (backend, status, reason, median_ms, p10_ms, p90_ms,
-        speedup, batch_size, threads, device, ...) with `ratio` and `sparsity` (measured share
-        of zero weights in the pruned layers, or share of channels removed for `structured`).
+        speedup, vs_dense, batch_size, threads, device, ...) with `ratio` and `sparsity`
+        (measured share of zero weights in the pruned layers, or share of channels removed for
+        `structured`). `attrs`: cancelled, batch_size, device, threads and `protocol` (the
+        settings in words).
     """
     ratios = [float(r) for r in ratios]
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise UserError("latency ratios must be in (0, 1)")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
+    p = protocol.with_(batch_size=batch_size, threads=threads, repeats=repeats,
+                       max_seconds=max_seconds)  # fmt: skip
+    batch_size = p.batch_size
     dev = resolve_device(device)
     # A frozen (cached, shared) model has requires_grad off; structured pruning skips such
     # parameters, so the private copy is made trainable like any freshly loaded model.
@@ -93,10 +102,7 @@ def latency_vs_sparsity(
             backends=list(backends),
             dense=base,
             structured=shrunk.to(dev) if shrunk is not None else None,
-            threads=threads,
-            warmup=3,
-            repeats=repeats,
-            max_seconds=max_seconds,
+            protocol=p,
         )
         df.insert(0, "ratio", r)
         df.insert(1, "sparsity", res.sparsity)
@@ -109,7 +115,8 @@ def latency_vs_sparsity(
             progress(Report((i + 1) / len(ratios), f"latency at ratio {r:g} measured"))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     out.attrs.update(cancelled=cancelled, batch_size=batch_size, device=str(dev),
-                     threads=threads or torch.get_num_threads())  # fmt: skip
+                     threads=p.threads if dev.type == "cpu" else torch.get_num_threads(),
+                     protocol=p.describe(batch_size=batch_size, device=str(dev)))  # fmt: skip
     return out
 
 

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-import torch
 
 from pruning_core import export
 from pruning_core.errors import UserError
-from pruning_core.latency import benchmark_backends
+from pruning_core.latency import PROTOCOL, benchmark_backends
+from pruning_core.layers import example_input
 from pruning_core.models import LoadedModel
 from pruning_core.prune import PruneResult
 from pruning_core.schedules import ScheduleResult
@@ -150,21 +150,22 @@ def build_report(
     """The self-contained HTML report (`export.pruning_report`).
 
     Latency comes from the Trade-offs page's measurement when there is one, else it is measured
-    now (CPU, batch 32, random input, dense against the exported model's backends).
+    now with the app's protocol (`timing.PROTOCOL`, as `pruning-lab bench`): dense against the
+    exported model's backends. The protocol is stated beside the numbers either way.
     """
     if latency is not None:
         lat = latency
-        note = "from the Trade-offs page: " + ", ".join(
+        how = latency_attrs.get("protocol") or ", ".join(
             f"{k} {v}" for k, v in latency_attrs.items() if k != "cancelled"
         )
+        note = f"from the Trade-offs page: {how}"
     else:
-        spec = loaded.spec
-        x = torch.randn(32, spec.channels, spec.size, spec.size)
+        x = example_input(dense.model, loaded.spec, PROTOCOL.batch_size, random=True)
         lat = benchmark_backends(
             loaded.model, x, backends=["dense", "masked", "structured", "csr"],
-            dense=dense.model, repeats=20, max_seconds=3.0,
+            dense=dense.model, protocol=PROTOCOL,
         )  # fmt: skip
-        note = f"CPU, {torch.get_num_threads()} threads, batch 32, random input"
+        note = lat.attrs["protocol"]
     notes = (
         ["Exported from the Pruning Lab app."]
         if pruned

@@ -1,5 +1,7 @@
 """Cached loading: shared read-only models and datasets, and the dense baseline.
 
+Latency is not cached here: `ui.latency_panel` keeps it per context, for a bounded time.
+
 `st.cache_resource` objects are shared by every session, so they are never mutated: whatever
 prunes, trains or scores with gradients works on its own `pruning_core.layers.trainable_copy`.
 """
@@ -8,13 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
 import streamlit as st
-import torch
 
 from pruning_core.data import DataBundle, load_dataset
 from pruning_core.evaluate import evaluate
-from pruning_core.latency import measure_latency
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.stats import model_summary
 
@@ -45,16 +44,3 @@ def baseline(model_ref: str, dataset_ref: str) -> dict[str, Any]:
         **ev.to_dict(),
         "class_names": list(data.class_names),
     }
-
-
-@st.cache_data(show_spinner="Timing inference...", max_entries=32)
-def baseline_latency(model_ref: str, batch_sizes: tuple[int, ...] = (1, 32)) -> pd.DataFrame:
-    """Median / p10 / p90 CPU latency per batch size."""
-    loaded = shared_model(model_ref)
-    spec = loaded.spec
-    rows = []
-    for b in batch_sizes:
-        x = torch.randn(b, spec.channels, spec.size, spec.size)
-        lat = measure_latency(loaded.model, x, warmup=3, repeats=20, max_seconds=2.0)
-        rows.append({"label": f"batch {b}", **lat.to_dict()})
-    return pd.DataFrame(rows)

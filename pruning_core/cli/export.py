@@ -12,6 +12,7 @@ import torch
 from pruning_core.data import is_offline_dataset
 from pruning_core.errors import UserError
 from pruning_core.fsio import check_output_dir, check_output_file
+from pruning_core.timing import PROTOCOL
 from pruning_core.validate import BATCH, POSITIVE_FLOAT
 
 __all__ = ["cmd_export", "register"]
@@ -38,7 +39,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--sweep", type=Path, help="report: a sweep CSV to plot (from pruning-lab sweep)"
     )
     p.add_argument(
-        "--batch-size", type=BATCH, default=32, help="report: latency batch (default 32)"
+        "--batch-size",
+        type=BATCH,
+        default=PROTOCOL.batch_size,
+        help=f"report: latency batch (default {PROTOCOL.batch_size}, the app's protocol)",
     )
     p.add_argument(
         "--atol",
@@ -159,14 +163,9 @@ def _report(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> d
     spec = loaded.spec
     x = example_input(loaded.model, spec, args.batch_size, random=True)
     lat = benchmark_backends(
-        loaded.model,
-        x,
-        backends=["dense", "masked", "structured", "csr"],
-        dense=dense,
-        repeats=20,
-        max_seconds=3.0,
+        loaded.model, x, backends=["dense", "masked", "structured", "csr"], dense=dense
     )
-    note = f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}; dense = {how}"
+    note = f"{lat.attrs['protocol']}; dense = {how}"
     card = export.model_card(str(metrics.get("model") or ""))
     page = export.pruning_report(
         metrics,

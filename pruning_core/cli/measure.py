@@ -11,6 +11,9 @@
 - masked: the directory's model as stored (zeros in dense tensors).
 - structured: the same model when it is physically smaller than the dense one.
 - csr / semi24: copies converted by `pruning_core.sparse.to_sparse_`.
+
+Its timing defaults are the app's protocol (`pruning_core.timing.PROTOCOL`: 1 thread, batch 32,
+warm-up, repeats), so `bench --backends dense --batch-size 1` times what Model & data shows.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from torch import nn
 
 from pruning_core.cli.common import add_model_args, resolve
 from pruning_core.errors import UserError
+from pruning_core.timing import PROTOCOL, LatencyProtocol
 from pruning_core.validate import BATCH, BINS, SMALL_COUNT, THREADS, Range
 
-__all__ = ["cmd_bench", "cmd_inspect", "dense_reference", "records", "register"]
+__all__ = ["bench_protocol", "cmd_bench", "cmd_inspect", "dense_reference", "records", "register"]
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -53,16 +57,29 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_model_args(p, dataset=False)
     p.add_argument("--pruned", help="pruned model directory (then --model is the dense original)")
     p.add_argument("--backends", default="dense,masked,structured,csr,semi24")
-    p.add_argument("--batch-size", type=BATCH, default=8)
-    p.add_argument("--threads", type=THREADS, help="torch CPU threads (default: torch's)")
+    # Every default is the app's latency protocol, so bench and the app time alike.
+    p.add_argument(
+        "--batch-size",
+        type=BATCH,
+        default=PROTOCOL.batch_size,
+        help=f"images per timed call (default {PROTOCOL.batch_size}, as the app compares)",
+    )
+    p.add_argument(
+        "--threads",
+        type=THREADS,
+        default=PROTOCOL.threads,
+        help=f"torch CPU threads (default {PROTOCOL.threads}, as the app times)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--repeats", type=Range(integer=True, lo=1, hi=100_000), default=30)
-    p.add_argument("--warmup", type=Range(integer=True, lo=0, hi=10_000), default=5)
+    p.add_argument(
+        "--repeats", type=Range(integer=True, lo=1, hi=100_000), default=PROTOCOL.repeats
+    )
+    p.add_argument("--warmup", type=Range(integer=True, lo=0, hi=10_000), default=PROTOCOL.warmup)
     p.add_argument(
         "--max-seconds",
         type=Range(lo=0, hi=3600, lo_open=True),
-        default=10.0,
-        help="time budget per backend",
+        default=PROTOCOL.max_seconds,
+        help=f"time budget per backend (default {PROTOCOL.max_seconds:g})",
     )
     p.set_defaults(handler=cmd_bench)
 
@@ -181,6 +198,19 @@ def _origin(loaded: Any) -> str | None:
     return None
 
 
+def bench_protocol(args: argparse.Namespace) -> LatencyProtocol:
+    """The latency protocol `bench`'s options ask for: `PROTOCOL` itself with the defaults.
+
+    The batch is the example's (`--batch-size`), as in `benchmark_backends`.
+    """
+    return PROTOCOL.with_(
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        max_seconds=args.max_seconds,
+    )
+
+
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.device import resolve_device
     from pruning_core.latency import benchmark_backends
@@ -203,15 +233,9 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         dense, dense_note = dense_reference(pruned_loaded)
     spec = pruned_loaded.spec
     example = example_input(pruned_loaded.model, spec, args.batch_size, random=True).to(device)
+    protocol = bench_protocol(args)
     table = benchmark_backends(
-        pruned_loaded.model,
-        example,
-        backends=backends,
-        dense=dense,
-        threads=args.threads,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        max_seconds=args.max_seconds,
+        pruned_loaded.model, example, backends=backends, dense=dense, protocol=protocol
     )
     rows = records(table)
     result: dict[str, Any] = {
@@ -219,7 +243,8 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         "dense_reference": dense_note,
         "device": str(device),
         "batch_size": args.batch_size,
-        "threads": torch.get_num_threads() if args.threads is None else args.threads,
+        "threads": protocol.threads if device.type == "cpu" else torch.get_num_threads(),
+        "protocol": table.attrs["protocol"],
         "backends": rows,
     }
     for r in rows:
