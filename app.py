@@ -7,16 +7,17 @@ import streamlit as st
 from ui.state import init_state
 from ui.widgets import sidebar_frame
 
-st.set_page_config(page_title="Pruning Lab", page_icon="✂️", layout="wide")
+st.set_page_config(page_title="Pruning Lab", page_icon=":material/content_cut:", layout="wide")
 init_state()
 
+# Material icons ship with Streamlit's frontend; emoji need a font the machine may not have.
 PAGES = [
-    st.Page("pages/1_model_and_data.py", title="Model & data", icon="📦", default=True),
-    st.Page("pages/2_inspect.py", title="Inspect", icon="🔍"),
-    st.Page("pages/3_prune.py", title="Prune", icon="✂️"),
-    st.Page("pages/4_finetune.py", title="Fine-tune", icon="🏋️"),
-    st.Page("pages/5_tradeoffs.py", title="Trade-offs", icon="📈"),
-    st.Page("pages/6_export.py", title="Export & report", icon="📤"),
+    st.Page("pages/1_model_and_data.py", title="Model & data", icon=":material/database:", default=True),
+    st.Page("pages/2_inspect.py", title="Inspect", icon=":material/search:"),
+    st.Page("pages/3_prune.py", title="Prune", icon=":material/content_cut:"),
+    st.Page("pages/4_finetune.py", title="Fine-tune", icon=":material/model_training:"),
+    st.Page("pages/5_tradeoffs.py", title="Trade-offs", icon=":material/query_stats:"),
+    st.Page("pages/6_export.py", title="Export & report", icon=":material/ios_share:"),
 ]
 
 page = st.navigation(PAGES)

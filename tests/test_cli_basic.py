@@ -175,3 +175,24 @@ def test_an_empty_model_name_is_named_not_searched_as_a_folder(cli, tmp_path: Pa
         )
         assert code == 2 and "model name is empty" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_app_takes_host_and_port_in_both_spellings() -> None:
+    from pruning_core.cli import build_parser, main
+    from pruning_core.cli.basic import app_command
+
+    def cmd(*argv: str) -> list[str]:
+        return app_command(build_parser().parse_args(["app", *argv]))
+
+    def value(c: list[str], flag: str) -> str | None:
+        return c[c.index(flag) + 1] if flag in c else None
+
+    assert value(cmd(), "--server.port") == "8501" and "--server.address" not in cmd()
+    for argv in (["--server.port", "8502"], ["--port", "8502"]):
+        assert value(cmd(*argv), "--server.port") == "8502"
+    for argv in (["--server.address", "127.0.0.1"], ["--host", "127.0.0.1"]):
+        assert value(cmd(*argv), "--server.address") == "127.0.0.1"
+    assert value(cmd("--server.headless", "true"), "--server.headless") == "true"
+    assert value(cmd("--server.headless", "false"), "--server.headless") == "false"
+    assert main(["app", "--server.port", "0"]) == 2
+    assert main(["app", "--host", "http://x y"]) == 2

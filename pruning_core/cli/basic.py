@@ -76,9 +76,32 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("app", parents=[common], help="launch the Streamlit app")
-    p.add_argument("--port", type=Range(integer=True, lo=1, hi=65535), default=8501)
+    # Streamlit's own spellings are accepted too, since its documentation uses them.
+    p.add_argument(
+        "--port",
+        "--server.port",
+        dest="port",
+        type=Range(integer=True, lo=1, hi=65535),
+        default=8501,
+        help="port to listen on (default 8501)",
+    )
+    p.add_argument(
+        "--host",
+        "--server.address",
+        dest="host",
+        type=_host,
+        default=None,
+        help="address to listen on, e.g. 127.0.0.1 for this machine only "
+        "(default: Streamlit's, every interface)",
+    )
     p.add_argument(
         "--open", action="store_true", help="open a browser tab (default: print the URL)"
+    )
+    p.add_argument(
+        "--server.headless",
+        dest="headless",
+        choices=["true", "false"],
+        help="Streamlit's spelling: false opens a browser tab (as --open), true does not",
     )
     p.set_defaults(handler=cmd_app)
 
@@ -194,7 +217,18 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     return {**metrics, "out": str(args.out)}
 
 
-def cmd_app(args: argparse.Namespace) -> None:
+def _host(text: str) -> str:
+    """A listening address: a host name or IP, without spaces or a scheme."""
+    host = text.strip()
+    if not host or any(c.isspace() for c in host) or "/" in host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an address to listen on (e.g. 127.0.0.1, 0.0.0.0 or a host name)"
+        )
+    return host
+
+
+def app_command(args: argparse.Namespace) -> list[str]:
+    """The `streamlit run` command line `pruning-lab app` executes."""
     app = Path(__file__).resolve().parents[2] / "app.py"
     if not app.exists():
         raise UserError(f"app.py not found at {app} (run from a source checkout)")
@@ -206,11 +240,17 @@ def cmd_app(args: argparse.Namespace) -> None:
         str(app),
         "--server.port",
         str(args.port),
+        *(["--server.address", args.host] if args.host else []),
         "--browser.gatherUsageStats",
         "false",
     ]
     # Headless unless asked: it skips Streamlit's first-run e-mail prompt and works over SSH.
-    cmd += ["--server.headless", "false" if args.open else "true"]
+    opens = args.open or getattr(args, "headless", None) == "false"
+    return [*cmd, "--server.headless", "false" if opens else "true"]
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    cmd = app_command(args)
     if os.name == "posix":
         os.execv(sys.executable, cmd)  # replaces this process: Ctrl-C goes straight to Streamlit
     raise SystemExit(subprocess.run(cmd, check=False).returncode)
