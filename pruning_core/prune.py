@@ -48,6 +48,7 @@ __all__ = [
     "parse_nm",
     "prunable_layers",
     "prune_",
+    "settle_structured",
     "zero_masks",
 ]
 
@@ -569,6 +570,37 @@ def hold_masks(
     return MaskEnforcer(model, held) if held else None
 
 
+def settle_structured(
+    model: nn.Module, config: PruneConfig, data: Any = None, spec: InputSpec | None = None
+) -> bool:
+    """What follows the removal of whole structures, in both modes: BatchNorm statistics are
+    re-estimated on `config.calib_batches` calibration batches
+    (`calibration.recalibrate_batchnorm`).
+
+    `prune_` and the Prune page's accuracy estimate (`slider.SliderPreview.estimate`) both call
+    this, so the masked preview and the shrunk model measure the same function: masked elements
+    have zero weights, biases and BatchNorm scale and shift, so they stay exactly zero whatever
+    the new statistics, and the kept channels get the statistics the shrunk model gets.
+
+    Args:
+        model: The pruned model (masked or shrunk), changed in place (BatchNorm buffers only).
+        config: The pruning settings; nothing happens for unstructured and N:M granularities.
+        data: A DataBundle; without it (or without `spec`) nothing happens.
+        spec: The model's input spec.
+
+    Returns:
+        True when BatchNorm statistics were re-estimated.
+
+    Raises:
+        UserError: The calibration split is empty.
+    """
+    if not config.structured or data is None or spec is None:
+        return False
+    # No autograd graph: the working copies have trainable parameters.
+    with torch.no_grad():
+        return recalibrate_batchnorm(model, data, spec, batches=config.calib_batches)
+
+
 def prune_(
     model: nn.Module,
     config: PruneConfig,
@@ -609,8 +641,7 @@ def prune_(
         check_model_finite(model)  # the preview scored another copy: this one must be finite too
     selection = preview.select(config.ratio, dict(config.layer_ratios), config.scope)
     done = preview.plan.apply(model, selection, physical=config.structured_mode == "physical")
-    if preview.plan.structured and data is not None and spec is not None:
-        recalibrate_batchnorm(model, data, spec, batches=config.calib_batches)
+    settle_structured(model, config, data, spec)
     return PruneResult(
         masks=done.masks,
         layer_sparsity=done.layer_sparsity,

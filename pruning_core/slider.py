@@ -26,7 +26,7 @@ from torch import nn
 from pruning_core.evaluate import evaluate
 from pruning_core.layers import trainable_copy, weight_of
 from pruning_core.models import LoadedModel
-from pruning_core.prune import Preview, PruneConfig
+from pruning_core.prune import Preview, PruneConfig, settle_structured
 from pruning_core.stats import count_macs, layer_macs, weight_layers
 
 __all__ = [
@@ -229,8 +229,14 @@ class SliderPreview:
 
     def estimate(self, stats: PreviewStats, n_eval: int) -> PreviewStats:
         """Fill `stats` with top-1 accuracy of the masked copy on the first `n_eval` validation
-        images (an estimate: a subset, and before any fine-tuning)."""
+        images (an estimate: a subset, and before any fine-tuning).
+
+        Structured plans first re-estimate BatchNorm statistics as Apply does
+        (`prune.settle_structured`), so the estimate is the accuracy the applied model has on
+        the same images. The next slider move restores the dense statistics.
+        """
         t1 = time.perf_counter()
+        settle_structured(self.model, self.config, self.data, self.spec)
         ev = evaluate(self.model, self.data, self.spec, limit=n_eval)
         stats.accuracy, stats.n_eval = ev.accuracy, ev.n
         stats.eval_seconds = time.perf_counter() - t1
