@@ -91,7 +91,8 @@ else:
 st.subheader("ONNX")
 st.caption(
     "Exported with a dynamic batch dimension, then run once through onnxruntime on validation "
-    "images; the file is offered only if its outputs match PyTorch's."
+    "images; the file is offered only if its outputs match PyTorch's. It carries the input "
+    f"normalisation as metadata: {export.onnx_metadata(spec)['preprocessing']}."
 )
 if st.button("Export to ONNX", key="export_make_onnx"):
     try:

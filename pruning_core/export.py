@@ -50,6 +50,7 @@ __all__ = [
     "is_self_contained",
     "model_card",
     "onnx_bytes",
+    "onnx_metadata",
     "pruning_report",
     "read_pruned_dir",
     "report_html",
@@ -219,6 +220,57 @@ def _export_graph(model: nn.Module, example: torch.Tensor, path: Path, opset: in
     raise UserError("this model cannot be exported to ONNX (" + " | ".join(errors) + ")")
 
 
+def onnx_metadata(spec: InputSpec) -> dict[str, str]:
+    """What an ONNX file needs to say so raw images can be fed correctly (`metadata_props`).
+
+    Keys: `preprocessing` (the recipe in words), `input_layout` (`NCHW`), `input_size`
+    (pixels, square), `input_channels`, `channel_order` (`grayscale` or `RGB`), `pixel_scale`
+    (`1/255`: 8-bit pixels to [0, 1] first), `mean` and `std` (JSON lists, per channel),
+    `num_classes`, `class_names` (JSON list), `producer`.
+
+    Args:
+        spec: The model's input spec.
+
+    Returns:
+        String keys to string values (ONNX metadata holds strings only).
+    """
+    order = {1: "grayscale", 3: "RGB"}.get(spec.channels, f"{spec.channels} channels")
+    return {
+        "preprocessing": (
+            f"float32 {order} image {spec.size}x{spec.size}, NCHW; x = (pixel / 255 - mean) / std "
+            f"per channel, mean {_floats(spec.mean)}, std {_floats(spec.std)}"
+        ),
+        "input_layout": "NCHW",
+        "input_size": str(spec.size),
+        "input_channels": str(spec.channels),
+        "channel_order": order,
+        "pixel_scale": "1/255",
+        "mean": json.dumps([float(v) for v in spec.mean]),
+        "std": json.dumps([float(v) for v in spec.std]),
+        "num_classes": str(spec.num_classes),
+        "class_names": json.dumps(list(spec.class_names)),
+        "producer": "pruning-lab",
+    }
+
+
+def _floats(xs: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in xs) + "]"
+
+
+def _add_metadata(path: Path, props: dict[str, str]) -> None:
+    """Write `props` into the ONNX file's metadata_props (replacing keys of the same name)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    kept = [p for p in m.metadata_props if p.key not in props]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    m.doc_string = props.get("preprocessing", m.doc_string)
+    onnx.save(m, str(path))
+
+
 def _check_batch(spec: InputSpec, example: torch.Tensor | None, batch_size: int) -> tuple[Any, str]:
     if example is not None:
         return example.detach().float().cpu(), "validation images"
@@ -239,7 +291,9 @@ def export_onnx(
 ) -> OnnxCheck:
     """Export `model` to ONNX (dynamic batch) and check it with onnxruntime.
 
-    The file is written atomically, and only when onnxruntime's output matches PyTorch's within
+    The file carries the input normalisation as ONNX metadata (`onnx_metadata`: mean, std,
+    input size, layout, channel order, pixel scale, class names), so whoever feeds it knows
+    what the model expects. The file is written atomically, and only when onnxruntime's output matches PyTorch's within
     `atol` on the check batch; otherwise nothing is written and a UserError says by how much.
 
     Args:
@@ -258,6 +312,7 @@ def export_onnx(
     out = Path(out)
     with atomic_path(out) as tmp:
         exporter = _export_graph(net, x[:1], tmp, opset)
+        _add_metadata(tmp, onnx_metadata(spec))
         diff, scale = _compare(tmp, net, x)
         if not diff <= atol * scale:
             raise UserError(

@@ -178,3 +178,29 @@ def test_onnx_check_scales_with_the_logits(dense: LoadedModel, tmp_path: Path) -
     with pytest.raises(UserError, match="not finite"):
         export.export_onnx(big, dense.spec, tmp_path / "inf.onnx")
     assert not (tmp_path / "inf.onnx").exists()
+
+
+def test_onnx_carries_the_input_normalisation(dense: LoadedModel, tmp_path: Path) -> None:
+    """Raw 8-bit images prepared from the file's metadata alone give the model's logits."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from pruning_core.data import adapt
+
+    export.export_onnx(dense.model, dense.spec, tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    s = dense.spec
+    assert meta["input_layout"] == "NCHW" and meta["pixel_scale"] == "1/255"
+    assert int(meta["input_size"]) == s.size and int(meta["input_channels"]) == s.channels
+    assert meta["channel_order"] == ("grayscale" if s.channels == 1 else "RGB")
+    assert json.loads(meta["class_names"]) == list(s.class_names)
+    raw = torch.randint(0, 256, (4, s.channels, s.size, s.size), dtype=torch.uint8,
+                        generator=torch.Generator().manual_seed(2))  # fmt: skip
+    mean = np.array(json.loads(meta["mean"]), dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.array(json.loads(meta["std"]), dtype=np.float32).reshape(1, -1, 1, 1)
+    fed = ((raw.numpy().astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+    got = sess.run(None, {sess.get_inputs()[0].name: fed})[0]
+    with torch.no_grad():
+        want = dense.model.eval()(adapt(raw, s)).numpy()  # the data pipeline's own preparation
+    assert abs(got - want).max() <= 1e-4
