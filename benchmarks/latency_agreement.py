@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = json.loads(out.stdout)["backends"][0]
         p = page.loc[b]
         shown, timed = (
-            Latency(r["median_ms"], r["p10_ms"], r["p90_ms"], 0, b, "cpu", PROTOCOL.threads)
+            Latency(float(r["median_ms"]), float(r["p10_ms"]), float(r["p90_ms"]), 0, b, "cpu", 1)
             for r in (p, bench)
         )
         agree = compare(shown, timed).text == NO_DIFFERENCE
