@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             capture_output=True, text=True, check=True, env=env, cwd=ROOT,
         )  # fmt: skip
         bench = json.loads(out.stdout)["backends"][0]
-        p = page.loc[b]
+        p: dict[str, Any] = {str(k): v for k, v in page.loc[b].to_dict().items()}
         shown, timed = (
             Latency(float(r["median_ms"]), float(r["p10_ms"]), float(r["p90_ms"]), 0, b, "cpu", 1)
             for r in (p, bench)
