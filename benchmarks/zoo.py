@@ -191,8 +191,11 @@ def run_arch(
     fresh process that reopens all saved folders; each cell bounded by `timeout` seconds."""
     import signal
 
+    class CellTimeout(BaseException):
+        """Not an Exception: code under test that catches Exception must not swallow it."""
+
     def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError
+        raise CellTimeout
 
     signal.signal(signal.SIGALRM, expire)
     records = []
@@ -203,7 +206,7 @@ def run_arch(
         signal.alarm(timeout)
         try:
             rec = run_cell(arch, g, dataset, cell)
-        except TimeoutError:
+        except CellTimeout:
             rec = {"arch": arch, "granularity": g, "status": "timeout",
                    "message": f"ran past {timeout} s"}  # fmt: skip
         except Exception as e:  # a bug in the tool: recorded, and the next cell still runs
