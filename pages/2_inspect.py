@@ -13,7 +13,7 @@ from ui.caches import dense_activations, dense_layer_table, model_layer_table, s
 from ui.loaders import shared_model
 from ui.session import pruned
 from ui.state import init_state, selection
-from ui.widgets import baseline_or_stop, explain
+from ui.widgets import baseline_or_stop, data_table, explain
 
 init_state()
 st.title("Inspect")
@@ -55,10 +55,8 @@ show = table[
         "zero_channels": "all-zero channels",
     }
 )  # fmt: skip
-st.dataframe(
+data_table(
     show,
-    hide_index=True,
-    width="stretch",
     column_config={
         "sparsity": st.column_config.ProgressColumn(
             "sparsity", min_value=0.0, max_value=1.0, format="percent"

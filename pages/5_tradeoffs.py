@@ -32,7 +32,7 @@ from ui.tradeoff_jobs import (
     sweep_job,
 )
 from ui.tradeoff_panels import compare_runs_panel, size_accuracy_panel
-from ui.widgets import explain, model_and_data_or_stop
+from ui.widgets import data_table, explain, model_and_data_or_stop
 
 init_state()
 st.title("Trade-offs")
@@ -118,7 +118,7 @@ with tab_acc:
             "gap widens with sparsity. Fine-tuning lets the remaining weights compensate."
         )
         with st.expander("Table"):
-            st.dataframe(df, hide_index=True)
+            data_table(df)
             st.download_button(
                 "Download CSV", csv_bytes(df), "sweep.csv", "text/csv", key="tradeoff_sweep_csv"
             )
@@ -169,7 +169,7 @@ with tab_lat:
         explain(ZEROS_NO_SPEEDUP, "Why masked zeros give no speed-up")
         with st.expander("Table"):
             # The medians' raw ratio is left out: `vs_dense` says whether it is measurable.
-            st.dataframe(df.drop(columns=["speedup"], errors="ignore"), hide_index=True)
+            data_table(df.drop(columns=["speedup"], errors="ignore"))
 
 # --- 3. size vs accuracy ------------------------------------------------------------------------
 
@@ -209,7 +209,7 @@ with tab_sens:
         )
         st.plotly_chart(plots.sensitivity_figure(df, subtitle=sub), key="tradeoff_sens_chart")
         with st.expander("Table"):
-            st.dataframe(df, hide_index=True)
+            data_table(df)
 
 # --- 5. runs from the store ---------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ __all__ = [
     "example_input",
     "following_batchnorm",
     "ignored_modules",
+    "in_model_order",
     "is_weight_layer",
     "main_logits",
     "matches_pattern",
@@ -131,6 +132,22 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def in_model_order(model: nn.Module, by_layer: Mapping[str, Any]) -> dict[str, Any]:
+    """`by_layer` with its keys in the order the model defines its modules.
+
+    Per-layer tables and charts read in the order data flows (conv1, layer1..., fc), not in
+    the order a dependency graph or a dict happened to produce them. Names the model does not
+    have keep their relative order, after the others.
+
+    Args:
+        model: The model whose `named_modules()` order is used.
+        by_layer: Module name -> value.
+    """
+    rank = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    names = sorted(by_layer, key=lambda n: rank.get(n, len(rank)))
+    return {n: by_layer[n] for n in names}
 
 
 def example_input(

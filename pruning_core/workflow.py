@@ -26,6 +26,7 @@ from pruning_core.data import DataBundle, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.fsio import output_dir, write_json
+from pruning_core.layers import in_model_order
 from pruning_core.models import LoadedModel, get_entry, load_model
 from pruning_core.recipe import Recipe
 from pruning_core.schedules import ScheduleResult, run_schedule
@@ -127,7 +128,7 @@ class RecipeResult:
             "scope": p.scope,
             "target_ratio": p.effective_ratio,
             "sparsity": s.prune.sparsity,
-            "layer_sparsity": s.prune.layer_sparsity,
+            "layer_sparsity": in_model_order(self.loaded.model, s.prune.layer_sparsity),
             "params_before": self.dense.params,
             "params_after": self.after.params,
             "macs_before": self.dense.macs,

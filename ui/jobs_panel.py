@@ -203,5 +203,7 @@ def measurement_panel(slot: str, selection: tuple[str, str]) -> None:
 
     follow_job(job_id if isinstance(job_id, str) else None, draw)
     err = st.session_state.get(_key(slot, "error"))
-    if err:
+    if err and str(err).startswith("cancelled"):
+        st.info(f"Measurement {err}.")  # the user's own choice, not a failure
+    elif err:
         st.error(f"The measurement did not finish: {err}")

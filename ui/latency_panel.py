@@ -24,6 +24,7 @@ from pruning_core.layers import example_input
 from pruning_core.plots import latency_figure
 from ui.loaders import shared_model
 from ui.session import PrunedModel
+from ui.widgets import data_table
 
 __all__ = ["applied_latency_panel", "dense_latency", "dense_latency_panel", "latency_cache"]
 
@@ -110,18 +111,17 @@ def applied_latency_panel(pm: PrunedModel | None) -> None:
         return
     df = got.table
     ok = df[df["status"] == "ok"]
-    st.dataframe(
+    data_table(
         pd.DataFrame(
             {
                 "backend": ok["backend"],
-                "median ms": ok["median_ms"].round(3),
+                "median ms": ok["median_ms"],
                 "p10-p90 ms": [
-                    f"{a:.3f}-{b:.3f}" for a, b in zip(ok["p10_ms"], ok["p90_ms"], strict=True)
+                    f"{a:.3g}-{b:.3g}" for a, b in zip(ok["p10_ms"], ok["p90_ms"], strict=True)
                 ],
                 "against dense": ok["vs_dense"],
             }
-        ),
-        hide_index=True,
+        )
     )
     for _, row in df[df["status"] != "ok"].iterrows():
         st.caption(f"Not timed: **{row['backend']}**: {row['reason']}.")

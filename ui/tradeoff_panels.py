@@ -12,6 +12,7 @@ from pruning_core import plots
 from pruning_core.errors import UserError
 from pruning_core.store import RunStore
 from ui.tradeoff_jobs import size_points
+from ui.widgets import data_table
 
 __all__ = ["compare_runs_panel", "size_accuracy_panel"]
 
@@ -67,7 +68,7 @@ def compare_runs_panel(limit: int = 100) -> None:
     if runs.empty:
         st.info("No runs yet: fine-tune a model or run a sweep and it appears here.")
         return
-    st.dataframe(runs[[c for c in _COLUMNS if c in runs]], hide_index=True)
+    data_table(runs[[c for c in _COLUMNS if c in runs]])
     labels = {
         int(i): f"#{i} {k} {s}: {n}"
         for i, k, s, n in zip(runs["id"], runs["kind"], runs["status"], runs["name"], strict=True)
@@ -84,13 +85,28 @@ def compare_runs_panel(limit: int = 100) -> None:
         return
     st.dataframe(store.compare_runs(chosen).set_index("id").T.astype(str))
     curves = {labels[i]: store.get_curve(i) for i in chosen}
-    curves = {k: v for k, v in curves.items() if len(v)}
-    if curves:
-        c1, c2 = st.columns(2)
+    c1, c2 = st.columns(2)
+    # An empty chart would draw a meaningless axis (-100% to 400%): say what is missing instead.
+    with_acc = {k: v for k, v in curves.items() if _has(v, "accuracy")}
+    with_loss = {k: v for k, v in curves.items() if _has(v, "loss")}
+    if with_acc:
         c1.plotly_chart(
-            plots.runs_curves_figure(curves, "accuracy", "Validation accuracy"),
+            plots.runs_curves_figure(with_acc, "accuracy", "Validation accuracy"),
             key="tradeoff_runs_acc",
         )
-        c2.plotly_chart(
-            plots.runs_curves_figure(curves, "loss", "Training loss"), key="tradeoff_runs_loss"
+    else:
+        c1.info(
+            "No validation accuracy to draw: these runs ended or were cancelled before their "
+            "first epoch was validated."
         )
+    if with_loss:
+        c2.plotly_chart(
+            plots.runs_curves_figure(with_loss, "loss", "Training loss"), key="tradeoff_runs_loss"
+        )
+    else:
+        c2.info("No training loss to draw: these runs recorded no training step.")
+
+
+def _has(curve: pd.DataFrame, column: str) -> bool:
+    """Whether a run's curve has at least one value of `column`."""
+    return column in curve and bool(curve[column].notna().any())

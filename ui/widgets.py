@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from pruning_core.data import DataBundle, list_datasets
@@ -116,3 +117,31 @@ def sidebar_frame() -> None:
         st.markdown(
             f"**Model** `{st.session_state['model_ref']}`  \n**Dataset** `{st.session_state['dataset_ref']}`"
         )
+
+
+def number_formats(df: pd.DataFrame) -> dict[str, Any]:
+    """Column settings that write whole numbers with thousands separators (151,306) and other
+    numbers with at most four significant decimals, in the reader's locale."""
+    out: dict[str, Any] = {}
+    for name, dtype in df.dtypes.items():
+        if pd.api.types.is_bool_dtype(dtype):
+            continue
+        if pd.api.types.is_integer_dtype(dtype):
+            out[str(name)] = st.column_config.NumberColumn(format="localized")
+        elif pd.api.types.is_float_dtype(dtype):
+            out[str(name)] = st.column_config.NumberColumn(format="%.4g")
+    return out
+
+
+def data_table(
+    df: pd.DataFrame, *, key: str | None = None, column_config: dict[str, Any] | None = None
+) -> None:
+    """A table as wide as the page (no index) with readable numbers (`number_formats`);
+    `column_config` overrides single columns."""
+    st.dataframe(
+        df,
+        hide_index=True,
+        width="stretch",
+        column_config={**number_formats(df), **(column_config or {})},
+        key=key,
+    )

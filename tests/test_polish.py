@@ -1,0 +1,127 @@
+"""Issue 13's polish: icons, axes whose labels never repeat, empty states instead of empty
+charts, cancelling shown as a choice, per-layer order, readable numbers in tables."""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pruning_core import plots
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _labels(axis: dict, lo: float, hi: float) -> list[str]:
+    """The tick labels plotly writes for `axis` (tick0 + k * dtick, d3 `.N%`) over [lo, hi]."""
+    decimals = int(axis["tickformat"][1:-1])
+    step, k = axis["dtick"], math.ceil((lo - axis["tick0"]) / axis["dtick"] - 1e-9)
+    out = []
+    while axis["tick0"] + k * step <= hi + 1e-12:
+        out.append(f"{(axis['tick0'] + k * step) * 100:.{decimals}f}%")
+        k += 1
+    return out
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0.978, 0.981, 0.985, 0.989], [0.9889, 0.9889], [0.1, 0.97], [0.5, 0.5004], [-0.02, 0.013]],
+)
+def test_percent_ticks_never_repeat_a_label(values: list[float]) -> None:
+    axis = plots.percent_axis(values)
+    labels = _labels(axis, min(values) - axis["dtick"], max(values) + axis["dtick"])
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+
+
+def test_report_accuracy_axis_on_a_narrow_range() -> None:
+    df = pd.DataFrame({"method": ["m", "m"], "sparsity": [0.5, 0.9], "accuracy": [0.985, 0.981],
+                       "finetuned_accuracy": [0.988, 0.983], "dense_accuracy": [0.9889] * 2})  # fmt: skip
+    y = plots.accuracy_sparsity_figure(df).layout.yaxis
+    axis = {"tickformat": y.tickformat, "dtick": y.dtick, "tick0": y.tick0}
+    labels = _labels(axis, 0.981, 0.9889)
+    assert len(set(labels)) == len(labels) >= 2 and y.title.text
+
+
+def test_pages_use_bundled_material_icons() -> None:
+    tree = ast.parse((ROOT / "app.py").read_text())
+    icons = [
+        kw.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        for kw in node.keywords
+        if kw.arg in ("icon", "page_icon") and isinstance(kw.value, ast.Constant)
+    ]
+    assert len(icons) >= 7
+    assert all(i.startswith(":material/") and i.endswith(":") for i in icons), icons
+
+
+def test_layers_listed_in_model_order() -> None:
+    from pruning_core.layers import in_model_order
+    from pruning_core.models import create_model
+
+    model = create_model("shapes-resnet")
+    names = [n for n, _ in model.named_modules() if n]
+    shuffled = names[:]
+    random.Random(0).shuffle(shuffled)
+    ordered = in_model_order(model, {n: i for i, n in enumerate(shuffled)})
+    assert list(ordered) == names
+    assert list(in_model_order(model, {"not.there": 1, names[1]: 2, names[0]: 3})) == [
+        names[0],
+        names[1],
+        "not.there",
+    ]
+
+
+def test_numbers_in_tables_get_thousands_separators() -> None:
+    from ui.widgets import number_formats
+
+    df = pd.DataFrame({"layer": ["a"], "params": [151306], "ratio": [0.5], "ok": [True]})
+    cfg = number_formats(df)
+    assert cfg["params"]["type_config"]["format"] == "localized"
+    assert "layer" not in cfg and "ok" not in cfg and cfg["ratio"]["type_config"]["format"]
+
+
+def _runs_panel() -> None:
+    from ui.tradeoff_panels import compare_runs_panel
+
+    compare_runs_panel()
+
+
+def test_compare_runs_without_accuracy_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pruning_core.store import RunStore
+
+    monkeypatch.setenv("PRUNING_LAB_HOME", str(tmp_path))
+    store = RunStore()
+    rid = store.create_run("finetune", name="cancelled early", status="cancelled",
+                           curve=[{"step": 1, "loss": 2.3}, {"step": 2, "loss": 2.1}])  # fmt: skip
+    at = AppTest.from_function(_runs_panel, default_timeout=60)
+    at.session_state["tradeoff_compare"] = [rid]
+    at.run()
+    assert not at.exception
+    keys = {c.proto.id for c in at.get("plotly_chart")}
+    assert len(keys) == 1  # the loss chart only: no empty accuracy axis
+    assert any("No validation accuracy" in i.value for i in at.info)
+
+
+def _measurement_panel() -> None:
+    import streamlit as st
+
+    from ui.jobs_panel import measurement_panel
+
+    st.session_state.setdefault(
+        "tradeoff_latency_error", "cancelled (cancelled before it started), no results"
+    )
+    measurement_panel("latency", ("digits-cnn", "digits"))
+
+
+def test_cancelling_a_queued_measurement_is_not_an_error() -> None:
+    at = AppTest.from_function(_measurement_panel, default_timeout=60).run()
+    assert not at.exception and not at.error
+    assert any("cancelled before it started" in i.value for i in at.info)
