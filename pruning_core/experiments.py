@@ -33,6 +33,7 @@ from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.fsio import atomic_path
+from pruning_core.layers import is_weight_layer, weight_of
 from pruning_core.models import LoadedModel
 from pruning_core.plans import get_plan
 from pruning_core.progress import ProgressFn, Report
@@ -43,6 +44,7 @@ from pruning_core.prune import (
     hold_masks,
     prunable_layers,
     prune_,
+    settle_structured,
 )
 from pruning_core.spec import InputSpec
 from pruning_core.stats import count_macs, count_params
@@ -299,14 +301,24 @@ def _finetune(
 
 
 def layer_sizes(model: nn.Module, layers: Iterable[str]) -> dict[str, int]:
-    """Weights per named layer (what `suggest_ratios` weighs the ratios by)."""
+    """Weights per named layer (what `suggest_ratios` weighs the ratios by); a unit that is not
+    one layer (an attention layer, for head pruning) counts the Conv/Linear weights inside it.
+
+    Raises:
+        UserError: A name that is neither a layer with weights nor a module holding some.
+    """
     mods = dict(model.named_modules())
     out = {}
     for n in layers:
-        w = getattr(mods.get(n), "weight", None)
-        if not isinstance(w, torch.Tensor):
+        m = mods.get(n)
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor):
+            out[n] = int(w.numel())
+            continue
+        inner = [weight_of(s).numel() for s in m.modules() if is_weight_layer(s)] if m else []
+        if not inner:
             raise UserError(f"no layer with weights named '{n}' in the model")
-        out[n] = int(w.numel())
+        out[n] = int(sum(inner))
     return out
 
 
@@ -380,9 +392,14 @@ def sensitivity(
     dev = resolve_device(device)
     work = _fresh(net).to(dev)
     base_acc = evaluate(work, data, spec, split=split, device=dev, limit=limit).accuracy
+    # Scored once on the dense copy: every point starts from the dense weights, so its scores
+    # are these. Structured plans preview in mask mode (the same function as shrinking).
+    mode = "mask" if config.structured else config.structured_mode
+    cache = Preview(work, config.replace(structured_mode=mode), data, spec)
     sizes = layer_sizes(work, all_layers)
     mods = dict(work.named_modules())
-    cache = None if config.structured else Preview(work, config, data, spec)
+    structured = config.structured
+    dense = {k: v.detach().clone() for k, v in work.state_dict().items()} if structured else {}
     total = len(all_layers) * len(ratios)
     rows: list[dict[str, Any]] = []
     cancelled = False
@@ -391,7 +408,7 @@ def sensitivity(
             if cancel is not None and cancel.is_set():
                 cancelled = True
                 break
-            if cache is not None:
+            if not structured:
                 # Mask one layer of the shared working copy, measure, then restore its weights.
                 w = mods[layer].weight
                 saved = w.detach().clone()
@@ -403,11 +420,16 @@ def sensitivity(
                 with torch.no_grad():
                     w.copy_(saved)
             else:
-                copy_ = _fresh(work)
-                cfg = config.replace(ratio=0.0, layer_ratios=((layer, r),), structured_mode="mask")
-                res = prune_(copy_, cfg, data=data, spec=spec)
-                sp = res.layer_sparsity.get(layer, 0.0)
-                acc = evaluate(copy_, data, spec, split=split, device=dev, limit=limit).accuracy
+                # As `prune_` in mask mode would: zero the unit's selection, re-estimate
+                # BatchNorm, measure; then every tensor and statistic goes back to dense.
+                selection = cache.select(0.0, {layer: r}, scope="layer")
+                done = cache.plan.apply(work, selection, physical=False)
+                settle_structured(work, config, data, spec)
+                sp = len(done.removed.get(layer, ())) / max(cache.layer_sizes[layer], 1)
+                acc = evaluate(work, data, spec, split=split, device=dev, limit=limit).accuracy
+                with torch.no_grad():
+                    for k, v in work.state_dict().items():
+                        v.copy_(dense[k])
             rows.append(
                 {"layer": layer, "ratio": r, "accuracy": acc, "drop": base_acc - acc,
                  "params": sizes[layer], "sparsity": sp}

@@ -18,8 +18,9 @@ from typing import Any
 
 import streamlit as st
 
+from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
-from pruning_core.experiments import layer_sizes, predicted_drop, suggest_ratios
+from pruning_core.experiments import DEFAULT_SENSITIVITY_RATIOS, predicted_drop, suggest_ratios
 from pruning_core.jobs import Job
 from pruning_core.layers import trainable_copy
 from pruning_core.models import LoadedModel
@@ -32,16 +33,25 @@ from pruning_core.stats import model_summary
 from pruning_core.train import TrainConfig
 from pruning_core.workflow import RecipeResult
 from ui.caches import sensitivity_for
+from ui.choices import granularity_label
 from ui.finetune_job import make_finetune_job
 from ui.jobs_panel import submit_job
 from ui.loaders import shared_data, shared_model
 from ui.session import PrunedModel, pruned, set_finetune_job, set_pruned
 from ui.state import selection
 
-__all__ = ["apply_pruning", "commit_finetune", "start_finetune", "suggest_overrides"]
+__all__ = [
+    "apply_pruning",
+    "commit_finetune",
+    "start_finetune",
+    "suggest_overrides",
+    "suggest_unavailable",
+]
 
 _FT_JOBS = "_ft_jobs"
 SENSITIVITY_IMAGES = 500
+# Shares each unit is pruned at, one at a time, to measure its sensitivity.
+SENSITIVITY_RATIOS: tuple[float, ...] = DEFAULT_SENSITIVITY_RATIOS
 
 
 def apply_pruning(
@@ -86,30 +96,60 @@ def apply_pruning(
     )
 
 
+def suggest_unavailable(preview: SliderPreview) -> str | None:
+    """Why "suggest from sensitivity" cannot apply to the preview's granularity (one line), or
+    None when it can: it needs per-layer ratios, which N:M patterns and block pruning lack."""
+    plan = preview.engine.plan
+    label = granularity_label(preview.config.granularity)
+    if plan.fixed_ratio:
+        return (
+            f"{label} removes the same share from every layer, so there are no per-layer ratios "
+            "to set or suggest."
+        )
+    if not plan.per_layer:
+        return (
+            f"{label}: one ratio removes that share of all of them, so there are no per-layer "
+            "ratios to suggest."
+        )
+    return None
+
+
 def suggest_overrides(
     preview: SliderPreview, model_ref: str, dataset_ref: str, ratio: float
 ) -> tuple[dict[str, float], str]:
-    """Per-layer ratios that reach `ratio` overall with the least predicted accuracy loss,
-    from the dense model's per-layer sensitivity (measured once per session; progress shown).
+    """Per-unit ratios that reach `ratio` overall with the least predicted accuracy loss, from
+    the dense model's per-unit sensitivity (measured once per session; progress shown).
+
+    The ratios are weighed by the preview's unit sizes (weights, channels or heads), so the
+    overall share means what the slider's does.
 
     Returns:
         The ratios by unit name, and one line saying where they come from.
 
     Raises:
-        UserError: The granularity has no per-layer ratios, or nothing is prunable.
+        UserError: The granularity has no per-layer ratios (`suggest_unavailable`), nothing is
+            prunable, or the measured ratios cannot reach `ratio`.
     """
+    why = suggest_unavailable(preview)
+    if why is not None:
+        raise UserError(why)
     config = preview.config
     sens = sensitivity_for(
-        model_ref, dataset_ref, config.method, config.granularity, limit=SENSITIVITY_IMAGES
+        model_ref,
+        dataset_ref,
+        config.method,
+        config.granularity,
+        limit=SENSITIVITY_IMAGES,
+        ratios=SENSITIVITY_RATIOS,
     )
     measured = set(sens["layer"])
-    units = [u for u in preview.unit_names if u in measured]
-    suggestion = suggest_ratios(sens, layer_sizes(shared_model(model_ref).model, units), ratio)
+    sizes = {u: preview.unit_sizes[u] for u in preview.unit_names if u in measured}
+    suggestion = suggest_ratios(sens, sizes, ratio)
     n_sens = min(SENSITIVITY_IMAGES, shared_data(dataset_ref).num_examples("val"))
     note = (
-        f"Suggested from per-layer sensitivity measured on {n_sens} validation images; "
-        f"predicted drop {predicted_drop(sens, suggestion) * 100:.1f} points (an estimate: it "
-        "assumes layers do not interact)."
+        f"Suggested from per-{preview.engine.plan.unit_word} sensitivity measured on {n_sens} "
+        f"validation images; predicted drop {predicted_drop(sens, suggestion) * 100:.1f} points "
+        "(an estimate: it assumes layers do not interact)."
     )
     return {k: round(v, 4) for k, v in suggestion.items()}, note
 

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from pruning_core.evaluate import evaluate
-from pruning_core.experiments import sensitivity
+from pruning_core.experiments import DEFAULT_SENSITIVITY_RATIOS, sensitivity
 from pruning_core.layers import trainable_copy
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressReport
@@ -93,11 +93,16 @@ def preview_for(
 
 
 def sensitivity_for(
-    model_ref: str, dataset_ref: str, method: str, granularity: str, limit: int = 500
+    model_ref: str,
+    dataset_ref: str,
+    method: str,
+    granularity: str,
+    limit: int = 500,
+    ratios: tuple[float, ...] = DEFAULT_SENSITIVITY_RATIOS,
 ) -> pd.DataFrame:
     """Per-layer sensitivity of the dense model, measured once per session and selection.
 
-    Shows a progress bar while it runs.
+    Shows a progress bar while it runs, and removes it however the measurement ends.
 
     Raises:
         UserError: The granularity has no per-layer ratios, or nothing is prunable.
@@ -105,7 +110,7 @@ def sensitivity_for(
     store: dict[tuple[Any, ...], pd.DataFrame] = st.session_state.setdefault(
         "_prune_sensitivity", {}
     )
-    key = (model_ref, dataset_ref, method, granularity, limit)
+    key = (model_ref, dataset_ref, method, granularity, limit, ratios)
     if key in store:
         return store[key]
     base = shared_model(model_ref)
@@ -114,16 +119,19 @@ def sensitivity_for(
     def progress(p: ProgressReport) -> None:
         bar.progress(min(max(p.fraction, 0.0), 1.0), text=f"Sensitivity: {p.message}")
 
-    df = sensitivity(
-        trainable_copy(base.model),
-        shared_data(dataset_ref),
-        base.spec,
-        method=method,
-        granularity=granularity,
-        limit=limit,
-        progress=progress,
-    )
-    bar.empty()
+    try:
+        df = sensitivity(
+            trainable_copy(base.model),
+            shared_data(dataset_ref),
+            base.spec,
+            ratios=ratios,
+            method=method,
+            granularity=granularity,
+            limit=limit,
+            progress=progress,
+        )
+    finally:
+        bar.empty()
     store[key] = df
     return df
 

@@ -13,7 +13,12 @@ import streamlit as st
 
 from pruning_core.errors import UserError
 from pruning_core.slider import SliderPreview
-from ui.actions import suggest_overrides
+from ui.actions import (
+    SENSITIVITY_IMAGES,
+    SENSITIVITY_RATIOS,
+    suggest_overrides,
+    suggest_unavailable,
+)
 from ui.session import PrunedModel, clear_pruned
 
 __all__ = ["committed_panel", "overrides_editor"]
@@ -39,7 +44,9 @@ def overrides_editor(
     overrides: dict[str, float] = {
         k: v for k, v in st.session_state.get(_OVERRIDES, {}).items() if k in units
     }
+    unavailable = suggest_unavailable(preview)
     if plan.fixed_ratio:
+        st.caption(unavailable or "")
         return overrides
     with st.expander(f"Per-layer ratios ({len(overrides)} set)", expanded=bool(overrides)):
         st.caption(
@@ -79,13 +86,16 @@ def overrides_editor(
             "Suggest from sensitivity",
             key="prune_suggest",
             # Sensitivity prunes one unit at a time at its own ratio.
-            disabled=not plan.per_layer,
-            help="Prunes one layer at a time at 25/50/75/90% and measures the accuracy "
-            "drop on up to 500 validation images, then gives each layer the ratio that reaches "
-            "the slider's overall sparsity with the least predicted loss.",
+            disabled=unavailable is not None,
+            help=f"Prunes one {plan.unit_word} at a time at "
+            f"{'/'.join(f'{r:.0%}' for r in SENSITIVITY_RATIOS)} and measures the accuracy drop "
+            f"on up to {SENSITIVITY_IMAGES} validation images, then gives each one the ratio "
+            "that reaches the slider's overall share with the least predicted loss.",
         )
         if b2.button("Clear overrides", key="prune_clear_overrides"):
             _set_overrides({}, version)
+        if unavailable is not None:
+            st.caption(unavailable)
         if suggest:
             try:
                 suggestion, note = suggest_overrides(preview, model_ref, dataset_ref, ratio)

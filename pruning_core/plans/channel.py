@@ -371,7 +371,7 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
     heads read inner feature maps): traced in eval mode, their inputs would keep channels the
     pruned layers no longer produce, and the model could never train again. Every tensor the
     model returns is traced (main and auxiliary logits). BatchNorm statistics that the traced
-    pass updates are put back afterwards, and so is the model's mode.
+    pass updates are put back afterwards, and so are the model's mode and frozen parameters.
 
     Raises:
         UserError: The model cannot be traced (the message names the exception, or the channel
@@ -389,13 +389,19 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
             "misplace the others); unstructured and N:M pruning still apply"
         )
     saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    # Torch-Pruning reads the graph from autograd: frozen parameters (the app's shared models)
+    # leave no graph, and every group would be missed. They trace as trainable and are frozen
+    # again afterwards.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
 
     def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         m.train()
         return sum((t.float().sum() for t in _tensors(m(x))), torch.zeros(()))
 
     try:
-        with eval_mode(model), warnings.catch_warnings():
+        for p in frozen:
+            p.requires_grad_(True)
+        with eval_mode(model), warnings.catch_warnings(), torch.enable_grad():
             warnings.simplefilter("ignore")  # tp warns about auto-detected unwrapped parameters
             graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_input(model, spec, batch=2), forward_fn=forward
@@ -406,6 +412,8 @@ def dependency_graph(model: nn.Module, spec: InputSpec) -> Any:
             f"{first_line(e, 160)}"
         ) from None
     finally:
+        for p in frozen:
+            p.requires_grad_(False)
         with torch.no_grad():
             for n, b in model.named_buffers():
                 if n in saved and b.shape == saved[n].shape:
