@@ -24,6 +24,7 @@ from pruning_core.fsio import output_dir
 from pruning_core.models import build_for_data, get_entry, is_external, list_models
 from pruning_core.store import data_home
 from ui.loaders import shared_data
+from ui.pairing import follow_model
 
 __all__ = [
     "SEARCH_LIMIT",
@@ -117,10 +118,12 @@ def _switch(arch: str, pretrained: bool) -> None:
 
 
 def on_model_change() -> None:
-    """Select-box callback: an architecture name becomes its folder for the current dataset."""
+    """Select-box callback: an architecture name becomes its folder for the current dataset;
+    a trained model brings its own dataset (`pairing.follow_model`)."""
     ref = st.session_state["model_ref"]
     if ref.startswith(("torchvision:", "timm:")):
         _switch(ref, pretrained=False)
+    follow_model()
     st.session_state["_last_model_ref"] = st.session_state["model_ref"]
 
 

@@ -12,6 +12,7 @@ from pruning_core.errors import UserError
 from pruning_core.models import LoadedModel, list_models
 from ui import architectures
 from ui.loaders import baseline, shared_data, shared_model
+from ui.pairing import mismatch, switch_note
 from ui.state import init_state
 
 
@@ -53,6 +54,9 @@ def model_and_data_picker() -> tuple[str, str]:
         )
     if st.session_state.get("arch_error"):
         st.error(st.session_state["arch_error"])
+    note = switch_note(st.session_state["model_ref"], st.session_state["dataset_ref"])
+    if note:
+        st.info(note)
     return st.session_state["model_ref"], st.session_state["dataset_ref"]
 
 
@@ -83,12 +87,17 @@ def _architecture_search() -> None:
 
 def baseline_or_stop(model_ref: str, dataset_ref: str) -> dict[str, Any]:
     """The dense model's measured baseline (`ui.loaders.baseline`); when the model and the
-    dataset do not fit together, says so and stops the page."""
+    dataset do not fit together, says so and stops the page, and when the model was trained
+    on another dataset, says so in one line (`pairing.mismatch`)."""
     try:
-        return baseline(model_ref, dataset_ref)
+        base = baseline(model_ref, dataset_ref)
     except UserError as e:
         st.error(f"This model and dataset do not fit together: {e}")
         st.stop()
+    why = mismatch(model_ref, dataset_ref)
+    if why:
+        st.warning(why)
+    return base
 
 
 def model_and_data_or_stop(model_ref: str, dataset_ref: str) -> tuple[LoadedModel, DataBundle]:
