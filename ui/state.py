@@ -6,7 +6,6 @@ AppTest runs files in `pages/` without app.py).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -66,9 +65,17 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-# Widget keys whose values must survive a visit to a page that does not draw the widget:
-# Streamlit forgets the state of widgets not rendered in a run, so without this the model picked
-# on page 1 would fall back to the default on every other page.
+# Widget keys whose values must survive a visit to a page that does not draw the widget.
+# Streamlit forgets the state of widgets not rendered in a run, and re-assigning the key at the
+# top of each run is not enough: while Streamlit knows a key belongs to a widget, it files the
+# value under the widget's id when it compacts the state before the next run, and drops it as
+# stale after a run that does not draw the widget. A fragment run (Trade-offs and Fine-tune poll
+# their jobs in fragments, which do not call `init_state`) followed by a run that draws nothing
+# lost values that way, and an old value left under the key itself (the default) came back in
+# their place: model, dataset and settings fell back to their defaults after leaving Trade-offs
+# while a sweep ran. So `init_state` also keeps each value under `_KEPT`, a plain key no widget
+# owns (Streamlit never drops those), brings back a value that vanished from there, and takes
+# the key away from its widget before re-assigning it, so no stale value stays under the key.
 KEEP: tuple[str, ...] = (
     "model_ref",
     "dataset_ref",
@@ -90,20 +97,48 @@ KEEP: tuple[str, ...] = (
     "ft_temperature",
     "ft_reg",
     "ft_reg_strength",
+    "tradeoff_methods",
+    "tradeoff_granularity",
+    "tradeoff_ratios",
+    "tradeoff_ft_epochs",
+    "tradeoff_lat_batch",
+    "tradeoff_lat_threads",
+    "tradeoff_lat_ratios",
+    "tradeoff_sens_method",
+    "tradeoff_sens_ratios",
+    "tradeoff_compare",
+    "export_recipe_format",
 )
+_KEPT = "_kept_settings"
+
+
+def _hold(key: str, value: Any) -> None:
+    """Keep `value` under `key` as a plain session value until its widget is drawn again."""
+    try:
+        st.session_state[key] = value
+    except StreamlitAPIException:
+        return  # the widget is drawn in this run: Streamlit keeps its value itself
+    # Deleting forgets the widget's claim on the key (its id, and any old value left under
+    # the key), so Streamlit stores the value under the key until the widget takes it up.
+    del st.session_state[key]
+    st.session_state[key] = value
 
 
 def init_state() -> None:
-    """Set every default key that is missing (safe to call on every run)."""
+    """Set every default key that is missing and hold the widget values of `KEEP` (safe to
+    call on every run, and many times in one)."""
+    kept = st.session_state.get(_KEPT)
+    if not isinstance(kept, dict):
+        kept = st.session_state[_KEPT] = {}
     for key, value in DEFAULTS.items():
         if key not in st.session_state:
-            st.session_state[key] = value
+            st.session_state[key] = kept.get(key, value)
     for key in KEEP:
-        # Re-assigning turns a widget's value into a plain session value, which outlives the
-        # widget. Once the widget is drawn in this run it is kept anyway, and Streamlit refuses
-        # the assignment: nothing to do then.
-        with contextlib.suppress(StreamlitAPIException):
-            st.session_state[key] = st.session_state[key]
+        try:
+            kept[key] = st.session_state[key]
+        except KeyError:  # a widget state Streamlit lists but can no longer read
+            kept.setdefault(key, DEFAULTS[key])
+        _hold(key, kept[key])
 
 
 def selection() -> tuple[str, str]:
