@@ -9,7 +9,6 @@ import os
 import streamlit as st
 
 from pruning_core import plots
-from pruning_core.errors import UserError
 from pruning_core.export import csv_bytes
 from pruning_core.plans.masks import UnstructuredPlan
 from pruning_core.stats import count_params
@@ -20,7 +19,7 @@ from ui.choices import (
     granularity_choices,
     granularity_label,
 )
-from ui.jobs_panel import measurement_panel, measurement_result, start_measurement
+from ui.jobs_panel import measurement_panel, measurement_result, start_button
 from ui.session import pruned
 from ui.state import init_state, selection
 from ui.texts import ZEROS_NO_SPEEDUP
@@ -88,17 +87,14 @@ with tab_acc:
         help="0 measures pruning alone. 1 epoch usually recovers most of the loss at moderate "
         "sparsity: that is the prune-then-retrain recipe.",
     )
-    if st.button("Run the sweep", key="tradeoff_run_sweep", type="primary"):
-        try:
-            job = sweep_job(
-                loaded.model, spec, data, st.session_state["tradeoff_methods"],
-                parse_ratios(st.session_state["tradeoff_ratios"]),
-                st.session_state["tradeoff_granularity"],
-                int(st.session_state["tradeoff_ft_epochs"]), DEVICE,
-            )  # fmt: skip
-            start_measurement("sweep", job, sel)
-        except UserError as e:
-            st.error(str(e))
+    start_button(
+        "Run the sweep", "sweep", lambda: sweep_job(
+            loaded.model, spec, data, st.session_state["tradeoff_methods"],
+            parse_ratios(st.session_state["tradeoff_ratios"]),
+            st.session_state["tradeoff_granularity"],
+            int(st.session_state["tradeoff_ft_epochs"]), DEVICE,
+        ), sel, key="tradeoff_run_sweep",
+    )  # fmt: skip
     measurement_panel("sweep", sel)
     res = measurement_result("sweep", sel)
     if res is None:
@@ -142,16 +138,13 @@ with tab_lat:
         help="torch intra-op threads while timing; fewer threads make sparse kernels look better.",
     )
     c3.text_input("Ratios", key="tradeoff_lat_ratios", help="Shares removed, comma-separated.")
-    if st.button("Measure latency", key="tradeoff_run_latency", type="primary"):
-        try:
-            job = latency_job(
-                loaded.model, spec, parse_ratios(st.session_state["tradeoff_lat_ratios"]),
-                int(st.session_state["tradeoff_lat_batch"]),
-                min(int(st.session_state["tradeoff_lat_threads"]), cores), DEVICE,
-            )  # fmt: skip
-            start_measurement("latency", job, sel)
-        except UserError as e:
-            st.error(str(e))
+    start_button(
+        "Measure latency", "latency", lambda: latency_job(
+            loaded.model, spec, parse_ratios(st.session_state["tradeoff_lat_ratios"]),
+            int(st.session_state["tradeoff_lat_batch"]),
+            min(int(st.session_state["tradeoff_lat_threads"]), cores), DEVICE,
+        ), sel, key="tradeoff_run_latency",
+    )  # fmt: skip
     measurement_panel("latency", sel)
     res = measurement_result("latency", sel)
     if res is None:
@@ -188,15 +181,12 @@ with tab_sens:
     # Sensitivity prunes single weights of one layer at a time.
     c1.selectbox("Criterion", criterion_choices(UnstructuredPlan.name), key="tradeoff_sens_method")
     c2.text_input("Ratios", key="tradeoff_sens_ratios")
-    if st.button("Measure sensitivity", key="tradeoff_run_sens", type="primary"):
-        try:
-            job = sensitivity_job(
-                loaded.model, spec, data, parse_ratios(st.session_state["tradeoff_sens_ratios"]),
-                st.session_state["tradeoff_sens_method"], DEVICE,
-            )  # fmt: skip
-            start_measurement("sensitivity", job, sel)
-        except UserError as e:
-            st.error(str(e))
+    start_button(
+        "Measure sensitivity", "sensitivity", lambda: sensitivity_job(
+            loaded.model, spec, data, parse_ratios(st.session_state["tradeoff_sens_ratios"]),
+            st.session_state["tradeoff_sens_method"], DEVICE,
+        ), sel, key="tradeoff_run_sens",
+    )  # fmt: skip
     measurement_panel("sensitivity", sel)
     res = measurement_result("sensitivity", sel)
     if res is None:

@@ -52,3 +52,67 @@ def test_a_dropped_widget_value_comes_back() -> None:
     assert at.session_state["model_ref"] == "digits-mlp"
     assert at.text_input(key="tradeoff_ratios").value == "0.3, 0.8"
     assert at.number_input(key="tradeoff_ft_epochs").value == 0
+
+
+def _wait(job_id: str, timeout: float = 240.0) -> None:
+    from ui.jobs_panel import job_runner
+
+    job = job_runner().get(job_id)
+    assert job is not None and job.wait(timeout), "the job did not finish"
+    assert job.status == "done", job.error
+
+
+def test_sweep_and_finetune_survive_page_changes() -> None:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.run()
+    at.switch_page("pages/3_prune.py").run()
+    at.slider(key="prune_ratio").set_value(0.6).run()
+    at.button(key="prune_apply").click().run()
+    applied = at.session_state["prune_committed"]
+    at.switch_page("pages/4_finetune.py").run()
+    at.number_input(key="ft_epochs").set_value(1).run()
+    at.button(key="ft_start").click().run()
+    ft_job = at.session_state["ft_job_id"]
+    at.switch_page("pages/5_tradeoffs.py").run()
+    at.text_input(key="tradeoff_ratios").set_value("0.5, 0.9").run()
+    at.number_input(key="tradeoff_ft_epochs").set_value(0).run()
+    at.button(key="tradeoff_run_sweep").click().run()
+    sweep_job = at.session_state["tradeoff_sweep_job"]
+    assert isinstance(sweep_job, str) and isinstance(ft_job, str)
+
+    # Leave while both run (one worker: the sweep waits behind the fine-tune), come back later.
+    for page in ("pages/2_inspect.py", "pages/1_model_and_data.py", "pages/3_prune.py"):
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+        assert at.session_state["model_ref"] == "digits-mlp"
+        assert at.session_state["prune_committed"] is applied
+    _wait(ft_job)
+    _wait(sweep_job)
+    # Another page runs: the sweep's result is taken into the session there already.
+    at.switch_page("pages/6_export.py").run()
+    assert not at.exception, at.exception
+    assert at.session_state["tradeoff_sweep_result"]["selection"] == ("digits-mlp", "digits")
+
+    at.switch_page("pages/5_tradeoffs.py").run()
+    assert not at.exception, at.exception
+    assert at.session_state["model_ref"] == "digits-mlp"
+    assert at.text_input(key="tradeoff_ratios").value == "0.5, 0.9"
+    assert at.number_input(key="tradeoff_ft_epochs").value == 0
+    charts = [c.proto.id for c in at.get("plotly_chart")]
+    assert any("tradeoff_acc_chart" in c for c in charts), charts
+    assert list(at.session_state["tradeoff_sweep_result"]["df"]["ratio"].unique()) == [0.5, 0.9]
+
+    at.switch_page("pages/4_finetune.py").run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="ft_epochs").value == 1
+    assert any("Done in" in s.value for s in at.success), [s.value for s in at.success]
+    model = at.session_state["prune_committed"]
+    assert model.stage == "fine-tuned" and model.config == applied.config
+
+    # A result stays until the user discards it.
+    at.switch_page("pages/5_tradeoffs.py").run()
+    at.button(key="tradeoff_discard_sweep").click().run()
+    assert not at.exception, at.exception
+    assert "tradeoff_sweep_result" not in at.session_state
+    assert not any("tradeoff_acc_chart" in c.proto.id for c in at.get("plotly_chart"))

@@ -6,8 +6,11 @@ second while it runs (`follow_job`): a progress bar with a Cancel button (`progr
 and, once it ends, the outcome; the whole page then runs again so it reflects the result.
 
 Trade-offs measurements keep their job and result in named *slots* of the session
-(`tradeoff_<slot>_job`, `_result`, `_error`): `start_measurement`, `measurement_panel` and
-`measurement_result` (the Export page reads the same results).
+(`tradeoff_<slot>_job`, `_for`, `_result`, `_error`, `_refused`): `start_button` (or
+`start_measurement`), `measurement_panel` and `measurement_result` (the Export page reads the
+same results). A finished job is handed over to its slot on whatever page the session is on
+(`collect_finished`, from the sidebar), and its result stays until the user discards it or
+measures again; `jobs_sidebar` lists the session's jobs on every page.
 """
 
 from __future__ import annotations
@@ -24,17 +27,24 @@ from ui.tradeoff_jobs import Measurement
 
 __all__ = [
     "POLL_SECONDS",
+    "SLOTS",
+    "collect_finished",
+    "discard_result",
     "follow_job",
     "job_runner",
+    "jobs_sidebar",
     "measurement_panel",
     "measurement_result",
     "progress_and_cancel",
     "runner_or_stop",
+    "start_button",
     "start_measurement",
     "submit_job",
 ]
 
 POLL_SECONDS = 1.0
+# The Trade-offs page's measurement slots.
+SLOTS = ("sweep", "latency", "sensitivity")
 
 
 def job_runner() -> JobRunner:
@@ -124,7 +134,8 @@ def _key(slot: str, what: str) -> str:
 
 
 def start_measurement(slot: str, measurement: Measurement, selection: tuple[str, str]) -> None:
-    """Queue a measurement under `slot`; `measurement_panel(slot)` follows it.
+    """Queue a measurement under `slot`; `measurement_panel(slot)` follows it. A refusal (a
+    full queue) is kept in the slot and shown by the panel.
 
     Args:
         slot: `sweep`, `latency`, `sensitivity`...: where the job and result are kept.
@@ -138,10 +149,114 @@ def start_measurement(slot: str, measurement: Measurement, selection: tuple[str,
             dataset_ref=selection[1],
         )  # fmt: skip
     except UserError as e:
-        st.error(str(e))
+        st.session_state[_key(slot, "refused")] = str(e)
         return
     st.session_state[_key(slot, "job")] = job.id
+    st.session_state[_key(slot, "for")] = tuple(selection)
     st.session_state[_key(slot, "error")] = None
+    st.session_state[_key(slot, "refused")] = None
+
+
+def start_button(
+    label: str,
+    slot: str,
+    build: Callable[[], Measurement],
+    selection: tuple[str, str],
+    *,
+    key: str,
+    help: str | None = None,
+) -> None:
+    """A button that queues `build()` under `slot`.
+
+    The job is queued in the button's callback, which Streamlit runs before the next script
+    run: queued from the page body instead, a click followed at once by a page change was lost,
+    since the change cut the run short before it reached the button.
+
+    Args:
+        label: The button's text.
+        slot: Where the job and its result are kept.
+        build: Makes the job from the settings in session state when the button is clicked;
+            a `UserError` (ratios that do not parse...) is kept in the slot and shown.
+        selection: The (model, dataset) it measures.
+        key: The button's key.
+        help: The button's tooltip.
+    """
+    st.button(
+        label, key=key, type="primary", help=help, on_click=_start_clicked,
+        args=(slot, build, tuple(selection)),
+    )  # fmt: skip
+
+
+def _start_clicked(slot: str, build: Callable[[], Measurement], selection: tuple[str, str]) -> None:
+    try:
+        measurement = build()
+    except UserError as e:
+        st.session_state[_key(slot, "refused")] = str(e)
+        return
+    start_measurement(slot, measurement, selection)
+
+
+def discard_result(slot: str) -> None:
+    """Forget the kept result of `slot` (and why the last one did not finish)."""
+    for what in ("result", "error", "refused"):
+        st.session_state.pop(_key(slot, what), None)
+
+
+def collect_finished() -> None:
+    """Hand this session's finished measurements over to their slots, on whatever page it is.
+
+    The runner forgets old finished jobs, so a result is taken as soon as any page runs after
+    its job ends; a job the runner no longer knows (the server restarted) is said so.
+    """
+    try:
+        runner = job_runner()
+    except UserError:
+        return
+    for slot in SLOTS:
+        job_id = st.session_state.get(_key(slot, "job"))
+        if not isinstance(job_id, str):
+            continue
+        job = runner.get(job_id)
+        if job is None:
+            st.session_state[_key(slot, "job")] = None
+            st.session_state[_key(slot, "error")] = "the job is no longer known to this server"
+        elif job.is_finished:
+            _hand_over(slot, job, _measured(slot))
+
+
+def _measured(slot: str) -> tuple[str, str]:
+    """The (model, dataset) the slot's job measures (the current selection for a job queued
+    before this was recorded)."""
+    sel = st.session_state.get(_key(slot, "for"))
+    if isinstance(sel, tuple) and len(sel) == 2:
+        return (str(sel[0]), str(sel[1]))
+    return (str(st.session_state.get("model_ref")), str(st.session_state.get("dataset_ref")))
+
+
+def jobs_sidebar() -> None:
+    """This session's jobs in the sidebar of every page: what runs or waits, and which results
+    are kept, so leaving a page while a job runs never looks like losing it."""
+    try:
+        runner = job_runner()
+    except UserError:
+        return  # the pages that run jobs say why
+    collect_finished()
+    lines = []
+    for slot in SLOTS:
+        job_id = st.session_state.get(_key(slot, "job"))
+        job = runner.get(job_id) if isinstance(job_id, str) else None
+        if job is not None:
+            snap = job.snapshot()
+            lines.append(f"{slot.capitalize()}: {snap['status']}, {float(snap['progress']):.0%}")
+        elif isinstance(st.session_state.get(_key(slot, "result")), dict):
+            lines.append(f"{slot.capitalize()}: result kept (Trade-offs)")
+    ft_id = st.session_state.get("ft_job_id")
+    ft = runner.get(ft_id) if isinstance(ft_id, str) else None
+    if ft is not None:
+        snap = ft.snapshot()
+        lines.append(f"Fine-tune: {snap['status']}, {float(snap['progress']):.0%}")
+    if lines:
+        st.caption("Your jobs  \n" + "  \n".join(lines))
 
 
 def measurement_result(slot: str, selection: tuple[str, str]) -> dict[str, Any] | None:
@@ -150,6 +265,7 @@ def measurement_result(slot: str, selection: tuple[str, str]) -> dict[str, Any] 
     Returns:
         `df` (the measured frame), `attrs`, `cancelled`, `seconds`, `run_id`, `selection`.
     """
+    collect_finished()
     res = st.session_state.get(_key(slot, "result"))
     if isinstance(res, dict) and res.get("selection") == selection:
         return res
@@ -157,7 +273,8 @@ def measurement_result(slot: str, selection: tuple[str, str]) -> dict[str, Any] 
 
 
 def _hand_over(slot: str, job: Job, selection: tuple[str, str]) -> None:
-    """Keep a finished job's outcome in the slot (its frame, or why there is none)."""
+    """Keep a finished job's outcome in the slot (its frame, or why there is none); the slot's
+    previous result stays when the job brought none."""
     snap = job.snapshot()
     st.session_state[_key(slot, "job")] = None
     if snap["status"] == "failed":
@@ -190,7 +307,7 @@ def measurement_panel(slot: str, selection: tuple[str, str]) -> None:
         if job is None:
             return
         if job.is_finished:
-            _hand_over(slot, job, selection)
+            _hand_over(slot, job, _measured(slot))
             st.rerun()
         snap = job.snapshot()
         where = (
@@ -202,6 +319,15 @@ def measurement_panel(slot: str, selection: tuple[str, str]) -> None:
         progress_and_cancel(job, snap["progress"], text, key=f"tradeoff_cancel_{slot}")
 
     follow_job(job_id if isinstance(job_id, str) else None, draw)
+    refused = st.session_state.get(_key(slot, "refused"))
+    if refused:
+        st.error(f"Not started: {refused}")
+    if measurement_result(slot, selection) is not None and not isinstance(job_id, str):
+        st.button(
+            "Discard this result", key=f"tradeoff_discard_{slot}", on_click=discard_result,
+            args=(slot,), help="Results are kept (on every page) until you discard them or "
+            "measure again.",
+        )  # fmt: skip
     err = st.session_state.get(_key(slot, "error"))
     if err and str(err).startswith("cancelled"):
         st.info(f"Measurement {err}.")  # the user's own choice, not a failure

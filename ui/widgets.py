@@ -11,6 +11,7 @@ from pruning_core.data import DataBundle, list_datasets
 from pruning_core.errors import UserError
 from pruning_core.models import LoadedModel, list_models
 from ui import architectures
+from ui.jobs_panel import jobs_sidebar
 from ui.loaders import baseline, shared_data, shared_model
 from ui.pairing import mismatch, switch_note
 from ui.state import init_state
@@ -119,13 +120,15 @@ def explain(text: str, label: str = "What is this?") -> None:
 
 
 def sidebar_frame() -> None:
-    """What every page shows in the sidebar: the current model and dataset."""
+    """What every page shows in the sidebar: the current model and dataset, and this session's
+    jobs (`ui.jobs_panel.jobs_sidebar`)."""
     init_state()
     with st.sidebar:
         st.caption("Current selection")
         st.markdown(
             f"**Model** `{st.session_state['model_ref']}`  \n**Dataset** `{st.session_state['dataset_ref']}`"
         )
+        jobs_sidebar()
 
 
 def number_formats(df: pd.DataFrame) -> dict[str, Any]:
