@@ -13,6 +13,7 @@ is only read.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from pruning_core.experiments import DEFAULT_SENSITIVITY_RATIOS, predicted_drop,
 from pruning_core.jobs import Job
 from pruning_core.layers import trainable_copy
 from pruning_core.models import LoadedModel
+from pruning_core.plans import layer_cap
 from pruning_core.prune import PruneConfig, prune_
 from pruning_core.recipe import Recipe
 from pruning_core.regularize import NO_REGULARIZER
@@ -145,13 +147,40 @@ def suggest_overrides(
     measured = set(sens["layer"])
     sizes = {u: preview.unit_sizes[u] for u in preview.unit_names if u in measured}
     suggestion = suggest_ratios(sens, sizes, ratio)
+    if preview.engine.plan.structured:
+        suggestion = _whole_elements(suggestion, sizes, ratio, config.max_layer_ratio)
     n_sens = min(SENSITIVITY_IMAGES, shared_data(dataset_ref).num_examples("val"))
     note = (
-        f"Suggested from per-{preview.engine.plan.unit_word} sensitivity measured on {n_sens} "
-        f"validation images; predicted drop {predicted_drop(sens, suggestion) * 100:.1f} points "
-        "(an estimate: it assumes layers do not interact)."
+        f"Suggested from each {preview.engine.plan.unit_word}'s sensitivity, measured on "
+        f"{n_sens} validation images; predicted drop "
+        f"{predicted_drop(sens, suggestion) * 100:.1f} points (an estimate: it assumes layers "
+        "do not interact)."
     )
-    return {k: round(v, 4) for k, v in suggestion.items()}, note
+    # Shown with four decimals, rounded up so that a plan still removes the same count.
+    return {k: math.ceil(v * 1e4 - 1e-6) / 1e4 for k, v in suggestion.items()}, note
+
+
+def _whole_elements(
+    ratios: Mapping[str, float], sizes: Mapping[str, int], target: float, max_layer_ratio: float
+) -> dict[str, float]:
+    """Ratios that remove whole channels or heads and, together, the target share.
+
+    A plan removes floor(size x ratio) elements of a unit, so continuous ratios on units of a
+    few heads would fall short of the slider's share (4 heads at 0.2 remove none). Each unit
+    keeps its floor, and the elements still missing go to the units closest to their next one.
+    """
+    counts = {u: math.floor(ratios.get(u, 0.0) * n + 1e-9) for u, n in sizes.items()}
+    # The per-layer table accepts ratios up to 0.95.
+    caps = {u: layer_cap(n, min(max_layer_ratio, 0.95)) for u, n in sizes.items()}
+    missing = math.floor(target * sum(sizes.values()) + 1e-9) - sum(counts.values())
+    closest = sorted(sizes, key=lambda u: counts[u] - ratios.get(u, 0.0) * sizes[u])
+    for u in closest:
+        if missing <= 0:
+            break
+        if counts[u] < caps[u]:
+            counts[u] += 1
+            missing -= 1
+    return {u: counts[u] / n for u, n in sizes.items()}
 
 
 def finetune_recipe(
