@@ -5,7 +5,8 @@ ordinary dense hardware. Both modes share one selection: `physical` shrinks the 
 `mask` (the app's preview) zeroes exactly the weights physical mode would remove, outputs
 included: a masked channel's consumers see zeros where the shrunk model has no input at all, so
 both compute the same function (up to rounding; LayerNorm statistics over a masked width are the
-one exception).
+one exception). Both then get their BatchNorm statistics re-estimated the same way
+(`prune.settle_structured`).
 
 Ratios: `scope="layer"` removes the same share from every unit; `scope="global"` ranks all
 elements together after dividing each unit's scores by their mean (Torch-Pruning's default
