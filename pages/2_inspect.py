@@ -59,7 +59,7 @@ data_table(
     show,
     column_config={
         "sparsity": st.column_config.ProgressColumn(
-            "sparsity", min_value=0.0, max_value=1.0, format="percent"
+            "sparsity", min_value=0.0, max_value=1.0, format="percent", width="small"
         ),
         "mean |w|": st.column_config.NumberColumn(format="%.4f"),
     },

@@ -80,9 +80,11 @@ def test_layers_listed_in_model_order() -> None:
 def test_numbers_in_tables_get_thousands_separators() -> None:
     from ui.widgets import number_formats
 
-    df = pd.DataFrame({"layer": ["a"], "params": [151306], "ratio": [0.5], "ok": [True]})
+    df = pd.DataFrame({"layer": ["a", "b"], "params": [151306, 2], "macs": [1180000.0, None],
+                       "ratio": [0.5, 0.25], "ok": [True, False]})  # fmt: skip
     cfg = number_formats(df)
     assert cfg["params"]["type_config"]["format"] == "localized"
+    assert cfg["macs"]["type_config"]["format"] == "localized"  # whole numbers stored as floats
     assert "layer" not in cfg and "ok" not in cfg and cfg["ratio"]["type_config"]["format"]
 
 

@@ -171,7 +171,8 @@ def lesson_panel() -> None:
     init_state()
     step = int(st.session_state.get("lesson_step") or 0)
     started = bool(st.session_state.get("lesson_started"))
-    with st.expander("🎓 Guided lesson: pruning in five steps (a few minutes, offline)",
+    with st.expander("Guided lesson: pruning in five steps (a few minutes, offline)",
+                     icon=":material/school:",
                      expanded=started):  # fmt: skip
         st.caption(
             f"On the `{MODEL}` sample (a small CNN for 8x8 handwritten digits), whatever model is "

@@ -138,7 +138,12 @@ def number_formats(df: pd.DataFrame) -> dict[str, Any]:
     for name, dtype in df.dtypes.items():
         if pd.api.types.is_bool_dtype(dtype):
             continue
-        if pd.api.types.is_integer_dtype(dtype):
+        col = df[name]
+        # Counts read from a frame with gaps arrive as floats: still whole numbers.
+        whole = pd.api.types.is_float_dtype(dtype) and bool(
+            col.dropna().apply(float.is_integer).all() and col.notna().any()
+        )
+        if pd.api.types.is_integer_dtype(dtype) or whole:
             out[str(name)] = st.column_config.NumberColumn(format="localized")
         elif pd.api.types.is_float_dtype(dtype):
             out[str(name)] = st.column_config.NumberColumn(format="%.4g")
