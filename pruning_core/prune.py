@@ -429,7 +429,9 @@ class Preview:
         apply: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Bool keep-masks (layer -> tensor shaped like its weight) for this ratio; with
-        `apply=True` the weights the selection removes are zeroed in place.
+        `apply=True` the weights the selection removes are zeroed in place. To measure a
+        structured selection as `prune_` leaves it, call `settle_structured` on the masked model
+        first (BatchNorm statistics).
 
         The tensors may be shared with the preview: do not modify them.
         """
