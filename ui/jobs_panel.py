@@ -233,30 +233,41 @@ def _measured(slot: str) -> tuple[str, str]:
     return (str(st.session_state.get("model_ref")), str(st.session_state.get("dataset_ref")))
 
 
-def jobs_sidebar() -> None:
+def jobs_sidebar(every: float = 2.0) -> None:
     """This session's jobs in the sidebar of every page: what runs or waits, and which results
-    are kept, so leaving a page while a job runs never looks like losing it."""
+    are kept, so leaving a page while a job runs never looks like losing it. Polled every
+    `every` seconds while one runs; when the last one ends the page runs again to show it."""
     try:
         runner = job_runner()
     except UserError:
         return  # the pages that run jobs say why
-    collect_finished()
-    lines = []
-    for slot in SLOTS:
-        job_id = st.session_state.get(_key(slot, "job"))
-        job = runner.get(job_id) if isinstance(job_id, str) else None
-        if job is not None:
+
+    def jobs() -> list[tuple[str, Job]]:
+        ids = [(s.capitalize(), st.session_state.get(_key(s, "job"))) for s in SLOTS]
+        ids.append(("Fine-tune", st.session_state.get("ft_job_id")))
+        found = [(name, runner.get(i)) for name, i in ids if isinstance(i, str)]
+        return [(name, job) for name, job in found if job is not None]
+
+    was_running = any(not job.is_finished for _, job in jobs())
+
+    def panel() -> None:
+        collect_finished()
+        lines, running = [], False
+        for name, job in jobs():
             snap = job.snapshot()
-            lines.append(f"{slot.capitalize()}: {snap['status']}, {float(snap['progress']):.0%}")
-        elif isinstance(st.session_state.get(_key(slot, "result")), dict):
-            lines.append(f"{slot.capitalize()}: result kept (Trade-offs)")
-    ft_id = st.session_state.get("ft_job_id")
-    ft = runner.get(ft_id) if isinstance(ft_id, str) else None
-    if ft is not None:
-        snap = ft.snapshot()
-        lines.append(f"Fine-tune: {snap['status']}, {float(snap['progress']):.0%}")
-    if lines:
-        st.caption("Your jobs  \n" + "  \n".join(lines))
+            running = running or not job.is_finished
+            lines.append(f"{name}: {snap['status']}, {float(snap['progress']):.0%}")
+        for slot in SLOTS:
+            if st.session_state.get(_key(slot, "job")) is None and isinstance(
+                st.session_state.get(_key(slot, "result")), dict
+            ):
+                lines.append(f"{slot.capitalize()}: result kept (Trade-offs)")
+        if lines:
+            st.caption("Your jobs  \n" + "  \n".join(lines))
+        if was_running and not running:
+            st.rerun()
+
+    st.fragment(run_every=every if was_running else None)(panel)()
 
 
 def measurement_result(slot: str, selection: tuple[str, str]) -> dict[str, Any] | None:

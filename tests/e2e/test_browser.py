@@ -106,3 +106,76 @@ def test_pick_prune_finetune_tradeoffs(browser: Any, app_url: str) -> None:
     finally:
         ctx.close()
     assert not errors, f"browser console errors: {errors}"
+
+
+def _sidebar(page: Any) -> str:
+    """The sidebar's text once it shows the selection (it is redrawn with each run)."""
+    page.wait_for_selector('[data-testid="stSidebar"] :text("Current selection")', timeout=LONG)
+    return str(page.locator('[data-testid="stSidebar"]').inner_text())
+
+
+def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) -> None:
+    """Leave Trade-offs right after starting a sweep, while a fine-tune runs, visit other pages
+    and come back: selection, applied model, settings and both results are there."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(app_url)
+        page.wait_for_selector('h1:has-text("Model & data")', timeout=LONG)
+        _idle(page)
+        page.locator(".st-key-model_ref").click()
+        page.get_by_role("option", name=re.compile("^digits-mlp")).click()
+        page.wait_for_selector('[data-testid="stMetricValue"]:has-text("17,226")', timeout=LONG)
+        _idle(page)
+        _goto(page, "Prune")
+        page.get_by_role("button", name="Apply pruning").click()
+        page.wait_for_selector(
+            '[data-testid="stAlertContentSuccess"]:has-text("Session model")', timeout=LONG
+        )
+        _idle(page)
+
+        _goto(page, "Fine-tune")
+        epochs = page.locator(".st-key-ft_epochs input")
+        epochs.fill("1")
+        epochs.press("Enter")
+        _idle(page)
+        page.get_by_role("button", name="Start fine-tuning").click()
+        page.wait_for_selector(".st-key-ft_cancel", timeout=LONG)
+
+        _goto(page, "Trade-offs")
+        ratios = page.locator(".st-key-tradeoff_ratios input")
+        ratios.fill("0.5, 0.9")
+        ratios.press("Enter")
+        _idle(page)
+        page.get_by_role("button", name="Run the sweep").click()
+        # Leave at once (the click's run may not have finished), then tour while both run.
+        for title in ("Inspect", "Model & data", "Trade-offs", "Export", "Prune"):
+            page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+            page.wait_for_selector(f'h1:has-text("{title}")', timeout=LONG)
+            page.wait_for_timeout(500)
+            assert "digits-mlp" in _sidebar(page), f"{title}: {_sidebar(page)}"
+        page.wait_for_selector('[data-testid="stSidebar"] :text("Sweep: result kept")',
+                               timeout=LONG)  # fmt: skip
+        _no_exceptions(page, "pages visited while the jobs ran")
+
+        _goto(page, "Trade-offs")
+        page.wait_for_selector(".st-key-tradeoff_acc_chart .js-plotly-plot", timeout=LONG)
+        assert page.locator(".st-key-tradeoff_ratios input").input_value() == "0.5, 0.9"
+        assert "digits-mlp" in _sidebar(page)
+        page.screenshot(path=str(ARTIFACTS / "e2e-state-tradeoffs.png"), full_page=True)
+
+        _goto(page, "Fine-tune")
+        page.wait_for_selector('[data-testid="stAlertContentSuccess"]:has-text("Done in")',
+                               timeout=LONG)  # fmt: skip
+        assert page.locator(".st-key-ft_epochs input").input_value() == "1"
+        _goto(page, "Prune")
+        page.wait_for_selector(
+            '[data-testid="stAlertContentSuccess"]:has-text("fine-tuned")', timeout=LONG
+        )
+        _no_exceptions(page, "after coming back")
+        page.screenshot(path=str(ARTIFACTS / "e2e-state-prune.png"), full_page=True)
+    finally:
+        ctx.close()
+    assert not errors, f"browser page errors: {errors}"
