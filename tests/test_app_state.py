@@ -116,3 +116,25 @@ def test_sweep_and_finetune_survive_page_changes() -> None:
     assert not at.exception, at.exception
     assert "tradeoff_sweep_result" not in at.session_state
     assert not any("tradeoff_acc_chart" in c.proto.id for c in at.get("plotly_chart"))
+
+
+def test_a_finetune_whose_session_is_gone_lands_in_the_store() -> None:
+    from pruning_core.store import RunStore
+    from ui.jobs_panel import job_runner
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.run()
+    at.switch_page("pages/3_prune.py").run()
+    at.button(key="prune_apply").click().run()
+    at.switch_page("pages/4_finetune.py").run()
+    at.number_input(key="ft_epochs").set_value(1).run()
+    at.button(key="ft_start").click().run()
+    job_id = at.session_state["ft_job_id"]
+    del at  # the tab is closed: no page ever polls this job again
+    job = job_runner().get(job_id)
+    assert job is not None and job.wait(240) and job.status == "done", job and job.error
+    assert job.run_id is not None
+    run = RunStore().get_run(job.run_id)
+    assert run.status == "done" and run.kind == "finetune"
+    assert 0.0 < run.metrics["accuracy"] <= 1.0
