@@ -12,7 +12,9 @@ init_state()
 
 # Material icons ship with Streamlit's frontend; emoji need a font the machine may not have.
 PAGES = [
-    st.Page("pages/1_model_and_data.py", title="Model & data", icon=":material/database:", default=True),
+    st.Page(
+        "pages/1_model_and_data.py", title="Model & data", icon=":material/database:", default=True
+    ),
     st.Page("pages/2_inspect.py", title="Inspect", icon=":material/search:"),
     st.Page("pages/3_prune.py", title="Prune", icon=":material/content_cut:"),
     st.Page("pages/4_finetune.py", title="Fine-tune", icon=":material/model_training:"),
