@@ -109,3 +109,24 @@ def test_page_runs_through_the_app_and_reports_bad_granularity() -> None:
     at.selectbox(key="prune_granularity").set_value("head").run()
     assert not at.exception
     assert any("attention" in i.value for i in at.info)
+
+
+def test_per_layer_sliders_override_one_unit_and_follow_the_global_ratio() -> None:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.run()
+    at.slider(key="prune_ratio").set_value(0.5).run()
+    units = [s for s in at.slider if str(s.key).startswith("prune_unit_")]
+    assert len(units) == 2 and all(abs(s.value - 0.5) < 1e-9 for s in units)  # fc1, fc2
+    before = _metric(at, "Sparsity")
+    fc1 = next(s for s in units if s.key.endswith("_fc1"))
+    fc1.set_value(0.9).run()
+    assert not at.exception
+    assert at.session_state["prune_overrides"] == {"fc1": 0.9}
+    assert _metric(at, "Sparsity") != before  # the preview redrew with the override
+    # Moving the global ratio moves fc2's slider and keeps fc1's override.
+    at.slider(key="prune_ratio").set_value(0.3).run()
+    values = {
+        s.key.rsplit("_", 1)[-1]: s.value for s in at.slider if str(s.key).startswith("prune_unit_")
+    }
+    assert values == {"fc1": 0.9, "fc2": 0.3}

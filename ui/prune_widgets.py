@@ -26,6 +26,9 @@ __all__ = ["committed_panel", "overrides_editor"]
 _OVERRIDES = "prune_overrides"
 _NOTE = "prune_suggestion_note"
 _VERSION = "_prune_editor_version"
+# Up to this many units get one slider each (a page of sliders stays readable); more: a table.
+MAX_SLIDERS = 40
+MAX_UNIT_RATIO = 0.95
 
 
 def overrides_editor(
@@ -48,38 +51,25 @@ def overrides_editor(
     if plan.fixed_ratio:
         st.caption(unavailable or "")
         return overrides
+    if not plan.per_layer:
+        st.caption(unavailable or "")
+        return {}
     with st.expander(f"Per-layer ratios ({len(overrides)} set)", expanded=bool(overrides)):
         st.caption(
-            "Leave a ratio empty to use the slider. Sensitive layers (first conv, the "
-            "classifier's input) usually deserve less pruning."
-        )
-        table = pd.DataFrame(
-            {
-                "layer": units,
-                "size": [preview.unit_sizes[u] for u in units],
-                "ratio": [overrides.get(u, math.nan) for u in units],
-            }
+            (
+                "A slider left where the global ratio is follows it; one you move keeps its "
+                "own ratio. "
+                if len(units) <= MAX_SLIDERS
+                else "Leave a ratio empty to use the slider. "
+            )
+            + "Sensitive layers (first conv, the classifier's input) usually deserve less "
+            "pruning."
         )
         version = st.session_state.get(_VERSION, 0)
-        edited = st.data_editor(
-            table,
-            key=f"prune_editor_{version}",
-            hide_index=True,
-            disabled=["layer", "size"],
-            column_config={
-                "layer": st.column_config.TextColumn(plan.unit_word),
-                "size": st.column_config.NumberColumn(
-                    "size", help=f"Prunable elements of each {plan.unit_word}."
-                ),
-                "ratio": st.column_config.NumberColumn(
-                    "ratio override", min_value=0.0, max_value=0.95, step=0.01, format="%.2f"
-                ),
-            },
-            width="stretch",
-        )
-        overrides = {
-            str(r["layer"]): float(r["ratio"]) for _, r in edited.iterrows() if pd.notna(r["ratio"])
-        }
+        if len(units) <= MAX_SLIDERS:
+            overrides = _unit_sliders(preview, overrides, ratio, version)
+        else:
+            overrides = _unit_table(preview, overrides, version)
         st.session_state[_OVERRIDES] = overrides
         b1, b2, _ = st.columns([1, 1, 2])
         suggest = b1.button(
@@ -107,6 +97,70 @@ def overrides_editor(
         if st.session_state.get(_NOTE) and overrides:
             st.caption(st.session_state[_NOTE])
     return overrides
+
+
+def _unit_sliders(
+    preview: SliderPreview, overrides: dict[str, float], ratio: float, version: int
+) -> dict[str, float]:
+    """One slider per unit, two columns; a slider at the global ratio is no override.
+
+    The keys carry the global ratio, so moving the global slider redraws the units that follow
+    it at the new value while the overridden ones keep theirs (held in `_OVERRIDES`).
+    """
+    units = preview.unit_names
+    word = preview.engine.plan.unit_word
+    cols = st.columns(2)
+    out = dict(overrides)
+    for i, u in enumerate(units):
+        key = f"prune_unit_{version}_{ratio:.4f}_{u}"
+        value = cols[i % 2].slider(
+            f"{u} (size {preview.unit_sizes[u]:,})",
+            min_value=0.0,
+            max_value=MAX_UNIT_RATIO,
+            value=min(overrides.get(u, ratio), MAX_UNIT_RATIO),
+            step=0.01,
+            format="%.2f",
+            key=key,
+            help=f"Share of this {word} removed (size: its prunable elements); moving it "
+            "overrides the global ratio.",
+        )
+        if u in overrides or not math.isclose(value, min(ratio, MAX_UNIT_RATIO), abs_tol=1e-9):
+            out[u] = float(value)
+    return out
+
+
+def _unit_table(
+    preview: SliderPreview, overrides: dict[str, float], version: int
+) -> dict[str, float]:
+    """The table of ratio overrides (models with more units than sliders fit)."""
+    units = preview.unit_names
+    plan = preview.engine.plan
+    table = pd.DataFrame(
+        {
+            "layer": units,
+            "size": [preview.unit_sizes[u] for u in units],
+            "ratio": [overrides.get(u, math.nan) for u in units],
+        }
+    )
+    edited = st.data_editor(
+        table,
+        key=f"prune_editor_{version}",
+        hide_index=True,
+        disabled=["layer", "size"],
+        column_config={
+            "layer": st.column_config.TextColumn(plan.unit_word),
+            "size": st.column_config.NumberColumn(
+                "size", help=f"Prunable elements of each {plan.unit_word}.", format="localized"
+            ),
+            "ratio": st.column_config.NumberColumn(
+                "ratio override", min_value=0.0, max_value=MAX_UNIT_RATIO, step=0.01, format="%.2f"
+            ),
+        },
+        width="stretch",
+    )
+    return {
+        str(r["layer"]): float(r["ratio"]) for _, r in edited.iterrows() if pd.notna(r["ratio"])
+    }
 
 
 def _set_overrides(overrides: dict[str, float], version: int) -> None:
