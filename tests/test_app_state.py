@@ -138,3 +138,31 @@ def test_a_finetune_whose_session_is_gone_lands_in_the_store() -> None:
     run = RunStore().get_run(job.run_id)
     assert run.status == "done" and run.kind == "finetune"
     assert 0.0 < run.metrics["accuracy"] <= 1.0
+
+
+def test_a_reloaded_tab_takes_over_its_session_and_only_its_own() -> None:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.run()
+    at.switch_page("pages/3_prune.py").run()
+    at.slider(key="prune_ratio").set_value(0.7).run()
+    at.button(key="prune_apply").click().run()
+    token = at.query_params["session"]
+    assert token and at.session_state["prune_committed"].config.ratio == 0.7
+
+    # Reloading the tab: a new Streamlit session with the same URL.
+    again = AppTest.from_file(APP, default_timeout=120)
+    again.query_params["session"] = token
+    again.run()
+    assert not again.exception, again.exception
+    assert again.session_state["model_ref"] == "digits-mlp"
+    assert again.session_state["prune_ratio"] == 0.7
+    assert again.session_state["prune_committed"].config.ratio == 0.7
+
+    # Another student (no token, or an unknown one) starts afresh.
+    other = AppTest.from_file(APP, default_timeout=120)
+    other.query_params["session"] = "not-a-known-token"
+    other.run()
+    assert other.session_state["model_ref"] == DEFAULTS["model_ref"]
+    assert "prune_committed" not in other.session_state
+    assert other.query_params["session"] != token

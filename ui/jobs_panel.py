@@ -23,6 +23,7 @@ import streamlit as st
 
 from pruning_core.errors import UserError
 from pruning_core.jobs import Job, JobContext, JobRunner, get_runner
+from ui.state import remember
 from ui.tradeoff_jobs import Measurement
 
 __all__ = [
@@ -155,6 +156,7 @@ def start_measurement(slot: str, measurement: Measurement, selection: tuple[str,
     st.session_state[_key(slot, "for")] = tuple(selection)
     st.session_state[_key(slot, "error")] = None
     st.session_state[_key(slot, "refused")] = None
+    remember()
 
 
 def start_button(
@@ -200,6 +202,7 @@ def discard_result(slot: str) -> None:
     """Forget the kept result of `slot` (and why the last one did not finish)."""
     for what in ("result", "error", "refused"):
         st.session_state.pop(_key(slot, what), None)
+    remember()
 
 
 def collect_finished() -> None:
@@ -302,6 +305,7 @@ def _hand_over(slot: str, job: Job, selection: tuple[str, str]) -> None:
             "run_id": job.run_id,
         }
         st.session_state[_key(slot, "error")] = None
+    remember()
 
 
 def measurement_panel(slot: str, selection: tuple[str, str]) -> None:

@@ -24,7 +24,7 @@ from pruning_core.models import LoadedModel
 from pruning_core.prune import PruneConfig
 from pruning_core.recipe import Recipe
 from pruning_core.workflow import RecipeResult
-from ui.state import init_state, selection
+from ui.state import init_state, remember, selection
 
 _KEY = "prune_committed"
 _JOB_KEY = "ft_job_id"
@@ -146,12 +146,14 @@ def set_pruned(
     )
     meta["recipe"] = state.recipe().to_document()
     st.session_state[_KEY] = state
+    remember()
     return state
 
 
 def clear_pruned() -> None:
     """Forget the committed model (back to the dense one)."""
     st.session_state.pop(_KEY, None)
+    remember()
 
 
 def finetune_job_id() -> str | None:
@@ -164,3 +166,4 @@ def finetune_job_id() -> str | None:
 def set_finetune_job(job_id: str | None) -> None:
     """Remember (or forget, with None) this session's fine-tune job."""
     st.session_state[_JOB_KEY] = job_id
+    remember()

@@ -2,10 +2,19 @@
 
 Every page calls `init_state()` first, so a page also works when run on its own (Streamlit's
 AppTest runs files in `pages/` without app.py).
+
+A reconnect keeps the Streamlit session, but reloading the tab starts a new one. So the URL
+carries a random token (`?session=...`) and the server keeps, for a while, what that token's
+session last had (`RESUMED`: selection, settings, applied model, its jobs and their results);
+a new session opened with the token starts from there.
 """
 
 from __future__ import annotations
 
+import secrets
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -124,12 +133,77 @@ def _hold(key: str, value: Any) -> None:
     st.session_state[key] = value
 
 
+# Plain keys a reloaded tab takes over besides `KEEP` (the fine-tune job's bookkeeping is
+# `ui.actions`' `_ft_jobs`: its finished model becomes the session's once the page shows it).
+RESUMED: tuple[str, ...] = (
+    "prune_committed",
+    "ft_job_id",
+    "_ft_jobs",
+    *(f"tradeoff_{slot}_{what}" for slot in ("sweep", "latency", "sensitivity")
+      for what in ("job", "for", "result", "error")),
+)  # fmt: skip
+_PARAM = "session"
+_TOKEN = "_resume_token"
+
+
+class _Resumable:
+    """What each token's session last had, for `size` tokens and `ttl` seconds at most (it
+    holds the applied models of closed tabs, so it is bounded)."""
+
+    def __init__(self, size: int = 64, ttl: float = 2 * 3600.0) -> None:
+        self.size, self.ttl = size, ttl
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+
+    def put(self, token: str, values: dict[str, Any]) -> None:
+        with self._lock:
+            self._items[token] = (time.monotonic(), values)
+            self._items.move_to_end(token)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._items.get(token)
+            if hit is None or time.monotonic() - hit[0] > self.ttl:
+                self._items.pop(token, None)
+                return None
+            return dict(hit[1])
+
+
+@st.cache_resource(show_spinner=False)
+def _resumable() -> _Resumable:
+    """The server's one `_Resumable`, shared by every session."""
+    return _Resumable()
+
+
+def _resume(kept: dict[str, Any]) -> str:
+    """This session's token; a new session opened with a known token takes over its state."""
+    token = st.session_state.get(_TOKEN)
+    if not isinstance(token, str):
+        asked = st.query_params.get(_PARAM)
+        saved = _resumable().get(asked) if asked else None
+        if saved is not None and isinstance(asked, str):
+            token = asked
+            kept.update(saved.pop(_KEPT, {}))
+            for key, value in saved.items():
+                # Copies of the containers: a duplicated tab must not edit this one's.
+                st.session_state[key] = dict(value) if isinstance(value, dict) else value
+        else:
+            token = secrets.token_urlsafe(12)
+        st.session_state[_TOKEN] = token
+    if st.query_params.get(_PARAM) != token:
+        st.query_params[_PARAM] = token
+    return token
+
+
 def init_state() -> None:
     """Set every default key that is missing and hold the widget values of `KEEP` (safe to
-    call on every run, and many times in one)."""
+    call on every run, and many times in one); a reloaded tab takes over its last state."""
     kept = st.session_state.get(_KEPT)
     if not isinstance(kept, dict):
         kept = st.session_state[_KEPT] = {}
+    token = _resume(kept)
     for key, value in DEFAULTS.items():
         if key not in st.session_state:
             st.session_state[key] = kept.get(key, value)
@@ -139,6 +213,18 @@ def init_state() -> None:
         except KeyError:  # a widget state Streamlit lists but can no longer read
             kept.setdefault(key, DEFAULTS[key])
         _hold(key, kept[key])
+    remember(token)
+
+
+def remember(token: str | None = None) -> None:
+    """Keep what a reloaded tab takes over (`init_state` does on every run; the actions that
+    change the applied model or a job call it too, so a reload right after them finds it)."""
+    token = token or st.session_state.get(_TOKEN)
+    kept = st.session_state.get(_KEPT)
+    if not isinstance(token, str) or not isinstance(kept, dict):
+        return
+    saved = {key: st.session_state[key] for key in RESUMED if key in st.session_state}
+    _resumable().put(token, {**saved, _KEPT: dict(kept)})
 
 
 def selection() -> tuple[str, str]:

@@ -176,6 +176,20 @@ def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) 
         )
         _no_exceptions(page, "after coming back")
         page.screenshot(path=str(ARTIFACTS / "e2e-state-prune.png"), full_page=True)
+
+        # Reloading the tab starts a new Streamlit session; the URL's token brings it all back.
+        assert "session=" in page.url
+        page.reload()
+        page.wait_for_selector(
+            '[data-testid="stAlertContentSuccess"]:has-text("fine-tuned")', timeout=LONG
+        )
+        _idle(page)
+        assert "digits-mlp" in _sidebar(page)
+        _goto(page, "Trade-offs")
+        page.wait_for_selector(".st-key-tradeoff_acc_chart .js-plotly-plot", timeout=LONG)
+        assert page.locator(".st-key-tradeoff_ratios input").input_value() == "0.5, 0.9"
+        _no_exceptions(page, "after reloading the tab")
+        page.screenshot(path=str(ARTIFACTS / "e2e-state-reloaded.png"), full_page=True)
     finally:
         ctx.close()
     assert not errors, f"browser page errors: {errors}"
