@@ -149,6 +149,10 @@ def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) 
         ratios.fill("0.5, 0.9")
         ratios.press("Enter")
         _idle(page)
+        sweep_epochs = page.locator(".st-key-tradeoff_ft_epochs input")
+        sweep_epochs.fill("0")  # pruning alone: the other test fine-tunes in a sweep
+        sweep_epochs.press("Enter")
+        _idle(page)
         page.get_by_role("button", name="Run the sweep").click()
         # Leave at once (the click's run may not have finished), then tour while both run.
         for title in ("Inspect", "Model & data", "Trade-offs", "Export", "Prune"):
@@ -163,6 +167,7 @@ def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) 
         _goto(page, "Trade-offs")
         page.wait_for_selector(".st-key-tradeoff_acc_chart .js-plotly-plot", timeout=LONG)
         assert page.locator(".st-key-tradeoff_ratios input").input_value() == "0.5, 0.9"
+        assert page.locator(".st-key-tradeoff_ft_epochs input").input_value() == "0"
         assert "digits-mlp" in _sidebar(page)
         page.screenshot(path=str(ARTIFACTS / "e2e-state-tradeoffs.png"), full_page=True)
 
