@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from ui.state import init_state
 from ui.widgets import sidebar_frame
 
-st.set_page_config(page_title="Pruning Lab", page_icon=":material/content_cut:", layout="wide")
+# The favicon is a file of ours: Streamlit fetches a Material *favicon* from fonts.gstatic.com
+# (page and widget icons come from its bundled font), which an offline classroom cannot reach.
+FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+st.set_page_config(page_title="Pruning Lab", page_icon=str(FAVICON), layout="wide")
 init_state()
 
 # Material icons ship with Streamlit's frontend; emoji need a font the machine may not have.

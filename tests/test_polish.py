@@ -54,10 +54,25 @@ def test_pages_use_bundled_material_icons() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
         for kw in node.keywords
-        if kw.arg in ("icon", "page_icon") and isinstance(kw.value, ast.Constant)
+        if kw.arg == "icon" and isinstance(kw.value, ast.Constant)
     ]
-    assert len(icons) >= 7
+    assert len(icons) >= 6
     assert all(i.startswith(":material/") and i.endswith(":") for i in icons), icons
+
+
+def test_favicon_is_a_local_file_not_a_download() -> None:
+    """Streamlit turns a `:material/...:` page_icon into an SVG fetched from fonts.gstatic.com,
+    which fails offline (a console error in every classroom without internet)."""
+    tree = ast.parse((ROOT / "app.py").read_text())
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "set_page_config"
+    ]
+    assert calls and not any(
+        kw.arg == "page_icon" and isinstance(kw.value, ast.Constant) for kw in calls[0].keywords
+    )
+    assert (ROOT / "assets" / "favicon.png").is_file()
 
 
 def test_layers_listed_in_model_order() -> None:
