@@ -72,8 +72,11 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("streamlit is not installed in this environment")
     home = tmp_path_factory.mktemp("e2e-home")
     port = _free_port()
+    # Two jobs at once: the tests share this server, and a sweep left running by one test
+    # must not keep the next test's jobs waiting in the queue past its timeouts.
     env = {**os.environ, "PRUNING_LAB_HOME": str(home / "home"),
-           "PRUNING_LAB_DATA": str(home / "data"), "PYTHONUNBUFFERED": "1"}  # fmt: skip
+           "PRUNING_LAB_DATA": str(home / "data"), "PYTHONUNBUFFERED": "1",
+           "PRUNING_LAB_MAX_JOBS": "2"}  # fmt: skip
     ARTIFACTS.mkdir(exist_ok=True)
     log = (ARTIFACTS / "e2e-streamlit.log").open("w")
     proc = subprocess.Popen(

@@ -22,9 +22,34 @@ def _idle(page: Any) -> None:
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=LONG)
 
 
-def _goto(page: Any, title: str) -> None:
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+def _nav(page: Any, title: str) -> None:
+    """Click a sidebar page link and wait for its title.
+
+    The click is dispatched rather than `click()`ed: Playwright's click also waits for the
+    navigations it schedules, and Streamlit's page switch plus the URL's session token (a
+    `replaceState` while the sidebar's job list refreshes) can leave that wait hanging though
+    the page has changed; the title is what a user sees.
+    """
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.dispatch_event("click")
     page.wait_for_selector(f'h1:has-text("{title}")', timeout=LONG)
+
+
+def _pick(page: Any, key: str, option: str) -> None:
+    """Choose an option of a select box; reopens it when a rerun closed the list under us
+    (the sidebar's job list refreshes every 2 s while jobs run)."""
+    for attempt in range(5):
+        page.locator(f".st-key-{key}").click()
+        try:
+            page.get_by_role("option", name=re.compile(option)).click(timeout=5_000)
+            return
+        except Exception:
+            if attempt == 4:
+                raise
+            page.keyboard.press("Escape")
+
+
+def _goto(page: Any, title: str) -> None:
+    _nav(page, title)
     _idle(page)
 
 
@@ -45,8 +70,7 @@ def test_pick_prune_finetune_tradeoffs(browser: Any, app_url: str) -> None:
         _idle(page)
 
         # 1. Pick a model: switch to digits-mlp and see its measured parameter count.
-        page.locator(".st-key-model_ref").click()
-        page.get_by_role("option", name=re.compile("^digits-mlp")).click()
+        _pick(page, "model_ref", "^digits-mlp")
         page.wait_for_selector('[data-testid="stMetricValue"]:has-text("17,226")', timeout=LONG)
         _idle(page)
         _no_exceptions(page, "Model & data")
@@ -125,8 +149,7 @@ def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) 
         page.goto(app_url)
         page.wait_for_selector('h1:has-text("Model & data")', timeout=LONG)
         _idle(page)
-        page.locator(".st-key-model_ref").click()
-        page.get_by_role("option", name=re.compile("^digits-mlp")).click()
+        _pick(page, "model_ref", "^digits-mlp")
         page.wait_for_selector('[data-testid="stMetricValue"]:has-text("17,226")', timeout=LONG)
         _idle(page)
         _goto(page, "Prune")
@@ -154,10 +177,11 @@ def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) 
         sweep_epochs.press("Enter")
         _idle(page)
         page.get_by_role("button", name="Run the sweep").click()
-        # Leave at once (the click's run may not have finished), then tour while both run.
+        # Leave as soon as the server has the job (the sidebar lists it), then tour while both
+        # run: the reported loss was of a running sweep.
+        page.wait_for_selector('[data-testid="stSidebar"] :text("Sweep")', timeout=LONG)
         for title in ("Inspect", "Model & data", "Trade-offs", "Export", "Prune"):
-            page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
-            page.wait_for_selector(f'h1:has-text("{title}")', timeout=LONG)
+            _nav(page, title)
             page.wait_for_timeout(500)
             assert "digits-mlp" in _sidebar(page), f"{title}: {_sidebar(page)}"
         page.wait_for_selector('[data-testid="stSidebar"] :text("Sweep: result kept")',
