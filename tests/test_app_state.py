@@ -62,13 +62,19 @@ def _wait(job_id: str, timeout: float = 240.0) -> None:
     assert job.status == "done", job.error
 
 
-def test_sweep_and_finetune_survive_page_changes() -> None:
+def _applied(ratio: float) -> AppTest:
+    """The whole app with digits-mlp pruned at `ratio` and applied on the Prune page."""
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["model_ref"] = "digits-mlp"
     at.run()
     at.switch_page("pages/3_prune.py").run()
-    at.slider(key="prune_ratio").set_value(0.6).run()
+    at.slider(key="prune_ratio").set_value(ratio).run()
     at.button(key="prune_apply").click().run()
+    return at
+
+
+def test_sweep_and_finetune_survive_page_changes() -> None:
+    at = _applied(0.6)
     applied = at.session_state["prune_committed"]
     at.switch_page("pages/4_finetune.py").run()
     at.number_input(key="ft_epochs").set_value(1).run()
@@ -141,12 +147,7 @@ def test_a_finetune_whose_session_is_gone_lands_in_the_store() -> None:
 
 
 def test_a_reloaded_tab_takes_over_its_session_and_only_its_own() -> None:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["model_ref"] = "digits-mlp"
-    at.run()
-    at.switch_page("pages/3_prune.py").run()
-    at.slider(key="prune_ratio").set_value(0.7).run()
-    at.button(key="prune_apply").click().run()
+    at = _applied(0.7)
     token = at.query_params["session"]
     assert token and at.session_state["prune_committed"].config.ratio == 0.7
 

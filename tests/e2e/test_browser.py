@@ -48,6 +48,16 @@ def _pick(page: Any, key: str, option: str) -> None:
             page.keyboard.press("Escape")
 
 
+def _open_with_digits_mlp(page: Any, app_url: str) -> None:
+    """Open the app, pick digits-mlp and wait for its measured parameter count."""
+    page.goto(app_url)
+    page.wait_for_selector('h1:has-text("Model & data")', timeout=LONG)
+    _idle(page)
+    _pick(page, "model_ref", "^digits-mlp")
+    page.wait_for_selector('[data-testid="stMetricValue"]:has-text("17,226")', timeout=LONG)
+    _idle(page)
+
+
 def _goto(page: Any, title: str) -> None:
     _nav(page, title)
     _idle(page)
@@ -65,14 +75,8 @@ def test_pick_prune_finetune_tradeoffs(browser: Any, app_url: str) -> None:
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        page.goto(app_url)
-        page.wait_for_selector('h1:has-text("Model & data")', timeout=LONG)
-        _idle(page)
-
         # 1. Pick a model: switch to digits-mlp and see its measured parameter count.
-        _pick(page, "model_ref", "^digits-mlp")
-        page.wait_for_selector('[data-testid="stMetricValue"]:has-text("17,226")', timeout=LONG)
-        _idle(page)
+        _open_with_digits_mlp(page, app_url)
         _no_exceptions(page, "Model & data")
 
         # 2. Prune: move the global slider with the keyboard, then apply.
@@ -146,12 +150,7 @@ def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) 
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        page.goto(app_url)
-        page.wait_for_selector('h1:has-text("Model & data")', timeout=LONG)
-        _idle(page)
-        _pick(page, "model_ref", "^digits-mlp")
-        page.wait_for_selector('[data-testid="stMetricValue"]:has-text("17,226")', timeout=LONG)
-        _idle(page)
+        _open_with_digits_mlp(page, app_url)
         _goto(page, "Prune")
         page.get_by_role("button", name="Apply pruning").click()
         page.wait_for_selector(
