@@ -21,7 +21,7 @@ from ui.choices import (
     plan_of,
 )
 from ui.latency_panel import applied_latency_panel
-from ui.prune_widgets import committed_panel, overrides_editor
+from ui.prune_widgets import committed_panel, estimate_metric, overrides_editor
 from ui.session import pruned
 from ui.state import init_state, selection
 from ui.texts import CRITERIA_EXPLAINED, SCOPE_HELP, SCOPE_LABELS, ZEROS_NO_SPEEDUP
@@ -181,17 +181,9 @@ with right:
 
 # ------------------------------------------------------------------ the estimate, last
 if estimate_on:
-    preview.estimate(stats, int(n_est))
-    # The dense model's score on the same images, so the delta compares like with like.
-    ref = dense_estimate(model_ref, dataset_ref, int(n_est))
-    acc = stats.accuracy or 0.0
-    estimate_slot.metric(
-        f"Accuracy estimate on {stats.n_eval} val images",
-        f"{acc:.1%}",
-        delta=f"{(acc - ref) * 100:+.1f} pts",
-        help="An estimate: top-1 on the first validation images only, before any fine-tuning. "
-        f"The dense model scores {ref:.1%} on the same images.",
-    )
+    # Shown after the first 100 images, then refined; a slider move meanwhile stops it.
+    for step in preview.estimate_steps(stats, int(n_est)):
+        estimate_metric(estimate_slot, step, dense_estimate(model_ref, dataset_ref, step.n_eval))
 else:
     estimate_slot.metric("Accuracy estimate", "off")
 timing_slot.caption(

@@ -13,8 +13,10 @@ The histogram and mask-picture helpers (`binned`, `before_after`, `mask_grid`,
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning_core.evaluate import evaluate
+from pruning_core.evaluate import predict_logits
 from pruning_core.layers import trainable_copy, weight_of
 from pruning_core.models import LoadedModel
 from pruning_core.prune import Preview, PruneConfig, settle_structured
 from pruning_core.stats import count_macs, layer_macs, weight_layers
 
 __all__ = [
+    "ESTIMATE_FIRST",
     "HIST_BINS",
     "MASK_COLS",
     "MASK_ROWS",
@@ -41,9 +44,15 @@ __all__ = [
     "channel_sparsity",
     "mask_grid",
     "mask_is_averaged",
+    "wilson_interval",
 ]
 
 HIST_BINS = 60
+# The first accuracy estimate uses this many images (fast, with a wide interval); more follow
+# in doubling chunks up to the number asked for, each shown as it lands.
+ESTIMATE_FIRST = 100
+# Estimates kept per preview, by slider position (moving back to one costs nothing).
+ESTIMATES_KEPT = 64
 # The mask picture's largest grid; bigger weights are averaged into cells.
 MASK_ROWS, MASK_COLS = 96, 192
 
@@ -64,6 +73,10 @@ class PreviewStats:
         seconds: Time to compute masks and statistics (without the accuracy estimate).
         eval_seconds: Time of the accuracy estimate.
         notes: Layers or groups the plan skips, and why.
+        accuracy_interval: The estimate's 95% interval (low, high), fractions: the Wilson
+            score interval of a binomial proportion on `n_eval` images; None without one.
+        position: What the masks depend on (ratio, per-layer ratios, scope): estimates are
+            kept per position, so going back to a slider position costs nothing.
     """
 
     params_nonzero: int
@@ -76,6 +89,8 @@ class PreviewStats:
     seconds: float = 0.0
     eval_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    accuracy_interval: tuple[float, float] | None = None
+    position: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -142,6 +157,7 @@ class SliderPreview:
         self.params_nonzero_dense = int(self._dense_nonzero.sum())
         self.macs_dense = count_macs(self.model, base.spec)
         self.layer_macs = layer_macs(self.model, base.spec)
+        self._estimates: OrderedDict[tuple[Any, ...], tuple[Any, ...]] = OrderedDict()
         self.build_seconds = time.perf_counter() - t0
 
     def _restore(self) -> None:
@@ -221,6 +237,11 @@ class SliderPreview:
             masks=masks,
             sparsity=share,
             notes=list(self.engine.notes),
+            position=(
+                round(float(ratio), 6),
+                tuple(sorted((k, round(float(v), 6)) for k, v in (layer_ratios or {}).items())),
+                scope,
+            ),
         )
         stats.seconds = time.perf_counter() - t0
         if n_eval:
@@ -229,18 +250,58 @@ class SliderPreview:
 
     def estimate(self, stats: PreviewStats, n_eval: int) -> PreviewStats:
         """Fill `stats` with top-1 accuracy of the masked copy on the first `n_eval` validation
-        images (an estimate: a subset, and before any fine-tuning).
+        images (an estimate: a subset, and before any fine-tuning); `estimate_steps` to the end.
+        """
+        for _ in self.estimate_steps(stats, n_eval):
+            pass
+        return stats
+
+    def estimate_steps(
+        self, stats: PreviewStats, n_eval: int, *, first: int = ESTIMATE_FIRST
+    ) -> Iterator[PreviewStats]:
+        """The accuracy estimate, refined in steps: yields `stats` filled on the first `first`
+        validation images, then on twice as many, ... up to `n_eval` (each step evaluates only
+        the images it adds). A page shows each step as it lands and stops when the user moves
+        on; the last step equals `evaluate(model, data, spec, limit=n_eval)`.
 
         Structured plans first re-estimate BatchNorm statistics as Apply does
         (`prune.settle_structured`), so the estimate is the accuracy the applied model has on
-        the same images. The next slider move restores the dense statistics.
+        the same images. The next slider move restores the dense statistics. Finished
+        estimates are kept per slider position (`stats.position`) and `n_eval`.
+
+        Args:
+            stats: What `update` returned for the current position (filled in place).
+            n_eval: Validation images of the final step (fewer when the split is smaller).
+            first: Images of the first step.
+
+        Yields:
+            `stats` with `accuracy`, `n_eval`, `accuracy_interval` and `eval_seconds` set.
         """
         t1 = time.perf_counter()
+        key = (stats.position, int(n_eval))
+        kept = self._estimates.get(key)
+        if kept is not None and stats.position:
+            self._estimates.move_to_end(key)
+            stats.accuracy, stats.n_eval, stats.accuracy_interval = kept
+            stats.eval_seconds = time.perf_counter() - t1
+            yield stats
+            return
         settle_structured(self.model, self.config, self.data, self.spec)
-        ev = evaluate(self.model, self.data, self.spec, limit=n_eval)
-        stats.accuracy, stats.n_eval = ev.accuracy, ev.n
-        stats.eval_seconds = time.perf_counter() - t1
-        return stats
+        x, y = self.data.tensors("val", self.spec, int(n_eval))
+        correct, done = 0, 0
+        while done < len(y):
+            end = min(len(y), max(first, 2 * done))
+            logits = predict_logits(self.model, x[done:end])
+            correct += int((logits.argmax(1) == y[done:end]).sum())
+            done = end
+            stats.accuracy, stats.n_eval = correct / done, done
+            stats.accuracy_interval = wilson_interval(correct, done)
+            stats.eval_seconds = time.perf_counter() - t1
+            yield stats
+        if stats.position:
+            self._estimates[key] = (stats.accuracy, stats.n_eval, stats.accuracy_interval)
+            while len(self._estimates) > ESTIMATES_KEPT:
+                self._estimates.popitem(last=False)
 
     def layer_weight(self, name: str) -> torch.Tensor:
         """The working copy's (masked) weight of a layer."""
@@ -255,6 +316,23 @@ class SliderPreview:
             zeros_added=int((after == 0).sum()) - int((dense == 0).sum()),
             mask=mask if mask is not None else after != 0,
         )
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (Wilson 1927): where the accuracy
+    on all images lies, at 95% for z = 1.96, given `correct` of `n` images. Unlike the normal
+    approximation it stays inside [0, 1] near 0% and 100%.
+
+    Returns:
+        (low, high), fractions; (0, 1) for n = 0.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def binned(

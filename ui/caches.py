@@ -136,16 +136,10 @@ def sensitivity_for(
     return df
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
 def dense_estimate(model_ref: str, dataset_ref: str, n_eval: int) -> float:
-    """The dense model's top-1 on the first `n_eval` validation images (once per session), so
-    the Prune page's estimate compares like with like."""
-    store: dict[tuple[str, str, int], float] = st.session_state.setdefault(
-        "_prune_dense_estimates", {}
-    )
-    key = (model_ref, dataset_ref, int(n_eval))
-    if key not in store:
-        base = shared_model(model_ref)
-        store[key] = evaluate(
-            base.model, shared_data(dataset_ref), base.spec, limit=n_eval
-        ).accuracy
-    return store[key]
+    """The dense model's top-1 on the first `n_eval` validation images (once per server: it
+    depends only on the shared dense model), so the Prune page's estimate compares like with
+    like."""
+    base = shared_model(model_ref)
+    return evaluate(base.model, shared_data(dataset_ref), base.spec, limit=n_eval).accuracy

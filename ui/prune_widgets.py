@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from pruning_core.errors import UserError
-from pruning_core.slider import SliderPreview
+from pruning_core.slider import PreviewStats, SliderPreview
 from ui.actions import (
     SENSITIVITY_IMAGES,
     SENSITIVITY_RATIOS,
@@ -21,7 +21,7 @@ from ui.actions import (
 )
 from ui.session import PrunedModel, clear_pruned
 
-__all__ = ["committed_panel", "overrides_editor"]
+__all__ = ["committed_panel", "estimate_metric", "overrides_editor"]
 
 _OVERRIDES = "prune_overrides"
 _NOTE = "prune_suggestion_note"
@@ -191,3 +191,18 @@ def committed_panel(committed: PrunedModel | None, base_stats: dict[str, Any]) -
     if st.button("Reset to the dense model", key="prune_reset"):
         clear_pruned()
         st.rerun()
+
+
+def estimate_metric(slot: Any, stats: PreviewStats, dense: float) -> None:
+    """The Prune page's accuracy estimate in `slot`: top-1 on `stats.n_eval` images, its 95%
+    interval, and the change from the dense model on the same images (`dense`)."""
+    acc = stats.accuracy or 0.0
+    lo, hi = stats.accuracy_interval or (acc, acc)
+    slot.metric(
+        f"Accuracy estimate ±{(hi - lo) * 50:.1f} pts ({stats.n_eval} val images)",
+        f"{acc:.1%}",
+        delta=f"{(acc - dense) * 100:+.1f} pts",
+        help="An estimate: top-1 on the first validation images only, before any fine-tuning. "
+        f"95% interval {lo:.1%} to {hi:.1%} (binomial, Wilson). The dense model scores "
+        f"{dense:.1%} on the same images. More images follow while you leave the sliders.",
+    )

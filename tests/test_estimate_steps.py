@@ -1,0 +1,63 @@
+"""The Prune page's accuracy estimate: refined in steps, kept per slider position, with a 95%
+interval (pruning_core.slider.SliderPreview.estimate_steps, wilson_interval)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pruning_core.data import load_dataset
+from pruning_core.evaluate import evaluate
+from pruning_core.models import load_model
+from pruning_core.prune import PruneConfig
+from pruning_core.slider import SliderPreview, wilson_interval
+
+
+@pytest.fixture(scope="module")
+def preview() -> SliderPreview:
+    base = load_model("digits-cnn")
+    return SliderPreview(
+        base, PruneConfig(criterion="magnitude", granularity="unstructured"), load_dataset("digits")
+    )
+
+
+def test_steps_grow_and_the_last_equals_evaluate(preview: SliderPreview) -> None:
+    stats = preview.update(0.8)
+    seen = [
+        (s.n_eval, s.accuracy, s.accuracy_interval)
+        for s in preview.estimate_steps(stats, 300, first=50)
+    ]
+    assert [n for n, _, _ in seen] == [50, 100, 200, 300]
+    full = evaluate(preview.model, preview.data, preview.spec, limit=300)
+    assert seen[-1][1] == pytest.approx(full.accuracy, abs=1e-12)
+    for _n, acc, (lo, hi) in seen:
+        assert 0.0 <= lo <= acc <= hi <= 1.0
+    # More images, a narrower interval (same kind of accuracy on this model).
+    widths = [hi - lo for _, _, (lo, hi) in seen]
+    assert widths[-1] < widths[0]
+
+
+def test_a_position_seen_before_is_not_evaluated_again(preview: SliderPreview) -> None:
+    first = preview.estimate(preview.update(0.6), 200)
+    preview.estimate(preview.update(0.9), 200)  # another position in between
+    again = preview.update(0.6)
+    steps = list(preview.estimate_steps(again, 200))
+    assert len(steps) == 1  # the kept estimate, in one step
+    assert again.accuracy == first.accuracy and again.n_eval == first.n_eval == 200
+    # Other per-layer ratios are another position.
+    other = preview.update(0.6, {preview.unit_names[0]: 0.1})
+    assert other.position != again.position
+    assert len(list(preview.estimate_steps(other, 200, first=100))) == 2
+
+
+@pytest.mark.parametrize(("correct", "n"), [(0, 10), (10, 10), (93, 100), (450, 500), (1, 3)])
+def test_wilson_interval_holds_the_proportion_and_stays_in_bounds(correct: int, n: int) -> None:
+    lo, hi = wilson_interval(correct, n)
+    assert 0.0 <= lo <= correct / n <= hi <= 1.0
+    # Against the normal approximation where it is good (many images, p away from 0 and 1).
+    if n >= 100 and 0.1 < correct / n < 0.9:
+        p = correct / n
+        half = 1.96 * math.sqrt(p * (1 - p) / n)
+        assert (hi - lo) / 2 == pytest.approx(half, rel=0.05)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
