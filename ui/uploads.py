@@ -33,7 +33,7 @@ from pruning_core.data import data_root, load_dataset
 from pruning_core.data.archive import clean_cache
 from pruning_core.errors import UserError
 from pruning_core.fsio import atomic_path, check_writable_dir, clean_stale, output_dir, temp_prefix
-from pruning_core.models import get_entry, list_models, load_model
+from pruning_core.models import get_entry, load_model, model_choices
 from pruning_core.store import data_home
 from ui.state import init_state
 
@@ -190,7 +190,7 @@ def save_dataset_upload(name: str, data: bytes, *, limit: int = MAX_UPLOAD_BYTES
 
 
 def _architectures() -> list[str]:
-    names = [m.name for m in list_models()]
+    names = [name for name, _ in model_choices()]
     # Any torchvision or timm architecture found with the search box on Model & data.
     picked = st.session_state.get("arch_pick")
     if isinstance(picked, str) and picked and picked not in names:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from pruning_core.data import DataBundle, list_datasets
 from pruning_core.errors import UserError
-from pruning_core.models import LoadedModel, list_models
+from pruning_core.models import LoadedModel, model_choices
 from ui import architectures
 from ui.jobs_panel import jobs_sidebar
 from ui.loaders import baseline, shared_data, shared_model
@@ -21,8 +21,9 @@ def model_and_data_picker() -> tuple[str, str]:
     """Model and dataset select boxes bound to the session's selection, and a search box for
     any torchvision or timm architecture (built for the dataset: `ui.architectures`)."""
     init_state()
-    models = [m.name for m in list_models()]
-    labels = {m.name: f"{m.name} — {m.description}" for m in list_models()}
+    choices = model_choices()
+    models = [name for name, _ in choices]
+    labels = {name: f"{name} — {desc}" for name, desc in choices}
     if st.session_state["model_ref"] not in models:
         models.append(st.session_state["model_ref"])
     datasets = [d.name for d in list_datasets()]

@@ -272,13 +272,30 @@ def _bundle(
     return DataBundle(name, train, val, class_names, perm[: min(CALIB_SIZE, n)].sort().values)
 
 
-def _load_digits() -> DataBundle:
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (UCI optical digits, 1797 images of 8x8, values 0..16), as
+    (images (N, 8, 8) float, labels (N,) int)."""
+    import importlib.util
+
+    # The CSV scikit-learn's `load_digits` reads, read without importing scikit-learn (a 3 s
+    # import: the app's first page waits for this dataset).
+    spec = importlib.util.find_spec("sklearn")
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    csv = origin.parent / "datasets" / "data" / "digits.csv.gz" if origin else None
+    if csv is not None and csv.is_file():
+        table = np.loadtxt(csv, delimiter=",", dtype=np.float64)
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     d = load_digits()
+    return d.images, d.target.astype(np.int64)
+
+
+def _load_digits() -> DataBundle:
+    images, target = _digits_arrays()
     # Pixel values are 0..16; map them to the full uint8 range.
-    x = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
-    y = torch.from_numpy(d.target.astype(np.int64))
+    x = torch.from_numpy(np.round(images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(target)
     return _split("digits", x, y, tuple(str(i) for i in range(10)))
 
 

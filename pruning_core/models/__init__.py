@@ -48,6 +48,7 @@ __all__ = [
     "is_external",
     "list_models",
     "load_model",
+    "model_choices",
     "model_spec",
     "sample_models_dir",
 ]
@@ -219,6 +220,23 @@ def list_models(include_external: bool = True, filter: str | None = None) -> lis
     if include_external:
         for fam in FAMILIES.values():
             out += [_family_entry(fam, n) for n in fam.suggested]
+    return out
+
+
+def model_choices(include_external: bool = True) -> list[tuple[str, str]]:
+    """(name, one-line description) of what `list_models` lists, without building its entries.
+
+    A family's entry needs its input spec, and timm's comes from importing timm (seconds); a
+    model picker needs only names and descriptions, so this lists them without importing any
+    family's library.
+
+    Args:
+        include_external: List the suggested torchvision and timm architectures too.
+    """
+    out = [(e.name, e.description) for e in _REGISTRY.values()]
+    if include_external:
+        for fam in FAMILIES.values():
+            out += [(fam.prefix + n, fam.description(n)) for n in fam.suggested]
     return out
 
 
