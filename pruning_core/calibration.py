@@ -20,6 +20,7 @@ from pruning_core.spec import InputSpec
 
 __all__ = [
     "CALIB_BATCH_SIZE",
+    "DEFAULT_CALIB_BATCHES",
     "LayerStats",
     "calibration_batches",
     "calibration_stats",
@@ -27,6 +28,11 @@ __all__ = [
 ]
 
 CALIB_BATCH_SIZE = 128
+# Calibration batches read by default (data-driven criteria, BatchNorm recalibration): 256
+# images. The Prune page re-estimates BatchNorm on every structured estimate, so this sets its
+# redraw time; on shapes-resnet, channel 0.3/0.5, 256 instead of 512 images moved the applied
+# accuracy by under one point (0.6305 vs 0.6390, 0.1805 vs 0.1780).
+DEFAULT_CALIB_BATCHES = 2
 
 
 @dataclass
@@ -98,7 +104,7 @@ def calibration_stats(
     data: Any,
     spec: InputSpec,
     *,
-    batches: int = 4,
+    batches: int = DEFAULT_CALIB_BATCHES,
 ) -> dict[str, LayerStats]:
     """Run the calibration split through `model` and gather per-layer activation statistics.
 
@@ -171,7 +177,7 @@ def _to_cpu(s: LayerStats) -> LayerStats:
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    model: nn.Module, data: Any, spec: InputSpec, *, batches: int = 4
+    model: nn.Module, data: Any, spec: InputSpec, *, batches: int = DEFAULT_CALIB_BATCHES
 ) -> bool:
     """Re-estimate BatchNorm running statistics on calibration images (no weight changes).
 

@@ -33,7 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning_core.calibration import LayerStats, calibration_batches, calibration_stats
+from pruning_core.calibration import (
+    DEFAULT_CALIB_BATCHES,
+    LayerStats,
+    calibration_batches,
+    calibration_stats,
+)
 from pruning_core.errors import UserError
 from pruning_core.layers import (
     WEIGHT_LAYERS,
@@ -227,7 +232,9 @@ class Criterion:
 
 
 def _calib_field() -> Any:
-    return field(default=4, metadata={"help": "calibration batches of 128 images"})
+    return field(
+        default=DEFAULT_CALIB_BATCHES, metadata={"help": "calibration batches of 128 images"}
+    )
 
 
 @dataclass(frozen=True)

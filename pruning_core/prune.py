@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning_core.calibration import recalibrate_batchnorm
+from pruning_core.calibration import DEFAULT_CALIB_BATCHES, recalibrate_batchnorm
 from pruning_core.criteria import CRITERIA, Criterion, get_criterion
 from pruning_core.errors import UserError
 from pruning_core.layers import check_model_finite, is_weight_layer, weight_of
@@ -77,7 +77,8 @@ class PruneConfig:
         structured_mode: `physical` (shrink) or `mask` (preview, shapes unchanged).
         round_to: Structured channel counts kept a multiple of this (None: any).
         seed: Seed of the random criterion (and of anything else random in pruning).
-        calib_batches: Calibration batches for data-driven criteria.
+        calib_batches: Calibration batches (of 128 images) for data-driven criteria and the
+            BatchNorm re-estimation after structured pruning.
 
     Raises:
         UserError: Unknown criterion or granularity, a criterion that does not support the
@@ -95,7 +96,7 @@ class PruneConfig:
     structured_mode: str = "physical"
     round_to: int | None = None
     seed: int = 0
-    calib_batches: int = 4
+    calib_batches: int = DEFAULT_CALIB_BATCHES
 
     def __init__(
         self,
@@ -110,7 +111,7 @@ class PruneConfig:
         structured_mode: str = "physical",
         round_to: int | None = None,
         seed: int = 0,
-        calib_batches: int = 4,
+        calib_batches: int = DEFAULT_CALIB_BATCHES,
         *,
         method: str | Criterion | None = None,
     ) -> None:
