@@ -2,7 +2,7 @@
 
 The app submits long work (fine-tuning, sweeps, sensitivity) here and polls the returned `Job`
 for progress; nothing in this module knows about Streamlit. A fixed number of worker threads
-(`PRUNING_LAB_MAX_JOBS`, default 1) run jobs in order, and a bounded queue
+(`PRUNING_LAB_MAX_JOBS`, default half the cores) run jobs in order, and a bounded queue
 (`PRUNING_LAB_MAX_QUEUE`, default 8) refuses more work with a clear message, so a classroom
 sharing one server cannot overload it. Cancellation is cooperative: a job's function receives a
 `JobContext` whose `cancel` event it passes on (e.g. to `train.fit(cancel=...)`); a queued job
@@ -42,12 +42,23 @@ __all__ = [
     "JobContext",
     "JobRunner",
     "QueueFullError",
+    "default_max_jobs",
     "get_runner",
+    "page_threads",
+    "use_page_threads",
 ]
 
 JOB_STATUSES = ("queued", "running", "done", "cancelled", "failed")
 FINISHED = frozenset({"done", "cancelled", "failed"})
 DEFAULT_MAX_QUEUE = 8
+# The thread rule of a shared server (measured: benchmarks/job_threads.py, results.md "Jobs on
+# a shared server"): torch's OpenMP pool is per calling thread, so every job and every page run
+# brings its own team; more busy threads than cores make OpenMP threads spin and wait on each
+# other, and a job then runs many times slower than its share of the CPU. So every job and
+# every page computes on one thread, and jobs run at once on half the cores (at least one),
+# leaving the rest to the pages students are looking at.
+DEFAULT_JOB_THREADS = 1
+DEFAULT_PAGE_THREADS = 1
 # Upper bounds that keep a mistyped setting from starting thousands of threads.
 MAX_WORKERS = 256
 MAX_TORCH_THREADS = 1024
@@ -264,12 +275,12 @@ class JobRunner:
 
     Args:
         max_workers: Jobs running at once, 1 to 256 (default: env `PRUNING_LAB_MAX_JOBS`,
-            else 1).
+            else `default_max_jobs()`: half the cores, at least one).
         max_queue: Jobs allowed to wait, >= 0 (default: env `PRUNING_LAB_MAX_QUEUE`, else 8).
         store: Where jobs submitted with `record=True` are recorded.
         torch_threads: CPU threads torch may use while a job runs, 1 to 1024 (default: env
-            `PRUNING_LAB_JOB_THREADS`, else cores divided by workers). torch's intra-op pool is
-            process-wide, so this is set once per job start.
+            `PRUNING_LAB_JOB_THREADS`, else 1: the rule in this module). torch's thread count
+            is per thread once a thread has computed, so each job sets it when it starts.
         keep_finished: Finished jobs kept for polling (>= 0); older ones are forgotten.
 
     Raises:
@@ -286,19 +297,24 @@ class JobRunner:
         keep_finished: int = 200,
     ) -> None:
         self.max_workers: int = _setting(
-            max_workers, "max_workers", "PRUNING_LAB_MAX_JOBS", 1, lo=1, hi=MAX_WORKERS
+            max_workers,
+            "max_workers",
+            "PRUNING_LAB_MAX_JOBS",
+            default_max_jobs(),
+            lo=1,
+            hi=MAX_WORKERS,
         )
         self.max_queue: int = _setting(
             max_queue, "max_queue", "PRUNING_LAB_MAX_QUEUE", DEFAULT_MAX_QUEUE, lo=0
         )
         self.store = store
-        # A busy shared server (a classroom) runs far faster with fewer threads per job than
-        # cores: oversubscribed OpenMP threads spin. PRUNING_LAB_JOB_THREADS sets it explicitly.
+        # One thread per job (DEFAULT_JOB_THREADS: the rule above); PRUNING_LAB_JOB_THREADS
+        # sets it explicitly, e.g. for a single user on a many-core machine.
         self.torch_threads: int = _setting(
             torch_threads,
             "torch_threads",
             "PRUNING_LAB_JOB_THREADS",
-            max(1, (os.cpu_count() or 1) // self.max_workers),
+            DEFAULT_JOB_THREADS,
             lo=1,
             hi=MAX_TORCH_THREADS,
         )
@@ -606,6 +622,37 @@ class JobRunner:
         finished = [j for j in self._jobs.values() if j.is_finished]
         for j in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[j.id]
+
+
+def default_max_jobs(cores: int | None = None) -> int:
+    """Jobs run at once by default: half the cores, at least one (the thread rule above).
+
+    Args:
+        cores: CPU cores (default: `os.cpu_count()`).
+    """
+    return max(1, (cores if cores is not None else os.cpu_count() or 1) // 2)
+
+
+def page_threads() -> int:
+    """torch threads of a page's script run: env `PRUNING_LAB_PAGE_THREADS`, else 1.
+
+    Raises:
+        UserError: The variable is not an integer from 1 to 1024.
+    """
+    return _env_int("PRUNING_LAB_PAGE_THREADS", DEFAULT_PAGE_THREADS, lo=1, hi=MAX_TORCH_THREADS)
+
+
+def use_page_threads(n: int | None = None) -> int:
+    """Set the calling thread's torch threads to `n` (default `page_threads()`): a page calls
+    this when its script run starts, since Streamlit runs each in a thread of its own, which
+    would otherwise take whatever count the process last set. Returns the count.
+
+    Raises:
+        UserError: A bad `n` or `PRUNING_LAB_PAGE_THREADS`.
+    """
+    n = page_threads() if n is None else n
+    _set_torch_threads(n)
+    return n
 
 
 def _setting(

@@ -254,3 +254,35 @@ def test_env_and_singleton(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     a.shutdown()
     assert get_runner() is not a  # a shut-down runner is replaced
     get_runner().shutdown()
+
+
+def test_thread_rule_defaults_and_page_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared-server rule: one torch thread per job and per page run, jobs at once on half
+    the cores (at least one); each setting can be overridden and is checked."""
+    import threading
+
+    import torch
+
+    from pruning_core.jobs import default_max_jobs, page_threads, use_page_threads
+
+    assert [default_max_jobs(c) for c in (1, 2, 3, 16)] == [1, 1, 1, 8]
+    for name in ("PRUNING_LAB_MAX_JOBS", "PRUNING_LAB_JOB_THREADS", "PRUNING_LAB_PAGE_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    r = JobRunner(max_queue=1)
+    assert r.torch_threads == 1 and r.max_workers == default_max_jobs()
+    r.shutdown()
+    assert page_threads() == 1
+    monkeypatch.setenv("PRUNING_LAB_PAGE_THREADS", "0")
+    with pytest.raises(UserError, match="PRUNING_LAB_PAGE_THREADS"):
+        page_threads()
+    monkeypatch.setenv("PRUNING_LAB_PAGE_THREADS", "2")
+    seen: list[int] = []
+
+    def page_run() -> None:  # a script run: a thread of its own
+        seen.append(use_page_threads())
+        seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=page_run)
+    t.start()
+    t.join()
+    assert seen == [2, 2]
