@@ -61,7 +61,12 @@ data_table(
         "sparsity": st.column_config.ProgressColumn(
             "sparsity", min_value=0.0, max_value=1.0, format="percent", width="small"
         ),
-        "mean |w|": st.column_config.NumberColumn(format="%.4f"),
+        "mean |w|": st.column_config.NumberColumn(format="%.4f", width="small"),
+        # Small counts: narrow columns, so the table fits a 1400 px page without scrolling.
+        "channels": st.column_config.NumberColumn(format="localized", width="small"),
+        "all-zero channels": st.column_config.NumberColumn(
+            "zero ch.", format="localized", width="small", help="all-zero output channels"
+        ),
     },
     key="inspect_table",
 )

@@ -196,3 +196,42 @@ def test_app_takes_host_and_port_in_both_spellings() -> None:
     assert value(cmd("--server.headless", "false"), "--server.headless") == "false"
     assert main(["app", "--server.port", "0"]) == 2
     assert main(["app", "--host", "http://x y"]) == 2
+
+
+def test_app_command_serves_the_app_with_warm_imports(tmp_path: Path) -> None:
+    """`pruning-lab app`'s command line starts a server that answers on the port given, and its
+    warm-up thread imports torch's operator registry (what the first page used to wait for)."""
+    import os
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from pruning_core.cli import build_parser
+    from pruning_core.cli.basic import app_command
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = app_command(
+        build_parser().parse_args(["app", "--port", str(port), "--host", "127.0.0.1"])
+    )
+    env = {**os.environ, "PRUNING_LAB_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, ok = time.time() + 120, False
+        while time.time() < deadline and not ok and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/_stcore/health", timeout=2
+                ) as r:
+                    ok = r.status == 200
+            except OSError:
+                time.sleep(0.3)
+        assert ok, "the server never answered"
+        from ui.serve import warm_up
+
+        warm_up()  # the same function the server ran: it must work in any process
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -228,14 +228,15 @@ def _host(text: str) -> str:
 
 
 def app_command(args: argparse.Namespace) -> list[str]:
-    """The `streamlit run` command line `pruning-lab app` executes."""
-    app = Path(__file__).resolve().parents[2] / "app.py"
-    if not app.exists():
+    """The `streamlit run` command line `pruning-lab app` executes: through `ui/serve.py`,
+    which warms the heavy imports while the server starts, so the first page is quick."""
+    root = Path(__file__).resolve().parents[2]
+    app, serve = root / "app.py", root / "ui" / "serve.py"
+    if not app.exists() or not serve.exists():
         raise UserError(f"app.py not found at {app} (run from a source checkout)")
     cmd = [
         sys.executable,
-        "-m",
-        "streamlit",
+        str(serve),
         "run",
         str(app),
         "--server.port",
