@@ -32,7 +32,7 @@ from pruning_core.criteria import Magnitude
 from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
-from pruning_core.evaluate import evaluate
+from pruning_core.evaluate import EvalResult, evaluate
 from pruning_core.prune import (
     Preview,
     PruneConfig,
@@ -154,14 +154,20 @@ class ScheduleResult:
         }
 
 
+def _measure(
+    model: nn.Module, data: DataBundle, spec: InputSpec, device: torch.device, limit: int | None
+) -> EvalResult:
+    model.to(device)
+    try:
+        return evaluate(model, data, spec, device=device, limit=limit)
+    finally:
+        model.cpu()
+
+
 def _accuracy(
     model: nn.Module, data: DataBundle, spec: InputSpec, device: torch.device, limit: int | None
 ) -> float:
-    model.to(device)
-    try:
-        return evaluate(model, data, spec, device=device, limit=limit).accuracy
-    finally:
-        model.cpu()
+    return _measure(model, data, spec, device, limit).accuracy
 
 
 def _offset_progress(
@@ -234,11 +240,12 @@ def run_schedule(
     result = ScheduleResult(prune=PruneResult())
     if regularizer is not None and tc.epochs > 0:
         hold = hold_masks(model, {}, keep_zeros=keep_zeros)
+        # The penalty phase trains for sparsity, not accuracy: its last epoch is what is pruned.
         r = fit(
             model,
             data,
             spec,
-            tc,
+            replace(tc, keep_best=False),
             teacher=teacher,
             after_step=hold,
             extra_loss=regularizer,
@@ -311,10 +318,11 @@ def _cycles(
                 kind, t, n, config.effective_ratio, min(schedule.initial_ratio, config.ratio)
             ),
             "sparsity": res.sparsity,
-            "pruned_accuracy": _accuracy(model, data, spec, device, tc.val_limit),
+            "pruned_accuracy": None,
             "finetuned_accuracy": None,
         }
-        result.pruned_accuracy = row["pruned_accuracy"]
+        pruned = _measure(model, data, spec, device, tc.val_limit)
+        row["pruned_accuracy"] = result.pruned_accuracy = pruned.accuracy
         if tc.epochs > 0:
             report = _offset_progress(progress, (t - 1) * per_fit, total)
             hold = hold_masks(model, res.masks, keep_zeros=keep_zeros)
@@ -328,6 +336,7 @@ def _cycles(
                     after_step=hold,
                     progress=report,
                     cancel=cancel,
+                    start=pruned,
                 )
             result.train.append(tr)
             row["finetuned_accuracy"] = tr.final_accuracy
@@ -413,11 +422,13 @@ def _dynamic(
             for n, p in params.items():
                 p.copy_(dense[n] * masks[n])
 
+    # Earlier weights belong to earlier masks, which the dense copy has moved on from: the
+    # dynamic schedule hands back its last epoch.
     tr = fit(
         model,
         data,
         spec,
-        tc,
+        replace(tc, keep_best=False),
         teacher=teacher,
         after_step=after_step,
         progress=progress,
