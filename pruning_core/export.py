@@ -46,6 +46,8 @@ __all__ = [
     "checkpoint_zip",
     "csv_bytes",
     "export_onnx",
+    "finetune_change",
+    "finetune_outcome",
     "is_model_dir",
     "is_self_contained",
     "model_card",
@@ -391,6 +393,8 @@ th{background:#f5f7fa} .cap{color:#52606d;font-size:.9rem;margin:.2rem 0 1.5rem}
 .kpis{display:flex;flex-wrap:wrap;gap:1rem;margin:1rem 0}
 .kpi{background:#f5f7fa;border-radius:8px;padding:.6rem 1rem;min-width:9rem}
 .kpi b{display:block;font-size:1.3rem} .note{color:#52606d;font-size:.85rem}
+.outcome{font-size:1rem;padding:.5rem .8rem;border-left:4px solid #52606d;background:#f5f7fa}
+.outcome.worse{border-color:#b42318;background:#fef3f2;color:#7a271a;font-weight:600}
 """
 
 
@@ -426,6 +430,8 @@ def report_html(
     model_card: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
     subtitle: str = "",
+    outcome: str = "",
+    worse: bool = False,
 ) -> str:
     """A self-contained HTML report: plotly.js inlined once, no network needed to open it.
 
@@ -438,6 +444,9 @@ def report_html(
         model_card: The model card (name, data, accuracy, seed, command...).
         notes: Plain sentences (what was measured, on what).
         subtitle: A line under the title.
+        outcome: A sentence shown under the headline numbers, set off from the notes (what
+            fine-tuning did to accuracy).
+        worse: Show `outcome` as bad news (red).
     """
     e = html.escape
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -453,6 +462,8 @@ def report_html(
         parts.append('<div class="kpis">')
         parts += [f'<div class="kpi">{e(str(k))}<b>{e(str(v))}</b></div>' for k, v in kpis.items()]
         parts.append("</div>")
+    if outcome:
+        parts.append(f'<p class="outcome{" worse" if worse else ""}">{e(outcome)}</p>')
     for n in notes:
         parts.append(f'<p class="note">{e(n)}</p>')
     inlined = False
@@ -493,6 +504,7 @@ def is_self_contained(page: str) -> bool:
 _NUMBER_FIELDS = (
     "target_ratio", "sparsity", "dense_accuracy", "pruned_accuracy", "regularized_accuracy",
     "finetuned_accuracy", "final_accuracy", "accuracy", "params_before", "params_after",
+    "finetune_kept_epoch",
     "macs_before", "macs_after", "size_bytes_before", "size_bytes_after", "seconds",
 )  # fmt: skip
 _TEXT_FIELDS = (
@@ -570,6 +582,75 @@ def _pct(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.2%}"
 
 
+def _accuracy_of(v: Any) -> float | None:
+    """An accuracy from metrics, or None when absent or not a finite number."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def finetune_change(metrics: Mapping[str, Any]) -> float | None:
+    """Fine-tuned minus pruned accuracy in points of percentage, to 0.01 (signed; negative:
+    fine-tuning made it worse), or None when no fine-tune was measured."""
+    before = _accuracy_of(metrics.get("pruned_accuracy"))
+    after = _accuracy_of(metrics.get("finetuned_accuracy"))
+    if before is None or after is None:
+        return None
+    return round((after - before) * 100, 2)
+
+
+def finetune_outcome(metrics: Mapping[str, Any]) -> str | None:
+    """What fine-tuning did to accuracy, in words, for the report and the Fine-tune page.
+
+    A fine-tune that lowered accuracy says so first ("Fine-tuning lowered accuracy by 1.40
+    points"), never hidden behind the final number; with best-epoch keeping
+    (`TrainConfig.keep_best`, recorded as `finetune_kept_epoch`) it says which epoch was kept,
+    and that the validation split chose it.
+
+    Args:
+        metrics: The `metrics.json` layout (`pruned_accuracy`, `finetuned_accuracy`, optional
+            `finetune_kept_epoch` and `recipe`).
+
+    Returns:
+        One or two sentences, or None when no fine-tune was measured.
+    """
+    change = finetune_change(metrics)
+    if change is None:
+        return None
+    before = float(metrics["pruned_accuracy"])
+    after = float(metrics["finetuned_accuracy"])
+    if change < 0:
+        text = (
+            f"Fine-tuning lowered accuracy by {-change:.2f} points: {after:.2%} after "
+            f"fine-tuning, {before:.2%} right after pruning."
+        )
+    elif change > 0:
+        text = (
+            f"Fine-tuning raised accuracy by {change:.2f} points: {after:.2%} after "
+            f"fine-tuning, {before:.2%} right after pruning."
+        )
+    else:
+        text = f"Fine-tuning left accuracy unchanged at {after:.2%} (as right after pruning)."
+    kept = metrics.get("finetune_kept_epoch")
+    if isinstance(kept, int) and not isinstance(kept, bool):
+        recipe = metrics.get("recipe")
+        settings = recipe.get("settings", {}) if isinstance(recipe, Mapping) else {}
+        epochs = settings.get("finetune_epochs") if isinstance(settings, Mapping) else None
+        of = f" of {epochs}" if isinstance(epochs, int) and epochs >= kept else ""
+        if kept == 0:
+            text += (
+                " No epoch beat the model it started from on the validation split, so the "
+                "fine-tune kept the best epoch: epoch 0, the weights before fine-tuning."
+            )
+        else:
+            text += (
+                f" The fine-tune kept the best epoch by validation accuracy: epoch {kept}{of}"
+                " (chosen on the validation split, so that split's accuracy is a slightly "
+                "optimistic estimate)."
+            )
+    return text
+
+
 def pruning_report(
     metrics: Mapping[str, Any],
     *,
@@ -634,6 +715,9 @@ def pruning_report(
         "Pruned accuracy": _pct(m.get("pruned_accuracy")),
         "Fine-tuned accuracy": _pct(m.get("finetuned_accuracy")),
     }
+    change = finetune_change(m)
+    if change is not None:
+        kpis["Fine-tuning changed accuracy by"] = f"{change:+.2f} points"
     if m.get("params_before") and m.get("params_after") is not None:
         kpis["Non-zero params"] = f"{m['params_before']:,} → {m['params_after']:,}"
     if m.get("macs_before") and m.get("macs_after") is not None:
@@ -655,6 +739,7 @@ def pruning_report(
         title, kpis=kpis, figures=figures, metrics=flat, tables=tables, model_card=model_card,
         notes=[*notes, "Accuracies are top-1 on the dataset's held-out validation split; every "
                "number was measured, none is estimated."], subtitle=subtitle,
+        outcome=finetune_outcome(m) or "", worse=change is not None and change < 0,
     )  # fmt: skip
 
 

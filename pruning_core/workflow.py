@@ -115,7 +115,9 @@ class RecipeResult:
         Keys: model, arch, dataset, method and criterion (the same name), granularity, scope,
         target_ratio, sparsity, layer_sparsity, params/macs/size_bytes before and after,
         dense/pruned/regularized/finetuned/final accuracy (and `accuracy`, the final one),
-        schedule, curve, notes, cancelled, seconds, recipe; plus `extra`.
+        finetune_kept_epoch (the epoch the last fine-tune handed back with
+        `TrainConfig.keep_best`, 0 = its starting weights; None without), schedule, curve,
+        notes, cancelled, seconds, recipe; plus `extra`.
         """
         r, p, s = self.recipe, self.recipe.prune, self.schedule
         out: dict[str, Any] = {
@@ -137,6 +139,7 @@ class RecipeResult:
             "pruned_accuracy": s.pruned_accuracy,
             "regularized_accuracy": s.regularized_accuracy,
             "finetuned_accuracy": s.finetuned_accuracy if self.fine_tuned else None,
+            "finetune_kept_epoch": s.train[-1].best_epoch if self.fine_tuned and s.train else None,
             "final_accuracy": self.final_accuracy,
             "accuracy": self.final_accuracy,
             "size_bytes_before": self.dense.size_bytes,

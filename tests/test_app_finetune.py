@@ -133,3 +133,35 @@ def test_a_queued_job_shows_its_place_and_can_be_cancelled_before_it_starts() ->
     finally:
         release.set()
         blocker.wait(30)
+
+
+def _outcome_page(pruned: float, finetuned: float) -> None:
+    """The Fine-tune page's outcome for a finished job with these accuracies (no job runs)."""
+    from types import SimpleNamespace
+
+    from ui.finetune_panel import _outcome
+
+    done = SimpleNamespace(
+        id="finished-elsewhere",
+        result={"accuracy": finetuned, "pruned_accuracy": pruned, "sparsity": 0.5,
+                "finetuned_accuracy": finetuned, "finetune_kept_epoch": None},
+    )  # fmt: skip
+    snap = {"status": "done", "elapsed": 3.0, "metrics": {}, "run_id": None}
+    _outcome(done, snap, 2, 0.99)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("pruned", "finetuned", "lowered"), [(0.9889, 0.9749, True), (0.9, 0.95, False)]
+)
+def test_the_outcome_says_plainly_when_fine_tuning_lowered_accuracy(
+    pruned: float, finetuned: float, lowered: bool
+) -> None:
+    at = AppTest.from_function(_outcome_page, args=(pruned, finetuned), default_timeout=60)
+    at.run()
+    assert not at.exception
+    said = [w.value for w in at.warning] if lowered else [s.value for s in at.success]
+    assert len(said) == 1 and "Done in 3 s" in said[0]
+    if lowered:
+        assert "Fine-tuning lowered accuracy by 1.40 points" in said[0] and not at.success
+    else:
+        assert "Fine-tuning raised accuracy by 5.00 points" in said[0] and not at.warning

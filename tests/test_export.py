@@ -7,6 +7,7 @@ import copy
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -204,3 +205,37 @@ def test_onnx_carries_the_input_normalisation(dense: LoadedModel, tmp_path: Path
     with torch.no_grad():
         want = dense.model.eval()(adapt(raw, s)).numpy()  # the data pipeline's own preparation
     assert abs(got - want).max() <= 1e-4
+
+
+def _ft_metrics(pruned: float, finetuned: float, kept: int | None) -> dict[str, Any]:
+    return {"model": "digits-mlp", "dataset": "digits", "method": "magnitude",
+            "granularity": "unstructured", "sparsity": 0.5, "dense_accuracy": 0.9889,
+            "pruned_accuracy": pruned, "finetuned_accuracy": finetuned,
+            "finetune_kept_epoch": kept,
+            "recipe": {"settings": {"finetune_epochs": 2}}}  # fmt: skip
+
+
+def test_a_fine_tune_that_lowered_accuracy_is_stated_in_words_and_numbers() -> None:
+    m = _ft_metrics(0.9889, 0.9749, None)  # the report: 98.89% -> 97.49%
+    assert export.finetune_change(m) == -1.4
+    said = export.finetune_outcome(m)
+    assert said is not None and said.startswith("Fine-tuning lowered accuracy by 1.40 points")
+    page = export.pruning_report(m)
+    assert "Fine-tuning lowered accuracy by 1.40 points" in page
+    assert '<p class="outcome worse">' in page  # set off in red, not a grey note
+    assert "-1.40 points" in page  # the signed change among the headline numbers
+
+
+def test_a_fine_tune_that_helped_or_kept_the_start_says_which_epoch_it_kept() -> None:
+    raised = export.finetune_outcome(_ft_metrics(0.90, 0.95, 2))
+    assert raised is not None and raised.startswith("Fine-tuning raised accuracy by 5.00 points")
+    assert "kept the best epoch by validation accuracy: epoch 2 of 2" in raised
+    kept = export.finetune_outcome(_ft_metrics(0.9889, 0.9889, 0))
+    assert kept is not None and kept.startswith("Fine-tuning left accuracy unchanged")
+    assert "epoch 0, the weights before fine-tuning" in kept
+    page = export.pruning_report(_ft_metrics(0.90, 0.95, 2))
+    assert '<p class="outcome">' in page and "+5.00 points" in page
+    # No fine-tune, nothing said about one.
+    assert (
+        export.finetune_outcome({**_ft_metrics(0.9, 0.9, None), "finetuned_accuracy": None}) is None
+    )

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from pruning_core.export import finetune_change, finetune_outcome
 from pruning_core.jobs import Job
 from pruning_core.plots import training_curves_figure
 from ui.actions import commit_finetune
@@ -67,14 +68,19 @@ def _outcome(job: Job, snap: dict[str, Any], points: int, dense_accuracy: float)
         metrics = {**snap["metrics"], **(job.result if isinstance(job.result, dict) else {})}
         note = commit_finetune(job.id, snap["run_id"])
         acc = metrics.get("accuracy")
-        st.success(
-            f"Done in {snap['elapsed']:.0f} s. Validation accuracy "
-            f"{acc:.2%} after fine-tuning (was {metrics.get('pruned_accuracy', 0):.2%} right "
-            f"after pruning; dense {dense_accuracy:.2%}); sparsity "
-            f"{metrics.get('sparsity', 0):.1%} of the pruned layers. " + note
-            if acc is not None
-            else f"Done in {snap['elapsed']:.0f} s."
-        )
+        if acc is None:
+            st.success(f"Done in {snap['elapsed']:.0f} s. " + note)
+        else:
+            summary = (
+                f"Done in {snap['elapsed']:.0f} s. Validation accuracy {acc:.2%} after "
+                f"fine-tuning (dense {dense_accuracy:.2%}); sparsity "
+                f"{metrics.get('sparsity', 0):.1%} of the pruned layers. "
+            )
+            change = finetune_change(metrics)
+            outcome = finetune_outcome(metrics) or ""
+            # A fine-tune that made the model worse is bad news, said as such, not a success.
+            show = st.warning if change is not None and change < 0 else st.success
+            show(summary + outcome + " " + note)
     elif status == "cancelled":
         kept = (
             f"The partial curve ({points} points) is in the run store"
