@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from pruning_core.criteria import Magnitude
 from pruning_core.errors import UserError
 from pruning_core.regularize import NO_REGULARIZER, REGULARIZERS
 from pruning_core.schedules import SCHEDULES, Schedule
-from pruning_core.train import OPTIMIZERS, TrainConfig
+from pruning_core.train import DEFAULT_FINETUNE as FT
+from pruning_core.train import OPTIMIZERS
 from ui.actions import finetune_recipe, start_finetune
 from ui.finetune_panel import finetune_panel
 from ui.jobs_panel import follow_job, runner_or_stop
@@ -87,13 +90,27 @@ with c2:
     )
     lr = st.select_slider(
         "Learning rate",
-        options=[1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1],
+        options=sorted({1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, FT.lr}),
         key="ft_lr",
         format_func=lambda v: f"{v:g}",
         help="Peak learning rate (cosine decay to zero). Fine-tuning wants smaller steps than "
         "training from scratch; SGD usually needs ~10x Adam's.",
     )
     optimizer = st.selectbox("Optimizer", list(OPTIMIZERS), key="ft_optimizer")
+    keep_best = st.toggle(
+        "Keep the best epoch",
+        key="ft_keep_best",
+        help="Validation accuracy is measured before the first epoch and after each one; the "
+        "weights of the best are handed back, the pruned model's own included (on a tie, the "
+        "earlier). Off: the last epoch's weights, better or worse.",
+    )
+    st.caption(
+        "Kept the best epoch: a fine-tune never hands back a model worse on the validation "
+        "split than the pruned one (that split chooses the epoch, so its accuracy is slightly "
+        "optimistic)."
+        if keep_best
+        else "The last epoch is handed back, even when it is worse than the pruned model."
+    )
 with c3:
     distill = st.toggle(
         "Distillation from the dense model",
@@ -166,12 +183,16 @@ if start and committed is not None:
         recipe = finetune_recipe(
             committed,
             Schedule(schedule, int(steps) if schedule != "oneshot" else 1),
-            TrainConfig(
+            # The default fine-tune with this page's settings: what the page does not show
+            # (batch size, decay, warm-up) stays the one default.
+            dataclasses.replace(
+                FT,
                 epochs=int(epochs),
                 lr=float(lr),
                 optimizer=optimizer,
                 distill_weight=float(distill_w) if distill else 0.0,
                 distill_temperature=float(temperature),
+                keep_best=bool(keep_best),
                 seed=committed.config.seed,
             ),
             reg,

@@ -48,7 +48,7 @@ from pruning_core.prune import (
 )
 from pruning_core.spec import InputSpec
 from pruning_core.stats import count_macs, count_params
-from pruning_core.train import Progress, TrainConfig, fit
+from pruning_core.train import DEFAULT_FINETUNE, Progress, TrainConfig, fit
 
 __all__ = [
     "DEFAULT_SENSITIVITY_RATIOS",
@@ -141,7 +141,8 @@ def sweep(
         granularity: unstructured, N:M (e.g. `2:4`), channel, head or block.
         finetune_epochs: Fine-tune each pruned copy this many epochs (0: no fine-tune, and
             `finetuned_accuracy` is NaN).
-        train_config: Fine-tune settings (its `epochs` is replaced by `finetune_epochs`).
+        train_config: Fine-tune settings (its `epochs` is replaced by `finetune_epochs`;
+            default `train.DEFAULT_FINETUNE`).
         progress: Called with a `progress.ProgressReport` (`fraction` of the sweep done,
             `message`) after each point, and after each fine-tuning step.
         cancel: When set, the sweep stops after the current point (fine-tuning stops within a
@@ -184,7 +185,7 @@ def sweep(
             configs[m].replace(ratio=r)
     ft_config = None
     if finetune_epochs > 0:
-        ft_config = dataclasses.replace(train_config or TrainConfig(), epochs=finetune_epochs)
+        ft_config = dataclasses.replace(train_config or DEFAULT_FINETUNE, epochs=finetune_epochs)
     dev = resolve_device(device)
     base = _fresh(net)
     dense_acc = evaluate(base.to(dev), data, spec, device=dev, limit=eval_limit).accuracy

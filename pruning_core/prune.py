@@ -40,7 +40,6 @@ __all__ = [
     "ScoreCache",
     "StructuredPreview",
     "apply_masks_",
-    "finetune_defaults",
     "hold_masks",
     "list_methods",
     "mask_sparsity",
@@ -269,12 +268,6 @@ class PruneConfig:
         if kw.get("ignore") is not None:
             kw["ignore"] = tuple(kw["ignore"])
         return cls(**kw)
-
-
-def finetune_defaults(config: PruneConfig) -> dict[str, Any]:
-    """The fine-tune settings that recover this granularity best (optimizer, lr, weight decay,
-    distillation weight): each plan says its own (`Plan.finetune`)."""
-    return dict(config.plan.finetune)
 
 
 @dataclass(frozen=True)

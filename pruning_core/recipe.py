@@ -12,11 +12,15 @@ A recipe is a versioned document, never an instruction to read arbitrary files:
 - the settings that name files (`model`, `dataset`, `ratios_file`) are registry names, or paths
   resolved relative to the recipe's own folder that may not leave it (no absolute paths, no
   `..`, no symbolic links pointing out). A recipe exported by the app carries values (ratios
-  inline, registry names, file names), never a path of the machine that wrote it.
+  inline, registry names, file names), never a path of the machine that wrote it;
+- a recipe written before the one default fine-tune (`train.DEFAULT_FINETUNE`) records no
+  `keep_best`: it is read as written then (last epoch kept, the fine-tune settings it left out
+  as its `train` section records them), so it repeats its run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Collection, Mapping
@@ -28,9 +32,9 @@ from pruning_core.checkpoint import CHECKPOINT_SUFFIXES
 from pruning_core.errors import UserError, brief, shown
 from pruning_core.fsio import json_default
 from pruning_core.plans import get_plan
-from pruning_core.prune import PruneConfig, finetune_defaults
+from pruning_core.prune import PruneConfig
 from pruning_core.schedules import DYNAMIC_DEFAULT_UPDATES, Schedule
-from pruning_core.train import TrainConfig
+from pruning_core.train import DEFAULT_FINETUNE, TrainConfig
 from pruning_core.validate import RATIO, SEED, Range
 
 __all__ = [
@@ -52,8 +56,8 @@ RECIPE_VERSION = 1
 RECIPE_KEYS = (
     "model", "arch", "dataset", "method", "granularity", "ratio", "scope", "ratios_file", "schedule",
     "steps", "finetune_epochs", "lr", "optimizer", "batch_size", "weight_decay", "distill",
-    "regularize", "reg_strength", "device", "seed", "norm", "ignore", "max_layer_ratio",
-    "structured_mode", "round_to", "calib_batches",
+    "keep_best", "regularize", "reg_strength", "device", "seed", "norm", "ignore",
+    "max_layer_ratio", "structured_mode", "round_to", "calib_batches",
 )  # fmt: skip
 # Top-level keys of a recipe document. Only `settings` drives the run; the others describe it.
 RECIPE_SECTIONS = ("version", "settings", "prune", "schedule", "train", "regularize", "seed")
@@ -161,7 +165,7 @@ def check_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
             if not isinstance(value, str) or not value.strip() or "\0" in value:
                 raise UserError(f"{what} must be a non-empty text, got {brief(value)}")
             out[key] = value
-        elif key == "distill":
+        elif key in ("distill", "keep_best"):
             if not isinstance(value, bool):
                 raise UserError(f"{what} must be true or false, got {brief(value)}")
             out[key] = value
@@ -334,8 +338,9 @@ class Recipe:
     def from_settings(cls, s: Mapping[str, Any]) -> Recipe:
         """A recipe from flat settings (the `settings` of a recipe file, or command-line options).
 
-        Absent settings take their defaults: fine-tune optimizer, learning rate, weight decay
-        and distillation follow the granularity (`prune.finetune_defaults`).
+        Absent settings take their defaults: the fine-tune is `train.DEFAULT_FINETUNE` (the
+        app's and every command's) with the settings given on top; no fine-tune epochs unless
+        asked (`finetune_epochs`).
 
         Raises:
             UserError: A missing model, dataset, criterion or granularity, or any invalid value.
@@ -372,19 +377,21 @@ class Recipe:
             if s.get(k) is not None:
                 kw[k] = s[k]
         prune = PruneConfig(**kw)
-        d = finetune_defaults(prune)
+        d = DEFAULT_FINETUNE
         distill = s.get("distill")
-        finetune = TrainConfig(
+        finetune = dataclasses.replace(
+            d,
             epochs=int(_given(s, "finetune_epochs", 0)),
-            lr=float(_given(s, "lr", d["lr"])),
-            optimizer=str(s.get("optimizer") or d["optimizer"]),
-            batch_size=int(_given(s, "batch_size", 64)),
-            weight_decay=float(_given(s, "weight_decay", d["weight_decay"])),
-            device=str(s.get("device") or "auto"),
+            lr=float(_given(s, "lr", d.lr)),
+            optimizer=str(s.get("optimizer") or d.optimizer),
+            batch_size=int(_given(s, "batch_size", d.batch_size)),
+            weight_decay=float(_given(s, "weight_decay", d.weight_decay)),
+            device=str(s.get("device") or d.device),
             seed=seed,
-            distill_weight=float(d["distill_weight"])
+            distill_weight=d.distill_weight
             if distill is None
             else (DISTILL_WEIGHT if distill else 0.0),
+            keep_best=bool(_given(s, "keep_best", d.keep_best)),
         )
         kind = str(s.get("schedule") or "oneshot")
         steps = s.get("steps")
@@ -456,6 +463,7 @@ class Recipe:
             "batch_size": t.batch_size,
             "weight_decay": t.weight_decay,
             "distill": t.distill_weight > 0,
+            "keep_best": t.keep_best,
             "regularize": self.regularizer,
             "reg_strength": self.reg_strength,
             "device": t.device,
@@ -527,4 +535,33 @@ def _check_document(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
             f"recipe {source}: unknown key(s) {', '.join(repr(shown(k, 40)) for k in extra[:5])}; "
             "it may come from a newer Pruning Lab"
         )
-    return check_settings(recipe["settings"], source)
+    settings = dict(recipe["settings"])
+    if "keep_best" not in settings:
+        settings.update(_as_written(settings, recipe.get("train")))
+    return check_settings(settings, source)
+
+
+# Fine-tune settings a recipe may leave out, and the field of its resolved `train` section
+# that says what the run used.
+_TRAIN_FIELDS = (("lr", "lr"), ("optimizer", "optimizer"), ("batch_size", "batch_size"),
+                 ("weight_decay", "weight_decay"))  # fmt: skip
+
+
+def _as_written(settings: Mapping[str, Any], train: Any) -> dict[str, Any]:
+    """What a recipe written before `train.DEFAULT_FINETUNE` meant, so it repeats its run.
+
+    Such a recipe records no `keep_best`: its fine-tune handed back the last epoch. The
+    fine-tune settings it left out followed defaults that have changed since (per granularity
+    then); its `train` section records the values the run used, and those are what it means
+    (checked as any setting is). Recipes written since record every fine-tune setting.
+    """
+    out: dict[str, Any] = {"keep_best": False}
+    if not isinstance(train, Mapping):
+        return out
+    for key, name in _TRAIN_FIELDS:
+        if settings.get(key) is None and train.get(name) is not None:
+            out[key] = train[name]
+    weight = train.get("distill_weight")
+    if settings.get("distill") is None and isinstance(weight, int | float):
+        out["distill"] = not isinstance(weight, bool) and weight > 0
+    return out

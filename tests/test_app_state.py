@@ -77,7 +77,8 @@ def test_sweep_and_finetune_survive_page_changes() -> None:
     at = _applied(0.6)
     applied = at.session_state["prune_committed"]
     at.switch_page("pages/4_finetune.py").run()
-    at.number_input(key="ft_epochs").set_value(1).run()
+    # Not the default's epochs, so coming back to them shows the setting survived.
+    at.number_input(key="ft_epochs").set_value(2).run()
     at.button(key="ft_start").click().run()
     ft_job = at.session_state["ft_job_id"]
     at.switch_page("pages/5_tradeoffs.py").run()
@@ -111,7 +112,7 @@ def test_sweep_and_finetune_survive_page_changes() -> None:
 
     at.switch_page("pages/4_finetune.py").run()
     assert not at.exception, at.exception
-    assert at.number_input(key="ft_epochs").value == 1
+    assert at.number_input(key="ft_epochs").value == 2
     assert any("Done in" in s.value for s in at.success), [s.value for s in at.success]
     model = at.session_state["prune_committed"]
     assert model.stage == "fine-tuned" and model.config == applied.config

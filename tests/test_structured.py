@@ -16,7 +16,6 @@ from pruning_core.models import get_entry, load_model, model_spec
 from pruning_core.prune import (
     PruneConfig,
     StructuredPreview,
-    finetune_defaults,
     prunable_layers,
     prune_,
 )
@@ -266,13 +265,6 @@ def test_save_and_reload_gives_identical_outputs(
     x = _x(spec)
     torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
     assert count_params(loaded) == count_params(model)
-
-
-def test_finetune_defaults_fit_train_config() -> None:
-    from pruning_core.train import TrainConfig
-
-    cfg = TrainConfig(**finetune_defaults(PruneConfig(granularity="channel")))
-    assert cfg.lr > 0
 
 
 @pytest.mark.parametrize("method", ["taylor", "activation", "apoz", "wanda"])

@@ -23,11 +23,15 @@ from streamlit.errors import StreamlitAPIException
 
 from pruning_core.criteria import Magnitude, Random
 from pruning_core.prune import PruneConfig
+from pruning_core.recipe import DISTILL_WEIGHT
 from pruning_core.regularize import NO_REGULARIZER
+from pruning_core.train import DEFAULT_FINETUNE
 
 _T = TypeVar("_T")
-# The engine's defaults are the app's: one place says what a fresh session prunes with.
+# The engine's defaults are the app's: one place says what a fresh session prunes with, and
+# one what it fine-tunes with (the CLI and the Trade-offs sweeps start from the same).
 _PRUNE = PruneConfig()
+_FT = DEFAULT_FINETUNE
 
 DEFAULTS: dict[str, Any] = {
     "model_ref": "digits-cnn",
@@ -43,19 +47,20 @@ DEFAULTS: dict[str, Any] = {
     "prune_estimate_n": 500,
     "ft_schedule": "oneshot",
     "ft_steps": 3,
-    "ft_epochs": 2,
-    "ft_lr": 0.002,
-    "ft_optimizer": "adam",
-    "ft_distill": False,
-    "ft_distill_weight": 0.5,
-    "ft_temperature": 4.0,
+    "ft_epochs": _FT.epochs,
+    "ft_lr": _FT.lr,
+    "ft_optimizer": _FT.optimizer,
+    "ft_distill": _FT.distill_weight > 0,
+    "ft_distill_weight": _FT.distill_weight or DISTILL_WEIGHT,
+    "ft_temperature": _FT.distill_temperature,
+    "ft_keep_best": _FT.keep_best,
     "ft_reg": NO_REGULARIZER,
     "ft_reg_strength": 0.0001,
     # --- Trade-offs, Export, uploads, lesson (A2) ---
     "tradeoff_methods": [Magnitude.name, Random.name],
     "tradeoff_granularity": _PRUNE.granularity,
     "tradeoff_ratios": "0.5, 0.7, 0.9",
-    "tradeoff_ft_epochs": 1,
+    "tradeoff_ft_epochs": _FT.epochs,
     "tradeoff_lat_batch": 32,
     # One thread by default: timings on a shared machine are far steadier.
     "tradeoff_lat_threads": 1,
@@ -104,6 +109,7 @@ KEEP: tuple[str, ...] = (
     "ft_distill",
     "ft_distill_weight",
     "ft_temperature",
+    "ft_keep_best",
     "ft_reg",
     "ft_reg_strength",
     "tradeoff_methods",

@@ -10,6 +10,7 @@ points with their Pareto front.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pruning_core.jobs import JobContext
 from pruning_core.layers import trainable_copy
 from pruning_core.spec import InputSpec
 from pruning_core.tradeoffs import latency_vs_sparsity, pareto_front
-from pruning_core.train import TrainConfig
+from pruning_core.train import DEFAULT_FINETUNE
 
 __all__ = [
     "Measurement",
@@ -96,7 +97,7 @@ def sweep_job(
     device: str,
 ) -> Measurement:
     """Accuracy against sparsity for each criterion (`experiments.sweep`), fine-tuned for
-    `epochs` epochs when > 0.
+    `epochs` epochs when > 0 with the default fine-tune (`train.DEFAULT_FINETUNE`).
 
     Raises:
         UserError: No criterion picked.
@@ -104,7 +105,7 @@ def sweep_job(
     methods, ratios = list(methods), list(ratios)
     if not methods:
         raise UserError("pick at least one method")
-    tc = TrainConfig(epochs=max(epochs, 1), lr=1e-3, optimizer="adam", device=device)
+    tc = dataclasses.replace(DEFAULT_FINETUNE, epochs=max(epochs, 1), device=device)
     net = trainable_copy(model)
 
     def run(ctx: JobContext) -> dict[str, Any]:

@@ -9,6 +9,7 @@ store (`PRUNING_LAB_HOME`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from pruning_core.plans.masks import UnstructuredPlan
 from pruning_core.progress import ProgressFn, ProgressReport
 from pruning_core.prune import PruneConfig
 from pruning_core.recipe import SETTING_CHECKS as C
+from pruning_core.train import DEFAULT_FINETUNE as FT
 from pruning_core.validate import POSITIVE_INT, RATIO
 
 __all__ = ["DEFAULT_TARGET_SPARSITY", "cmd_sensitivity", "cmd_sweep", "parse_ratios", "register"]
@@ -59,8 +61,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default=0,
         help="fine-tune each point (0: no)",
     )
-    p.add_argument("--lr", type=C["lr"], default=1e-3, help="fine-tune learning rate")
-    p.add_argument("--batch-size", type=C["batch_size"], default=64, help="fine-tune batch size")
+    p.add_argument(
+        "--lr", type=C["lr"], default=FT.lr, help=f"fine-tune learning rate (default {FT.lr:g})"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=C["batch_size"],
+        default=FT.batch_size,
+        help=f"fine-tune batch size (default {FT.batch_size})",
+    )
     p.add_argument(
         "--eval-limit", type=POSITIVE_INT, help="evaluate on the first N validation images"
     )
@@ -157,7 +166,6 @@ def _plain(v: Any) -> Any:
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.experiments import sweep, write_csv
-    from pruning_core.train import TrainConfig
 
     _check_out(args.out)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -166,7 +174,8 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("--methods needs at least one criterion")
     for m in methods:
         PruneConfig(method=m, granularity=args.granularity, ratio=0.0, seed=args.seed)
-    train_config = TrainConfig(
+    train_config = dataclasses.replace(
+        FT,
         epochs=args.finetune_epochs,
         lr=args.lr,
         batch_size=args.batch_size,

@@ -9,6 +9,7 @@ from typing import Any
 from pruning_core.cli.common import criterion_name, granularity_name, resolve, stderr_progress
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
+from pruning_core.export import finetune_outcome
 from pruning_core.fsio import check_output_dir
 from pruning_core.plans import list_granularities
 from pruning_core.prune import list_methods
@@ -16,6 +17,7 @@ from pruning_core.recipe import RECIPE_KEYS, Recipe
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.regularize import REGULARIZERS
 from pruning_core.schedules import DYNAMIC_DEFAULT_UPDATES, SCHEDULES
+from pruning_core.train import DEFAULT_FINETUNE as FT
 from pruning_core.train import OPTIMIZERS
 from pruning_core.workflow import run_recipe
 
@@ -86,21 +88,31 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         type=C["finetune_epochs"],
         help="fine-tune epochs after each pruning step (default 0)",
     )
-    p.add_argument("--lr", type=C["lr"], help="fine-tune learning rate (default per granularity)")
+    p.add_argument("--lr", type=C["lr"], help=f"fine-tune learning rate (default {FT.lr:g})")
     p.add_argument(
-        "--optimizer", choices=OPTIMIZERS, help="fine-tune optimizer (default per granularity)"
+        "--optimizer", choices=OPTIMIZERS, help=f"fine-tune optimizer (default {FT.optimizer})"
     )
-    p.add_argument("--batch-size", type=C["batch_size"], help="fine-tune batch size (default 64)")
+    p.add_argument(
+        "--batch-size", type=C["batch_size"], help=f"fine-tune batch size (default {FT.batch_size})"
+    )
     p.add_argument(
         "--weight-decay",
         type=C["weight_decay"],
-        help="fine-tune weight decay, >= 0 (default per granularity)",
+        help=f"fine-tune weight decay, >= 0 (default {FT.weight_decay:g})",
     )
     p.add_argument(
         "--distill",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="distil from the dense model while fine-tuning (default: on for channel/head/block)",
+        help="distil from the dense model while fine-tuning (default "
+        f"{'on' if FT.distill_weight > 0 else 'off'})",
+    )
+    p.add_argument(
+        "--keep-best",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="hand back the fine-tune epoch with the best validation accuracy, the pruned model "
+        f"itself included (default {'on' if FT.keep_best else 'off'}); off: the last epoch",
     )
     p.add_argument(
         "--regularize", choices=list(REGULARIZERS), help="sparsity training before pruning"
@@ -164,6 +176,7 @@ def _summary(m: dict[str, Any], out: Path) -> dict[str, Any]:
         "pruned": f"{m['model']} on {m['dataset']}: {m['method']} {m['granularity']} to {pct(m['sparsity'])} sparsity",
         "accuracy": f"dense {pct(m['dense_accuracy'])}, pruned {pct(m['pruned_accuracy'])}, "
         f"fine-tuned {pct(m['finetuned_accuracy'])}",
+        "fine-tune": finetune_outcome(m) or "-",
         "params": f"{m['params_before']:,} -> {m['params_after']:,} non-zero",
         "macs": f"{m['macs_before']:,} -> {m['macs_after']:,}",
         "notes": "; ".join(m["notes"]) or "-",

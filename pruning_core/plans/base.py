@@ -172,13 +172,6 @@ class Plan:
     per_layer: ClassVar[bool] = True
     # The granularity itself fixes the share removed (N:M): the ratio slider does not apply.
     fixed_ratio: ClassVar[bool] = False
-    # Fine-tuning that recovers this granularity best (see `prune.finetune_defaults`).
-    finetune: ClassVar[Mapping[str, Any]] = {
-        "optimizer": "adam",
-        "lr": 1e-3,
-        "weight_decay": 0.0,
-        "distill_weight": 0.0,
-    }
     # What the unit names are, for the app's per-layer table ("layer", "channel group"...).
     unit_word: ClassVar[str] = "layer"
 

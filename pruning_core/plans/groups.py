@@ -33,26 +33,11 @@ from pruning_core.surgery import SHAPE_ATTRS
 
 __all__ = ["GroupPlan"]
 
-# Fine-tune settings for structurally pruned models. Measured on a shapes-resnet (dense 0.928),
-# channel ratio 0.5 (MACs x0.23), 2 epochs, batch 64: SGD lr 0.01 -> 0.907, SGD 0.02 -> 0.901,
-# SGD 0.005 -> 0.884, Adam 1e-3 -> 0.888. A shrunk network has to re-learn how its surviving
-# filters combine; SGD with momentum at 0.01 and a cosine decay does that best in two epochs.
-# Distillation from the dense model is on by default: a physically shrunk network loses most of
-# its accuracy at once, and the dense teacher's soft targets recover it much faster (measured on
-# shapes-resnet, channel 0.5, 2 epochs: 0.9315 without, 0.948 with; dense 0.9705).
-STRUCTURED_FINETUNE: dict[str, Any] = {
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "weight_decay": 5e-4,
-    "distill_weight": 0.5,
-}
-
 
 class GroupPlan(Plan):
     """Base of the structured plans: units of whole elements, selected by score."""
 
     structured = True
-    finetune: ClassVar[Mapping[str, Any]] = STRUCTURED_FINETUNE
     # `round_to` applies to this plan's unit sizes (channel counts).
     rounds: ClassVar[bool] = False
 

@@ -160,7 +160,7 @@ def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) 
 
         _goto(page, "Fine-tune")
         epochs = page.locator(".st-key-ft_epochs input")
-        epochs.fill("1")
+        epochs.fill("2")  # not the default: its survival shows
         epochs.press("Enter")
         _idle(page)
         page.get_by_role("button", name="Start fine-tuning").click()
@@ -197,7 +197,7 @@ def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) 
         _goto(page, "Fine-tune")
         page.wait_for_selector('[data-testid="stAlertContentSuccess"]:has-text("Done in")',
                                timeout=LONG)  # fmt: skip
-        assert page.locator(".st-key-ft_epochs input").input_value() == "1"
+        assert page.locator(".st-key-ft_epochs input").input_value() == "2"
         _goto(page, "Prune")
         page.wait_for_selector(
             '[data-testid="stAlertContentSuccess"]:has-text("fine-tuned")', timeout=LONG
