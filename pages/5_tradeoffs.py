@@ -85,7 +85,9 @@ with tab_acc:
         5,
         key="tradeoff_ft_epochs",
         help="0 measures pruning alone. 1 epoch usually recovers most of the loss at moderate "
-        "sparsity: that is the prune-then-retrain recipe.",
+        "sparsity: that is the prune-then-retrain recipe. Each point is fine-tuned with the "
+        "default fine-tune, which keeps its best epoch by validation accuracy (the pruned "
+        "weights included).",
     )
     start_button(
         "Run the sweep", "sweep", lambda: sweep_job(

@@ -57,6 +57,11 @@ version = f"{model_ref}|{dataset_ref}|{pm.created if pm is not None else 'dense'
 sel = (model_ref, dataset_ref)
 metrics = export_metrics(model_ref, dataset_ref, base, loaded, pm)
 recipe = metrics.get("recipe")
+outcome = export.finetune_outcome(metrics)
+if outcome:
+    # The report says it too; a fine-tune that made the model worse is never left unsaid.
+    lowered = (export.finetune_change(metrics) or 0.0) < 0
+    (st.warning if lowered else st.caption)(outcome)
 
 # --- checkpoint ---------------------------------------------------------------------------------
 

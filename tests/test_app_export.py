@@ -81,3 +81,34 @@ def test_pruned_model_export_onnx_recipe_report() -> None:
     assert page.count('class="plotly-graph-div"') >= 2
     assert "Accuracy vs sparsity" in page and "Latency" in page
     assert any("Self-contained" in c.value for c in at.caption)
+
+
+def test_a_fine_tune_that_lowered_accuracy_is_said_on_the_page_and_in_the_report() -> None:
+    """A session model whose fine-tune (keep-best off) ended below its pruned accuracy."""
+    from pruning_core.prune import PruneResult
+    from pruning_core.recipe import Recipe
+    from pruning_core.schedules import ScheduleResult
+    from pruning_core.train import TrainConfig
+    from pruning_core.workflow import Measures, RecipeResult
+
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    _commit_pruned(at, 0.5)
+    pm = at.session_state["prune_committed"]
+    pm.stage = "fine-tuned"
+    pm.run = RecipeResult(
+        recipe=Recipe("digits-cnn", "digits", pm.config, finetune=TrainConfig(epochs=2)),
+        loaded=pm.loaded,
+        dense=Measures(0.9861, 1, 1, 1),
+        after=Measures(0.9749, 1, 1, 1),
+        schedule=ScheduleResult(
+            prune=PruneResult(sparsity=0.5), pruned_accuracy=0.9889, finetuned_accuracy=0.9749
+        ),
+    )
+    at.run()
+    assert not at.exception
+    said = [w.value for w in at.warning if "Fine-tuning lowered accuracy by 1.40 points" in w.value]
+    assert len(said) == 1
+    at.button(key="export_make_report").click().run()
+    assert not at.exception
+    _version, page = at.session_state["export_report"]
+    assert "Fine-tuning lowered accuracy by 1.40 points" in page and "-1.40 points" in page
