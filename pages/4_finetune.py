@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import streamlit as st
 
 from pruning_core.criteria import Magnitude
-from pruning_core.errors import UserError
 from pruning_core.regularize import NO_REGULARIZER, REGULARIZERS
-from pruning_core.schedules import SCHEDULES, Schedule
+from pruning_core.schedules import SCHEDULES
 from pruning_core.train import DEFAULT_FINETUNE as FT
 from pruning_core.train import OPTIMIZERS
-from ui.actions import finetune_recipe, start_finetune
+from ui.actions import FINETUNE_START_ERROR, start_finetune_clicked
 from ui.finetune_panel import finetune_panel
 from ui.jobs_panel import follow_job, runner_or_stop
 from ui.session import finetune_job_id, pruned
@@ -165,44 +162,23 @@ if schedule == "dynamic" and not dynamic_ok:
         "unstructured or 2:4 target pruned with the magnitude criterion."
     )
     st.warning(problem)
-start = st.button(
+# Queued in the button's callback: it runs even when the user leaves the page at once.
+st.button(
     "Start fine-tuning",
     type="primary",
     key="ft_start",
     disabled=committed is None or active or problem is not None,
     help="Queued in the server's job runner; it starts when a worker is free.",
+    on_click=start_finetune_clicked,
+    args=(model_ref, dataset_ref),
 )
+if st.session_state.get(FINETUNE_START_ERROR):
+    st.error(f"Cannot start: {st.session_state[FINETUNE_START_ERROR]}")
 st.caption(
     f"Job runner: {runner.running} running, {runner.queued} waiting "
     f"(at most {runner.max_workers} at once and {runner.max_queue} waiting, shared by every "
     "user of this server)."
 )
-
-if start and committed is not None:
-    try:
-        recipe = finetune_recipe(
-            committed,
-            Schedule(schedule, int(steps) if schedule != "oneshot" else 1),
-            # The default fine-tune with this page's settings: what the page does not show
-            # (batch size, decay, warm-up) stays the one default.
-            dataclasses.replace(
-                FT,
-                epochs=int(epochs),
-                lr=float(lr),
-                optimizer=optimizer,
-                distill_weight=float(distill_w) if distill else 0.0,
-                distill_temperature=float(temperature),
-                keep_best=bool(keep_best),
-                seed=committed.config.seed,
-            ),
-            reg,
-            float(strength),
-        )
-        start_finetune(recipe, model_ref, dataset_ref)
-    except UserError as e:
-        st.error(f"Cannot start: {e}")
-    else:
-        st.rerun()  # redraw with the Start button disabled and the polling panel on
 
 
 # ------------------------------------------------------------------ the job

@@ -32,7 +32,7 @@ from pruning_core.regularize import NO_REGULARIZER
 from pruning_core.schedules import Schedule
 from pruning_core.slider import SliderPreview
 from pruning_core.stats import model_summary
-from pruning_core.train import TrainConfig
+from pruning_core.train import DEFAULT_FINETUNE, TrainConfig
 from pruning_core.workflow import RecipeResult
 from ui.caches import sensitivity_for
 from ui.choices import granularity_label
@@ -232,6 +232,48 @@ def start_finetune(recipe: Recipe, model_ref: str, dataset_ref: str) -> Job:
     }
     set_finetune_job(job.id)
     return job
+
+
+FINETUNE_START_ERROR = "ft_start_error"
+
+
+def start_finetune_clicked(model_ref: str, dataset_ref: str) -> None:
+    """The Fine-tune page's Start button callback: queue the job from the page's settings.
+
+    A callback runs before the next script run, so the job is queued even when the user leaves
+    the page right after the click (a job started in the page body would be lost when the page
+    changed before that run got to it). A refusal is kept under `FINETUNE_START_ERROR` for the
+    page to show.
+    """
+    ss = st.session_state
+    ss[FINETUNE_START_ERROR] = None
+    committed = pruned()
+    if committed is None:
+        ss[FINETUNE_START_ERROR] = "apply a pruning target on the Prune page first"
+        return
+    kind = str(ss["ft_schedule"])
+    distill = bool(ss["ft_distill"])
+    try:
+        train = dataclasses.replace(
+            DEFAULT_FINETUNE,
+            epochs=int(ss["ft_epochs"]),
+            lr=float(ss["ft_lr"]),
+            optimizer=str(ss["ft_optimizer"]),
+            distill_weight=float(ss["ft_distill_weight"]) if distill else 0.0,
+            distill_temperature=float(ss["ft_temperature"]),
+            keep_best=bool(ss["ft_keep_best"]),
+            seed=committed.config.seed,
+        )
+        recipe = finetune_recipe(
+            committed,
+            Schedule(kind, int(ss["ft_steps"]) if kind != "oneshot" else 1),
+            train,
+            str(ss["ft_reg"]),
+            float(ss["ft_reg_strength"]),
+        )
+        start_finetune(recipe, model_ref, dataset_ref)
+    except UserError as e:
+        ss[FINETUNE_START_ERROR] = str(e)
 
 
 def commit_finetune(job_id: str, run_id: int | None) -> str:
