@@ -6,7 +6,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.jobs_panel import use_page_threads
 from ui.state import init_state
 from ui.widgets import sidebar_frame
 
@@ -15,8 +14,6 @@ from ui.widgets import sidebar_frame
 FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
 st.set_page_config(page_title="Pruning Lab", page_icon=str(FAVICON), layout="wide")
 init_state()
-# Each script run is a thread of its own: give it the server's page thread count.
-use_page_threads()
 
 # Material icons ship with Streamlit's frontend; emoji need a font the machine may not have.
 PAGES = [

@@ -466,9 +466,12 @@ def report_html(
         parts.append(f'<p class="outcome{" worse" if worse else ""}">{e(outcome)}</p>')
     for n in notes:
         parts.append(f'<p class="note">{e(n)}</p>')
+    from pruning_core import plots  # plotly only when a report is written
+
     inlined = False
     for fig, caption in figures:
         # plotly.js (about 4 MB) goes in once, before the first figure; the rest reuse it.
+        fig.update_layout(template=plots.REPORT_TEMPLATE)  # no Streamlit theme to style it
         div = fig.to_html(
             full_html=False,
             include_plotlyjs=not inlined,

@@ -21,7 +21,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pruning_core import jobs
 from pruning_core.errors import UserError
 from pruning_core.jobs import Job, JobContext, JobRunner, get_runner
 from ui.state import remember
@@ -42,7 +41,6 @@ __all__ = [
     "start_button",
     "start_measurement",
     "submit_job",
-    "use_page_threads",
 ]
 
 POLL_SECONDS = 1.0
@@ -57,16 +55,6 @@ def job_runner() -> JobRunner:
         UserError: An unwritable PRUNING_LAB_HOME or bad job settings of the server.
     """
     return get_runner()
-
-
-def use_page_threads() -> None:
-    """Give this script run the server's page thread count (`pruning_core.jobs` states the
-    rule); a bad `PRUNING_LAB_PAGE_THREADS` is named once per run and the default used."""
-    try:
-        jobs.use_page_threads()
-    except UserError as e:
-        st.warning(f"{e}; pages use {jobs.DEFAULT_PAGE_THREADS} thread(s).")
-        jobs.use_page_threads(jobs.DEFAULT_PAGE_THREADS)
 
 
 def runner_or_stop() -> JobRunner:

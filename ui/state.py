@@ -22,6 +22,8 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from pruning_core.criteria import Magnitude, Random
+from pruning_core.errors import UserError
+from pruning_core.jobs import DEFAULT_PAGE_THREADS, use_page_threads
 from pruning_core.prune import PruneConfig
 from pruning_core.recipe import DISTILL_WEIGHT
 from pruning_core.regularize import NO_REGULARIZER
@@ -205,7 +207,13 @@ def _resume(kept: dict[str, Any]) -> str:
 
 def init_state() -> None:
     """Set every default key that is missing and hold the widget values of `KEEP` (safe to
-    call on every run, and many times in one); a reloaded tab takes over its last state."""
+    call on every run, and many times in one); a reloaded tab takes over its last state.
+    Every page calls this first, so it also gives the script run (a thread of its own) the
+    server's page thread count (`pruning_core.jobs.use_page_threads`)."""
+    try:
+        use_page_threads()
+    except UserError:  # a bad PRUNING_LAB_PAGE_THREADS: the default (the jobs page names it)
+        use_page_threads(DEFAULT_PAGE_THREADS)
     kept = st.session_state.get(_KEPT)
     if not isinstance(kept, dict):
         kept = st.session_state[_KEPT] = {}
