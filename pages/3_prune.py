@@ -188,7 +188,12 @@ else:
     estimate_slot.metric("Accuracy estimate", "off")
 timing_slot.caption(
     f"Preview computed in {stats.seconds * 1000:.0f} ms"
-    + (f" + {stats.eval_seconds * 1000:.0f} ms for the estimate" if estimate_on else "")
+    + (
+        f" + {stats.eval_seconds * 1000:.0f} ms for the estimate (95% interval "
+        f"{stats.accuracy_interval[0]:.1%} to {stats.accuracy_interval[1]:.1%})"
+        if estimate_on and stats.accuracy_interval
+        else ""
+    )
     + f" (scores were computed once in {preview.build_seconds:.2f} s, on CPU)."
     + (
         " Structured preview: weights are masked; Apply removes them physically."

@@ -199,7 +199,7 @@ def estimate_metric(slot: Any, stats: PreviewStats, dense: float) -> None:
     acc = stats.accuracy or 0.0
     lo, hi = stats.accuracy_interval or (acc, acc)
     slot.metric(
-        f"Accuracy estimate ±{(hi - lo) * 50:.1f} pts ({stats.n_eval} val images)",
+        f"Accuracy on {stats.n_eval} val images",
         f"{acc:.1%}",
         delta=f"{(acc - dense) * 100:+.1f} pts",
         help="An estimate: top-1 on the first validation images only, before any fine-tuning. "
