@@ -44,7 +44,7 @@ table = (
 st.subheader("Layers")
 show = table[
     ["layer", "type", "shape", "params", "nonzero", "sparsity", "macs", "macs_effective",
-     "size_dense", "size_csr", "w_abs_mean", "channels", "zero_channels"]
+     "size_dense", "size_csr", "w_abs_mean"]
 ].rename(
     columns={
         "macs": "MACs/image",
@@ -52,20 +52,22 @@ show = table[
         "size_dense": "bytes dense",
         "size_csr": "bytes CSR",
         "w_abs_mean": "mean |w|",
-        "zero_channels": "all-zero channels",
     }
 )  # fmt: skip
+# One column for the output channels, "zero / all", so the table fits a 1400 px page.
+show["zero channels"] = [
+    f"{z:,} / {c:,}" if c == c else "-"  # NaN: a layer without channels
+    for z, c in zip(table["zero_channels"], table["channels"], strict=True)
+]
 data_table(
     show,
     column_config={
         "sparsity": st.column_config.ProgressColumn(
             "sparsity", min_value=0.0, max_value=1.0, format="percent", width="small"
         ),
-        "mean |w|": st.column_config.NumberColumn(format="%.4f", width="small"),
-        # Small counts: narrow columns, so the table fits a 1400 px page without scrolling.
-        "channels": st.column_config.NumberColumn(format="localized", width="small"),
-        "all-zero channels": st.column_config.NumberColumn(
-            "zero ch.", format="localized", width="small", help="all-zero output channels"
+        "mean |w|": st.column_config.NumberColumn(format="%.4f"),
+        "zero channels": st.column_config.TextColumn(
+            help="Output channels whose weights are all zero, of all output channels"
         ),
     },
     key="inspect_table",

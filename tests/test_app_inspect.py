@@ -55,7 +55,8 @@ def test_inspect_overlays_the_pruned_model() -> None:
     assert any("pruned" in i.value for i in at.info)
     table = at.dataframe[0].value
     conv2 = table[table["layer"] == "conv2"].iloc[0]
-    assert conv2["channels"] < 64  # physically removed filters
+    zero, channels = (int(v.replace(",", "")) for v in conv2["zero channels"].split(" / "))
+    assert channels < 64 and zero == 0  # physically removed filters: none left all-zero
     names = [t["name"] for t in _chart(at, "inspect_weight_hist")["data"]]
     assert names == ["dense", "pruned (non-zero)"]
     assert len(_chart(at, "inspect_act_hist")["data"]) == 2
