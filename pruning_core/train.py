@@ -123,7 +123,7 @@ class TrainConfig:
 # points), the previous app default (2 epochs) 2. Adam at 2e-3 stays: at 3e-4 the mean gain at
 # 90% fell from 34 to 23 points (shapes-vit: 26% instead of 59%); SGD, warm-up and distillation
 # did not beat it (distillation about as good, at twice the time); a second epoch adds 2 points
-# at 90% but doubles the time (shapes-resnet's job over 90 s on one thread, this one 30-55 s).
+# at 90% but doubles the time (shapes-resnet's job up to 94 s on one thread, this one 19-53 s).
 DEFAULT_FINETUNE = TrainConfig(
     epochs=1, lr=2e-3, optimizer="adam", schedule="cosine", batch_size=32, keep_best=True
 )
