@@ -124,8 +124,11 @@ def test_per_layer_sliders_override_one_unit_and_follow_the_global_ratio() -> No
     assert not at.exception
     assert at.session_state["prune_overrides"] == {"fc1": 0.9}
     assert _metric(at, "Sparsity") != before  # the preview redrew with the override
-    # Moving the global ratio moves fc2's slider and keeps fc1's override.
+    # Moving the global ratio moves fc2's slider and keeps fc1's override, with the same
+    # widgets (keys): new keys would make the browser rebuild every slider on each move.
+    keys = sorted(str(s.key) for s in at.slider if str(s.key).startswith("prune_unit_"))
     at.slider(key="prune_ratio").set_value(0.3).run()
+    assert keys == sorted(str(s.key) for s in at.slider if str(s.key).startswith("prune_unit_"))
     values = {
         s.key.rsplit("_", 1)[-1]: s.value for s in at.slider if str(s.key).startswith("prune_unit_")
     }

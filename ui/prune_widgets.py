@@ -26,6 +26,8 @@ __all__ = ["committed_panel", "estimate_metric", "overrides_editor"]
 _OVERRIDES = "prune_overrides"
 _NOTE = "prune_suggestion_note"
 _VERSION = "_prune_editor_version"
+# The value each per-layer slider was last given by the page (a different one: the user's).
+_GIVEN = "_prune_unit_given"
 # Up to this many units get one slider each (a page of sliders stays readable); more: a table.
 MAX_SLIDERS = 40
 MAX_UNIT_RATIO = 0.95
@@ -104,27 +106,40 @@ def _unit_sliders(
 ) -> dict[str, float]:
     """One slider per unit, two columns; a slider at the global ratio is no override.
 
-    The keys carry the global ratio, so moving the global slider redraws the units that follow
-    it at the new value while the overridden ones keep theirs (held in `_OVERRIDES`).
+    The keys stay the same when the global slider moves (new keys would make the browser
+    rebuild every slider on each move): a unit that follows the global ratio has its value set
+    before it is drawn, and a value that differs from the one this page last gave it was moved
+    by the user, so it becomes that unit's override (held in `_OVERRIDES`).
     """
     units = preview.unit_names
     word = preview.engine.plan.unit_word
+    given: dict[str, float] = st.session_state.setdefault(_GIVEN, {})
     cols = st.columns(2)
     out = dict(overrides)
+    follow = min(ratio, MAX_UNIT_RATIO)
     for i, u in enumerate(units):
-        key = f"prune_unit_{version}_{ratio:.4f}_{u}"
+        key = f"prune_unit_{version}_{u}"
+        now = st.session_state.get(key)
+        moved = now is not None and key in given and not math.isclose(now, given[key])
+        if moved and now is not None:
+            want = float(now)
+        elif u in overrides:
+            want = min(overrides[u], MAX_UNIT_RATIO)
+        else:
+            want = follow
+        st.session_state[key] = want  # before the widget is drawn: allowed
         value = cols[i % 2].slider(
             f"{u} (size {preview.unit_sizes[u]:,})",
             min_value=0.0,
             max_value=MAX_UNIT_RATIO,
-            value=min(overrides.get(u, ratio), MAX_UNIT_RATIO),
             step=0.01,
             format="%.2f",
             key=key,
             help=f"Share of this {word} removed (size: its prunable elements); moving it "
             "overrides the global ratio.",
         )
-        if u in overrides or not math.isclose(value, min(ratio, MAX_UNIT_RATIO), abs_tol=1e-9):
+        given[key] = float(value)
+        if u in overrides or moved or not math.isclose(value, follow, abs_tol=1e-9):
             out[u] = float(value)
     return out
 
