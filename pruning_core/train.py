@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -248,8 +249,15 @@ class _Best:
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the weights and buffers (a GPU's memory is kept for training)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """A CPU copy of the weights and buffers (a GPU's memory is kept for training), with the
+    state dict's `_metadata`: some modules' loaders need their version from it (torchvision's
+    MNASNet refuses a state dict without one)."""
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = OrderedDict(
+        (k, v.detach().to("cpu", copy=True)) for k, v in state.items()
+    )
+    setattr(out, "_metadata", getattr(state, "_metadata", None))  # noqa: B010 (not a field)
+    return out
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -197,3 +197,15 @@ def test_warmup_rises_linearly_then_decays() -> None:
     assert all(a > b for a, b in itertools.pairwise(lrs[4:])) and 0 < lrs[-1] < 1e-3
     with pytest.raises(UserError):
         TrainConfig(warmup=1.0)
+
+
+def test_best_epoch_snapshot_keeps_state_dict_metadata() -> None:
+    """Keeping the best epoch reloads a snapshot; modules whose loader reads its version from
+    the state dict's metadata (torchvision's MNASNet) must take it back."""
+    torchvision = pytest.importorskip("torchvision")
+    from pruning_core.train import _snapshot
+
+    model = torchvision.models.mnasnet0_5(num_classes=3)
+    snap = _snapshot(model)
+    assert getattr(snap, "_metadata", None) is not None
+    model.load_state_dict(snap)  # raised "version should be set to 1 or 2" without it
