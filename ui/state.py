@@ -16,12 +16,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from pruning_core.criteria import Magnitude, Random
 from pruning_core.errors import UserError
@@ -131,28 +129,6 @@ KEEP: tuple[str, ...] = (
 _KEPT = "_kept_settings"
 
 
-# The widget keys each page draws, by the page file's name.
-_PAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "1_model_and_data": ("model_ref", "dataset_ref"),
-    "2_inspect": ("inspect_",),
-    "3_prune": ("prune_",),
-    "4_finetune": ("ft_",),
-    "5_tradeoffs": ("tradeoff_",),
-    "6_export": ("export_",),
-}
-
-
-def _keys_drawn_here() -> tuple[str, ...]:
-    """Prefixes of the widget keys the page of this script run draws (none when unknown)."""
-    ctx = get_script_run_ctx()
-    if ctx is None:
-        return ()
-    info = ctx.pages_manager.get_pages().get(ctx.page_script_hash)
-    path = info.get("script_path") if info else None
-    path = path or ctx.main_script_path
-    return _PAGE_KEYS.get(Path(str(path)).stem, ())
-
-
 def _hold(key: str, value: Any) -> None:
     """Keep `value` under `key` as a plain session value until its widget is drawn again."""
     try:
@@ -242,10 +218,6 @@ def init_state() -> None:
     if not isinstance(kept, dict):
         kept = st.session_state[_KEPT] = {}
     token = _resume(kept)
-    # This page's own widgets are drawn in this run and keep their values themselves; writing
-    # their keys would send the values back to the browser over the user's newer moves (a
-    # slider moved quickly snapped back to a value it passed through).
-    drawn = _keys_drawn_here()
     for key, value in DEFAULTS.items():
         if key not in st.session_state:
             st.session_state[key] = kept.get(key, value)
@@ -254,8 +226,7 @@ def init_state() -> None:
             kept[key] = st.session_state[key]
         except KeyError:  # a widget state Streamlit lists but can no longer read
             kept.setdefault(key, DEFAULTS[key])
-        if not key.startswith(drawn):
-            _hold(key, kept[key])
+        _hold(key, kept[key])
     remember(token)
 
 
