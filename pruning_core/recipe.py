@@ -34,7 +34,7 @@ from pruning_core.fsio import json_default
 from pruning_core.plans import get_plan
 from pruning_core.prune import PruneConfig
 from pruning_core.schedules import DYNAMIC_DEFAULT_UPDATES, Schedule
-from pruning_core.train import DEFAULT_FINETUNE, TrainConfig
+from pruning_core.train import DEFAULT_FINETUNE, STRUCTURED_FINETUNE, TrainConfig
 from pruning_core.validate import RATIO, SEED, Range
 
 __all__ = [
@@ -377,7 +377,8 @@ class Recipe:
             if s.get(k) is not None:
                 kw[k] = s[k]
         prune = PruneConfig(**kw)
-        d = DEFAULT_FINETUNE
+        told = any(s.get(k) is not None for k in ("optimizer", "lr", "distill"))
+        d = STRUCTURED_FINETUNE if prune.structured and not told else DEFAULT_FINETUNE
         distill = s.get("distill")
         finetune = dataclasses.replace(
             d,

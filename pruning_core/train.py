@@ -8,6 +8,7 @@ BatchNorm scales). Knowledge distillation from a dense teacher is built in.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_FINETUNE",
     "LR_SCHEDULES",
     "OPTIMIZERS",
+    "STRUCTURED_FINETUNE",
     "Progress",
     "TrainConfig",
     "TrainResult",
@@ -127,6 +129,19 @@ class TrainConfig:
 # at 90% but doubles the time (shapes-resnet's job up to 94 s on one thread, this one 19-53 s).
 DEFAULT_FINETUNE = TrainConfig(
     epochs=1, lr=2e-3, optimizer="adam", schedule="cosine", batch_size=32, keep_best=True
+)
+# `pruning-lab prune` on a structured granularity (channel, head, block), unless told the
+# optimizer, rate or distillation: a physically shrunk network re-learns how its surviving
+# filters combine, and SGD at 0.01 with distillation from the dense model does that best in a
+# few epochs (shapes-resnet, channel 0.5, 2 epochs: 0.948 with, 0.9315 without distillation,
+# 0.938 with DEFAULT_FINETUNE's Adam; dense 0.9705). The best epoch is kept as by default.
+STRUCTURED_FINETUNE = dataclasses.replace(
+    DEFAULT_FINETUNE,
+    optimizer="sgd",
+    lr=0.01,
+    weight_decay=5e-4,
+    distill_weight=0.5,
+    batch_size=64,
 )
 
 

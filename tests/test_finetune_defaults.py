@@ -13,18 +13,18 @@ from typing import Any
 import pytest
 
 from pruning_core.recipe import Recipe
-from pruning_core.train import DEFAULT_FINETUNE, TrainConfig
+from pruning_core.train import DEFAULT_FINETUNE, STRUCTURED_FINETUNE, TrainConfig
 
 FT = DEFAULT_FINETUNE
 # What the page and the command line set themselves; every other field is the default's.
 _RUN_FIELDS = ("epochs", "device", "seed")
 
 
-def _same_but(cfg: TrainConfig, *fields: str) -> None:
-    """`cfg` is the default fine-tune except (maybe) in `fields`."""
+def _same_but(cfg: TrainConfig, *fields: str, base: TrainConfig = DEFAULT_FINETUNE) -> None:
+    """`cfg` is the default fine-tune (`base`) except (maybe) in `fields`."""
     for f in dataclasses.fields(TrainConfig):
         if f.name not in fields:
-            assert getattr(cfg, f.name) == getattr(FT, f.name), f.name
+            assert getattr(cfg, f.name) == getattr(base, f.name), f.name
 
 
 def test_the_default_keeps_the_best_epoch() -> None:
@@ -47,7 +47,10 @@ def test_the_command_lines_prune_fine_tunes_with_the_default(granularity: str) -
         {"model": "digits-cnn", "dataset": "digits", "method": "magnitude",
          "granularity": granularity, "ratio": 0.5, "finetune_epochs": 3, "seed": 4}
     )  # fmt: skip
-    _same_but(recipe.finetune, *_RUN_FIELDS)
+    # A structured granularity's default: SGD with distillation, the best epoch kept as ever.
+    base = STRUCTURED_FINETUNE if granularity == "channel" else DEFAULT_FINETUNE
+    _same_but(recipe.finetune, *_RUN_FIELDS, base=base)
+    assert recipe.finetune.keep_best
     assert (recipe.finetune.epochs, recipe.finetune.seed) == (3, 4)
     # Options given win, field by field.
     given = Recipe.from_settings(
