@@ -53,6 +53,9 @@ from pruning_core.validate import number
 
 __all__ = [
     "CRITERIA",
+    "FPGM",
+    "LAMP",
+    "SNIP",
     "APoZ",
     "Activation",
     "BNScale",
@@ -685,3 +688,189 @@ class BNScale(Criterion):
                 )
             out.append(float(bns[-1].weight.detach().abs().mean()))
         return torch.tensor(out, dtype=torch.float32)
+
+
+def _lamp(sq: torch.Tensor) -> torch.Tensor:
+    """LAMP scores of squared magnitudes: each value over the sum of the values >= it.
+
+    Ties get one score (the sum includes every equal value), so equal weights are not ranked
+    by an arbitrary sort order. An all-zero tensor scores 0 everywhere.
+
+    Args:
+        sq: Squared magnitudes, any shape (float32).
+
+    Returns:
+        Float32 scores shaped like `sq`, in [0, 1]; the largest value scores 1 when unique.
+    """
+    flat = sq.flatten().float()
+    asc = flat.sort().values
+    # Suffix sums in float64: the denominators of the small values add up the whole layer.
+    suffix = torch.cat(
+        [asc.double().flip(0).cumsum(0).flip(0), asc.new_zeros(1, dtype=torch.float64)]
+    )
+    below = torch.searchsorted(asc, flat, out_int32=flat.numel() < 2**31)
+    denom = suffix[below]
+    score = torch.where(denom > 0, flat.double() / denom.clamp_min(1e-300), 0.0)
+    return score.float().reshape(sq.shape)
+
+
+@register_criterion
+@dataclass(frozen=True)
+class LAMP(Criterion):
+    """Layer-adaptive magnitude: w_u^2 / sum_{v >= u} w_v^2 per weight, with the layer's
+    weights sorted by magnitude (the sum runs over the weights at least as large as u).
+
+    Within a layer the order is magnitude's; across layers the scores are comparable (the
+    largest weight of every layer scores 1, and a layer's scores depend on its weights'
+    distribution, not their scale), so a global threshold gives each layer its own sparsity
+    and never empties a layer because its weights are small. Channels: the same formula over
+    the filters' squared L2 norms (one value per output channel), so a global channel
+    threshold is layer-adaptive too. Attention heads are declined: a head is many rows of a
+    shared qkv layer, and a sum of row scores is not the LAMP score of the head.
+
+    Reference: Lee et al. 2021, "Layer-adaptive Sparsity for the Magnitude-based Pruning"
+    (ICLR).
+    """
+
+    name = "lamp"
+    label = "LAMP (layer-adaptive magnitude)"
+    summary = "w^2 over the sum of the layer's larger w^2: magnitude made comparable across layers"
+    reference = "Lee et al. 2021 (ICLR), LAMP"
+    declines = ("head",)
+
+    def weight_scores(
+        self,
+        model: nn.Module,
+        layers: Mapping[str, nn.Module],
+        data: Any = None,
+        spec: InputSpec | None = None,
+    ) -> dict[str, torch.Tensor]:
+        _weight_modules(layers)
+        return {n: _lamp(_weights(m).square()) for n, m in layers.items()}
+
+    def channel_scores(
+        self,
+        model: nn.Module,
+        layers: Mapping[str, nn.Module],
+        data: Any = None,
+        spec: InputSpec | None = None,
+    ) -> dict[str, torch.Tensor]:
+        _weight_modules(layers)
+        return {n: _lamp(_weights(m).flatten(1).square().sum(1)) for n, m in layers.items()}
+
+
+@register_criterion
+@dataclass(frozen=True)
+class FPGM(Criterion):
+    """Per output channel: the sum of Euclidean distances from its filter to the other filters
+    of its layer; filters near the layer's geometric median score lowest and go first.
+
+    The idea: a filter close to the geometric median is well represented by the others, so
+    removing it loses little, whatever its norm (the paper's case against norm criteria:
+    small norms need not mean redundant filters). Filters are the flattened rows of the weight (Conv2d: C/groups*kh*kw values;
+    Linear: in_features). Heads score the sum over the head's rows of the shared qkv layer.
+    Distances are not normalised across layers: the paper prunes each layer by the same
+    ratio (the `layer` scope); with a global threshold, layers with large or many filters are
+    spared.
+
+    Reference: He et al. 2019, "Filter Pruning via Geometric Median for Deep Convolutional
+    Neural Networks Acceleration" (CVPR).
+    """
+
+    name = "fpgm"
+    label = "FPGM (geometric median)"
+    summary = "filters near their layer's geometric median first (sum of distances to the others)"
+    reference = "He et al. 2019 (CVPR), FPGM"
+
+    def channel_scores(
+        self,
+        model: nn.Module,
+        layers: Mapping[str, nn.Module],
+        data: Any = None,
+        spec: InputSpec | None = None,
+    ) -> dict[str, torch.Tensor]:
+        _weight_modules(layers)
+        out = {}
+        for n, m in layers.items():
+            f = _weights(m).flatten(1).double()
+            # float64: cdist's matmul form loses the small distances of near-equal filters
+            d = torch.cdist(f, f)
+            d.fill_diagonal_(0.0)
+            out[n] = d.sum(1).float()
+        return out
+
+
+@register_criterion
+@dataclass(frozen=True)
+class SNIP(Calibrated):
+    """Connection sensitivity |w * dL/dw|, with dL/dw the gradient of the mean cross-entropy
+    over the calibration images, normalised to sum to 1 over the scored layers; channels: the
+    sum over the filter (heads: over the head's qkv rows).
+
+    |w * dL/dw| is |dL/dc| for a mask c = 1 on each connection: how much the loss moves when
+    the connection is scaled. Unlike Taylor, which averages |w * g| per batch, the gradient is
+    taken once over all calibration images, as SNIP does on its single batch.
+    Reference: Lee et al. 2019, "SNIP: Single-shot Network Pruning based on Connection
+    Sensitivity" (ICLR).
+    """
+
+    name = "snip"
+    label = "SNIP (connection sensitivity)"
+    summary = "|weight x loss gradient| over the calibration images (connection sensitivity)"
+    reference = "Lee et al. 2019 (ICLR), SNIP"
+
+    def _saliency(
+        self, model: nn.Module, layers: Mapping[str, nn.Module], data: Any, spec: InputSpec
+    ) -> dict[str, torch.Tensor]:
+        _weight_modules(layers)
+        batches = calibration_batches(data, spec, self.calib_batches, what="snip")
+        total = sum(len(yb) for _, yb in batches)
+        params = list(model.parameters())
+        # The app's model copies are frozen: the scored weights are made to require grad for
+        # the pass, and every parameter's flag and .grad are put back afterwards.
+        saved = [(p.grad, p.requires_grad) for p in params]
+        weights = [weight_of(m) for m in layers.values()]
+        grads: list[torch.Tensor] = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+        device = params[0].device
+        try:
+            # eval: BatchNorm running statistics must not move
+            with eval_mode(model):
+                for w in weights:
+                    w.requires_grad_(True)
+                for xb, yb in batches:
+                    with torch.enable_grad():
+                        out = main_logits(model(xb.to(device)))
+                        loss = F.cross_entropy(out.float(), yb.to(device), reduction="sum") / total
+                        gs = torch.autograd.grad(loss, weights, allow_unused=True)
+                    for acc, g in zip(grads, gs, strict=True):
+                        if g is not None:
+                            acc += g.float()
+        finally:
+            for p, (old, rg) in zip(params, saved, strict=True):
+                p.grad = old
+                p.requires_grad_(rg)
+        sal = {
+            n: (w.detach().float() * g).abs().cpu()
+            for n, w, g in zip(layers, weights, grads, strict=True)
+        }
+        norm = float(sum(float(s.double().sum()) for s in sal.values()))
+        return {n: s / norm for n, s in sal.items()} if norm > 0 else sal
+
+    def weight_scores(
+        self,
+        model: nn.Module,
+        layers: Mapping[str, nn.Module],
+        data: Any = None,
+        spec: InputSpec | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return self._saliency(model, layers, data, self._need_data(data, spec))
+
+    def channel_scores(
+        self,
+        model: nn.Module,
+        layers: Mapping[str, nn.Module],
+        data: Any = None,
+        spec: InputSpec | None = None,
+    ) -> dict[str, torch.Tensor]:
+        scores = self._saliency(model, layers, data, self._need_data(data, spec))
+        return {n: s.flatten(1).sum(1) for n, s in scores.items()}
