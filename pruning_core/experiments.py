@@ -3,7 +3,9 @@
 - `sweep` prunes a fresh copy of the model for every (method, ratio) point, measures it, and
   optionally fine-tunes it (masks kept by `MaskEnforcer`). Importance is scored once per method
   (`Preview`), so a sweep over many ratios costs one scoring plus one evaluation per point.
-- `sensitivity` prunes one layer at a time, over several ratios, and records the accuracy drop.
+- `sensitivity` prunes one unit at a time (a layer, a coupled channel group, an attention layer,
+  a residual block), over several ratios, and records the accuracy drop; its points run on an
+  executor (`pruning_core.executor`: this process, or a Ray cluster).
 - `suggest_ratios` turns those drop curves into per-layer ratios that reach a target overall
   sparsity with the least predicted accuracy loss.
 
@@ -19,6 +21,9 @@ import itertools
 import math
 import threading
 import time
+import uuid
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
+from pruning_core.executor import Executor, get_executor
 from pruning_core.fsio import atomic_path
 from pruning_core.layers import is_weight_layer, weight_of
 from pruning_core.models import LoadedModel
@@ -42,7 +48,6 @@ from pruning_core.prune import (
     PruneConfig,
     PruneResult,
     hold_masks,
-    prunable_layers,
     prune_,
     settle_structured,
 )
@@ -68,7 +73,8 @@ SWEEP_COLUMNS = (
     "method", "granularity", "ratio", "sparsity", "accuracy", "finetuned_accuracy",
     "params_nonzero", "macs", "seconds",
 )  # fmt: skip
-SENSITIVITY_COLUMNS = ("layer", "ratio", "accuracy", "drop", "params", "sparsity")
+# `members` came later than the others: readers of older CSV files may not find it.
+SENSITIVITY_COLUMNS = ("layer", "ratio", "accuracy", "drop", "params", "sparsity", "members")
 DEFAULT_SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)
 
 
@@ -338,111 +344,335 @@ def sensitivity(
     device: str = "auto",
     cancel: threading.Event | None = None,
     seed: int = 0,
+    executor: Executor | str | None = None,
 ) -> pd.DataFrame:
-    """Per-layer sensitivity: prune one layer at a time (on a copy) and record the accuracy.
+    """Per-unit sensitivity: prune one unit at a time (on a copy) and record the accuracy.
+
+    A unit is what the granularity prunes as one piece, so each point is what pruning really
+    does to the model. Unstructured: one layer's weights. Channel: one channel group, the
+    layers Torch-Pruning's dependency graph couples through residual additions and
+    concatenations (DepGraph, Fang et al. 2023), which lose the same channels together; the
+    unit carries the name per-layer ratios give it (the group's root layer, usually its first)
+    and its layers are listed in `members`. Head: one
+    attention layer's heads. Block: one residual block removed (replaced by the identity),
+    one point per block whatever `ratios` say. The points are independent, so they run on an
+    `executor` (`pruning_core.executor`: this process, or a Ray cluster); every executor
+    measures the same numbers.
 
     Args:
         model: The model (never modified), or a LoadedModel (then `spec` may be None).
         data: The dataset; accuracy is measured on `split`.
         spec: The model's input spec (default: the LoadedModel's).
-        ratios: Shares of the layer removed, each in [0, 1).
+        ratios: Shares of each unit removed, each in [0, 1) (not used by block granularity).
         method: Criterion name.
-        granularity: `unstructured`, `channel` or `head` (per-layer ratios must make sense).
+        granularity: `unstructured`, `channel`, `head` or `block` (any granularity with a
+            choice per unit; N:M fixes the share everywhere and is refused).
         limit: Evaluate on only the first N images of the split (faster, noisier).
         progress: Called with a `progress.ProgressReport` (`fraction` of the points done,
             `message`) after each point.
         split: `val` (default) or `calib`; measuring on `calib` keeps the validation split
             unseen by the ratio choice.
-        layers: Only these layers (default: every layer the method would prune).
-        device: Where to evaluate.
-        cancel: When set, stops after the current point; `df.attrs["cancelled"]` says so.
+        layers: Only these units (default: every unit the method would prune); a member
+            layer of a channel group names its group.
+        device: Where to evaluate (resolved on each worker for a remote executor).
+        cancel: When set, stops after the current point (a remote executor cancels the
+            pending ones); `df.attrs["cancelled"]` says so.
         seed: Seed of the random criterion.
+        executor: Where the points run: an `Executor`, a registry name (`inprocess`, `ray`:
+            a local Ray runtime, shut down at the end) or None (this process). Remote
+            workers get the dense model (architecture and weights), the settings and the
+            dataset's reference (the bundle itself when it was not loaded by reference), and
+            score the model once per worker.
 
     Returns:
-        One row per (layer, ratio): layer, ratio, accuracy, drop (dense minus pruned accuracy,
-        positive = worse), params (weights in the layer), sparsity (measured share removed in
-        the layer). `df.attrs["base_accuracy"]` is the unpruned accuracy.
+        One row per (unit, ratio), in unit then ratio order, with the columns of
+        `SENSITIVITY_COLUMNS`: layer (the unit), ratio (1.0 for a removed block), accuracy,
+        drop (dense minus pruned accuracy, positive = worse), params (weights in the unit's
+        named layer; in a block or an attention layer, all of its Conv/Linear weights),
+        sparsity (measured share of the unit removed), members (comma-separated Conv/Linear
+        layers the unit prunes, in model order). `df.attrs` holds base_accuracy, method,
+        granularity, split, cancelled and executor.
 
     Raises:
-        UserError: Bad ratios, unknown method or layers, N:M or block granularity, no spec for
-            a plain module.
+        UserError: Bad ratios, unknown method, executor or layers, N:M granularity, no spec
+            for a plain module, and the executor's own refusals (Ray missing).
     """
     net, spec = _unpack(model, spec, "sensitivity")
     data.check_spec(spec)
     ratios = sorted(set(_check_ratios(ratios)))
     plan, _ = get_plan(granularity)
-    if plan.fixed_ratio or not plan.per_layer:
+    if plan.fixed_ratio:
         raise UserError(
-            f"sensitivity needs per-layer ratios; {granularity} granularity has none "
-            "(use unstructured, channel or head)"
+            f"sensitivity needs per-layer (or per-block) choices; {granularity} granularity "
+            "removes the same share everywhere (use unstructured, channel, head or block)"
         )
     config = PruneConfig(method=method, granularity=granularity, ratio=0.0, seed=seed)
-    all_layers = prunable_layers(net, config)
-    if layers is not None:
-        unknown = [n for n in layers if n not in all_layers]
-        if unknown:
-            raise UserError(
-                f"'{unknown[0]}' is not a prunable layer (prunable: {', '.join(all_layers)})"
-            )
-        all_layers = list(layers)
-    if not all_layers:
-        raise UserError("the model has no prunable layer for this method and granularity")
-    for n in all_layers:
-        for r in ratios:
-            config.replace(ratio=0.0, layer_ratios=((n, r),))  # validate up front
-    dev = resolve_device(device)
-    work = _fresh(net).to(dev)
-    base_acc = evaluate(work, data, spec, split=split, device=dev, limit=limit).accuracy
-    # Scored once on the dense copy: every point starts from the dense weights, so its scores
-    # are these. Structured plans preview in mask mode (the same function as shrinking).
-    mode = "mask" if config.structured else config.structured_mode
-    cache = Preview(work, config.replace(structured_mode=mode), data, spec)
-    sizes = layer_sizes(work, all_layers)
-    mods = dict(work.named_modules())
-    structured = config.structured
-    dense = {k: v.detach().clone() for k, v in work.state_dict().items()} if structured else {}
-    total = len(all_layers) * len(ratios)
-    rows: list[dict[str, Any]] = []
-    cancelled = False
-    for layer in all_layers:
-        for r in ratios:
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-                break
-            if not structured:
-                # Mask one layer of the shared working copy, measure, then restore its weights.
-                w = mods[layer].weight
-                saved = w.detach().clone()
-                mask = cache.masks(0.0, {layer: r}, scope="layer")[layer]
-                with torch.no_grad():
-                    w.masked_fill_(~mask.to(w.device), 0.0)
-                sp = 1.0 - float(torch.count_nonzero(w)) / w.numel()
-                acc = evaluate(work, data, spec, split=split, device=dev, limit=limit).accuracy
-                with torch.no_grad():
-                    w.copy_(saved)
-            else:
-                # As `prune_` in mask mode would: zero the unit's selection, re-estimate
-                # BatchNorm, measure; then every tensor and statistic goes back to dense.
-                selection = cache.select(0.0, {layer: r}, scope="layer")
-                done = cache.plan.apply(work, selection, physical=False)
-                settle_structured(work, config, data, spec)
-                sp = len(done.removed.get(layer, ())) / max(cache.layer_sizes[layer], 1)
-                acc = evaluate(work, data, spec, split=split, device=dev, limit=limit).accuracy
-                with torch.no_grad():
-                    for k, v in work.state_dict().items():
-                        v.copy_(dense[k])
-            rows.append(
-                {"layer": layer, "ratio": r, "accuracy": acc, "drop": base_acc - acc,
-                 "params": sizes[layer], "sparsity": sp}
-            )  # fmt: skip
+    # Structured plans measure in mask mode (the same function as shrinking, shapes kept),
+    # so one working copy serves every point.
+    config = config.replace(structured_mode="mask") if config.structured else config
+    owned = executor is None or isinstance(executor, str)
+    runner = executor if isinstance(executor, Executor) else get_executor(executor or "inprocess")
+    job = _SensitivityJob(
+        key=uuid.uuid4().hex, model=net, spec=spec, data=data, config=config, split=split,
+        limit=limit, device=device,
+    )  # fmt: skip
+    try:
+        ctx = _SensitivityContext(job, net, data, with_base=True)
+        units = ctx.units()
+        if layers is not None:
+            units = ctx.pick(layers)
+        if not units:
+            raise UserError("the model has no prunable layer for this method and granularity")
+        points = ctx.points(units, ratios)
+        sizes = layer_sizes(ctx.work, units)
+        members = {u: ctx.members(u) for u in units}
+        base_acc = ctx.base_accuracy
+        if runner.local:
+            _register_context(job.key, ctx)
+        else:
+            job = dataclasses.replace(job, model=_fresh(net).cpu(), data=_data_for_workers(data))
+        total = len(points)
+        done = [0]
+
+        def on_done(i: int, out: tuple[float, float]) -> None:
+            done[0] += 1
             if progress is not None:
-                progress(Report(len(rows) / total, f"{layer} ratio {r:g}: accuracy {acc:.4f}"))
-        if cancelled:
-            break
+                p = points[i]
+                what = "removed" if p.whole else f"ratio {p.ratio:g}"
+                progress(Report(done[0] / total, f"{p.unit} {what}: accuracy {out[0]:.4f}"))
+
+        results = runner.map(_measure_point, points, shared=job, on_done=on_done, cancel=cancel)
+    finally:
+        _CONTEXTS.pop(job.key, None)
+        if owned:
+            runner.close()
+    rows = []
+    for i, acc_sp in results.items():
+        p, (acc, sp) = points[i], acc_sp
+        rows.append(
+            {"layer": p.unit, "ratio": p.ratio, "accuracy": acc, "drop": base_acc - acc,
+             "params": sizes[p.unit], "sparsity": sp, "members": members[p.unit]}
+        )  # fmt: skip
     df = pd.DataFrame(rows, columns=list(SENSITIVITY_COLUMNS))
     df.attrs.update(base_accuracy=base_acc, method=method, granularity=granularity, split=split,
-                    cancelled=cancelled)  # fmt: skip
+                    cancelled=len(results) < total, executor=runner.name)  # fmt: skip
     return df
+
+
+@dataclasses.dataclass(frozen=True)
+class _DataRef:
+    """A dataset by the reference it loads from, and what it must look like when loaded."""
+
+    name: str
+    fingerprint: tuple[Any, ...]
+
+    def load(self) -> DataBundle:
+        from pruning_core.data import load_dataset
+
+        data = load_dataset(self.name)
+        if _fingerprint(data) != self.fingerprint:
+            raise UserError(
+                f"dataset '{self.name}' loads differently on this worker than where the work "
+                "was sent from (other files or version): give every node the same data"
+            )
+        return data
+
+
+def _fingerprint(data: DataBundle) -> tuple[Any, ...]:
+    """Sizes, shapes and a checksum of the labels and the calibration indices: enough to tell
+    two loads of a dataset apart without hashing every image."""
+    labels = data.val[1].numpy().tobytes() + data.train[1].numpy().tobytes()
+    crc = zlib.crc32(data.calib_index.numpy().tobytes(), zlib.crc32(labels))
+    return (tuple(data.train[0].shape), tuple(data.val[0].shape), data.class_names, crc)
+
+
+def _data_for_workers(data: DataBundle) -> DataBundle | _DataRef:
+    """The dataset as remote workers should get it: its reference when loading that
+    reference here gives this very data (workers load it themselves), else the bundle."""
+    from pruning_core.data import load_dataset
+
+    try:
+        again = load_dataset(data.name)
+    except (UserError, OSError):  # not a reference this process can load
+        return data
+    fp = _fingerprint(data)
+    return _DataRef(data.name, fp) if again is data or _fingerprint(again) == fp else data
+
+
+@dataclasses.dataclass(frozen=True)
+class _SensitivityJob:
+    """What every point of one sensitivity run shares (picklable; sent once per executor map).
+
+    Attributes:
+        key: Names the run, so a process keeps one working copy per run (`_CONTEXTS`).
+        model: The dense model (a CPU copy when it travels).
+        spec: Its input spec.
+        data: The dataset, or its reference for remote workers.
+        config: Criterion and granularity (structured plans in mask mode).
+        split, limit, device: Where accuracy is measured.
+    """
+
+    key: str
+    model: nn.Module
+    spec: InputSpec
+    data: DataBundle | _DataRef
+    config: PruneConfig
+    split: str
+    limit: int | None
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Point:
+    """One measurement: `unit` pruned at `ratio` (`whole`: the unit removed, e.g. a block)."""
+
+    unit: str
+    ratio: float
+    whole: bool = False
+
+
+class _SensitivityContext:
+    """A process's working copy for one run: the model on its device, scored once, and its
+    dense tensors to put back after each point."""
+
+    def __init__(
+        self, job: _SensitivityJob, net: nn.Module, data: DataBundle, *, with_base: bool = False
+    ) -> None:
+        self.job, self.data = job, data
+        self.dev = resolve_device(job.device)
+        self.work = _fresh(net).to(self.dev)
+        self.base_accuracy = math.nan
+        if with_base:
+            self.base_accuracy = self._evaluate()
+        # Scored once on the dense copy: every point starts from the dense weights.
+        self.preview = Preview(self.work, job.config, data, job.spec)
+        self.plan = self.preview.plan
+        self.structured = job.config.structured
+        # A granularity with one ratio for all its units (blocks) removes their elements:
+        # each element is a unit of sensitivity, removed whole.
+        self.elements = not self.plan.per_layer
+        self.dense = (
+            {k: v.detach().clone() for k, v in self.work.state_dict().items()}
+            if self.structured
+            else {}
+        )
+
+    def _evaluate(self) -> float:
+        j = self.job
+        return evaluate(
+            self.work, self.data, j.spec, split=j.split, device=self.dev, limit=j.limit
+        ).accuracy
+
+    def units(self) -> list[str]:
+        """Every unit, in model order."""
+        if self.elements:
+            return [m for u in self.plan.units for m in u.members]
+        return [u.name for u in self.plan.units]
+
+    def pick(self, names: Sequence[str]) -> list[str]:
+        """The units `names` address (a member layer addresses its channel group).
+
+        Raises:
+            UserError: A name that is neither a unit nor a member of one.
+        """
+        units = self.units()
+        by_name = {u: u for u in units}
+        if not self.elements:
+            for u in self.plan.units:
+                for m in u.members:
+                    by_name.setdefault(m, u.name)
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise UserError(
+                f"'{unknown[0]}' is not a prunable layer (prunable: {', '.join(units)})"
+            )
+        return list(dict.fromkeys(by_name[n] for n in names))
+
+    def points(self, units: Sequence[str], ratios: Sequence[float]) -> list[_Point]:
+        """The (unit, ratio) grid, checked against the configuration up front."""
+        if self.elements:
+            return [_Point(u, 1.0, whole=True) for u in units]
+        for u in units:
+            for r in ratios:
+                self.job.config.replace(layer_ratios=((u, r),))  # a typo fails before any work
+        return [_Point(u, r) for u in units for r in ratios]
+
+    def members(self, unit: str) -> str:
+        """The Conv/Linear layers a unit prunes, comma-separated, in model order."""
+        names = [unit]
+        if not self.elements:
+            names += [m for u in self.plan.units if u.name == unit for m in u.members]
+        mods = dict(self.work.named_modules())
+        order = {n: i for i, n in enumerate(mods)}
+        found: set[str] = set()
+        for n in names:
+            m = mods.get(n)
+            if m is None:
+                continue
+            found.update(
+                f"{n}.{s}" if s else n for s, sub in m.named_modules() if is_weight_layer(sub)
+            )
+        return ",".join(sorted(found, key=order.__getitem__))
+
+    def measure(self, p: _Point) -> tuple[float, float]:
+        """(accuracy, share of the unit removed) with `p` applied; the copy is dense after."""
+        j, work = self.job, self.work
+        if not self.structured:
+            # Mask one layer's weights, measure, then restore them.
+            w = weight_of(work.get_submodule(p.unit))
+            saved = w.detach().clone()
+            mask = self.preview.masks(0.0, {p.unit: p.ratio}, scope="layer")[p.unit]
+            with torch.no_grad():
+                w.masked_fill_(~mask.to(w.device), 0.0)
+            sp = 1.0 - float(torch.count_nonzero(w)) / w.numel()
+            acc = self._evaluate()
+            with torch.no_grad():
+                w.copy_(saved)
+            return acc, sp
+        # As `prune_` in mask mode would: zero the unit's selection, re-estimate BatchNorm,
+        # measure; then every tensor and statistic goes back to dense.
+        if self.elements:
+            owner = next(u for u in self.plan.units if p.unit in u.members)
+            selection: dict[str, Any] = {owner.name: [owner.members.index(p.unit)]}
+        else:
+            selection = self.preview.select(0.0, {p.unit: p.ratio}, scope="layer")
+        done = self.plan.apply(work, selection, physical=False)
+        settle_structured(work, j.config, self.data, j.spec)
+        if self.elements:
+            sp = 1.0
+        else:
+            sp = len(done.removed.get(p.unit, ())) / max(self.preview.layer_sizes[p.unit], 1)
+        acc = self._evaluate()
+        with torch.no_grad():
+            for k, v in work.state_dict().items():
+                v.copy_(self.dense[k])
+        return acc, sp
+
+
+# Working copies by run key: the caller's own (in-process executor) until its run ends, and a
+# remote worker's last few (a worker runs one task at a time, many tasks of one run).
+_CONTEXTS: OrderedDict[str, _SensitivityContext] = OrderedDict()
+_CONTEXTS_LOCK = threading.Lock()
+_WORKER_CONTEXTS = 2
+
+
+def _register_context(key: str, ctx: _SensitivityContext) -> None:
+    with _CONTEXTS_LOCK:
+        _CONTEXTS[key] = ctx
+
+
+def _measure_point(job: _SensitivityJob, point: _Point) -> tuple[float, float]:
+    """One sensitivity point, in whatever process runs it: (accuracy, sparsity)."""
+    with _CONTEXTS_LOCK:
+        ctx = _CONTEXTS.get(job.key)
+    if ctx is None:
+        data = job.data.load() if isinstance(job.data, _DataRef) else job.data
+        ctx = _SensitivityContext(job, job.model, data)
+        with _CONTEXTS_LOCK:
+            _CONTEXTS[job.key] = ctx
+            while len(_CONTEXTS) > _WORKER_CONTEXTS:
+                _CONTEXTS.popitem(last=False)
+    return ctx.measure(point)
 
 
 def _drop_curve(sens: pd.DataFrame, layer: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Commands: sweep (accuracy vs sparsity per method) and sensitivity (per-layer drop curves).
+"""Commands: sweep (accuracy vs sparsity per method) and sensitivity (per-unit drop curves).
 
 `register(sub, common)` is called by the `measure` command module. Both commands validate their
 input before any work, report progress on stderr, and write their CSV atomically at the end.
@@ -18,6 +18,13 @@ from typing import Any
 from pruning_core.cli.common import add_model_args, criterion_name, granularity_name, resolve
 from pruning_core.criteria import CRITERIA, Magnitude, Random
 from pruning_core.errors import UserError
+from pruning_core.executor import (
+    InProcess,
+    RayExecutor,
+    check_executor,
+    get_executor,
+    list_executors,
+)
 from pruning_core.fsio import check_output_file
 from pruning_core.plans import list_granularities
 from pruning_core.plans.masks import UnstructuredPlan
@@ -79,10 +86,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "sensitivity",
         parents=[common],
-        help="per-layer sensitivity: prune one layer at a time (CSV) and suggest ratios",
-        description="Prune each layer alone over several ratios, record the accuracy drop, and "
-        "suggest per-layer ratios reaching --target-sparsity with the least predicted loss "
-        "(checked against a uniform ratio at the same sparsity).",
+        help="per-unit sensitivity: prune one layer, channel group or block at a time (CSV) "
+        "and suggest ratios",
+        description="Prune each unit alone over several ratios (a layer; a channel group of "
+        "layers coupled by residual additions or concatenations; an attention layer; a residual "
+        "block, removed whole), record the accuracy drop, and suggest per-unit ratios reaching "
+        "--target-sparsity with the least predicted loss (checked against a uniform ratio at "
+        "the same sparsity; not for blocks, which take one ratio). The points run in this "
+        "process or, with --executor ray, on a Ray cluster.",
     )
     add_model_args(p)
     p.add_argument("--ratios", default="0.25,0.5,0.75,0.9", help="comma-separated ratios")
@@ -93,8 +104,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--granularity",
         default=UnstructuredPlan.name,
         type=granularity_name,
-        help="a granularity with per-layer ratios: "
-        + ", ".join(g.example for g in list_granularities() if g.per_layer and not g.fixed_ratio),
+        help="a granularity with a choice per unit: "
+        + ", ".join(g.example for g in list_granularities() if not g.fixed_ratio),
     )
     p.add_argument(
         "--target-sparsity",
@@ -108,6 +119,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default="val",
         choices=["val", "calib"],
         help="where drops are measured (calib keeps val unseen by the ratio choice)",
+    )
+    p.add_argument(
+        "--executor",
+        default=InProcess.name,
+        choices=list_executors(),
+        help="where the points run: inprocess (default) or ray (a Ray cluster with --address, "
+        "else a local Ray runtime; needs `uv sync --group ray` or pip install pruning-lab[ray])",
+    )
+    p.add_argument(
+        "--address",
+        help="with --executor ray: the cluster to join (auto, HOST:PORT or ray://HOST:PORT)",
     )
     _common_tail(p)
     p.set_defaults(handler=cmd_sensitivity)
@@ -218,14 +240,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
-    from pruning_core.experiments import (
-        check_suggestion,
-        layer_sizes,
-        predicted_drop,
-        sensitivity,
-        suggest_ratios,
-        write_csv,
-    )
+    from pruning_core.experiments import sensitivity, write_csv
 
     _check_out(args.out)
     ratios = parse_ratios(args.ratios, "--ratios")
@@ -234,26 +249,79 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
             f"--target-sparsity {args.target_sparsity} is above the largest measured ratio "
             f"{max(ratios)}; add a larger value to --ratios"
         )
-    PruneConfig(method=args.method, granularity=args.granularity, ratio=0.0, seed=args.seed)
+    config = PruneConfig(
+        method=args.method, granularity=args.granularity, ratio=0.0, seed=args.seed
+    )
+    if args.address is not None and args.executor != RayExecutor.name:
+        raise UserError("--address applies to --executor ray only")
+    check_executor(args.executor, args.address)  # Ray installed, before any model is loaded
     loaded, data = resolve(args)
     assert data is not None
     start = time.perf_counter()
-    df = sensitivity(
-        loaded,
-        data,
-        ratios=ratios,
-        method=args.method,
-        granularity=args.granularity,
-        limit=args.limit,
-        progress=_progress("sensitivity", args.quiet),
-        split=args.split,
-        device=args.device,
-        seed=args.seed,
+    with get_executor(args.executor, args.address) as executor:
+        df = sensitivity(
+            loaded,
+            data,
+            ratios=ratios,
+            method=args.method,
+            granularity=args.granularity,
+            limit=args.limit,
+            progress=_progress("sensitivity", args.quiet),
+            split=args.split,
+            device=args.device,
+            seed=args.seed,
+            executor=executor,
+        )
+    units = list(dict.fromkeys(df["layer"]))
+    suggestion: dict[str, Any] | None = None
+    if config.plan.per_layer:
+        suggestion = _suggest(args, loaded, data, df, ratios, units)
+    write_csv(df, args.out)
+    members = df.drop_duplicates("layer").set_index("layer")["members"]
+    payload: dict[str, Any] = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "method": args.method,
+        "granularity": args.granularity,
+        "split": args.split,
+        "executor": args.executor,
+        "base_accuracy": df.attrs["base_accuracy"],
+        "layers": units,
+        # The layers each unit prunes together (a channel group's coupled convs, a block's).
+        "units": {u: str(members[u]).split(",") for u in units},
+        "ratios": ratios,
+        "out": str(args.out),
+        "seconds": time.perf_counter() - start,
+        # Rows as before units had members (those are under "units").
+        "rows": _rows(df.drop(columns=["members"])),
+        # None for blocks: one ratio removes a share of all of them, no per-unit ratios.
+        "suggestion": suggestion,
+    }
+    if args.record:
+        payload["run_id"] = _record("sensitivity", args, payload, args.out)
+    return payload
+
+
+def _suggest(
+    args: argparse.Namespace,
+    loaded: Any,
+    data: Any,
+    df: Any,
+    ratios: list[float],
+    units: list[str],
+) -> dict[str, Any]:
+    """Per-unit ratios for the target sparsity, predicted and measured against uniform."""
+    from pruning_core.experiments import (
+        check_suggestion,
+        layer_sizes,
+        predicted_drop,
+        suggest_ratios,
     )
+
     target = args.target_sparsity
     if target is None:
         target = min(DEFAULT_TARGET_SPARSITY, max(ratios))
-    sizes = layer_sizes(loaded.model, list(dict.fromkeys(df["layer"])))
+    sizes = layer_sizes(loaded.model, units)
     suggested = suggest_ratios(df, sizes, target)
     uniform = dict.fromkeys(sizes, target)
     check = check_suggestion(
@@ -266,31 +334,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         limit=args.limit,
         device=args.device,
     )
-    write_csv(df, args.out)
-    payload: dict[str, Any] = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "method": args.method,
-        "granularity": args.granularity,
-        "split": args.split,
-        "base_accuracy": df.attrs["base_accuracy"],
-        "layers": list(sizes),
-        "ratios": ratios,
-        "out": str(args.out),
-        "seconds": time.perf_counter() - start,
-        "rows": _rows(df),
-        "suggestion": {
-            "target_sparsity": target,
-            "ratios": suggested,
-            "predicted_drop": predicted_drop(df, suggested),
-            "uniform_predicted_drop": predicted_drop(df, uniform),
-            "measured_on": "val",
-            **check,
-        },
+    return {
+        "target_sparsity": target,
+        "ratios": suggested,
+        "predicted_drop": predicted_drop(df, suggested),
+        "uniform_predicted_drop": predicted_drop(df, uniform),
+        "measured_on": "val",
+        **check,
     }
-    if args.record:
-        payload["run_id"] = _record("sensitivity", args, payload, args.out)
-    return payload
 
 
 def _record(kind: str, args: argparse.Namespace, payload: dict[str, Any], csv: Path) -> int:
