@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+from pruning_core.budget import BUDGET_HELP, Budget, parse_budget
+from pruning_core.budget import search as budget_search
 from pruning_core.cli.common import criterion_name, granularity_name, resolve, stderr_progress
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
@@ -56,6 +59,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--granularity", type=granularity_name, help=granularities)
     p.add_argument("--ratio", type=C["ratio"], help="share removed, in [0, 1) (N:M implies N/M)")
+    budget_help = (
+        f"instead of --ratio: {BUDGET_HELP}. Per-layer ratios (blocks: which blocks) that meet "
+        "it with the least predicted accuracy loss are searched from measured sensitivity and "
+        "cost curves, checked by measuring the pruned model, and written into the recipe"
+    )
+    p.add_argument("--budget", type=_budget, help=budget_help.replace("%", "%%"))
     p.add_argument(
         "--scope", choices=["global", "layer"], help="one threshold across layers, or per layer"
     )
@@ -137,9 +146,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_prune)
 
 
+def _budget(text: str) -> Budget:
+    """argparse type: a budget (`macs=0.5`), refused in one line when malformed."""
+    try:
+        return parse_budget(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _recipe(args: argparse.Namespace) -> Recipe:
     """The run's recipe: the recipe file's (if any, checked) with command-line options on top."""
     given = {k: getattr(args, k) for k in RECIPE_KEYS if getattr(args, k, None) is not None}
+    if getattr(args, "budget", None) is not None:
+        if args.ratio is not None or args.ratios_file is not None:
+            raise UserError("--budget chooses the ratios: give it without --ratio or --ratios-file")
+        # The search replaces the ratios; the recipe needs one until then.
+        given.setdefault("ratio", 0.0)
     if args.recipe is not None:
         return Recipe.read(args.recipe, given)
     return Recipe.from_settings(given)
@@ -159,13 +181,29 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(
             "a pickled module has no known architecture, so its pruned result cannot be saved"
         )
+    found = None
+    if getattr(args, "budget", None) is not None and data is not None:
+        found = budget_search(
+            loaded, data, args.budget, config=recipe.prune, device=recipe.finetune.device,
+            progress=stderr_progress("budget", args.quiet),
+        )  # fmt: skip
+        # The searched ratios become the recipe's: `prune --recipe` repeats them, no search.
+        recipe = dataclasses.replace(recipe, prune=found.config)
     result = run_recipe(
         recipe, model=loaded, data=data, progress=stderr_progress("fine-tune", args.quiet)
     )
+    if found is not None:
+        result.extra["budget"] = found.to_dict()
     metrics = result.save(args.out)
     if args.json:
         return {**metrics, "out": str(args.out)}
-    return _summary(metrics, args.out)
+    summary = _summary(metrics, args.out)
+    if found is not None:
+        # Predicted against measured, beside the run's accuracy line.
+        at = list(summary).index("accuracy") + 1
+        items = list(summary.items())
+        summary = dict(items[:at] + list(found.summary().items()) + items[at:])
+    return summary
 
 
 def _summary(m: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -1,0 +1,243 @@
+"""Budgets: parsing, the search meeting a measured budget within the caps, determinism, and
+searched ratios beating uniform and global ones at equal-or-lower measured MACs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pruning_core.budget import (
+    Budget,
+    baseline_for_budget,
+    measure_cost,
+    parse_budget,
+    saved_bytes,
+    search,
+)
+from pruning_core.checkpoint import save_model_dir
+from pruning_core.data import load_dataset
+from pruning_core.errors import UserError
+from pruning_core.models import load_model
+from pruning_core.prune import PruneConfig, prune_
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def cnn():  # type: ignore[no-untyped-def]
+    return load_model("digits-cnn")
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "quantity", "value", "relative"),
+    [
+        ("macs=0.5", "macs", 0.5, True),
+        ("MACS = 50%", "macs", 0.5, True),
+        ("macs=20M", "macs", 20e6, False),
+        ("params=50k", "params", 50e3, False),
+        ("params=1", "params", 1.0, True),
+        ("size=2MB", "size", 2e6, False),
+        ("size=1.5MiB", "size", 1.5 * 1024**2, False),
+        ("size=300000", "size", 3e5, False),
+        ("latency=3ms", "latency", 3.0, False),
+        ("latency=0.6", "latency", 0.6, True),
+        ("latency=250us", "latency", 0.25, False),
+    ],
+)
+def test_parse_budget_reads_shares_and_amounts(
+    text: str, quantity: str, value: float, relative: bool
+) -> None:
+    b = parse_budget(text)
+    assert (b.quantity, b.relative) == (quantity, relative)
+    assert b.value == pytest.approx(value)
+    assert parse_budget(b.text()) == b  # the text form round-trips
+
+
+def test_parse_budget_latency_options() -> None:
+    b = parse_budget("latency=0.6,batch=8,threads=2")
+    assert (b.batch_size, b.threads) == (8, 2)
+    assert parse_budget(b.text()) == b
+    assert parse_budget("latency=4ms").batch_size == 32
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "QUANTITY=VALUE"),
+        ("macs", "QUANTITY=VALUE"),
+        ("flops=0.5", "unknown quantity"),
+        ("macs=", "not a number"),
+        ("macs=abc", "not a number"),
+        ("macs=-0.5", "not a number"),
+        ("macs=0", "> 0"),
+        ("macs=150%", "at most 100%"),
+        ("macs=2MB", "not a unit of macs"),
+        ("size=3ms", "not a unit of size"),
+        ("latency=2GB", "not a unit of latency"),
+        ("macs=0.5,batch=8", "latency budgets only"),
+        ("latency=0.5,batch=x", "batch=N and threads=N"),
+        ("latency=0.5,repeats=3", "batch=N and threads=N"),
+        ("latency=0.5,batch=0", "batch_size"),
+    ],
+)
+def test_parse_budget_refuses_bad_text_in_one_line(text: str, says: str) -> None:
+    with pytest.raises(UserError) as e:
+        parse_budget(text)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_budget_checks_its_fields() -> None:
+    with pytest.raises(UserError, match="share of the dense model"):
+        Budget("macs", 1.5)
+    with pytest.raises(UserError, match="unknown budget quantity"):
+        Budget("energy", 0.5)
+    with pytest.raises(UserError, match="> 0"):
+        Budget("size", -1.0, relative=False)
+    assert Budget("macs", 0.5).target(1000.0) == 500.0
+    assert Budget("macs", 300.0, relative=False).target(1000.0) == 300.0
+
+
+def test_budgets_a_granularity_cannot_meet_are_refused(cnn, digits) -> None:  # type: ignore[no-untyped-def]
+    for text in ("size=0.5", "latency=0.5"):
+        with pytest.raises(UserError, match="needs structured pruning"):
+            search(cnn, digits, text, granularity="unstructured")
+    with pytest.raises(UserError, match="fixes the share removed"):
+        search(cnn, digits, "macs=0.5", granularity="2:4")
+
+
+def test_saved_bytes_is_the_weights_file_size(cnn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    meta = {"arch": "digits-cnn", "arch_kwargs": {}, "spec": cnn.spec.to_dict()}
+    save_model_dir(tmp_path, cnn.model, meta)
+    assert saved_bytes(cnn.model) == (tmp_path / "model.safetensors").stat().st_size
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+@pytest.fixture(scope="module")
+def searched(cnn, digits):  # type: ignore[no-untyped-def]
+    """Uniform and global ratios at MACs 0.5, and the search at the cheaper one's measured MACs
+    (so the searched model costs at most what both baselines cost)."""
+    base = {s: baseline_for_budget(cnn, digits, "macs=0.5", granularity="channel", scope=s)
+            for s in ("layer", "global")}  # fmt: skip
+    cheapest = min(b.measured_cost for b in base.values())
+    budget = Budget("macs", cheapest, relative=False)
+    return base, budget, search(cnn, digits, budget, granularity="channel")
+
+
+def test_search_meets_the_measured_budget_and_its_config_reproduces_it(
+    cnn, digits, searched
+) -> None:  # type: ignore[no-untyped-def]
+    _, budget, r = searched
+    assert r.met and r.measured_cost <= budget.value
+    assert r.dense_cost == measure_cost(cnn.model, cnn.spec, "macs")
+    assert set(r.ratios) == {"conv1", "conv2", "fc1"} and sum(r.ratios.values()) > 0
+    # The recorded config, through the public path, is the model that was measured.
+    m = copy.deepcopy(cnn.model)
+    prune_(m, r.config, data=digits, spec=cnn.spec)
+    assert measure_cost(m, cnn.spec, "macs") == r.measured_cost
+    assert dict(r.config.layer_ratios) == r.ratios
+    # The additive cost model over-promises (a layer and its consumer shrink together), which
+    # is why the measured cost, not the prediction, decides.
+    assert r.predicted_cost <= r.measured_cost
+    assert 0 < r.measured_accuracy <= 1 and r.steps
+
+
+def test_searched_ratios_beat_uniform_and_global_at_equal_or_lower_macs(searched) -> None:  # type: ignore[no-untyped-def]
+    base, _, r = searched
+    for scope, b in base.items():
+        assert b.met and r.measured_cost <= b.measured_cost, scope
+        assert r.measured_accuracy > b.measured_accuracy, (scope, r.ratios, b.ratio)
+
+
+def test_search_never_passes_a_cap_and_is_deterministic(cnn, digits, searched) -> None:  # type: ignore[no-untyped-def]
+    _, budget, first = searched
+    capped = PruneConfig(method="magnitude", granularity="channel", ratio=0.0, max_layer_ratio=0.35)
+    r = search(cnn, digits, "macs=0.5", config=capped)
+    assert r.met and max(r.ratios.values()) <= 0.35
+    assert max(r.ratios.values()) == pytest.approx(0.35)  # the cap binds here
+    with pytest.raises(UserError, match="out of reach"):
+        search(cnn, digits, "macs=0.42", config=capped)
+    again = search(cnn, digits, budget, granularity="channel")
+    assert again.ratios == first.ratios and again.measured_cost == first.measured_cost
+    assert again.measured_accuracy == first.measured_accuracy
+
+
+def test_unstructured_budget_counts_effective_macs(digits) -> None:  # type: ignore[no-untyped-def]
+    mlp = load_model("digits-mlp")
+    r = search(mlp, digits, "params=0.3", granularity="unstructured")
+    assert r.met and r.measured_cost <= 0.3 * r.dense_cost
+    r = search(mlp, digits, "macs=0.3", granularity="unstructured")
+    assert r.met and r.measured_cost <= 0.3 * r.dense_cost
+    assert 0.5 < max(r.ratios.values()) <= 0.98
+
+
+def test_size_budget_on_channels(cnn, digits) -> None:  # type: ignore[no-untyped-def]
+    r = search(cnn, digits, "size=0.5", granularity="channel")
+    assert r.met and r.measured_cost <= 0.5 * r.dense_cost
+    m = copy.deepcopy(cnn.model)
+    prune_(m, r.config, data=digits, spec=cnn.spec)
+    assert saved_bytes(m) == r.measured_cost
+
+
+def test_block_budget_removes_chosen_blocks_and_keeps_the_top_ranked() -> None:
+    lm, data = load_model("shapes-resnet"), load_dataset("shapes")
+    r = search(lm, data, "macs=0.8", granularity="block", limit=128, eval_limit=256)
+    assert r.met and r.measured_cost <= 0.8 * r.dense_cost
+    removed = r.removed_blocks
+    assert removed and set(r.ratios) == {"layer1.0", "layer1.1", "layer2.1", "layer3.1"}
+    m = copy.deepcopy(lm.model)
+    prune_(m, r.config, data=data, spec=lm.spec)
+    gone = [b for b in r.ratios if isinstance(m.get_submodule(b), torch.nn.Identity)]
+    assert gone == removed and len(gone) < len(r.ratios)
+
+
+def test_latency_budget_reports_p10_p90(cnn, digits) -> None:  # type: ignore[no-untyped-def]
+    r = search(cnn, digits, "latency=0.8,batch=32,threads=1", granularity="channel")
+    lat = r.latency
+    assert lat is not None and lat.p10_ms <= lat.median_ms <= lat.p90_ms
+    assert lat.target_ms == pytest.approx(0.8 * lat.dense_median_ms)
+    assert r.measured_cost == lat.median_ms and r.met == lat.met
+    # Missed targets are retried and say so; met ones need no note.
+    assert r.met or any("timed" in n for n in r.notes)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_cli_prune_budget_writes_searched_ratios_into_the_recipe(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "run"
+    args = ["prune", "--model", "digits-cnn", "--dataset", "digits", "--method", "magnitude",
+            "--granularity", "channel", "--quiet"]  # fmt: skip
+    code, stdout, err = cli(*args, "--budget", "macs=0.5", "--out", str(out), "--json")
+    assert code == 0, err
+    metrics = json.loads(stdout)
+    found = metrics["budget"]
+    assert found["met"] and metrics["macs_after"] == found["measured_cost"]
+    assert metrics["macs_after"] <= 0.5 * metrics["macs_before"]
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["settings"]["layer_ratios"] == found["ratios"]
+    assert metrics["pruned_accuracy"] == found["measured_accuracy"]
+
+    code, stdout, err = cli(*args, "--budget", "macs=0.5", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert "predicted" in stdout and "measured" in stdout and "budget accuracy" in stdout
+
+    code, _, err = cli(
+        *args, "--budget", "macs=0.5", "--ratio", "0.3", "--out", str(tmp_path / "c")
+    )
+    assert code == 2 and "without --ratio" in err
+    code, _, err = cli(*args, "--budget", "macs=2MB", "--out", str(tmp_path / "d"))
+    assert code == 2 and "not a unit of macs" in err and err.count("\n") == 1
