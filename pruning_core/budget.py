@@ -31,10 +31,13 @@ remove. The method, and why:
    their lower convex hull; hull segments of all units are sorted by accuracy lost per unit of
    cost saved, and taking a prefix of that order is exactly the optimum of the convexified,
    additive problem for one Lagrange multiplier (the multiple-choice knapsack's LP relaxation:
-   every unit ends where its marginal loss per cost matches the others'). This is the greedy
-   AIMET and ADMM-style per-layer allocators use, kept here because it is exact for its model,
-   needs no solver dependency, is deterministic (ties broken by unit order) and is transparent:
-   every choice is a measured point on a curve the user can see.
+   every unit ends where its marginal loss per cost matches the others'; Everett 1963,
+   "Generalized Lagrange multiplier method for solving problems of optimum allocation of
+   resources"; Sinha and Zoltners 1979, "The multiple-choice knapsack problem"). Chosen over a
+   general solver (an integer program, or Optuna's sampling, which suits latency) because it is
+   exact for its model, needs no dependency, is deterministic (ties broken by unit order),
+   needs one measurement per bisection step rather than per trial, and is transparent: every
+   choice is a measured point on a curve the user can see.
 4. **Bisection on the multiplier against the measured cost.** Costs of units are not additive
    (pruning a layer's outputs and its consumer's outputs both shrink the consumer), so the
    prefix (one multiplier per prefix, and a fraction of the last segment group) is bisected
@@ -42,13 +45,15 @@ remove. The method, and why:
    pruning. Latency is noisy: the result is timed again with the full protocol, and when its
    median misses the target it is re-timed once if the target lies within its p10-p90 (noise),
    else the search moves on to more pruning (at most `LATENCY_TRIES` times).
-5. **Blocks** are whole units: each removable block's drop (removed alone, BatchNorm
-   re-estimated) and saving are measured, and the subsets of up to 16 candidate blocks are
-   searched exhaustively (an exact 0/1 knapsack on the additive model; a greedy by drop per
-   saving beyond), then checked by measurement in order of predicted loss.
+5. **Blocks** are whole units: each removable block's drop (`experiments.sensitivity` at
+   block granularity: removed alone, BatchNorm re-estimated) and saving are measured, and the
+   subsets of up to 16 candidate blocks are searched exhaustively (an exact 0/1 knapsack on the
+   additive model; a greedy by drop per saving beyond), then checked by measurement in order of
+   predicted loss.
 
 Caps: no unit gets a ratio beyond `max_layer_ratio` (the ratios tried are those at or below
-it, and the plans never remove more than `plans.layer_cap`); a block search never removes the
+it, the cap itself standing in for those above, and the plans never remove more than
+`plans.layer_cap`); a block search never removes the
 block the criterion ranks highest (the block plan always keeps at least one block, and that is
 the one it keeps), nor more than `max_layer_ratio` of the removable blocks.
 
@@ -76,11 +81,12 @@ from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError, brief, shown
 from pruning_core.evaluate import evaluate
+from pruning_core.executor import Executor
 from pruning_core.layers import example_input
 from pruning_core.models import LoadedModel
 from pruning_core.plans import layer_cap
 from pruning_core.progress import ProgressFn, Report
-from pruning_core.prune import Preview, PruneConfig, prune_, settle_structured
+from pruning_core.prune import Preview, PruneConfig, prune_
 from pruning_core.spec import InputSpec
 from pruning_core.stats import count_params, model_stats
 from pruning_core.timing import PROTOCOL, LatencyProtocol
@@ -702,7 +708,7 @@ class _Pruner:
         self.units = list(self.preview.layer_names)
         self.sizes = dict(self.preview.layer_sizes)
 
-    def model(self, selection: Mapping[str, Any], *, settle: bool = False) -> nn.Module:
+    def model(self, selection: Mapping[str, Any]) -> nn.Module:
         m = copy.deepcopy(self.base)
         plan = (
             self.config.plan(m, self.config, spec=self.spec, data=self.data)
@@ -710,8 +716,6 @@ class _Pruner:
             else self.preview.plan
         )
         plan.apply(m, selection, physical=True)
-        if settle:
-            settle_structured(m, self.config, self.data, self.spec)
         return m
 
 
@@ -818,6 +822,47 @@ class _Costs:
         return self.share(sel)
 
 
+@dataclass(frozen=True)
+class _Curves:
+    """Where the drop curves come from: given, or `experiments.sensitivity` with these
+    settings (its points run on `executor`)."""
+
+    given: pd.DataFrame | None
+    ratios: Sequence[float] | None
+    limit: int | None
+    split: str
+    device: str
+    executor: Any
+
+    def drops(
+        self, base: nn.Module, data: DataBundle, spec: InputSpec, cfg: PruneConfig,
+        units: Sequence[str], report: ProgressFn, cancel: threading.Event | None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Sensitivity rows covering every unit (layer, ratio, drop).
+
+        Raises:
+            UserError: Given curves that miss a unit.
+        """
+        sens = self.given
+        if sens is None:
+            from pruning_core.experiments import sensitivity
+
+            grid = _search_ratios(cfg, self.ratios) if cfg.plan.per_layer else [0.5]
+            report(Report(0.0, f"sensitivity of {len(units)} units"))
+            sens = sensitivity(
+                base, data, spec, ratios=grid, method=cfg.method, granularity=cfg.granularity,
+                limit=self.limit, split=self.split, layers=list(units), device=self.device,
+                cancel=cancel, seed=cfg.seed, executor=self.executor,
+                progress=lambda r: report(Report(0.6 * r.fraction, f"sensitivity: {r.message}")),
+            )  # fmt: skip
+            if sens.attrs.get("cancelled"):
+                _check_cancel(cancel)
+        missing = [u for u in units if not (sens["layer"] == u).any()]
+        if missing:
+            raise UserError(f"no sensitivity measured for unit '{shown(missing[0])}'")
+        return sens
+
+
 def _search_layers(
     base: nn.Module,
     data: DataBundle,
@@ -825,35 +870,18 @@ def _search_layers(
     cfg: PruneConfig,
     meter: _Meter,
     target_share: float,
-    ratios: Sequence[float] | None,
-    sens: pd.DataFrame | None,
-    limit: int | None,
-    split: str,
-    device: str,
+    curves: _Curves,
     report: ProgressFn,
     cancel: threading.Event | None,
 ) -> _Found:
     """Hull greedy + bisection for per-layer granularities (module docstring, steps 1-4)."""
     from pruning_core.experiments import predicted_drop
-    from pruning_core.experiments import sensitivity as measure_sensitivity
 
     pruner = _Pruner(base, cfg, data, spec)
     units = pruner.units
     costs = _Costs(pruner, meter, cancel)
     notes: list[str] = []
-    if sens is None:
-        grid = _search_ratios(cfg, ratios)
-        report(Report(0.0, f"sensitivity: {len(units)} units x {len(grid)} ratios"))
-        sens = measure_sensitivity(
-            base, data, spec, ratios=grid, method=cfg.method, granularity=cfg.granularity,
-            limit=limit, split=split, layers=units, device=device, cancel=cancel, seed=cfg.seed,
-            progress=lambda r: report(Report(0.6 * r.fraction, f"sensitivity: {r.message}")),
-        )  # fmt: skip
-        if sens.attrs.get("cancelled"):
-            _check_cancel(cancel)
-    missing = [u for u in units if not (sens["layer"] == u).any()]
-    if missing:
-        raise UserError(f"no sensitivity measured for unit '{shown(missing[0])}'")
+    sens = curves.drops(base, data, spec, cfg, units, report, cancel)
     per_unit: dict[str, list[float]] = {}
     for u in units:
         rs = sorted({float(r) for r in sens.loc[sens["layer"] == u, "ratio"]})
@@ -905,9 +933,11 @@ def _search_layers(
                 hi_i = mid
             else:
                 lo_i = mid
-        if measure(lo_i) <= goal:
+        # A search again (a latency miss) never goes back below where the last one ended.
+        f_lo = max(0.0, lo - lo_i)
+        if f_lo == 0.0 and measure(lo_i) <= goal:
             return float(lo_i)
-        f_lo, f_hi = 0.0, 1.0
+        f_hi = 1.0
         for _ in range(_FRACTION_STEPS):
             f = (f_lo + f_hi) / 2
             if measure(lo_i + f) <= goal:
@@ -968,9 +998,7 @@ def _search_blocks(
     cfg: PruneConfig,
     meter: _Meter,
     target_share: float,
-    limit: int | None,
-    split: str,
-    dev: torch.device,
+    curves: _Curves,
     report: ProgressFn,
     cancel: threading.Event | None,
 ) -> _Found:
@@ -986,15 +1014,13 @@ def _search_blocks(
         cap -= 1
     costs = _Costs(pruner, meter, cancel)
     candidates = [i for i in range(len(blocks)) if i != top]
-    base_acc = _accuracy(copy.deepcopy(base), data, spec, dev, limit, split)
+    sens = curves.drops(base, data, spec, cfg, [blocks[i] for i in candidates], report, cancel)
     saving: dict[int, float] = {}
     drop: dict[int, float] = {}
     for k, i in enumerate(candidates):
-        _check_cancel(cancel)
-        report(Report(0.8 * k / max(len(candidates), 1), f"block {blocks[i]}: removed alone"))
+        report(Report(0.6 + 0.2 * k / max(len(candidates), 1), f"cost of {blocks[i]}"))
         saving[i] = max(0.0, 1.0 - costs.share({"blocks": [i]}))
-        m = pruner.model({"blocks": [i]}, settle=True)
-        drop[i] = max(0.0, base_acc - _accuracy(m, data, spec, dev, limit, split))
+        drop[i] = max(0.0, float(sens.loc[sens["layer"] == blocks[i], "drop"].mean()))
     units: list[dict[str, Any]] = [
         {"unit": blocks[i], "size": 1, "points": [{"ratio": 1.0, "saving": saving[i] * meter.dense,
                                                    "drop": drop[i]}]}
@@ -1121,6 +1147,7 @@ def search(
     split: str = "calib",
     eval_limit: int | None = None,
     device: str = "auto",
+    executor: Executor | str | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> BudgetResult:
@@ -1139,11 +1166,14 @@ def search(
         ratios: Ratios the curves are measured at (default `DEFAULT_SEARCH_RATIOS`); those above
             max_layer_ratio are left out. Not used for blocks (each is removed or kept).
         sensitivity: Drop curves already measured (`experiments.sensitivity` for this model,
-            criterion and granularity, covering every unit) instead of measuring them.
+            criterion and granularity, covering every unit; blocks: one row per block) instead
+            of measuring them.
         limit: Images of `split` per curve point (None: all).
         split: `calib` (default) or `val`: where the drop curves are measured.
         eval_limit: Validation images for the dense and the result's accuracy (None: all).
         device: Where accuracy is measured (costs are measured on the CPU).
+        executor: Where the sensitivity points run (`pruning_core.executor`: `inprocess`, the
+            default, `ray`, or an Executor); the search itself runs here.
         progress: Called with a `progress.Report` as the search goes.
         cancel: When set, the search stops with `jobs.JobCancelledError`.
 
@@ -1169,15 +1199,16 @@ def search(
     meter = _Meter(b, base, spec)
     dense_acc = _accuracy(copy.deepcopy(base), data, spec, dev, eval_limit)
     target_share = b.target(meter.dense) / meter.dense
+    curves = _Curves(sensitivity, ratios, limit, split, device, executor)
     if cfg.plan.per_layer:
         found = _search_layers(
             base, data, spec, cfg.replace(ratio=0.0, scope="layer", layer_ratios=()), meter,
-            target_share, ratios, sensitivity, limit, split, device, report, cancel,
+            target_share, curves, report, cancel,
         )  # fmt: skip
     else:
         found = _search_blocks(
             base, data, spec, cfg.replace(ratio=0.0, scope="global", layer_ratios=()), meter,
-            target_share, limit, split, dev, report, cancel,
+            target_share, curves, report, cancel,
         )  # fmt: skip
     report(Report(0.95, "measuring the result"))
     found, pruned, check, more = _final(base, data, spec, found, meter, cancel)

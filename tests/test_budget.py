@@ -126,6 +126,21 @@ def test_saved_bytes_is_the_weights_file_size(cnn, tmp_path: Path) -> None:  # t
 # ----------------------------------------------------------------------------- the search
 
 
+def test_greedy_takes_hull_segments_by_loss_per_saving() -> None:
+    from pruning_core.budget import _at, _groups, _segments
+
+    # Unit a: cheap at first, then steep; unit b: a non-convex point at 0.5 the hull skips.
+    a = _segments(0, [0.0, 0.5, 0.9], [0.0, 0.4, 0.6], [0.0, 0.01, 0.5])
+    b = _segments(1, [0.0, 0.5, 0.9], [0.0, 0.2, 0.4], [0.0, 0.08, 0.1])
+    assert [(s.r0, s.r1) for s in b] == [(0.0, 0.9)]  # (0.5, 0.08) lies above the hull
+    groups = _groups(a + b)
+    slopes = [g[0].slope for g in groups]
+    assert slopes == sorted(slopes) and [g[0].unit for g in groups] == [0, 1, 0]
+    ratios, saving = _at(groups, ["a", "b"], 1.5)
+    assert ratios == {"a": 0.5, "b": pytest.approx(0.45)} and saving == pytest.approx(0.6)
+    assert _at(groups, ["a", "b"], 3.0) == ({"a": 0.9, "b": 0.9}, pytest.approx(1.0))
+
+
 @pytest.fixture(scope="module")
 def searched(cnn, digits):  # type: ignore[no-untyped-def]
     """Uniform and global ratios at MACs 0.5, and the search at the cheaper one's measured MACs
