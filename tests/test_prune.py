@@ -39,7 +39,10 @@ def two_scales() -> nn.Module:
 
 def test_list_methods_and_prunable_layers_keep_the_classifier() -> None:
     names = [m.name for m in list_methods()]
-    assert names == ["magnitude", "random", "activation", "apoz", "wanda", "taylor", "bn-scale"]
+    assert names == [
+        "magnitude", "random", "activation", "apoz", "wanda", "taylor", "bn-scale",
+        "lamp", "fpgm", "snip",
+    ]  # fmt: skip
     m = two_scales()
     assert prunable_layers(m, PruneConfig()) == ["0", "2"]
     assert prunable_layers(m, PruneConfig(ignore=())) == ["0", "2", "4"]
@@ -168,7 +171,7 @@ def test_masks_stay_exactly_zero_through_fine_tuning(optimizer: str, mask_grads:
         ({"ratio": -0.1}, "ratio"),
         ({"ratio": math.nan}, "ratio"),
         ({"ratio": "half"}, "ratio"),
-        ({"method": "snip"}, "unknown method"),
+        ({"method": "no-such-criterion"}, "unknown method"),
         ({"granularity": "rows"}, "unknown granularity"),
         ({"granularity": "4:4"}, "N:M"),
         ({"method": "bn-scale", "granularity": "unstructured"}, "does not support"),
