@@ -82,6 +82,7 @@ from pruning_core.device import resolve_device
 from pruning_core.errors import UserError, brief, shown
 from pruning_core.evaluate import evaluate
 from pruning_core.executor import Executor
+from pruning_core.experiments import lower_hull, predicted_drop, sensitivity
 from pruning_core.layers import example_input
 from pruning_core.models import LoadedModel
 from pruning_core.plans import layer_cap
@@ -602,21 +603,6 @@ class _Segment:
     s1: float
 
 
-def _lower_hull(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
-    """Indices of the lower convex hull of points sorted by x (Andrew's monotone chain)."""
-    hull: list[int] = []
-    for i in range(len(xs)):
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            cross = (xs[b] - xs[a]) * (ys[i] - ys[a]) - (ys[b] - ys[a]) * (xs[i] - xs[a])
-            if cross <= 0:  # b lies on or above the segment a-i
-                hull.pop()
-            else:
-                break
-        hull.append(i)
-    return hull
-
-
 def _segments(unit: int, ratios: Sequence[float], savings: Sequence[float],
               drops: Sequence[float]) -> list[_Segment]:  # fmt: skip
     """Hull segments of one unit's points (ratio 0 included), cheapest loss per saving first.
@@ -631,7 +617,7 @@ def _segments(unit: int, ratios: Sequence[float], savings: Sequence[float],
     # Equal savings: only the smallest ratio (the least loss) stays a candidate.
     keep = [0] + [i for i in range(1, len(r)) if s[i] > s[i - 1] + 1e-12]
     r, s, d = r[keep], s[keep], d[keep]
-    hull = _lower_hull(list(s), list(d))
+    hull = lower_hull(list(s), list(d))
     return [
         _Segment(float((d[b] - d[a]) / (s[b] - s[a])), unit, float(r[a]), float(r[b]),
                  float(s[a]), float(s[b]))
@@ -845,8 +831,6 @@ class _Curves:
         """
         sens = self.given
         if sens is None:
-            from pruning_core.experiments import sensitivity
-
             grid = _search_ratios(cfg, self.ratios) if cfg.plan.per_layer else [0.5]
             report(Report(0.0, f"sensitivity of {len(units)} units"))
             sens = sensitivity(
@@ -875,8 +859,6 @@ def _search_layers(
     cancel: threading.Event | None,
 ) -> _Found:
     """Hull greedy + bisection for per-layer granularities (module docstring, steps 1-4)."""
-    from pruning_core.experiments import predicted_drop
-
     pruner = _Pruner(base, cfg, data, spec)
     units = pruner.units
     costs = _Costs(pruner, meter, cancel)

@@ -25,7 +25,8 @@ the next ReLU sees). A layer whose module is never called on its own (the `out_p
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -281,6 +282,45 @@ class InputWeighted(Calibrated):
             else _weights(m).abs()
             for n, m in layers.items()
         }
+
+
+@contextmanager
+def _weight_grads_on(model: nn.Module, weights: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Let `weights` take gradients for a scoring pass, in eval mode (BatchNorm running
+    statistics must not move), then put back every parameter's `requires_grad` and `.grad`
+    (the app's model copies are frozen, and scoring must leave a model as it found it)."""
+    params = list(model.parameters())
+    saved = [(p.grad, p.requires_grad) for p in params]
+    try:
+        with eval_mode(model):
+            for w in weights:
+                w.requires_grad_(True)
+            yield
+    finally:
+        for p, (old, rg) in zip(params, saved, strict=True):
+            p.grad = old
+            p.requires_grad_(rg)
+
+
+def _loss_grads(
+    model: nn.Module,
+    weights: Sequence[torch.Tensor],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    *,
+    total: int | None = None,
+) -> tuple[torch.Tensor | None, ...]:
+    """d(cross-entropy of one batch)/d(each weight) (None for a weight the loss does not reach);
+    the batch's mean loss, or its summed loss over `total` images when given. Call inside
+    `_weight_grads_on`."""
+    device = next(model.parameters()).device
+    with torch.enable_grad():
+        out = main_logits(model(xb.to(device))).float()
+        if total is None:
+            loss = F.cross_entropy(out, yb.to(device))
+        else:
+            loss = F.cross_entropy(out, yb.to(device), reduction="sum") / total
+        return torch.autograd.grad(loss, list(weights), allow_unused=True)
 
 
 def _block_modules(model: nn.Module, blocks: Sequence[str]) -> list[nn.Module]:
@@ -553,31 +593,15 @@ class Taylor(Calibrated):
     ) -> dict[str, torch.Tensor]:
         _weight_modules(layers)
         batches = calibration_batches(data, spec, self.calib_batches, what="taylor")
-        params = list(model.parameters())
-        saved = [(p.grad, p.requires_grad) for p in params]
+        weights = [weight_of(m) for m in layers.values()]
         acc: dict[str, torch.Tensor] = {}
-        device = params[0].device
-        try:
-            # eval: BatchNorm running statistics must not move
-            with eval_mode(model):
-                for p in params:
-                    p.grad = None
-                weights = [weight_of(m) for m in layers.values()]
-                for w in weights:
-                    w.requires_grad_(True)
-                for xb, yb in batches:
-                    with torch.enable_grad():
-                        out = main_logits(model(xb.to(device)))
-                        loss = F.cross_entropy(out.float(), yb.to(device))
-                        grads = torch.autograd.grad(loss, weights, allow_unused=True)
-                    for n, w, g in zip(layers, weights, grads, strict=True):
-                        wg = w.detach().float() * (g.float() if g is not None else 0.0)
-                        v = wg.flatten(1).sum(1).square() if channel else wg.abs()
-                        acc[n] = acc[n] + v.cpu() if n in acc else v.cpu()
-        finally:
-            for p, (old, rg) in zip(params, saved, strict=True):
-                p.grad = old
-                p.requires_grad_(rg)
+        with _weight_grads_on(model, weights):
+            for xb, yb in batches:
+                grads = _loss_grads(model, weights, xb, yb)
+                for n, w, g in zip(layers, weights, grads, strict=True):
+                    wg = w.detach().float() * (g.float() if g is not None else 0.0)
+                    v = wg.flatten(1).sum(1).square() if channel else wg.abs()
+                    acc[n] = acc[n] + v.cpu() if n in acc else v.cpu()
         return {n: (v / len(batches)).float() for n, v in acc.items()}
 
     def weight_scores(
@@ -767,8 +791,8 @@ class FPGM(Criterion):
 
     The idea: a filter close to the geometric median is well represented by the others, so
     removing it loses little, whatever its norm (the paper's case against norm criteria:
-    small norms need not mean redundant filters). Filters are the flattened rows of the weight (Conv2d: C/groups*kh*kw values;
-    Linear: in_features). Heads score the sum over the head's rows of the shared qkv layer.
+    small norms need not mean redundant filters). Filters are the flattened rows of the
+    weight (Conv2d: C/groups*kh*kw values; Linear: in_features). Heads score the sum over the head's rows of the shared qkv layer.
     Distances are not normalised across layers: the paper prunes each layer by the same
     ratio (the `layer` scope); with a global threshold, layers with large or many filters are
     spared.
@@ -825,30 +849,15 @@ class SNIP(Calibrated):
         _weight_modules(layers)
         batches = calibration_batches(data, spec, self.calib_batches, what="snip")
         total = sum(len(yb) for _, yb in batches)
-        params = list(model.parameters())
-        # The app's model copies are frozen: the scored weights are made to require grad for
-        # the pass, and every parameter's flag and .grad are put back afterwards.
-        saved = [(p.grad, p.requires_grad) for p in params]
         weights = [weight_of(m) for m in layers.values()]
         grads: list[torch.Tensor] = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
-        device = params[0].device
-        try:
-            # eval: BatchNorm running statistics must not move
-            with eval_mode(model):
-                for w in weights:
-                    w.requires_grad_(True)
-                for xb, yb in batches:
-                    with torch.enable_grad():
-                        out = main_logits(model(xb.to(device)))
-                        loss = F.cross_entropy(out.float(), yb.to(device), reduction="sum") / total
-                        gs = torch.autograd.grad(loss, weights, allow_unused=True)
-                    for acc, g in zip(grads, gs, strict=True):
-                        if g is not None:
-                            acc += g.float()
-        finally:
-            for p, (old, rg) in zip(params, saved, strict=True):
-                p.grad = old
-                p.requires_grad_(rg)
+        with _weight_grads_on(model, weights):
+            for xb, yb in batches:
+                for acc, g in zip(
+                    grads, _loss_grads(model, weights, xb, yb, total=total), strict=True
+                ):
+                    if g is not None:
+                        acc += g.float()
         sal = {
             n: (w.detach().float() * g).abs().cpu()
             for n, w, g in zip(layers, weights, grads, strict=True)

@@ -62,6 +62,7 @@ __all__ = [
     "ProgressFn",
     "check_suggestion",
     "layer_sizes",
+    "lower_hull",
     "predicted_drop",
     "sensitivity",
     "suggest_ratios",
@@ -700,8 +701,17 @@ def predicted_drop(sens: pd.DataFrame, ratios: Mapping[str, float]) -> float:
     return total
 
 
-def _lower_hull(xs: np.ndarray, ys: np.ndarray) -> list[int]:
-    """Indices of the lower convex hull of points sorted by x (monotone chain)."""
+def lower_hull(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray) -> list[int]:
+    """Indices of the lower convex hull of points sorted by x (Andrew's monotone chain; used by
+    `suggest_ratios` and the budget search on drop-vs-cost curves).
+
+    Args:
+        xs: The points' x, ascending; shape (n,).
+        ys: Their y; shape (n,).
+
+    Returns:
+        Indices into `xs` of the hull's vertices, left to right (the first and last included).
+    """
     hull: list[int] = []
     for i in range(len(xs)):
         while len(hull) >= 2:
@@ -753,7 +763,7 @@ def suggest_ratios(
     for layer, size in layer_sizes.items():
         xs, ys = _drop_curve(sens_df, layer)
         reach += xs[-1] * size
-        hull = _lower_hull(xs * size, ys)
+        hull = lower_hull(xs * size, ys)
         for a, b in itertools.pairwise(hull):
             slope = (ys[b] - ys[a]) / max((xs[b] - xs[a]) * size, 1e-12)
             segments.append((slope, xs[b], layer, xs[a], xs[b]))
