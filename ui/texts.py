@@ -14,7 +14,7 @@ CRITERIA_EXPLAINED = (
     "small ones are assumed unimportant, no data needed. *Activation* (data-driven) criteria "
     "run a few calibration batches through the network and score what each weight or channel "
     "actually does to the signal (its input size, how often it is zero, its gradient). They cost "
-    "a forward (and for Taylor a backward) pass, and can keep accuracy better when weight sizes "
+    "a forward (and for Taylor and SNIP a backward) pass, and can keep accuracy better when weight sizes "
     "mislead, e.g. after BatchNorm rescales a channel."
 )
 
