@@ -3,10 +3,21 @@
 The timing itself (warm-up, repeats, percentiles, device synchronisation, CPU threads) and the
 one protocol every number follows (`PROTOCOL`: threads, batch sizes, warm-up, repeats) are
 `timing`'s; this module adds the backends: the dense original, the masked model, the physically
-shrunk one and the sparse-kernel conversions of `sparse` (`LATENCY_BACKENDS`; not to be confused
-with `sparse.SPARSE_BACKENDS`, the kernels one layer can be converted to), the per-batch timing
-of Model & data (`measure_batches`) and `MeasurementCache`, which keeps a measurement only for
-its context (what was timed, with which protocol, where) and for a bounded time.
+shrunk one, the sparse-kernel conversions of `sparse` and the model as deployed in ONNX Runtime
+(`LATENCY_BACKENDS`; not to be confused with `sparse.SPARSE_BACKENDS`, the kernels one layer can
+be converted to), the per-batch timing of Model & data (`measure_batches`), the batch-size sweep
+of eager PyTorch against ONNX Runtime (`batch_sweep`) and `MeasurementCache`, which keeps a
+measurement only for its context (what was timed, with which protocol, where) and for a bounded
+time.
+
+The `onnxruntime` backend follows the same protocol as the eager ones: the same warm-up,
+repeats, time budget and interleaved rounds, p10/p90, and the protocol's threads as ONNX
+Runtime's `intra_op_num_threads` (one inter-op thread, sequential execution). It runs the
+structured model when there is one, else the pruned model as given: dense, shrunk, low-rank
+(exported with `export.export_onnx`, checked against PyTorch) or an int8 ONNX model
+(`quantize.QuantizedModel`) as it is; CPU execution provider, the CUDA one when onnxruntime
+reports it and the input is on a GPU (host input and output: the copies are timed, as a service
+feeding ONNX Runtime from host memory pays them).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from torch import nn
 
 from pruning_core import sparse
 from pruning_core.errors import UserError
+from pruning_core.ort import OrtModule, cuda_provider_available, provider_names, to_ort
 from pruning_core.timing import (
     NO_DIFFERENCE,
     PROTOCOL,
@@ -43,11 +55,13 @@ __all__ = [
     "LATENCY_BACKEND_HELP",
     "NO_DIFFERENCE",
     "PROTOCOL",
+    "SWEEP_BATCH_SIZES",
     "Difference",
     "Latency",
     "LatencyProtocol",
     "Measured",
     "MeasurementCache",
+    "batch_sweep",
     "benchmark_backends",
     "check_backends",
     "compare",
@@ -200,7 +214,7 @@ class MeasurementCache:
 
 # ----------------------------------------------------------------------------- backends
 
-LATENCY_BACKENDS = ("dense", "masked", "structured", "csr", "semi24")
+LATENCY_BACKENDS = ("dense", "masked", "structured", "csr", "semi24", "onnxruntime")
 
 LATENCY_BACKEND_HELP = {
     "dense": "the unpruned model (or, without one, the same tensors run by dense kernels)",
@@ -208,7 +222,14 @@ LATENCY_BACKEND_HELP = {
     "structured": "the physically shrunk model (structured pruning): fewer channels, dense kernels",
     "csr": "Linear (and 1x1 conv) layers converted to CSR sparse matmul",
     "semi24": "Linear layers converted to 2:4 semi-structured sparse kernels (CUDA, fp16)",
+    "onnxruntime": "the model as deployed, exported to ONNX and run by ONNX Runtime (an int8 "
+    "model as it is)",
 }
+# Eager backends an int8 ONNX model (`quantize.QuantizedModel`) cannot run.
+_ORT_ONLY = (
+    "an int8 ONNX model runs only in ONNX Runtime (the onnxruntime backend); there are no "
+    "PyTorch weights to run eagerly"
+)
 
 
 def check_backends(names: Iterable[str]) -> list[str]:
@@ -240,6 +261,7 @@ def benchmark_backends(
     max_seconds: float | None = None,
     sparse_options: dict[str, Any] | None = None,
     rounds: int | None = None,
+    onnx: OrtModule | None = None,
 ) -> pd.DataFrame:
     """Time one model under several execution backends, side by side.
 
@@ -264,6 +286,10 @@ def benchmark_backends(
         sparse_options: Extra keyword arguments for `sparse.to_sparse_`.
         rounds: Override: interleaving rounds (1 below 9 repeats); `rounds=repeats`
             alternates the backends call by call, the most robust on a busy machine.
+        onnx: The ONNX Runtime model the `onnxruntime` backend times (default: `structured`
+            when given, else `pruned`, exported here; a `pruned` that is an `ort.OrtModule`,
+            such as an int8 model, is run as it is). Its session is re-made with the
+            protocol's threads.
 
     Returns:
         DataFrame with columns backend, status, reason (plain words, for skipped rows),
@@ -281,6 +307,7 @@ def benchmark_backends(
     device = example.device
     rows: dict[str, dict[str, Any]] = {}
     runnable: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+    on_ort = isinstance(pruned, OrtModule)
     with torch_threads(p.threads if device.type == "cpu" else None) as threads_used:
         for b in backends:
             row: dict[str, Any] = {
@@ -290,7 +317,25 @@ def benchmark_backends(
                 "detail": LATENCY_BACKEND_HELP[b],
             }
             rows[b] = row
-            if b == "dense":
+            if on_ort and b not in ("dense", "onnxruntime"):
+                row.update(status="skipped", reason=_ORT_ONLY)
+            elif b == "onnxruntime":
+                smaller = structured is not None or _is_shrunk(pruned, dense)
+                reason, runner, detail = _ort_variant(
+                    onnx, pruned, structured, example, p.threads, smaller
+                )
+                if runner is None:
+                    row.update(status="skipped", reason=reason)
+                else:
+                    row["detail"] = detail
+                    runnable[b] = (runner, example.cpu())
+            elif b == "dense" and dense is None and on_ort:
+                row.update(
+                    status="skipped",
+                    reason="no PyTorch model to time eagerly: an int8 ONNX model runs only in "
+                    "ONNX Runtime; give the float original as the dense model (bench: --model)",
+                )  # fmt: skip
+            elif b == "dense":
                 if dense is None:
                     row["detail"] = (
                         "no unpruned original given: the pruned tensors run by dense kernels"
@@ -397,6 +442,119 @@ def _sparse_variant(
         return f"no layer could use the {backend} kernel ({reasons})", None, None, ""
     detail = report.summary() + (" (fp16; compare with dense fp16)" if backend == "semi24" else "")
     return "", model, ex, detail
+
+
+def _ort_variant(
+    onnx: OrtModule | None,
+    pruned: nn.Module,
+    structured: nn.Module | None,
+    example: torch.Tensor,
+    threads: int,
+    smaller: bool,
+) -> tuple[str, OrtModule | None, str]:
+    """(skip reason, ONNX Runtime model with `threads`, detail) for the onnxruntime backend."""
+    import onnxruntime as ort
+
+    kind = example.device.type
+    if kind not in ("cpu", "cuda"):
+        return f"ONNX Runtime runs on the CPU or a CUDA GPU, not on {kind}", None, ""
+    if kind == "cuda" and not cuda_provider_available():
+        return (
+            "this onnxruntime has no CUDA execution provider (it comes with the onnxruntime-gpu "
+            "package); time it on the CPU (bench: --device cpu)",
+            None,
+            "",
+        )
+    target: nn.Module = onnx if onnx is not None else (
+        structured if structured is not None else pruned
+    )  # fmt: skip
+    if isinstance(target, OrtModule):
+        what = "int8 ONNX model" if hasattr(target, "spec") else "ONNX model"
+        runner = target.with_settings(threads=threads, device=kind)
+    else:
+        what = "smaller (shrunk or factorized) model" if smaller else "model as given"
+        try:
+            runner = to_ort(target, example, threads=threads, device=kind)
+        except UserError as e:
+            return f"this model cannot run in ONNX Runtime: {e}", None, ""
+    copies = "; host input and output, copies timed" if kind == "cuda" else ""
+    return (
+        "",
+        runner,
+        (
+            f"ONNX Runtime {ort.__version__}, {provider_names(runner.providers)} execution provider, "
+            f"{threads} intra-op thread{'s' if threads != 1 else ''}: the {what}{copies}"
+        ),
+    )
+
+
+SWEEP_BATCH_SIZES = (1, 8, 32, 64)
+"""Batch sizes of `batch_sweep` (and `pruning-lab bench --batch-sizes`'s example)."""
+
+
+def batch_sweep(
+    pruned: nn.Module,
+    example: Callable[[int], torch.Tensor],
+    *,
+    batch_sizes: Sequence[int] = SWEEP_BATCH_SIZES,
+    backends: Sequence[str] = ("dense", "onnxruntime"),
+    dense: nn.Module | None = None,
+    structured: nn.Module | None = None,
+    protocol: LatencyProtocol = PROTOCOL,
+    onnx: OrtModule | None = None,
+) -> pd.DataFrame:
+    """Latency of each backend at each batch size: speedups change with the batch, and a
+    pruned model that is not faster at batch 1 may be at batch 64 (or the reverse).
+
+    Each batch is one `benchmark_backends` call (the same protocol: warm-up, repeats,
+    interleaved rounds, p10/p90, threads); the model is exported to ONNX once for all batches.
+
+    Args:
+        pruned: The model (as in `benchmark_backends`; an int8 `QuantizedModel` too).
+        example: Returns an input batch of a given size on the target device.
+        batch_sizes: Images per timed call, each >= 1 (default 1, 8, 32, 64).
+        backends: Names from `LATENCY_BACKENDS` (default eager dense and onnxruntime).
+        dense: The unpruned original (the eager reference).
+        structured: The physically shrunk model, when there is one.
+        protocol: Threads, warm-up, repeats, time budget, rounds.
+        onnx: The ONNX Runtime model to time (default: exported here once).
+
+    Returns:
+        `benchmark_backends`' columns for every (batch, backend), plus `ms_per_image`,
+        `p10_ms_per_image`, `p90_ms_per_image` (ms per batch / batch size);
+        `attrs["protocol"]` says the settings in words.
+
+    Raises:
+        UserError: Unknown backends, no batch size or one below 1, a setting out of range.
+    """
+    names = check_backends(backends)
+    sizes = [int(b) for b in batch_sizes]
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"batch sizes must be >= 1, got {sizes}")
+    first = example(sizes[0])
+    if "onnxruntime" in names and onnx is None and not isinstance(pruned, OrtModule):
+        target = structured if structured is not None else pruned
+        kind = first.device.type
+        if kind == "cpu" or (kind == "cuda" and cuda_provider_available()):
+            try:
+                onnx = to_ort(target, first, threads=protocol.threads, device=kind)
+            except UserError:
+                onnx = None  # each batch's row then says why (the export is retried there)
+    frames = []
+    for b in sizes:
+        x = first if b == sizes[0] else example(b)
+        frames.append(
+            benchmark_backends(pruned, x, backends=names, dense=dense, structured=structured,
+                               protocol=protocol, onnx=onnx)
+        )  # fmt: skip
+    out = pd.concat(frames, ignore_index=True)
+    for col, src in (("ms_per_image", "median_ms"), ("p10_ms_per_image", "p10_ms"),
+                     ("p90_ms_per_image", "p90_ms")):  # fmt: skip
+        out[col] = out[src] / out["batch_size"]
+    out.attrs["protocol"] = protocol.with_(batch_sizes=tuple(sizes)).describe(
+        device=str(first.device)
+    )
+    return out
 
 
 def _interleaved(

@@ -16,6 +16,7 @@ __all__ = [
     "REPORT_TEMPLATE",
     "TEMPLATE",
     "accuracy_sparsity_figure",
+    "batch_sweep_figure",
     "channel_bars_figure",
     "confusion_figure",
     "histogram_figure",
@@ -684,3 +685,157 @@ def runs_curves_figure(
         legend={"orientation": "h", "y": -0.25},
     )
     return fig
+
+
+def batch_sweep_figure(
+    df: pd.DataFrame,
+    title: str = "Latency per image vs batch size",
+    subtitle: str = "",
+) -> go.Figure:
+    """Milliseconds per image (median, p10-p90 bars) against the batch size, one line per
+    backend that ran: eager PyTorch and ONNX Runtime side by side, so one sees where a pruned
+    or int8 model is faster and where batching matters more.
+
+    Args:
+        df: Rows of `latency.batch_sweep`: `batch_size`, `backend`, `status`,
+            `ms_per_image`, `p10_ms_per_image`, `p90_ms_per_image`; an optional `label`
+            column names the lines instead of the backend (e.g. `int8, onnxruntime`).
+        title: Figure title.
+        subtitle: Device, threads, repeats (`LatencyProtocol.describe()`).
+    """
+    labels = {**_BACKEND_LABELS, "dense": "dense, eager PyTorch",
+              "onnxruntime": "ONNX Runtime"}  # fmt: skip
+    ok = df[df["status"] == "ok"] if len(df) else df
+    key = "label" if "label" in ok else "backend"
+    fig = go.Figure()
+    for i, name in enumerate(dict.fromkeys(ok[key]) if len(ok) else []):
+        g = ok[ok[key] == name].sort_values("batch_size")
+        shown_name = labels.get(str(name), str(name)) if key == "backend" else str(name)
+        fig.add_trace(
+            go.Scatter(
+                x=g["batch_size"], y=g["ms_per_image"], mode="lines+markers", name=shown_name,
+                line={"color": _color(i)},
+                error_y={"type": "data", "symmetric": False,
+                         "array": (g["p90_ms_per_image"] - g["ms_per_image"]).tolist(),
+                         "arrayminus": (g["ms_per_image"] - g["p10_ms_per_image"]).tolist(),
+                         "thickness": 1},
+                hovertemplate="batch %{x}<br>%{y:.3f} ms per image<extra>" + shown_name
+                + "</extra>",
+            )
+        )  # fmt: skip
+    sizes = sorted({int(b) for b in ok["batch_size"]}) if len(ok) else []
+    fig.update_layout(
+        title=_titled(title, subtitle),
+        template=TEMPLATE,
+        xaxis={"title": "batch size (images per call, log scale)", "type": "log",
+               "tickvals": sizes, "ticktext": [str(b) for b in sizes]},
+        yaxis={"title": "ms per image (median, p10-p90; ms per batch / batch size)",
+               "rangemode": "tozero"},
+        height=420,
+        margin=_MARGIN_SUBTITLED,
+        legend={"orientation": "h", "y": -0.25},
+    )  # fmt: skip
+    return fig
+
+
+# --- Ratio strategies and per-class change (Trade-offs) ---
+
+
+def strategies_figure(
+    df: pd.DataFrame, title: str = "Ratio strategies at one budget", subtitle: str = ""
+) -> go.Figure:
+    """Accuracy before and after the same fine-tune for each ratio strategy at one budget:
+    grouped bars, one group per strategy, the measured cost in the hover.
+
+    Args:
+        df: Rows of `strategies.compare_strategies`: `label`, `accuracy`,
+            `finetuned_accuracy` (NaN without fine-tune), `cost`, `cost_share`, `quantity`,
+            `epochs`, optional `dense_accuracy`.
+        title, subtitle: Figure title and what was measured (budget, split, fine-tune).
+    """
+    fig = go.Figure()
+    costs = [
+        f"{c:,.0f} {'bytes' if q == 'size' else q} ({s:.1%} of dense)"
+        for c, s, q in zip(df["cost"], df["cost_share"], df["quantity"], strict=True)
+    ]
+    epochs = int(df["epochs"].iloc[0]) if len(df) else 0
+    groups = [("accuracy", "before fine-tune", "#9DB4D0")]
+    if "finetuned_accuracy" in df and df["finetuned_accuracy"].notna().any():
+        groups.append(("finetuned_accuracy", f"after {epochs}-epoch fine-tune", "#4C78A8"))
+    for col, name, color in groups:
+        fig.add_trace(
+            go.Bar(
+                x=df["label"], y=df[col], name=name, marker_color=color, customdata=costs,
+                text=[f"{v:.2%}" if pd.notna(v) else "" for v in df[col]],
+                textposition="outside",
+                hovertemplate="%{x}<br>" + name + ": %{y:.2%}<br>cost %{customdata}"
+                "<extra></extra>",
+            )
+        )  # fmt: skip
+    vals = [float(v) for c, _, _ in groups for v in df[c].dropna()]
+    if "dense_accuracy" in df and len(df) and pd.notna(df["dense_accuracy"].iloc[0]):
+        dense = float(df["dense_accuracy"].iloc[0])
+        vals.append(dense)
+        fig.add_hline(
+            y=dense, line={"color": "#888", "dash": "dot", "width": 1},
+            annotation_text=f"dense {dense:.2%}", annotation_position="top left",
+        )  # fmt: skip
+    # Differences are often tenths of a point: the axis spans the values, not 0 to 100%.
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    pad = max((hi - lo) * 0.25, 0.005)
+    fig.update_layout(
+        title=_titled(title, subtitle),
+        template=TEMPLATE,
+        barmode="group",
+        xaxis={"title": "how the per-layer ratios were chosen (same measured budget)",
+               "type": "category"},
+        yaxis={"title": "top-1 accuracy (validation split; axis not from 0)",
+               "range": [max(lo - pad, 0.0), min(hi + pad, 1.0)], **percent_axis(vals)},
+        height=440,
+        margin=_MARGIN_SUBTITLED,
+        legend={"orientation": "h", "y": -0.25},
+    )  # fmt: skip
+    return fig
+
+
+def per_class_change_figure(
+    df: pd.DataFrame, title: str = "Accuracy change per class against dense", subtitle: str = ""
+) -> go.Figure:
+    """Per-class accuracy change of a pruned model against dense, in points: one bar per class
+    in the frame's order (worst first), losses red, gains blue (Hooker et al. 2019).
+
+    Args:
+        df: Rows of `per_class.per_class_change`: `class`, `n`, `dense`, `pruned`, `change`
+            (percentage points); `attrs["change"]` (overall, points) draws a reference line.
+        title, subtitle: Figure title and what was measured.
+    """
+    colors = ["#E45756" if c < 0 else "#4C78A8" for c in df["change"].fillna(0)]
+    custom = list(zip(df["n"], df["dense"], df["pruned"], strict=True))
+    fig = go.Figure(
+        go.Bar(
+            x=[str(c) for c in df["class"]], y=df["change"], marker_color=colors,
+            customdata=custom, name="change",
+            hovertemplate="class %{x}: %{customdata[0]:,} images<br>dense %{customdata[1]:.2%}"
+            " → pruned %{customdata[2]:.2%}<br>change %{y:+.2f} points<extra></extra>",
+        )
+    )  # fmt: skip
+    overall = df.attrs.get("change")
+    if isinstance(overall, float) and math.isfinite(overall):
+        fig.add_hline(
+            y=overall, line={"color": "#888", "dash": "dot", "width": 1},
+            annotation_text=f"overall {overall:+.2f} points", annotation_position="bottom right",
+        )  # fmt: skip
+    fig.add_hline(y=0, line={"color": "#444", "width": 1})
+    fig.update_layout(
+        title=_titled(title, subtitle),
+        template=TEMPLATE,
+        xaxis={"title": "class (worst change first)", "type": "category"},
+        yaxis={"title": "accuracy change vs dense (percentage points)", "zeroline": True},
+        height=380,
+        margin=_MARGIN_SUBTITLED,
+        showlegend=False,
+    )  # fmt: skip
+    return fig
+
+
+__all__ += ["per_class_change_figure", "strategies_figure"]

@@ -21,7 +21,7 @@ from pruning_core.fsio import to_jsonable
 __all__ = ["Handler", "build_parser", "main", "run"]
 
 # Modules holding commands, in the order `--help` lists them.
-_COMMAND_MODULES = ("basic", "prune", "measure", "experiments_cmds", "export")
+_COMMAND_MODULES = ("basic", "prune", "measure", "experiments_cmds", "export", "quantize")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,6 +11,11 @@
 - masked: the directory's model as stored (zeros in dense tensors).
 - structured: the same model when it is physically smaller than the dense one.
 - csr / semi24: copies converted by `pruning_core.sparse.to_sparse_`.
+- onnxruntime: the model as deployed, exported to ONNX and run by ONNX Runtime with the same
+  protocol (`--backend onnxruntime`); an int8 directory from `pruning-lab quantize` (as `--model`
+  or `--pruned`) is run as it is, and its eager dense reference is the float model it came from.
+
+`--batch-sizes 1,8,32,64` times every backend at each batch size (`latency.batch_sweep`).
 
 Its timing defaults are the app's protocol (`pruning_core.timing.PROTOCOL`: 1 thread, batch 32,
 warm-up, repeats), so `bench --backends dense --batch-size 1` times what Model & data shows.
@@ -52,11 +57,26 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_inspect)
 
     p = sub.add_parser(
-        "bench", parents=[common], help="latency of dense, masked, shrunk and sparse backends"
+        "bench",
+        parents=[common],
+        help="latency of dense, masked, shrunk, sparse and ONNX Runtime backends",
     )
     add_model_args(p, dataset=False)
     p.add_argument("--pruned", help="pruned model directory (then --model is the dense original)")
-    p.add_argument("--backends", default="dense,masked,structured,csr,semi24")
+    p.add_argument(
+        "--backends",
+        "--backend",
+        dest="backends",
+        default="dense,masked,structured,csr,semi24",
+        help="comma-separated, from: dense, masked, structured, csr, semi24, onnxruntime",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=_batch_sizes,
+        default=None,
+        help="time every backend at each of these batch sizes, e.g. 1,8,32,64 (a sweep; "
+        "default: only --batch-size)",
+    )
     # Every default is the app's latency protocol, so bench and the app time alike.
     p.add_argument(
         "--batch-size",
@@ -82,6 +102,19 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help=f"time budget per backend (default {PROTOCOL.max_seconds:g})",
     )
     p.set_defaults(handler=cmd_bench)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated batch sizes, each 1-4096."""
+    sizes = []
+    for part in [t.strip() for t in text.split(",") if t.strip()]:
+        try:
+            sizes.append(int(BATCH(part)))
+        except (argparse.ArgumentTypeError, UserError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"batch size {part!r}: {e}") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("give at least one batch size, e.g. 1,8,32,64")
+    return tuple(dict.fromkeys(sizes))
 
 
 def records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -211,42 +244,77 @@ def bench_protocol(args: argparse.Namespace) -> LatencyProtocol:
     )
 
 
+def _int8_dense(q: Any) -> tuple[nn.Module | None, str]:
+    """The float model an int8 directory came from (its `source`), when it still loads."""
+    from pruning_core.models import load_model
+
+    src = q.meta.get("source")
+    if isinstance(src, str) and src:
+        try:
+            cand = load_model(src)
+            if cand.spec == q.spec:
+                return cand.model, f"the float model it was quantized from, '{src}'"
+        except (UserError, OSError, RuntimeError):
+            pass
+    return None, "the float original is not loadable: no eager dense reference"
+
+
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.device import resolve_device
-    from pruning_core.latency import benchmark_backends
+    from pruning_core.latency import batch_sweep, benchmark_backends
     from pruning_core.layers import example_input
     from pruning_core.models import load_model
+    from pruning_core.quantize import is_quantized_dir, load_quantized
 
     backends = _parse_backends(args.backends)
     device = resolve_device(args.device)
+    pruned: nn.Module
     if args.pruned:
         dense_loaded, _ = resolve(args)
-        pruned_loaded = load_model(args.pruned)
-        if dense_loaded.arch and pruned_loaded.arch and dense_loaded.arch != pruned_loaded.arch:
-            raise UserError(
-                f"--pruned is a '{pruned_loaded.arch}' model but --model is '{dense_loaded.arch}'"
-            )
+        if is_quantized_dir(args.pruned):
+            q = load_quantized(args.pruned, threads=args.threads)
+            pruned, spec = q, q.spec
+        else:
+            pruned_loaded = load_model(args.pruned)
+            if (dense_loaded.arch and pruned_loaded.arch
+                    and dense_loaded.arch != pruned_loaded.arch):  # fmt: skip
+                raise UserError(
+                    f"--pruned is a '{pruned_loaded.arch}' model but --model is "
+                    f"'{dense_loaded.arch}'"
+                )
+            pruned, spec = pruned_loaded.model, pruned_loaded.spec
         dense: nn.Module | None = dense_loaded.model
         dense_note = f"--model '{args.model}'"
+    elif is_quantized_dir(args.model):
+        q = load_quantized(args.model, threads=args.threads)
+        pruned, spec = q, q.spec
+        dense, dense_note = _int8_dense(q)
     else:
         pruned_loaded, _ = resolve(args)
+        pruned, spec = pruned_loaded.model, pruned_loaded.spec
         dense, dense_note = dense_reference(pruned_loaded)
-    spec = pruned_loaded.spec
-    example = example_input(pruned_loaded.model, spec, args.batch_size, random=True).to(device)
+
+    def example(b: int) -> torch.Tensor:
+        return example_input(pruned, spec, b, random=True).to(device)
+
     protocol = bench_protocol(args)
-    table = benchmark_backends(
-        pruned_loaded.model, example, backends=backends, dense=dense, protocol=protocol
-    )
-    rows = records(table)
     result: dict[str, Any] = {
         "model": args.pruned or args.model,
         "dense_reference": dense_note,
         "device": str(device),
-        "batch_size": args.batch_size,
         "threads": protocol.threads if device.type == "cpu" else torch.get_num_threads(),
-        "protocol": table.attrs["protocol"],
-        "backends": rows,
     }
+    if args.batch_sizes:
+        table = batch_sweep(pruned, example, batch_sizes=args.batch_sizes, backends=backends,
+                            dense=dense, protocol=protocol)  # fmt: skip
+        result.update(batch_sizes=list(args.batch_sizes), protocol=table.attrs["protocol"])
+        result["sweep"] = records(table.drop(columns=["detail"]))
+        return result
+    table = benchmark_backends(
+        pruned, example(args.batch_size), backends=backends, dense=dense, protocol=protocol
+    )
+    rows = records(table)
+    result.update(batch_size=args.batch_size, protocol=table.attrs["protocol"], backends=rows)
     for r in rows:
         result[f"{r['backend']}_median_ms"] = r["median_ms"]
     return result

@@ -1,0 +1,122 @@
+"""Command: quantize (int8 with ONNX Runtime's quantizer, accuracy measured through ONNX Runtime).
+
+`pruning-lab quantize MODEL --mode static --out DIR` exports MODEL (a registry name or a model
+directory, e.g. a pruned one) to ONNX, quantizes it to int8 (`pruning_core.quantize`), measures
+its top-1 accuracy through ONNX Runtime on the validation split beside the float model's, and
+writes DIR (`model.onnx` + `quantized.json`). DIR is refused up front, in one line, when it is a
+folder that Pruning Lab did not write (`fsio.check_output_dir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pruning_core.errors import UserError
+from pruning_core.fsio import check_output_dir
+from pruning_core.validate import Range
+
+__all__ = ["cmd_quantize", "register"]
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the quantize command."""
+    p = sub.add_parser(
+        "quantize",
+        parents=[common],
+        help="int8 quantization with ONNX Runtime (dynamic or static), accuracy measured",
+        description=(
+            "Export MODEL to ONNX, quantize it to int8 with onnxruntime.quantization (dynamic: "
+            "no data; static: calibrated on the calibration split, QDQ, per channel), measure "
+            "its accuracy through ONNX Runtime on the validation split, and write --out "
+            "(model.onnx + quantized.json). pruning-lab bench --model DIR --backends "
+            "onnxruntime times it."
+        ),
+    )
+    p.add_argument("model", help="registry name or model directory (e.g. a pruned output)")
+    p.add_argument("--mode", choices=["dynamic", "static"], default="static")
+    p.add_argument("--out", required=True, type=Path, help="output folder (new, empty, or ours)")
+    p.add_argument(
+        "--dataset", help="calibration and validation data (default: the model's own dataset)"
+    )
+    p.add_argument(
+        "--calib-batches",
+        type=Range(integer=True, lo=1, hi=1000),
+        default=4,
+        help="static: calibration batches of 128 images (default 4)",
+    )
+    p.add_argument(
+        "--per-tensor", action="store_true", help="one scale per weight tensor, not per channel"
+    )
+    p.add_argument(
+        "--activation-type",
+        choices=["uint8", "int8"],
+        default="uint8",
+        help="static: activation type (uint8: ONNX Runtime's fast x86 path, the default)",
+    )
+    p.add_argument(
+        "--val-limit",
+        type=Range(integer=True, lo=1, hi=10**9),
+        default=None,
+        help="evaluate on the first N validation images only (default: all)",
+    )
+    p.set_defaults(handler=cmd_quantize)
+
+
+def _dataset_ref(args: argparse.Namespace, meta: dict[str, Any]) -> str:
+    from pruning_core.data import is_offline_dataset
+
+    if args.dataset:
+        return str(args.dataset)
+    # A dataset named inside the folder is followed only when it is a bundled offline set.
+    named = meta.get("dataset")
+    if is_offline_dataset(named):
+        return str(named)
+    raise UserError(
+        f"{args.model} names no bundled dataset: give --dataset (calibration and accuracy)"
+    )
+
+
+def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
+    """Quantize, measure, write; returns what was measured."""
+    from pruning_core.data import load_dataset
+    from pruning_core.models import load_model
+    from pruning_core.quantize import QuantizeConfig, is_quantized_dir, quantize
+
+    check_output_dir(args.out)  # before any model is loaded: never over someone's own folder
+    if is_quantized_dir(args.model):
+        raise UserError(f"{args.model} is already an int8 model; quantize its float original")
+    config = QuantizeConfig(
+        mode=args.mode,
+        calib_batches=args.calib_batches,
+        per_channel=not args.per_tensor,
+        activation_type=args.activation_type,
+        val_limit=args.val_limit,
+    )
+    loaded = load_model(args.model)
+    meta = dict(loaded.meta or {})
+    if not meta.get("dataset") and loaded.arch:
+        from pruning_core.models import get_entry
+
+        meta["dataset"] = get_entry(loaded.arch).default_dataset
+    ds = _dataset_ref(args, meta)
+    data = load_dataset(ds)
+    data.check_spec(loaded.spec)
+    extra = {
+        "arch": loaded.arch,
+        "arch_kwargs": meta.get("arch_kwargs") or loaded.arch_kwargs,
+        "dataset": ds,
+    }
+    result = quantize(
+        loaded.model, loaded.spec, data, args.out, config, source=args.model, extra_meta=extra
+    )
+    return {
+        "model": args.model,
+        "dataset": ds,
+        **result.to_dict(),
+        "tolerance": (
+            "int8 top-1 within 2 points of float, agreement >= 0.95, max |logit diff| <= 0.25 "
+            "x max |float logit|"
+        ),
+    }
