@@ -1,39 +1,53 @@
-"""App load test: 1, 10, 30 simulated students in headless Chromium against the served app.
+"""App load test: 1, 10, 30 simulated students against the served app.
 
 Each level starts a fresh server with the app's own start (`python -m pruning_core app`, on a
 free 127.0.0.1 port, its own PRUNING_LAB_HOME in a temporary folder, run from a copy of the code
 taken when the run starts so other people's saves in a shared checkout cannot reach it), opens
 it once to warm it (the cold first page is reported apart), then lets N students work at once,
-each in its own Playwright browser context (its own Streamlit session) of one shared Chromium:
+each in its own Streamlit session:
 
-    open the app -> pick the model (Model & data) -> Prune -> move "Share to remove" by keyboard
-    -> open "Per-layer ratios" and move one layer's slider -> Apply pruning -> (a share of them)
-    Fine-tune: one epoch, Start, and note what the page says (running / waiting at position N /
-    refused).
+    open the app -> pick the model (Model & data) -> Prune -> move "Share to remove" (one step
+    at a time) -> move one layer's slider -> Apply pruning -> (a share of them) Fine-tune: one
+    epoch, Start, and note what the page says (running / waiting at position N / refused).
 
-A level with one student goes through every model in turn, one fresh session per model, so the
-single-user numbers exist for each sample model; with more students the models are dealt out
-round-robin. Timings are taken in the page (performance.now(), by an init script): page loads
-from navigation start (or the link click) to the page's title shown, its script run finished and
-the status widget gone; slider -> preview from the key press to the "Remaining params" number
-changing; the estimate from the key press to the accuracy-estimate metric shown again (first,
-and final after its refinements). The same script timestamps the websocket (rerun sent, first
-element delta, first metric delta, script finished) and the browser's long tasks, which split a
-redraw into server and browser time; an extra profiled session says what the browser's main
-thread does during a move. The server's memory (RSS of its process tree), the CPU of the server,
-of the browser and of the rest of the machine, and the server's health-check latency are
-sampled every second.
+Two kinds of student (`--client`):
+
+- `ws` (`benchmarks/ws_client.py`): speaks Streamlit's websocket protocol from Python, as the
+  browser's frontend does on the wire, at a few ms of CPU per rerun, so 30 of them measure the
+  server and not 30 Chromium renderers on the same 2 cores. Timings are taken when the messages
+  arrive: page load from opening the connection to the first run's `script_finished`; slider ->
+  redrawn preview from the rerun request to the last of the preview's metrics and charts
+  (ws_client's docstring); the estimate to the accuracy metric's first and last delta. A
+  student who started a fine-tune stays `--linger` s, sending the jobs panels' auto-reruns as a
+  browser tab does, and records each state the page shows (the queue's behaviour).
+- `browser`: one Playwright context of one shared headless Chromium per student. Timings are
+  taken in the page (performance.now(), by an init script): page loads from navigation start
+  (or the link click) to the page's title shown, its script run finished and the status widget
+  gone; slider -> preview from the key press to the "Remaining params" number changing; the
+  estimate from the key press to the accuracy-estimate metric shown again (first, and final
+  after its refinements). The same script timestamps the websocket (rerun sent, first element
+  delta, first metric delta, script finished) and the browser's long tasks, which split a
+  redraw into server and browser time; an extra profiled session says what the browser's main
+  thread does during a move.
+
+The default (`auto`) is the browser below 10 students (the single-user numbers include the
+browser's drawing, and its phases) and ws from 10 on. A level with one student goes through
+every model in turn, one fresh session per model, so the single-user numbers exist for each
+sample model; with more students the models are dealt out round-robin. The server's memory (RSS
+of its process tree), the CPU of the server, of the client and of the rest of the machine, and
+the server's health-check latency are sampled every second.
 
     .venv/bin/python -m benchmarks.load_test                        # 1,10,30, all four models
     .venv/bin/python -m benchmarks.load_test --students 1,10 --max-seconds 600
+    .venv/bin/python -m benchmarks.load_test --students 30 --client ws --json /tmp/l.json --markdown -
 
 Writes `benchmarks/load_test.json` and replaces its own section ("## App load test ...") of
 `benchmarks/results.md`, leaving the rest of that file as it is (`--markdown-only` rewrites the
 section from the JSON, e.g. after `benchmarks.run` rewrote results.md). Everything stays on
-127.0.0.1 and is bounded: `--max-seconds` for the whole run (the server is always stopped), and
-`--action-timeout` for each step; a step that times out is an error of that student, with its
-reason, and the run goes on. Exit status 0 when the run completed (targets may miss), 1 when a
-level could not run.
+127.0.0.1 and is bounded: at most 100 students a level, `--max-seconds` (at most 3600) for the
+whole run (the server is always stopped), and `--action-timeout` for each step; a step that
+times out is an error of that student, with its reason, and the run goes on. Exit status 0 when
+the run completed (targets may miss), 1 when a level could not run.
 """
 
 from __future__ import annotations
@@ -48,7 +62,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -62,6 +75,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.local_server import free_port, healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("PRUNING_LAB_CHROMIUM", "/usr/bin/chromium")
@@ -77,7 +92,7 @@ CHROMIUM_ARGS = [
 ]
 SAMPLE_MODELS = ("digits-mlp", "digits-cnn", "shapes-resnet", "shapes-vit")
 DEFAULT_MODEL = "digits-cnn"  # what a fresh session has selected (ui.state)
-SECTION_TITLE = "## App load test (Playwright"
+SECTION_TITLE = "## App load test ("  # replace_section finds the section by this prefix
 # Acceptance targets (issue 13).
 TARGET_FIRST_PAGE_S = 3.0
 TARGET_PREVIEW_P50_MS = 150.0
@@ -85,6 +100,7 @@ TARGET_PREVIEW_P95_MS = 400.0
 TARGET_ESTIMATE_P50_MS = 600.0
 TARGET_LOADED_PREVIEW_P95_MS = 1000.0
 LOADED_STUDENTS = 30
+MAX_SECONDS = 3600.0  # the bound on --max-seconds: a load test never runs unattended for hours
 CAPTION_RE = re.compile(r"Preview computed in (\d+) ms(?: \+ (\d+) ms for the estimate)?")
 POSITION_RE = re.compile(r"position (\d+)")
 
@@ -224,7 +240,8 @@ PROBE_JS = r"""
     const t0 = pl.input.length ? pl.input[0][0] : pl.tArm;
     const send = pl.ws.find((w) => w[1] === 'out' && w[2] === 'rerun_script' && w[0] >= t0);
     if (!send) return false;
-    const done = pl.ws.find((w) => w[2] === 'script_finished' && w[0] >= send[0] && (w[3] === 0 || w[3] === 1));
+    // Settled: finished (0), compile error (1), or an st.fragment's own run finished (3).
+    const done = pl.ws.find((w) => w[2] === 'script_finished' && w[0] >= send[0] && [0, 1, 3].includes(w[3]));
     if (!done) return false;
     if (h1 && text(document.querySelector('h1')) !== h1) return false;
     // React draws what the last messages carried a little later: wait for a quiet DOM, so
@@ -309,22 +326,6 @@ def snapshot_code(dest: Path, source: str) -> str:
     return f"working tree of {commit}" + (" with uncommitted changes" if dirty else "")
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def healthy(url: str) -> bool:
-    """Whether Streamlit answers its health check at `url`."""
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
 @dataclass
 class Server:
     """The app served by its own start command (`python -m pruning_core app`) on 127.0.0.1.
@@ -336,6 +337,7 @@ class Server:
         url: Where it listens.
         proc: The process (its own process group, so its children stop with it).
         started_s: Seconds from launch to a healthy server.
+        env: Extra environment variables (e.g. Streamlit's STREAMLIT_* settings).
     """
 
     home: Path
@@ -344,6 +346,7 @@ class Server:
     url: str = ""
     proc: subprocess.Popen[bytes] | None = None
     started_s: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, timeout: float) -> None:
         """Launch and wait until healthy.
@@ -354,7 +357,12 @@ class Server:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         # The environment the app normally gets (no thread settings forced), plus its own home.
-        env = {**os.environ, "PRUNING_LAB_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "PRUNING_LAB_HOME": str(self.home),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
         cmd = [
             sys.executable,
             "-m",
@@ -632,6 +640,7 @@ class Settings:
     think: tuple[float, float]
     action_timeout_ms: float
     seed: int
+    linger_s: float = 0.0
 
 
 class StepError(Exception):
@@ -652,6 +661,7 @@ class Student:
     console: list[str] = field(default_factory=list)
     job: dict[str, Any] | None = None
     dataset: str | None = None
+    messages: int = 0
 
     def record(self, kind: str, **values: Any) -> None:
         """Keep one measurement (kind: first_page, page, pick, move, layer_move, apply...)."""
@@ -689,7 +699,8 @@ def analyse(data: dict[str, Any], *, h1: str | None = None) -> dict[str, Any]:
     new_session = _first(ws, lambda w: w[2] == "new_session" and w[0] >= ts)
     first_delta = _first(ws, lambda w: w[2] == "delta" and w[0] >= ts)
     first_metric = _first(ws, lambda w: w[2] == "delta" and w[3] == "metric" and w[0] >= ts)
-    finished = _first(ws, lambda w: w[2] == "script_finished" and w[0] >= ts and w[3] in (0, 1))
+    # Settled statuses as ws_client.SETTLED: 3 is the end of an st.fragment's own run.
+    finished = _first(ws, lambda w: w[2] == "script_finished" and w[0] >= ts and w[3] in (0, 1, 3))
     tf = finished[0] if finished else None
     charts = [w[0] for w in ws if w[2] == "delta" and w[3] == "plotly_chart" and w[0] >= ts]
     # The last time the status widget went away, up to the end of the run (it fades for 200 ms).
@@ -1014,6 +1025,151 @@ async def run_student(browser: Any, url: str, s: Student, probe: str) -> None:
             await asyncio.wait_for(ctx.close(), 30)
 
 
+# ---------------------------------------------------------------------------- one ws student
+
+SIDEBAR_RE = re.compile(r"\*\*Model\*\* `([^`]+)`.*?\*\*Dataset\*\* `([^`]+)`", re.S)
+
+
+def _ws_check(app: Any, s: Student, where: str, allow: str | None = None) -> None:
+    """Record the error boxes on the page (but one matching `allow`) and protocol errors."""
+    found = [f"{where}: {e}" for e in app.errors(allow)]
+    found += [f"{where}: protocol: {e}" for e in app.protocol_errors]
+    app.protocol_errors.clear()
+    for msg in found:
+        if msg not in s.errors:
+            s.errors.append(msg)
+
+
+async def _ws_move(app: Any, s: Student, key: str, kind: str, lo: float, hi: float) -> None:
+    """Move slider `key` by one step of 0.05 (direction kept inside [lo, hi]); record slider ->
+    redrawn preview (ws_client.Run.timings: `redrawn`) and slider -> estimate."""
+    value = app.slider_value(key)
+    if value <= lo:
+        sign = 1
+    elif value >= hi:
+        sign = -1
+    else:
+        sign = s.rng.choice([1, -1])
+    to = round(value + sign * 0.05, 2)
+    before = app.metric("Remaining params")
+    run = await app.set_slider(key, to)
+    r = run.timings()
+    if r["redrawn"] is None or app.metric("Remaining params") == before:
+        s.errors.append(f"{kind} {value}->{to}: the preview's numbers did not change")
+    s.record(kind, ms=r["redrawn"], estimate_ms=r["estimate"], from_value=value, to=to, phases=r)
+    _ws_check(app, s, f"Prune ({kind})")
+
+
+async def run_ws_student(url: str, s: Student) -> None:
+    """One student's whole visit over Streamlit's websocket (benchmarks.ws_client); failures
+    become errors of the student."""
+    from benchmarks.ws_client import AppClient, job_state
+
+    app = AppClient(url, timeout=s.settings.action_timeout_ms / 1000)
+    step = "open"
+    try:
+        r = (await app.open()).timings()
+        s.record("first_page", page="Model & data", ms=r["finished"], phases=r)
+        _ws_check(app, s, "Model & data (opened)")
+        await s.think()
+        step = "pick model"
+        if s.model != DEFAULT_MODEL:
+            r = (await app.select("model_ref", s.model)).timings()
+            s.record("pick", ms=r["finished"], phases=r)
+        m = SIDEBAR_RE.search(" ".join(app.captions()))
+        if not m or m.group(1) != s.model:
+            raise StepError(f"after picking {s.model} the sidebar says: {m and m.group(0)}")
+        s.dataset = m.group(2)
+        _ws_check(app, s, "Model & data (picked)")
+        await s.think()
+        step = "go to Prune"
+        r = (await app.goto("Prune")).timings()
+        s.record("page", page="Prune", ms=r["finished"], phases=r)
+        _ws_check(app, s, "Prune")
+        step = "prune"
+        for _ in range(s.settings.moves):
+            await s.think()
+            await _ws_move(app, s, "prune_ratio", "move", 0.1, 0.85)
+        units = app.widgets("prune_unit_")
+        if s.settings.layer_moves and not units:
+            s.record("layer_move_skipped", reason="no per-layer sliders (a table, or none)")
+        elif s.settings.layer_moves:
+            unit = s.rng.choice(units)
+            top = float(unit.proto.max) - 0.05
+            for _ in range(s.settings.layer_moves):
+                await s.think()
+                # By key: the per-layer sliders keep their keys when the global one moves.
+                await _ws_move(app, s, unit.key, "layer_move", 0.05, top)
+        await s.think()
+        step = "apply"
+        r = (await app.click("prune_apply")).timings()
+        if not any(f == "success" and "Session model" in t for f, t in app.alerts()):
+            raise StepError(f"Apply pruning: no 'Session model' box; alerts {app.alerts()}")
+        s.record("apply", ms=r["finished"], phases=r)
+        _ws_check(app, s, "Prune (applied)")
+        if s.finetune:
+            step = "fine-tune"
+            await s.think()
+            r = (await app.goto("Fine-tune")).timings()
+            s.record("page", page="Fine-tune", ms=r["finished"], phases=r)
+            el = app.widget("ft_epochs")
+            if float(el.proto.value if el.proto.set_value else el.proto.default) != 1:
+                await app.set_number("ft_epochs", 1)
+            await app.click("ft_start")
+            t0 = time.monotonic()
+            job = job_state(app)
+            timeline = [[0.0, job["state"], job["position"]]]
+
+            def seen(_run: Any) -> None:
+                j = job_state(app)
+                if [j["state"], j["position"]] != timeline[-1][1:]:
+                    timeline.append([round(time.monotonic() - t0, 1), j["state"], j["position"]])
+
+            # As an open browser tab: the jobs panels poll by themselves (auto-reruns).
+            polls = await app.follow(s.settings.linger_s, on_run=seen)
+            s.job = {**job, "timeline": timeline, "polls": polls, "final": job_state(app)}
+            if job["state"] in ("unknown", "failed"):
+                s.errors.append(f"Fine-tune: the job's state was not shown as expected: {job}")
+            _ws_check(app, s, "Fine-tune", allow=r"^Cannot start: .*queue is full")
+    except asyncio.CancelledError:
+        s.errors.append(f"{step}: cut by the run's time bound")
+        raise
+    except Exception as e:
+        first = " ".join(str(e).split())[:300]
+        s.errors.append(f"{step}: {type(e).__name__}: {first}")
+    finally:
+        s.messages = app.messages
+        await app.close()
+
+
+async def _ws_warm(url: str, s: Student) -> None:
+    from benchmarks.ws_client import AppClient
+
+    app = AppClient(url, timeout=s.settings.action_timeout_ms / 1000)
+    try:
+        r = (await app.open()).timings()
+        s.record("first_page", page="Model & data", ms=r["finished"], phases=r)
+    except Exception as e:
+        s.errors.append(f"warm-up: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+    finally:
+        await app.close()
+
+
+async def _ws_observe_runner(url: str, timeout_s: float) -> str:
+    """The job runner's line on the Fine-tune page, seen by a fresh ws session."""
+    from benchmarks.ws_client import AppClient
+
+    app = AppClient(url, timeout=timeout_s)
+    try:
+        await app.open()
+        await app.goto("Fine-tune")
+        return next((c for c in app.captions() if c.startswith("Job runner:")), "(no line)")
+    except Exception as e:
+        return f"(not read: {type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    finally:
+        await app.close()
+
+
 # ---------------------------------------------------------------------------- one level
 
 
@@ -1061,10 +1217,12 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             k: phase(moves, k)
             for k in (
                 "send",
+                "started",
                 "first_delta",
                 "first_metric_delta",
                 "preview",
                 "last_chart_delta",
+                "redrawn",
                 "estimate",
                 "estimate_final",
                 "finished",
@@ -1116,6 +1274,7 @@ def _loadavg() -> list[float]:
 
 async def run_level(
     browser: Any,
+    client: str,
     n: int,
     models: list[str],
     args: argparse.Namespace,
@@ -1124,15 +1283,27 @@ async def run_level(
     code: Path,
 ) -> dict[str, Any]:
     """Start a fresh server, warm it, run `n` students at once (or one student through every
-    model when `n` is 1), stop the server; return the level's measurements."""
+    model when `n` is 1), stop the server; return the level's measurements.
+
+    Args:
+        browser: The shared Chromium (None with the ws client).
+        client: "ws" (benchmarks.ws_client) or "browser" (a Playwright context per student).
+    """
     settings = Settings(
         moves=args.solo_moves if n == 1 else args.moves,
         layer_moves=args.layer_moves,
         think=args.think,
         action_timeout_ms=args.action_timeout * 1000,
         seed=args.seed,
+        linger_s=args.linger if client == "ws" else 0.0,
     )
-    level: dict[str, Any] = {"students": n, "loadavg_start": _loadavg()}
+    level: dict[str, Any] = {"students": n, "client": client, "loadavg_start": _loadavg()}
+
+    def student(url: str, s: Student) -> Awaitable[None]:
+        if client == "ws":
+            return run_ws_student(url, s)
+        return run_student(browser, url, s, probe)
+
     students: list[Student] = []
     t_level = time.monotonic()
     with (
@@ -1149,7 +1320,10 @@ async def run_level(
             # a teacher opens the app before the class does. Measured and reported apart.
             warm = Student(-1, DEFAULT_MODEL, False, settings, random.Random(0))
             await asyncio.wait_for(
-                _warm(browser, server.url, warm, probe), max(deadline - time.monotonic(), 1.0)
+                _ws_warm(server.url, warm)
+                if client == "ws"
+                else _warm(browser, server.url, warm, probe),
+                max(deadline - time.monotonic(), 1.0),
             )
             level["cold_first_page_ms"] = next(
                 (r["ms"] for r in warm.records if r["kind"] == "first_page"), None
@@ -1161,7 +1335,7 @@ async def run_level(
             stack.callback(stop.set)
             rng = random.Random(f"{args.seed}-{n}")
             if n == 1:
-                if args.profile_moves:
+                if args.profile_moves and client == "browser":
                     level["browser_profile"] = await asyncio.wait_for(
                         profile_moves(browser, server.url, probe, settings, args.profile_moves),
                         max(deadline - time.monotonic(), 1.0),
@@ -1180,13 +1354,13 @@ async def run_level(
             ]
             t0 = time.monotonic()
             if n == 1:
-                work: Awaitable[Any] = _one_by_one(browser, server.url, students, probe)
+                work: Awaitable[Any] = _one_by_one(student, server.url, students)
             else:
                 work = asyncio.gather(
                     *(
                         _after(
                             rng.uniform(0, n * args.ramp),
-                            run_student(browser, server.url, s, probe),
+                            student(server.url, s),
                         )
                         for s in students
                     )
@@ -1197,8 +1371,12 @@ async def run_level(
             except TimeoutError:
                 level["cut_by_time_bound"] = True
             level["students_seconds"] = round(time.monotonic() - t0, 1)
-            level["runner_at_end"] = await _observe_runner(
-                browser, server.url, probe, min(settings.action_timeout_ms, 30_000)
+            level["runner_at_end"] = await (
+                _ws_observe_runner(server.url, min(args.action_timeout, 30.0))
+                if client == "ws"
+                else _observe_runner(
+                    browser, server.url, probe, min(settings.action_timeout_ms, 30_000)
+                )
             )
             stop.set()
             await sampling
@@ -1216,6 +1394,7 @@ async def run_level(
     level["errors"] = [f"student {s.index} ({s.model}): {e}" for s in students for e in s.errors]
     level["console_errors"] = [f"student {s.index}: {c}" for s in students for c in s.console]
     level["jobs"] = [{"student": s.index, "model": s.model, **s.job} for s in students if s.job]
+    level["client_messages"] = sum(s.messages for s in students)
     level["datasets"] = {s.model: s.dataset for s in students if s.dataset}
     level["records"] = records
     level["reruns"] = len(records)
@@ -1312,9 +1491,11 @@ async def _warm(browser: Any, url: str, s: Student, probe: str) -> None:
             await asyncio.wait_for(ctx.close(), 30)
 
 
-async def _one_by_one(browser: Any, url: str, students: list[Student], probe: str) -> None:
+async def _one_by_one(
+    student: Callable[[str, Student], Awaitable[None]], url: str, students: list[Student]
+) -> None:
     for s in students:
-        await run_student(browser, url, s, probe)
+        await student(url, s)
 
 
 # ---------------------------------------------------------------------------- report
@@ -1349,6 +1530,20 @@ def _jobs_line(level: dict[str, Any]) -> str:
     if positions:
         parts.append("positions " + ", ".join(map(str, positions)))
     return "; ".join(parts)
+
+
+def _queue_line(level: dict[str, Any]) -> str:
+    """How the queue moved while the ws students who started a fine-tune stayed: each one's
+    states in order (e.g. "waiting 3 -> running"), counted."""
+    seen: dict[str, int] = {}
+    for j in level.get("jobs", []):
+        steps = [f"{st} {pos}" if pos is not None else st for _, st, pos in j.get("timeline", [])]
+        if steps:
+            path = " -> ".join(steps)
+            seen[path] = seen.get(path, 0) + 1
+    if not seen:
+        return "-"
+    return "; ".join(f"{n}x {path}" for path, n in sorted(seen.items(), key=lambda x: -x[1]))
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1432,9 +1627,17 @@ def render_section(doc: dict[str, Any]) -> str:
     """The markdown section for benchmarks/results.md."""
     levels = doc["levels"]
     names = [f"{lv['students']} student{'s' if lv['students'] > 1 else ''}" for lv in levels]
+    by_client: dict[str, list[str]] = {}
+    for lv in levels:
+        by_client.setdefault(lv.get("client", "browser"), []).append(str(lv["students"]))
+    kinds = {"ws": "websocket clients", "browser": "Playwright"}
     out = [
-        f"{SECTION_TITLE}, {', '.join(str(lv['students']) for lv in levels)} student"
-        + ("s)" if [lv["students"] for lv in levels] != [1] else ")"),
+        SECTION_TITLE
+        + "; ".join(
+            f"{', '.join(ns)} student{'s' if ns != ['1'] else ''}: {kinds.get(c, c)}"
+            for c, ns in by_client.items()
+        )
+        + ")",
         "",
         f"- date: {doc['date']}; command: `{doc['command']}`; whole run {doc['seconds']:.0f} s; "
         f"code served: {doc.get('code', '?')}",
@@ -1452,11 +1655,29 @@ def render_section(doc: dict[str, Any]) -> str:
         "students start a one-epoch fine-tune after applying (with one student, in the last "
         "round). With 1 student, one session per sample model in turn; with more, models dealt "
         "round-robin.",
-        "- **Chromium runs on the same cores as the server**: with many students the browsers "
-        "take CPU from the server (client cores below: Chromium + Playwright + this harness), so "
-        "the loaded numbers are pessimistic for a classroom where each student has a machine"
-        + (f" ({doc['browser_nice']})" if doc.get("browser_nice") else "")
-        + ". The machine is shared with other work: its CPU is in the rest-of-machine row.",
+    ]
+    if "ws" in by_client:
+        out.append(
+            f"- **websocket clients** ({', '.join(by_client['ws'])} students): each student is a "
+            "Streamlit session driven from this Python process over the app's own websocket "
+            "protocol (`benchmarks/ws_client.py`), no browser, so the cores go to the server. "
+            "Slider -> preview is the rerun request -> the last of the preview's metrics and "
+            "charts received (the browser's drawing, tens of ms, is not in it); page loads are "
+            "connection opened -> the run's script_finished. Students who started a fine-tune "
+            f"stay {doc['settings'].get('linger_s', 0):g} s polling the jobs panels as an open "
+            "tab does."
+        )
+    if "browser" in by_client:
+        out.append(
+            f"- **Playwright** ({', '.join(by_client['browser'])} students): headless Chromium "
+            "on the same cores as the server; with many students the browsers take CPU from the "
+            "server (client cores below), so such numbers are pessimistic for a classroom where "
+            "each student has a machine"
+            + (f" ({doc['browser_nice']})" if doc.get("browser_nice") else "")
+            + "."
+        )
+    out += [
+        "- The machine may be shared with other work: its CPU is in the rest-of-machine row.",
         "",
         "### Targets",
         "",
@@ -1479,6 +1700,7 @@ def render_section(doc: dict[str, Any]) -> str:
                 cells.append("-")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
 
+    row("students are", lambda lv: kinds.get(lv.get("client", "browser"), "?"))
     row(
         "cold first page after the server started (s)",
         lambda lv: _fmt(lv.get("cold_first_page_ms"), 1000, 2),
@@ -1499,11 +1721,15 @@ def render_section(doc: dict[str, Any]) -> str:
             + f", on {_fmt(lv['summary']['estimate_final_images']['p50'])} images"
         ),
     )
-    row("slider -> rerun done, status gone (ms)", lambda lv: _pp(lv["summary"]["move_done_ms"]))
+    row(
+        "slider -> rerun done (ms; browser: status widget gone, ws: script_finished)",
+        lambda lv: _pp(lv["summary"]["move_done_ms"]),
+    )
     row("Apply pruning (s)", lambda lv: _pp(lv["summary"]["apply_ms"], 1000, 2))
     row("errors (students' steps)", lambda lv: str(len(lv["errors"])))
     row("browser console errors", lambda lv: str(len(lv["console_errors"])))
     row("fine-tunes as the page showed them", _jobs_line)
+    row("the queue while the students stayed (ws: --linger)", _queue_line)
     row("job runner at the level's end", lambda lv: lv.get("runner_at_end") or "-")
     row(
         "fine-tune runs in the store at the end",
@@ -1516,7 +1742,15 @@ def render_section(doc: dict[str, Any]) -> str:
         ),
     )
     row(
-        "CPU, cores on average: server / client (Chromium, Playwright, harness) / rest of machine",
+        "server RSS growth per student, peak over warm (MiB)",
+        lambda lv: "{:,.1f}".format(
+            (lv["resources"]["server_rss_mib"]["peak"] - lv["resources"]["server_rss_mib"]["start"])
+            / lv["students"]
+        ),
+    )
+    row(
+        "CPU, cores on average: server / client (this harness, + Chromium and Playwright for "
+        "the browser) / rest of machine",
         lambda lv: "{server_cores:.2f} / {client_cores:.2f} / {other_cores:.2f}".format(
             **lv["resources"]
         ),
@@ -1541,7 +1775,7 @@ def render_section(doc: dict[str, Any]) -> str:
         lambda lv: f"{lv['resources']['server_cpu_s'] / max(lv['reruns'], 1):.2f}",
     )
     row(
-        "client memory peak (PSS, MiB: Chromium, Playwright, harness)",
+        "client memory peak (PSS, MiB: harness, + Chromium and Playwright for the browser)",
         lambda lv: f"{lv['resources']['client_pss_peak_mib']:,.0f}",
     )
     row("load average start -> end", lambda lv: f"{lv['loadavg_start']} -> {lv['loadavg_end']}")
@@ -1586,7 +1820,11 @@ def render_section(doc: dict[str, Any]) -> str:
         "the preview), the preview number changed in the DOM, the last chart delta, the "
         "estimate metric filled, the script-finished message, the status widget gone; "
         "long tasks = main-thread work over 50 ms in the browser during the move (chart drawing, "
-        "React); server preview/estimate = what the page's caption says the computation took.",
+        "React); server preview/estimate = what the page's caption says the computation took. "
+        "With the websocket clients there is no page: every row is when the message arrived "
+        '(preview number = the "Remaining params" metric\'s delta, preview redrawn = the last '
+        "of the preview's metrics and charts), and there is no status widget (its row is the "
+        "script-finished message).",
         "",
         "| phase | " + " | ".join(names) + " |",
         "| --- |" + " --- |" * len(levels),
@@ -1597,6 +1835,7 @@ def render_section(doc: dict[str, Any]) -> str:
         "first_metric_delta": "first metric delta received",
         "preview": "preview number changed (DOM)",
         "last_chart_delta": "last chart delta received",
+        "redrawn": "preview redrawn: all its metrics and charts received (ws)",
         "estimate": "estimate metric first shown (DOM)",
         "estimate_final": "estimate metric final (DOM)",
         "finished": "script finished received",
@@ -1720,6 +1959,7 @@ async def run_all(args: argparse.Namespace, command: str) -> dict[str, Any]:
     t0 = time.monotonic()
     deadline = t0 + args.max_seconds
     probe = probe_script()
+    clients = {client_for(n, args.client) for n in args.students}
     doc: dict[str, Any] = {
         "schema": 1,
         "command": command,
@@ -1735,6 +1975,8 @@ async def run_all(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "action_timeout_s": args.action_timeout,
             "max_seconds": args.max_seconds,
             "browser_nice": args.browser_nice,
+            "client": args.client,
+            "linger_s": args.linger,
             "seed": args.seed,
         },
         "machine": {
@@ -1742,7 +1984,7 @@ async def run_all(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "loadavg_start": _loadavg(),
             "python": sys.version.split()[0],
             "streamlit": streamlit.__version__,
-            "chromium": _chromium_version(),
+            "chromium": _chromium_version() if "browser" in clients else "not used",
         },
         "levels": [],
         "notes": [],
@@ -1758,34 +2000,47 @@ async def run_all(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return doc
 
 
+def client_for(n: int, choice: str) -> str:
+    """The kind of student a level of `n` uses: `choice`, or with "auto" the browser below 10
+    students (the single-user numbers include the browser's drawing) and ws from 10 on (30
+    Chromium renderers would take the server's cores)."""
+    if choice != "auto":
+        return choice
+    return "browser" if n < 10 else "ws"
+
+
 async def _levels(
     args: argparse.Namespace, doc: dict[str, Any], deadline: float, probe: str, code: Path
 ) -> None:
-    from playwright.async_api import async_playwright
+    clients = {n: client_for(n, args.client) for n in args.students}
+    async with contextlib.AsyncExitStack() as stack:
+        browser = None
+        if "browser" in clients.values():
+            from playwright.async_api import async_playwright
 
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        if args.browser_nice:
-            doc["browser_nice"] = nice_browser(args.browser_nice)
-            log(doc["browser_nice"])
-        try:
-            for n in args.students:
-                left = deadline - time.monotonic()
-                if left < 60:
-                    doc["notes"].append(f"{n} students: not run, {left:.0f} s left of the bound")
-                    continue
-                log(f"level {n}: starting ({left:.0f} s left)")
-                level = await run_level(browser, n, args.models, args, deadline, probe, code)
-                doc["levels"].append(level)
-                s = level["summary"]
-                log(
-                    f"level {n}: {level['wall_s']} s, preview p50/p95 "
-                    f"{s['preview_all_ms']['p50']}/{s['preview_all_ms']['p95']} ms, "
-                    f"errors {len(level['errors'])}"
-                    + (f", FAILED {level['failed']}" if level.get("failed") else "")
-                )
-        finally:
-            await browser.close()
+            p = await stack.enter_async_context(async_playwright())
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            stack.push_async_callback(browser.close)
+            if args.browser_nice:
+                doc["browser_nice"] = nice_browser(args.browser_nice)
+                log(doc["browser_nice"])
+        for n in args.students:
+            left = deadline - time.monotonic()
+            if left < 60:
+                doc["notes"].append(f"{n} students: not run, {left:.0f} s left of the bound")
+                continue
+            log(f"level {n} ({clients[n]} client): starting ({left:.0f} s left)")
+            level = await run_level(
+                browser, clients[n], n, args.models, args, deadline, probe, code
+            )
+            doc["levels"].append(level)
+            s = level["summary"]
+            log(
+                f"level {n}: {level['wall_s']} s, preview p50/p95 "
+                f"{s['preview_all_ms']['p50']}/{s['preview_all_ms']['p95']} ms, "
+                f"errors {len(level['errors'])}"
+                + (f", FAILED {level['failed']}" if level.get("failed") else "")
+            )
 
 
 def log(msg: str) -> None:
@@ -1906,6 +2161,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run Chromium at this autogroup nice so the server gets the cores first, as "
         "when each student has a machine (default 0: they share the cores evenly)",
     )
+    ap.add_argument(
+        "--client",
+        choices=["auto", "ws", "browser"],
+        default="auto",
+        help="the simulated students: ws (Streamlit's websocket protocol from Python, "
+        "benchmarks/ws_client.py), browser (Playwright + headless Chromium), or auto (default: "
+        "browser below 10 students, ws from 10)",
+    )
+    ap.add_argument(
+        "--linger",
+        type=float,
+        default=20.0,
+        help="seconds a ws student who started a fine-tune stays on the page, polling as a "
+        "browser tab does, to see the queue move (default 20)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--note",
@@ -1929,6 +2199,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--finetune-share is between 0 and 1")
     if min(args.moves, args.solo_moves) < 1 or args.layer_moves < 0 or args.ramp < 0:
         ap.error("--moves and --solo-moves >= 1, --layer-moves and --ramp >= 0")
+    if not 0 < args.max_seconds <= MAX_SECONDS or not 0 <= args.linger <= 600:
+        ap.error(f"0 < --max-seconds <= {MAX_SECONDS:.0f}, 0 <= --linger <= 600")
     return args
 
 
@@ -1941,8 +2213,9 @@ def main(argv: list[str] | None = None) -> int:
             doc["notes"] = [*doc.get("notes", []), *args.note]
             args.json.write_text(json.dumps(doc, indent=1) + "\n")
     else:
-        if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-            log(f"no Chromium at {CHROMIUM} (set PRUNING_LAB_CHROMIUM)")
+        browser = any(client_for(n, args.client) == "browser" for n in args.students)
+        if browser and not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+            log(f"no Chromium at {CHROMIUM} (set PRUNING_LAB_CHROMIUM, or use --client ws)")
             return 1
         command = "python -m benchmarks.load_test " + " ".join(
             sys.argv[1:] if argv is None else argv
