@@ -7,6 +7,8 @@
   shape checks, always in eval mode without gradients and restoring the model's mode;
 - `following_batchnorm`: which BatchNorm reads each layer's output;
 - `set_submodule`: replace the module at a dotted path (surgery, sparse kernels, classifiers);
+- `LowRankLinear` / `LowRankConv2d`: a layer factorised through a rank-r bottleneck (the
+  low-rank plan, `plans.lowrank`), and `low_rank_like` to rebuild one from checkpoint surgery;
 - `trainable_copy`: the one way to take a private copy of a shared model that can be trained or
   scored with gradients (the app keeps its cached models frozen and shared);
 - `check_finite`: the NaN/inf policy (refuse the layer by name; docs/RELIABILITY.md).
@@ -28,7 +30,10 @@ from pruning_core.errors import UserError
 from pruning_core.spec import InputSpec
 
 __all__ = [
+    "LOW_RANK_LAYERS",
     "WEIGHT_LAYERS",
+    "LowRankConv2d",
+    "LowRankLinear",
     "batchnorm_frozen",
     "check_finite",
     "check_model_finite",
@@ -39,6 +44,7 @@ __all__ = [
     "ignored_modules",
     "in_model_order",
     "is_weight_layer",
+    "low_rank_like",
     "main_logits",
     "matches_pattern",
     "module_stack",
@@ -365,3 +371,177 @@ def check_finite(name: str, values: torch.Tensor, what: str = "weights") -> None
             f"layer {name!r} holds {bad} NaN/inf {what} (of {values.numel()}); refusing to prune "
             "it (reload or retrain the model)"
         )
+
+
+# -------------------------------------------------------------------------- low-rank modules
+
+
+class LowRankLinear(nn.Sequential):
+    """A Linear layer factorised through a rank-`rank` bottleneck: `in -> rank -> out`.
+
+    Child `0` is `nn.Linear(in_features, rank, bias=False)` (the right factor, sqrt(S) Vh of a
+    truncated SVD), child `1` is `nn.Linear(rank, out_features, bias)` (the left factor U
+    sqrt(S), with the original bias). Weights (rank x in) and (out x rank): rank * (in + out)
+    parameters and MACs per token instead of in * out (Denton et al. 2014, "Exploiting Linear
+    Structure Within Convolutional Networks for Efficient Evaluation"; Xue et al. 2013).
+
+    The widths are read from the children (properties), so checkpoint surgery records them once
+    (`surgery.surgery_of`, key `lowrank`) and structured pruning of the children stays valid.
+
+    Args:
+        in_features: Input width.
+        out_features: Output width.
+        rank: Bottleneck width (>= 1).
+        bias: Whether the second layer has a bias.
+        device: Where the (uninitialised) weights are made.
+        dtype: Their dtype.
+
+    Raises:
+        UserError: A width or rank below 1.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if min(in_features, out_features, rank) < 1:
+            raise UserError(
+                f"a low-rank Linear needs widths and rank >= 1, got {in_features} -> {rank} -> "
+                f"{out_features}"
+            )
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__(
+            nn.Linear(in_features, rank, bias=False, **kw),
+            nn.Linear(rank, out_features, bias=bias, **kw),
+        )
+
+    def part(self, i: int) -> nn.Linear:
+        """Child `i` (0: in -> rank, 1: rank -> out), typed."""
+        m = self[i]
+        assert isinstance(m, nn.Linear)
+        return m
+
+    @property
+    def in_features(self) -> int:
+        """Input width (of child `0`)."""
+        return self.part(0).in_features
+
+    @property
+    def out_features(self) -> int:
+        """Output width (of child `1`)."""
+        return self.part(1).out_features
+
+    @property
+    def rank(self) -> int:
+        """Bottleneck width."""
+        return self.part(0).out_features
+
+
+class LowRankConv2d(nn.Sequential):
+    """A Conv2d split into a k x k convolution to `rank` channels and a 1 x 1 convolution to the
+    output channels (Zhang et al. 2015, "Accelerating Very Deep Convolutional Networks for
+    Classification and Detection", from the SVD of the weight seen as (out, in * kh * kw), as
+    in Denton et al. 2014).
+
+    Child `0` is `nn.Conv2d(in, rank, kernel, stride, padding, dilation, bias=False,
+    padding_mode)`, child `1` is `nn.Conv2d(rank, out, 1, bias)`. Parameters and MACs per
+    output pixel: rank * (in * kh * kw + out) instead of out * in * kh * kw. Only ungrouped
+    convolutions split this way.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        rank: Channels between the two convolutions (>= 1).
+        kernel_size, stride, padding, dilation, padding_mode: Those of the original conv.
+        bias: Whether the 1 x 1 convolution has a bias.
+        device: Where the (uninitialised) weights are made.
+        dtype: Their dtype.
+
+    Raises:
+        UserError: A width or rank below 1.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        rank: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        bias: bool = True,
+        padding_mode: Any = "zeros",
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if min(in_channels, out_channels, rank) < 1:
+            raise UserError(
+                f"a low-rank Conv2d needs widths and rank >= 1, got {in_channels} -> {rank} -> "
+                f"{out_channels}"
+            )
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__(
+            nn.Conv2d(
+                in_channels, rank, kernel_size, stride, padding, dilation,
+                bias=False, padding_mode=padding_mode, **kw,
+            ),
+            nn.Conv2d(rank, out_channels, 1, bias=bias, **kw),
+        )  # fmt: skip
+
+    def part(self, i: int) -> nn.Conv2d:
+        """Child `i` (0: the k x k conv to rank channels, 1: the 1 x 1 conv), typed."""
+        m = self[i]
+        assert isinstance(m, nn.Conv2d)
+        return m
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels (of child `0`)."""
+        return self.part(0).in_channels
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels (of child `1`)."""
+        return self.part(1).out_channels
+
+    @property
+    def rank(self) -> int:
+        """Channels between the two convolutions."""
+        return self.part(0).out_channels
+
+
+# The factorised modules (surgery, the low-rank plan and MAC counting look for them).
+LOW_RANK_LAYERS: tuple[type[nn.Module], ...] = (LowRankLinear, LowRankConv2d)
+
+
+def low_rank_like(m: nn.Module, in_width: int, rank: int, out_width: int) -> nn.Module:
+    """An uninitialised low-rank module standing in for the Linear or ungrouped Conv2d `m`
+    (same kernel, stride, padding, bias presence, device and dtype), with the given widths.
+
+    Raises:
+        UserError: `m` is neither a Linear nor an ungrouped Conv2d, or a width below 1.
+    """
+    w = getattr(m, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        raise UserError(f"a {type(m).__name__} has no weight to factorise")
+    kw: dict[str, Any] = {"device": w.device, "dtype": w.dtype}
+    bias = getattr(m, "bias", None) is not None
+    if isinstance(m, nn.Linear):
+        return LowRankLinear(in_width, out_width, rank, bias, **kw)
+    if isinstance(m, nn.Conv2d) and m.groups == 1:
+        return LowRankConv2d(
+            in_width, out_width, rank, m.kernel_size, m.stride, m.padding, m.dilation,
+            bias, m.padding_mode, **kw,
+        )  # fmt: skip
+    raise UserError(
+        f"only Linear and ungrouped Conv2d layers factorise, not a {type(m).__name__}"
+        + (f" with groups={m.groups}" if isinstance(m, nn.Conv2d) else "")
+    )

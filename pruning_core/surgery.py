@@ -4,7 +4,9 @@ A leaf module (torch, `errors`, `attention` and `layers` only), used by `checkpo
 saved (`surgery_of`) and by the model loader (`apply_surgery`) and the model.json schema
 (`models.validate`: `SHAPE_ATTRS`, `SURGERY_KEYS`) when one is read back. Surgery is data, never
 code: shape attributes of existing modules, submodules replaced by identities, and batch-first
-`nn.MultiheadAttention` swapped for `SelfAttention` (head pruning).
+`nn.MultiheadAttention` swapped for `SelfAttention` (head pruning), and Linear/Conv2d layers
+replaced by their factorised `layers.LowRankLinear` / `layers.LowRankConv2d` (low rank), recorded
+by their widths only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 
 from pruning_core.attention import Attention, SelfAttention, convertible_attention
 from pruning_core.errors import UserError, shown
-from pruning_core.layers import set_submodule
+from pruning_core.layers import LOW_RANK_LAYERS, low_rank_like, set_submodule
 
 __all__ = [
     "SHAPE_ATTRS",
@@ -73,7 +75,9 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
         "attention": [paths of another library's attention converted to `Attention`; only
         when there are some],
         "free": {tensor: shape} for parameters and buffers of modules without shape attributes
-        whose shape changed (a ViT's position embedding, a ConvNeXt layer scale)}.
+        whose shape changed (a ViT's position embedding, a ConvNeXt layer scale),
+        "lowrank": {path: {"in": width, "rank": r, "out": width}} for layers replaced by a
+        low-rank pair (`layers.LOW_RANK_LAYERS`; only when there are some)}.
     """
     ref_attrs = module_shape_attrs(reference)
     ref_mods = dict(reference.named_modules())
@@ -105,13 +109,34 @@ def surgery_of(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
         and n in ref_tensors
         and tuple(ref_tensors[n].shape) != tuple(t.shape)
     }
+    # A factorised layer's widths are read from its children, which the reference lacks, so
+    # they are recorded here whole (they may have been pruned before or after factorising).
+    lowrank = {
+        n: {"in": _in_width(m), "rank": int(getattr(m, "rank", 0)), "out": _out_width(m)}
+        for n, m in model.named_modules()
+        if isinstance(m, LOW_RANK_LAYERS)
+        and n in ref_mods
+        and not isinstance(ref_mods[n], LOW_RANK_LAYERS)
+    }
     out = {"attrs": attrs, "identity": identity, "self_attention": swapped, "free": free}
     if converted:  # written only when used, so folders stay readable by the previous version
         out["attention"] = converted
+    if lowrank:
+        out["lowrank"] = lowrank
     return out
 
 
-SURGERY_KEYS = ("attrs", "identity", "self_attention", "attention", "free")
+def _in_width(m: nn.Module) -> int:
+    w: Any = getattr(m, "in_features", None) or getattr(m, "in_channels", 0)
+    return int(w)
+
+
+def _out_width(m: nn.Module) -> int:
+    w: Any = getattr(m, "out_features", None) or getattr(m, "out_channels", 0)
+    return int(w)
+
+
+SURGERY_KEYS = ("attrs", "identity", "self_attention", "attention", "free", "lowrank")
 
 
 def has_surgery(surgery: Mapping[str, Any] | None) -> bool:
@@ -129,7 +154,9 @@ def apply_surgery(
     """Reshape a freshly built model in place so that `state` loads into it.
 
     Submodules named in `identity` become `nn.Identity`, `self_attention` paths (which must be
-    `nn.MultiheadAttention`) become `SelfAttention`, `attrs` set shape attributes that must
+    `nn.MultiheadAttention`) become `SelfAttention`, `lowrank` paths (a Linear or an ungrouped
+    Conv2d) become `LowRankLinear` / `LowRankConv2d` of the recorded widths, `attrs` set shape
+    attributes that must
     already exist on their module; then every parameter/buffer takes its saved shape (same number
     of dimensions only). Nothing here trusts `state`: `check_module_shapes` must confirm
     afterwards that each module's tensors agree with its own shape attributes. Without any
@@ -144,7 +171,8 @@ def apply_surgery(
 
     Raises:
         UserError: A path that does not exist, an attention swap on something that is not a
-            batch-first `nn.MultiheadAttention`, or an attribute the module does not have.
+            batch-first `nn.MultiheadAttention`, a low-rank record on something that is not a
+            Linear or ungrouped Conv2d, or an attribute the module does not have.
     """
     if not has_surgery(surgery):
         return
@@ -181,6 +209,15 @@ def apply_surgery(
         heads: Any = att.num_heads
         with torch.device(qkv.weight.device):
             set_submodule(model, path, Attention(int(qkv.in_features), int(heads)))
+    for path, rec in (surgery.get("lowrank") or {}).items():
+        what = f"{where}: surgery.lowrank.{shown(path)}"
+        layer = _submodule(model, path, what)
+        try:
+            pair = low_rank_like(layer, rec["in"], rec["rank"], rec["out"])
+        except UserError as e:
+            raise UserError(f"{what}: {e}") from None
+        # Values come from the state next; the children's widths are checked like any layer's.
+        set_submodule(model, path, pair)
     mods = dict(model.named_modules())
     shaped = set(module_shape_attrs(model))  # modules whose tensors their own attributes check
     old_widths: set[int] = set()

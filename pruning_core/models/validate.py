@@ -13,12 +13,16 @@ The schema (unknown top-level keys such as `recipe`, `metrics`, `uploaded` are t
   parameters, counted on the `meta` device before anything is allocated.
 - `spec` (optional; default: the registry's spec adapted to `arch_kwargs`): complete and strict
   (`InputSpec.parse`), and agreeing with `arch_kwargs` on channels, size and classes.
-- `surgery` (optional): only `attrs`, `identity`, `self_attention`, `attention` and `free`. `attrs` maps module paths
+- `surgery` (optional): only `attrs`, `identity`, `self_attention`, `attention`, `free` and
+  `lowrank`. `attrs` maps module paths
   to shape attributes (`surgery.SHAPE_ATTRS` only: no `forward`, no `__class__`) with positive
   integer values (a list of them for `normalized_shape`); the paths and attributes must exist
   on the built model (`surgery.apply_surgery`). `identity`, `self_attention` and `attention` list
   module paths that exist (`self_attention` only on `nn.MultiheadAttention`, `attention` only on
   another library's attention that converts exactly, `attention.convertible_attention`).
+  `lowrank` maps module paths (a Linear or an ungrouped Conv2d on the built model) to exactly
+  `{"in", "rank", "out"}`, positive integers: the widths of the factorised pair that replaces
+  it (`layers.low_rank_like`).
 
 After surgery every module's tensors must agree with its own shape attributes
 (`check_module_shapes`), and one forward pass of a zero image in eval mode must give
@@ -155,6 +159,8 @@ def check_surgery(surgery: Any, where: str) -> dict[str, Any]:
             out[key] = _check_attrs(value, where)
         elif key == "free":
             out[key] = _check_free(value, where)
+        elif key == "lowrank":
+            out[key] = _check_lowrank(value, where)
         else:
             if not isinstance(value, list):
                 raise UserError(f"{where}: surgery.{key} must be a list of module paths")
@@ -178,6 +184,23 @@ def _check_free(free: Any, where: str) -> dict[str, list[int]]:
         if not isinstance(shape, list) or not 0 <= len(shape) <= _MAX_NDIM:
             raise UserError(f"{what} must be a list of 0 to {_MAX_NDIM} sizes")
         out[name] = [check_int(x, f"{what}[{i}]", 0, _MAX_ATTR) for i, x in enumerate(shape)]
+    return out
+
+
+_LOWRANK_FIELDS = ("in", "rank", "out")
+
+
+def _check_lowrank(lowrank: Any, where: str) -> dict[str, dict[str, int]]:
+    if not isinstance(lowrank, Mapping):
+        raise UserError(f"{where}: surgery.lowrank must be an object of module paths")
+    out: dict[str, dict[str, int]] = {}
+    for path, rec in lowrank.items():
+        what = f"{where}: surgery.lowrank.{shown(path) or '(root)'}"
+        if not isinstance(path, str) or not path:
+            raise UserError(f"{what}: module paths must be non-empty strings")
+        if not isinstance(rec, Mapping) or set(rec) != set(_LOWRANK_FIELDS):
+            raise UserError(f"{what} must be an object of exactly {', '.join(_LOWRANK_FIELDS)}")
+        out[path] = {k: check_int(rec[k], f"{what}.{k}", 1, _MAX_ATTR) for k in _LOWRANK_FIELDS}
     return out
 
 

@@ -1,7 +1,8 @@
 """Granularity plans: one registered class per granularity (see `plans.base`).
 
 Importing this package registers the built-in plans: unstructured and N:M (`plans.masks`),
-channel (`plans.channel`), head (`plans.heads`) and block (`plans.blocks`). A new granularity
+channel (`plans.channel`), head (`plans.heads`), block (`plans.blocks`) and low rank
+(`plans.lowrank`). A new granularity
 is one `Plan` subclass with `@register_granularity`, imported once.
 """
 
@@ -13,6 +14,7 @@ from pruning_core.plans import masks
 from pruning_core.plans import channel
 from pruning_core.plans import heads
 from pruning_core.plans import blocks
+from pruning_core.plans import lowrank
 
 # isort: on
 from pruning_core.plans.base import (
@@ -41,6 +43,7 @@ __all__ = [
     "heads",
     "layer_cap",
     "list_granularities",
+    "lowrank",
     "masks",
     "register_granularity",
 ]
