@@ -18,11 +18,12 @@ from pruning_core.errors import UserError
 from pruning_core.layers import LowRankConv2d, LowRankLinear
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.models.validate import check_surgery
-from pruning_core.plans.lowrank import break_even_rank, factorize
+from pruning_core.plans.lowrank import LowRankPlan, break_even_rank, factorize
 from pruning_core.prune import Preview, PruneConfig, prune_
 from pruning_core.spec import InputSpec
-from pruning_core.stats import count_macs, count_params
+from pruning_core.stats import count_macs, count_params, layer_macs
 from pruning_core.surgery import apply_surgery
+from ui.texts_companions import LOWRANK_EXPLAINED
 
 torch.set_num_threads(1)
 SPEC = InputSpec(3, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 10)
@@ -104,6 +105,14 @@ def test_params_and_macs_drop_as_counted() -> None:
             assert not isinstance(new, nn.Linear | nn.Conv2d), "every layer is factorised at 0.7"
     assert count_params(factored) == want_params
     assert count_macs(factored, SPEC) == want_macs
+    # What the preview can tell before anything is factorised: each layer's kept share.
+    preview = Preview(net, PruneConfig(granularity="lowrank", ratio=0.7, ignore=()))
+    plan = preview.plan
+    assert isinstance(plan, LowRankPlan)
+    share = plan.kept_share(preview.select(0.7, scope="layer"))
+    layer_macs_dense = layer_macs(net, SPEC)
+    predicted = sum(layer_macs_dense[n] * share[n] for n in share)
+    assert predicted == pytest.approx(want_macs)
     assert count_params(factored) < count_params(net) and count_macs(factored, SPEC) < count_macs(
         net, SPEC
     )
@@ -225,3 +234,9 @@ def test_surgery_records_are_checked() -> None:
     with pytest.raises(UserError, match="ungrouped Conv2d"):
         apply_surgery(grouped, {"lowrank": {"0": {"in": 4, "rank": 2, "out": 4}}}, {}, where=where)
     assert math.isclose(break_even_rank(10, 40), 7)
+
+
+def test_teaching_text_is_two_sentences() -> None:
+    text = LOWRANK_EXPLAINED.removeprefix("**Low rank.** ")
+    assert text.count(". ") + text.endswith(".") == 2
+    assert "r x (inputs + outputs) < inputs x outputs" in text

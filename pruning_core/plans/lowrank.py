@@ -308,6 +308,19 @@ class LowRankPlan(Plan):
         counts = torch.bincount(owner[order], minlength=len(pool))
         return {u.name: int(c) for u, c in zip(pool, counts, strict=True)}
 
+    def kept_share(self, selection: Mapping[str, Any]) -> dict[str, float]:
+        """Per layer, the share of its weights, and of its MACs, that a selection leaves once
+        factorised: rank * (out + in) / (out * in), 1.0 for a layer left dense. (The preview
+        holds rank-r weights in dense shapes, so counting its non-zero weights says nothing;
+        this is what the factorised model will count.)"""
+        out: dict[str, float] = {}
+        for u in self.units:
+            k = len(selection.get(u.name, ()))
+            lay = self._layers[u.name]
+            kept = (u.size - k) * (lay.rows + lay.cols) if k else lay.rows * lay.cols
+            out[u.name] = kept / (lay.rows * lay.cols)
+        return out
+
     # -- masks and applying ----------------------------------------------------------------------
 
     def masks(
