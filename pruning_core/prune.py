@@ -78,6 +78,9 @@ class PruneConfig:
         seed: Seed of the random criterion (and of anything else random in pruning).
         calib_batches: Calibration batches (of 128 images) for data-driven criteria and the
             BatchNorm re-estimation after structured pruning.
+        recalibrate_bn: Re-estimate BatchNorm statistics on the calibration batches after
+            structured pruning (`settle_structured`; adaptive BN, Li et al. 2020). False keeps
+            the dense model's statistics (to see what recalibration is worth).
 
     Raises:
         UserError: Unknown criterion or granularity, a criterion that does not support the
@@ -96,6 +99,7 @@ class PruneConfig:
     round_to: int | None = None
     seed: int = 0
     calib_batches: int = DEFAULT_CALIB_BATCHES
+    recalibrate_bn: bool = True
 
     def __init__(
         self,
@@ -111,6 +115,7 @@ class PruneConfig:
         round_to: int | None = None,
         seed: int = 0,
         calib_batches: int = DEFAULT_CALIB_BATCHES,
+        recalibrate_bn: bool = True,
         *,
         method: str | Criterion | None = None,
     ) -> None:
@@ -122,6 +127,7 @@ class PruneConfig:
             "layer_ratios": layer_ratios, "ignore": ignore, "norm": norm,
             "max_layer_ratio": max_layer_ratio, "structured_mode": structured_mode,
             "round_to": round_to, "seed": seed, "calib_batches": calib_batches,
+            "recalibrate_bn": recalibrate_bn,
         }  # fmt: skip
         for k, v in values.items():
             object.__setattr__(self, k, v)
@@ -188,6 +194,8 @@ class PruneConfig:
                 raise UserError(f"round_to must be a positive integer or None, got {self.round_to}")
         if not isinstance(self.calib_batches, int) or self.calib_batches < 1:
             raise UserError(f"calib_batches must be an integer >= 1, got {self.calib_batches}")
+        if not isinstance(self.recalibrate_bn, bool):
+            raise UserError(f"recalibrate_bn must be true or false, got {self.recalibrate_bn!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise UserError(f"seed must be an integer, got {self.seed!r}")
         check_seed(self.seed)
@@ -571,7 +579,7 @@ def settle_structured(
 ) -> bool:
     """What follows the removal of whole structures, in both modes: BatchNorm statistics are
     re-estimated on `config.calib_batches` calibration batches
-    (`calibration.recalibrate_batchnorm`).
+    (`calibration.recalibrate_batchnorm`), unless `config.recalibrate_bn` is off.
 
     `prune_` and the Prune page's accuracy estimate (`slider.SliderPreview.estimate`) both call
     this, so the masked preview and the shrunk model measure the same function: masked elements
@@ -580,7 +588,8 @@ def settle_structured(
 
     Args:
         model: The pruned model (masked or shrunk), changed in place (BatchNorm buffers only).
-        config: The pruning settings; nothing happens for unstructured and N:M granularities.
+        config: The pruning settings; nothing happens for unstructured and N:M granularities,
+            nor with `recalibrate_bn=False` (the dense statistics stay).
         data: A DataBundle; without it (or without `spec`) nothing happens.
         spec: The model's input spec.
 
@@ -590,7 +599,7 @@ def settle_structured(
     Raises:
         UserError: The calibration split is empty.
     """
-    if not config.structured or data is None or spec is None:
+    if not config.structured or not config.recalibrate_bn or data is None or spec is None:
         return False
     # No autograd graph: the working copies have trainable parameters.
     with torch.no_grad():
@@ -613,7 +622,8 @@ def prune_(
         data: A DataBundle, needed by data-driven criteria (calibration split). For structured
             plans, BatchNorm statistics are then re-estimated on `config.calib_batches`
             calibration batches after pruning (`calibration.recalibrate_batchnorm`), so the
-            pruned accuracy is not a BN-mismatch artefact.
+            pruned accuracy is not a BN-mismatch artefact (unless `config.recalibrate_bn` is
+            off).
         spec: The model's input spec (needed with data, and by structured pruning for tracing).
         scores: A Preview built for the same criterion and granularity (skips re-scoring; for
             structured plans only when it was built on this very model).

@@ -138,6 +138,14 @@ class SliderPreview:
         # Gradient criteria (taylor) need trainable parameters; the copy is this preview's own.
         self.model = trainable_copy(base.model, "cpu").eval()
         self._dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        # BatchNorm running statistics: what recalibration changes and `_settle` puts back.
+        self._bn_buffers = [
+            f"{n}.{b}" if n else b
+            for n, m in self.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            for b, t in m.named_buffers(recurse=False)
+            if t is not None
+        ]
         self._layers = [(n, weight_of(m)) for n, m in weight_layers(self.model)]
         self.dense_weights = {n: w.detach().clone() for n, w in self._layers}
         # Structured plans preview in mask mode: shapes stay, so the sliders can go back.
@@ -248,16 +256,47 @@ class SliderPreview:
             self.estimate(stats, n_eval)
         return stats
 
-    def estimate(self, stats: PreviewStats, n_eval: int) -> PreviewStats:
+    def estimate(
+        self, stats: PreviewStats, n_eval: int, *, recalibrate_bn: bool | None = None
+    ) -> PreviewStats:
         """Fill `stats` with top-1 accuracy of the masked copy on the first `n_eval` validation
         images (an estimate: a subset, and before any fine-tuning); `estimate_steps` to the end.
         """
-        for _ in self.estimate_steps(stats, n_eval):
+        for _ in self.estimate_steps(stats, n_eval, recalibrate_bn=recalibrate_bn):
             pass
         return stats
 
+    @property
+    def has_batchnorm(self) -> bool:
+        """True when the model has BatchNorm layers with running statistics (so BatchNorm
+        recalibration after structured pruning changes something)."""
+        return bool(self._bn_buffers)
+
+    def recalibrates(self, recalibrate_bn: bool | None = None) -> bool:
+        """True when an estimate with this setting (None: the config's) re-estimates BatchNorm
+        statistics: a structured granularity, a model with BatchNorm, and the switch on."""
+        on = self.config.recalibrate_bn if recalibrate_bn is None else recalibrate_bn
+        return bool(on and self.config.structured and self.has_batchnorm)
+
+    def _settle(self, recalibrate_bn: bool) -> None:
+        """BatchNorm statistics as `prune_` leaves them with this setting: the dense ones put
+        back first (an earlier estimate may have re-estimated them), then re-estimated when
+        on (`prune.settle_structured`)."""
+        state = self.model.state_dict()
+        with torch.no_grad():
+            for k in self._bn_buffers:
+                state[k].copy_(self._dense[k])
+        settle_structured(
+            self.model, self.config.replace(recalibrate_bn=recalibrate_bn), self.data, self.spec
+        )
+
     def estimate_steps(
-        self, stats: PreviewStats, n_eval: int, *, first: int = ESTIMATE_FIRST
+        self,
+        stats: PreviewStats,
+        n_eval: int,
+        *,
+        first: int = ESTIMATE_FIRST,
+        recalibrate_bn: bool | None = None,
     ) -> Iterator[PreviewStats]:
         """The accuracy estimate, refined in steps: yields `stats` filled on the first `first`
         validation images, then on twice as many, ... up to `n_eval` (each step evaluates only
@@ -265,20 +304,25 @@ class SliderPreview:
         on; the last step equals `evaluate(model, data, spec, limit=n_eval)`.
 
         Structured plans first re-estimate BatchNorm statistics as Apply does
-        (`prune.settle_structured`), so the estimate is the accuracy the applied model has on
-        the same images. The next slider move restores the dense statistics. Finished
-        estimates are kept per slider position (`stats.position`) and `n_eval`.
+        (`prune.settle_structured`; with `recalibrate_bn` off the dense statistics stay, as
+        `prune_` leaves them with `PruneConfig(recalibrate_bn=False)`), so the estimate is the
+        accuracy the applied model has on the same images. The next slider move restores the
+        dense statistics. Finished estimates are kept per slider position (`stats.position`),
+        `n_eval` and the recalibration setting.
 
         Args:
             stats: What `update` returned for the current position (filled in place).
             n_eval: Validation images of the final step (fewer when the split is smaller).
             first: Images of the first step.
+            recalibrate_bn: Re-estimate BatchNorm statistics first (None: the config's
+                `recalibrate_bn`).
 
         Yields:
             `stats` with `accuracy`, `n_eval`, `accuracy_interval` and `eval_seconds` set.
         """
         t1 = time.perf_counter()
-        key = (stats.position, int(n_eval))
+        recal = self.config.recalibrate_bn if recalibrate_bn is None else bool(recalibrate_bn)
+        key = (stats.position, int(n_eval), self.recalibrates(recal))
         kept = self._estimates.get(key)
         if kept is not None and stats.position:
             self._estimates.move_to_end(key)
@@ -286,7 +330,7 @@ class SliderPreview:
             stats.eval_seconds = time.perf_counter() - t1
             yield stats
             return
-        settle_structured(self.model, self.config, self.data, self.spec)
+        self._settle(recal)
         x, y = self.data.tensors("val", self.spec, int(n_eval))
         correct, done = 0, 0
         while done < len(y):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -182,6 +184,7 @@ def test_masks_stay_exactly_zero_through_fine_tuning(optimizer: str, mask_grads:
         ({"layer_ratios": (("fc1", 1.5),)}, "fc1"),
         ({"structured_mode": "fake"}, "structured_mode"),
         ({"calib_batches": 0}, "calib_batches"),
+        ({"recalibrate_bn": "yes"}, "recalibrate_bn"),
     ],
 )
 def test_bad_configs_are_user_errors(kwargs: dict, match: str) -> None:
@@ -233,3 +236,73 @@ def test_masks_hold_on_cuda_with_amp() -> None:
         fit(model, data, model_spec("digits-mlp"), TrainConfig(epochs=1, device="cuda", amp=True),
             after_step=enforce)  # fmt: skip
     assert measured_sparsity(model, list(res.masks))[0] == pytest.approx(res.sparsity)
+
+
+def _bn_stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        n: m.running_mean.clone()
+        for n, m in model.named_modules()
+        if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None
+    }
+
+
+def test_bn_recalibration_switch_keeps_or_reestimates_the_statistics() -> None:
+    """`recalibrate_bn=False` leaves the dense statistics of the kept channels; on (the
+    default) re-estimates them, which recovers accuracy lost to the mismatch; the preview's
+    estimate with either setting is the accuracy the applied model has."""
+    from pruning_core.evaluate import evaluate
+    from pruning_core.layers import trainable_copy
+    from pruning_core.models import load_model
+    from pruning_core.slider import SliderPreview
+
+    torch.set_num_threads(1)
+    loaded, data = load_model("shapes-resnet"), load_dataset("shapes")
+    on = PruneConfig(granularity="channel", ratio=0.3, scope="layer", calib_batches=1)
+    off = on.replace(recalibrate_bn=False)
+    assert on.recalibrate_bn and PruneConfig.from_dict(off.to_dict()) == off
+    dense = _bn_stats(loaded.model)
+    acc = {}
+    for cfg in (on, off):
+        model = trainable_copy(loaded.model)
+        res = prune_(model, cfg, data=data, spec=loaded.spec)
+        assert res.removed  # channels really went
+        after = _bn_stats(model)
+        # Off: each kept channel keeps its dense running mean; on: they are re-estimated.
+        same = all(bool(torch.isin(after[n], dense[n]).all()) for n in after)
+        assert same is (not cfg.recalibrate_bn)
+        acc[cfg.recalibrate_bn] = evaluate(model, data, loaded.spec, limit=200).accuracy
+    assert acc[True] > acc[False] + 0.1  # the mismatch costs far more than noise
+
+    preview = SliderPreview(loaded, on, data)
+    assert preview.has_batchnorm and preview.recalibrates() and not preview.recalibrates(False)
+    stats = preview.update(0.3, scope="layer")
+    for recal in (False, True, False):  # either order: each estimate sets its own statistics
+        preview._estimates.clear()
+        got = preview.estimate(stats, 200, recalibrate_bn=recal).accuracy
+        assert got == acc[recal], (recal, got, acc)
+
+
+def test_cli_prune_no_bn_recalibration_and_executor_options(cli: Any, tmp_path: Path) -> None:
+    import json
+
+    code, out, err = cli(
+        "prune", "--model", "digits-cnn", "--dataset", "digits", "--method", "magnitude",
+        "--granularity", "channel", "--ratio", "0.3", "--no-bn-recalibration", "--quiet",
+        "--out", str(tmp_path / "off"), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["recipe"]["prune"]["recalibrate_bn"] is False
+    code, _, err = cli(
+        "prune", "--model", "digits-cnn", "--dataset", "digits", "--method", "magnitude",
+        "--granularity", "channel", "--ratio", "0.3", "--executor", "inprocess",
+        "--out", str(tmp_path / "x"),
+    )  # fmt: skip
+    assert code == 2 and "--executor and --address apply to --budget" in err
+    code, _, err = cli(
+        "prune", "--model", "digits-cnn", "--dataset", "digits", "--method", "magnitude",
+        "--granularity", "channel", "--budget", "macs=0.8", "--address", "auto",
+        "--out", str(tmp_path / "y"),
+    )  # fmt: skip
+    assert code == 2 and "--address applies to --executor ray only" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -12,6 +12,7 @@ from pruning_core.budget import search as budget_search
 from pruning_core.cli.common import criterion_name, granularity_name, resolve, stderr_progress
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
+from pruning_core.executor import RayExecutor, check_executor, get_executor, list_executors
 from pruning_core.export import finetune_outcome
 from pruning_core.fsio import check_output_dir
 from pruning_core.plans import list_granularities
@@ -66,6 +67,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--budget", type=_budget, help=budget_help.replace("%", "%%"))
     p.add_argument(
+        "--executor",
+        choices=list_executors(),
+        help="with --budget: where the sensitivity points of the search run: inprocess "
+        "(default) or ray (a Ray cluster with --address, else a local runtime)",
+    )
+    p.add_argument(
+        "--address",
+        help="with --executor ray: the cluster to join (auto, HOST:PORT or ray://HOST:PORT)",
+    )
+    p.add_argument(
         "--scope", choices=["global", "layer"], help="one threshold across layers, or per layer"
     )
     p.add_argument("--ratios-file", help="JSON or YAML mapping layer name -> ratio (overrides)")
@@ -85,6 +96,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--calib-batches",
         type=C["calib_batches"],
         help="calibration batches for data-driven criteria",
+    )
+    p.add_argument(
+        "--no-bn-recalibration",
+        dest="recalibrate_bn",
+        action="store_false",
+        default=True,
+        help="structured pruning: keep the dense model's BatchNorm statistics instead of "
+        "re-estimating them on the calibration batches (on by default: adaptive BN, Li et al. "
+        "2020; off shows what it is worth)",
     )
     p.add_argument("--norm", type=C["norm"], choices=[1, 2], help="magnitude norm (default 1)")
     p.add_argument("--schedule", choices=SCHEDULES, help="oneshot (default), linear, agp, dynamic")
@@ -162,15 +182,37 @@ def _recipe(args: argparse.Namespace) -> Recipe:
             raise UserError("--budget chooses the ratios: give it without --ratio or --ratios-file")
         # The search replaces the ratios; the recipe needs one until then.
         given.setdefault("ratio", 0.0)
-    if args.recipe is not None:
-        return Recipe.read(args.recipe, given)
-    return Recipe.from_settings(given)
+    recipe = (
+        Recipe.read(args.recipe, given) if args.recipe is not None else Recipe.from_settings(given)
+    )
+    if not getattr(args, "recalibrate_bn", True):
+        recipe = dataclasses.replace(recipe, prune=recipe.prune.replace(recalibrate_bn=False))
+    return recipe
+
+
+def _executor(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The budget search's executor and address, checked before the model is loaded.
+
+    Raises:
+        UserError: --executor/--address without --budget, --address without ray, or Ray
+            not installed.
+    """
+    name = getattr(args, "executor", None)
+    address = getattr(args, "address", None)
+    if (name is not None or address is not None) and getattr(args, "budget", None) is None:
+        raise UserError("--executor and --address apply to --budget (the search) only")
+    name = name or "inprocess"
+    if address is not None and name != RayExecutor.name:
+        raise UserError("--address applies to --executor ray only")
+    check_executor(name, address)
+    return name, address
 
 
 def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     """Prune, fine-tune, measure and save; returns the metrics."""
     recipe = _recipe(args)
     # Everything that can be checked without the model is checked before it is loaded.
+    executor, address = _executor(args)
     check_output_dir(args.out)
     resolve_device(recipe.finetune.device)
     ns = argparse.Namespace(
@@ -183,10 +225,11 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
         )
     found = None
     if getattr(args, "budget", None) is not None and data is not None:
-        found = budget_search(
-            loaded, data, args.budget, config=recipe.prune, device=recipe.finetune.device,
-            progress=stderr_progress("budget", args.quiet),
-        )  # fmt: skip
+        with get_executor(executor, address) as ex:
+            found = budget_search(
+                loaded, data, args.budget, config=recipe.prune, device=recipe.finetune.device,
+                executor=ex, progress=stderr_progress("budget", args.quiet),
+            )  # fmt: skip
         # The searched ratios become the recipe's: `prune --recipe` repeats them, no search.
         recipe = dataclasses.replace(recipe, prune=found.config)
     result = run_recipe(
