@@ -10,6 +10,7 @@ from pruning_core.plots import channel_bars_figure, histogram_figure, sparsity_h
 from pruning_core.slider import binned, channel_sparsity
 from pruning_core.stats import weight_layers
 from ui.caches import dense_activations, dense_layer_table, model_layer_table, session_activations
+from ui.dynamic_panel import dynamic_panel
 from ui.loaders import shared_model
 from ui.session import pruned
 from ui.state import init_state, selection
@@ -200,3 +201,5 @@ with c2:
         "Magnitude channel pruning removes the filters with the smallest norms first (Li et al. "
         "2017). Compare with APoZ: data-free and data-driven views of the same channels."
     )
+
+dynamic_panel(model_ref, dataset_ref)
