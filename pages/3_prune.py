@@ -8,7 +8,8 @@ from pruning_core.errors import UserError
 from pruning_core.plots import histogram_figure, layer_sparsity_figure, mask_figure
 from pruning_core.prune import SCOPES
 from pruning_core.slider import mask_grid, mask_is_averaged
-from ui.actions import apply_pruning
+from ui.actions import apply_pruning, block_choice
+from ui.budget_panel import budget_panel
 from ui.caches import dense_estimate, preview_for
 from ui.choices import (
     criteria_help,
@@ -21,7 +22,12 @@ from ui.choices import (
     plan_of,
 )
 from ui.latency_panel import applied_latency_panel
-from ui.prune_widgets import committed_panel, estimate_metric, overrides_editor
+from ui.prune_widgets import (
+    bn_estimate_caption,
+    committed_panel,
+    estimate_metric,
+    overrides_editor,
+)
 from ui.session import pruned
 from ui.state import init_state, selection
 from ui.texts import CRITERIA_EXPLAINED, SCOPE_HELP, SCOPE_LABELS, ZEROS_NO_SPEEDUP
@@ -93,6 +99,20 @@ ratio = st.slider(
 )
 # Per-layer overrides: an editable table; "suggest" fills it from measured sensitivity.
 overrides = overrides_editor(preview, model_ref, dataset_ref, ratio)
+recalibrate_bn = st.toggle(
+    "BatchNorm recalibration",
+    key="prune_bn_recal",
+    disabled=not plan.structured,
+    help="After structured pruning, re-estimate BatchNorm running statistics on calibration "
+    "images (no gradient steps); the estimate and Apply follow this switch. Unstructured and "
+    "N:M pruning leave BatchNorm as it is.",
+)
+budget_panel(preview, model_ref, dataset_ref, recalibrate_bn)
+try:  # blocks chosen by name prune with their own config
+    preview, ratio, overrides = block_choice(preview, model_ref, dataset_ref, ratio, overrides)
+except UserError as e:
+    st.error(f"These blocks cannot be removed: {e}")
+    st.stop()
 
 # ------------------------------------------------------------------ live preview
 try:
@@ -128,6 +148,7 @@ m[2].metric(
 )
 # Filled last: the charts show first, the estimate (a forward pass) follows.
 estimate_slot = m[3].empty()
+bn_slot = m[3].empty()
 e1, e2 = st.columns([1, 2])
 estimate_on = e1.toggle(
     "Accuracy estimate on every move",
@@ -182,8 +203,9 @@ with right:
 # ------------------------------------------------------------------ the estimate, last
 if estimate_on:
     # Shown after the first 100 images, then refined; a slider move meanwhile stops it.
-    for step in preview.estimate_steps(stats, int(n_est)):
+    for step in preview.estimate_steps(stats, int(n_est), recalibrate_bn=recalibrate_bn):
         estimate_metric(estimate_slot, step, dense_estimate(model_ref, dataset_ref, step.n_eval))
+    bn_estimate_caption(bn_slot, preview, stats, int(n_est), recalibrate_bn)
 else:
     estimate_slot.metric("Accuracy estimate", "off")
 timing_slot.caption(
@@ -209,8 +231,9 @@ a1, a2 = st.columns([1, 3])
 if a1.button("Apply pruning", type="primary", key="prune_apply"):
     try:
         committed = apply_pruning(
-            preview, base, dataset_ref, ratio=ratio, scope=scope, overrides=overrides
-        )
+            preview, base, dataset_ref, ratio=ratio, scope=scope, overrides=overrides,
+            recalibrate_bn=recalibrate_bn,
+        )  # fmt: skip
     except UserError as e:
         st.error(f"Pruning failed: {e}")
 with a2:

@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import streamlit as st
+import torch
 
+from pruning_core.budget import Budget, BudgetResult
+from pruning_core.budget import search as budget_search
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.experiments import DEFAULT_SENSITIVITY_RATIOS, predicted_drop, suggest_ratios
@@ -26,6 +29,7 @@ from pruning_core.jobs import Job
 from pruning_core.layers import trainable_copy
 from pruning_core.models import LoadedModel
 from pruning_core.plans import layer_cap
+from pruning_core.progress import ProgressReport
 from pruning_core.prune import PruneConfig, prune_
 from pruning_core.recipe import Recipe
 from pruning_core.regularize import NO_REGULARIZER
@@ -34,7 +38,7 @@ from pruning_core.slider import SliderPreview
 from pruning_core.stats import model_summary
 from pruning_core.train import DEFAULT_FINETUNE, TrainConfig
 from pruning_core.workflow import RecipeResult
-from ui.caches import sensitivity_for
+from ui.caches import preview_for, sensitivity_for
 from ui.choices import granularity_label
 from ui.finetune_job import make_finetune_job
 from ui.jobs_panel import submit_job
@@ -44,7 +48,11 @@ from ui.state import selection
 
 __all__ = [
     "apply_pruning",
+    "block_choice",
+    "block_names",
     "commit_finetune",
+    "kept_block",
+    "search_budget",
     "start_finetune",
     "suggest_overrides",
     "suggest_unavailable",
@@ -54,6 +62,13 @@ _FT_JOBS = "_ft_jobs"
 SENSITIVITY_IMAGES = 500
 # Shares each unit is pruned at, one at a time, to measure its sensitivity.
 SENSITIVITY_RATIOS: tuple[float, ...] = DEFAULT_SENSITIVITY_RATIOS
+# The per-layer sliders' cap: no suggested or searched ratio goes beyond it.
+MAX_UNIT_RATIO = 0.95
+# The page's budget search: calibration images per drop-curve point, the ratios measured
+# (None: `budget.DEFAULT_SEARCH_RATIOS`) and validation images for its accuracy (None: all).
+BUDGET_IMAGES = 500
+BUDGET_RATIOS: tuple[float, ...] | None = None
+BUDGET_EVAL_IMAGES: int | None = None
 
 
 def apply_pruning(
@@ -64,11 +79,13 @@ def apply_pruning(
     ratio: float,
     scope: str,
     overrides: Mapping[str, float],
+    recalibrate_bn: bool = True,
 ) -> PrunedModel:
     """Prune a trainable copy of `base` as the preview's criterion and granularity say (the
     preview's scores are reused), measure it on the whole validation split and commit it.
 
-    Structured granularities shrink the copy physically.
+    Structured granularities shrink the copy physically and, with `recalibrate_bn`, re-estimate
+    BatchNorm statistics on the calibration images (`prune.settle_structured`).
 
     Raises:
         UserError: Settings the engine refuses.
@@ -78,6 +95,7 @@ def apply_pruning(
         scope=scope,
         layer_ratios=tuple(sorted(overrides.items())),
         structured_mode="physical",
+        recalibrate_bn=recalibrate_bn,
     )
     model = trainable_copy(base.model)
     data = shared_data(dataset_ref)
@@ -100,7 +118,8 @@ def apply_pruning(
 
 def suggest_unavailable(preview: SliderPreview) -> str | None:
     """Why "suggest from sensitivity" cannot apply to the preview's granularity (one line), or
-    None when it can: it needs per-layer ratios, which N:M patterns and block pruning lack."""
+    None when it can: it needs per-layer ratios (or blocks to choose), which N:M patterns
+    lack."""
     plan = preview.engine.plan
     label = granularity_label(preview.config.granularity)
     if plan.fixed_ratio:
@@ -108,12 +127,74 @@ def suggest_unavailable(preview: SliderPreview) -> str | None:
             f"{label} removes the same share from every layer, so there are no per-layer ratios "
             "to set or suggest."
         )
-    if not plan.per_layer:
-        return (
-            f"{label}: one ratio removes that share of all of them, so there are no per-layer "
-            "ratios to suggest."
-        )
     return None
+
+
+def block_names(preview: SliderPreview) -> list[str]:
+    """Block granularity: the removable blocks, in model order (else empty)."""
+    return [str(b) for b in getattr(preview.engine.plan, "blocks", [])]
+
+
+def kept_block(preview: SliderPreview) -> str | None:
+    """Block granularity: the block the criterion ranks highest, which block pruning always
+    keeps (its selection removes the lowest-ranked blocks and at least one stays), so a choice
+    of blocks never includes it; None for other granularities."""
+    blocks = block_names(preview)
+    if not blocks:
+        return None
+    scores = preview.engine.plan.units[0].scores
+    return blocks[int(torch.argsort(scores, stable=True)[-1])]
+
+
+def block_choice(
+    preview: SliderPreview,
+    model_ref: str,
+    dataset_ref: str,
+    ratio: float,
+    overrides: Mapping[str, float],
+) -> tuple[SliderPreview, float, dict[str, float]]:
+    """The preview, ratio and overrides the page prunes with, given blocks chosen by name.
+
+    Block pruning takes one ratio and removes the lowest-ranked blocks; blocks chosen by name
+    (suggested, budget-searched or picked; `overrides` maps each to 1.0) are removed by the
+    config `budget.search` writes: every other block but the highest-ranked one is ignored,
+    and the ratio |S| / (|S| + 1) then removes exactly the chosen set S. That preview is kept
+    in a second slot (the page's own stays), and its selection is checked.
+
+    Returns:
+        (preview, ratio, overrides): unchanged when nothing is chosen or the granularity is
+        not block; else the block-choice preview, its ratio and no overrides.
+
+    Raises:
+        UserError: A chosen block that is not removable or is the kept one, or a choice the
+            block plan cannot make.
+    """
+    blocks = block_names(preview)
+    chosen = [b for b in blocks if overrides.get(b, 0.0) >= 1.0]
+    if not blocks or not chosen:
+        return preview, ratio, ({} if blocks else dict(overrides))
+    top = kept_block(preview)
+    if top in chosen:
+        raise UserError(
+            f"block {top} cannot be removed: the criterion ranks it highest and block pruning "
+            "always keeps at least one block"
+        )
+    keep = tuple(b for b in blocks if b not in chosen and b != top)
+    config = preview.config
+    chosen_preview, _ = preview_for(
+        model_ref, dataset_ref, config.method, config.granularity,
+        ignore=(*(config.ignore or ()), *keep) or None, slot="_prune_block_preview",
+    )  # fmt: skip
+    r = len(chosen) / (len(chosen) + 1)
+    picked = chosen_preview.engine.select(r, {}, "global")
+    plan: Any = chosen_preview.engine.plan
+    removed = sorted(str(plan.blocks[i]) for i in picked.get("blocks", []))
+    if removed != sorted(chosen):
+        raise UserError(
+            f"the block plan removes {', '.join(removed) or 'nothing'} instead of "
+            f"{', '.join(chosen)}: choose other blocks or clear the choice"
+        )
+    return chosen_preview, r, {}
 
 
 def suggest_overrides(
@@ -136,6 +217,8 @@ def suggest_overrides(
     if why is not None:
         raise UserError(why)
     config = preview.config
+    if block_names(preview):
+        return _suggest_blocks(preview, model_ref, dataset_ref, ratio)
     sens = sensitivity_for(
         model_ref,
         dataset_ref,
@@ -158,6 +241,81 @@ def suggest_overrides(
     )
     # Shown with four decimals, rounded up so that a plan still removes the same count.
     return {k: math.ceil(v * 1e4 - 1e-6) / 1e4 for k, v in suggestion.items()}, note
+
+
+def _suggest_blocks(
+    preview: SliderPreview, model_ref: str, dataset_ref: str, ratio: float
+) -> tuple[dict[str, float], str]:
+    """Block granularity: as many blocks as the slider's share removes, those whose removal
+    alone costs the least accuracy (measured, one block at a time), never the kept one."""
+    config = preview.config
+    sens = sensitivity_for(
+        model_ref, dataset_ref, config.method, config.granularity, limit=SENSITIVITY_IMAGES,
+        ratios=SENSITIVITY_RATIOS,
+    )  # fmt: skip
+    plan: Any = preview.engine.plan
+    count = len(preview.engine.select(ratio, {}, "global").get("blocks", []))
+    top = kept_block(preview)
+    drops = {str(r["layer"]): float(r["drop"]) for _, r in sens.iterrows()}
+    blocks = block_names(preview)
+    candidates = [b for b in blocks if b != top and b in drops]
+    # Least drop first; ties in model order (a stable sort).
+    chosen = sorted(candidates, key=lambda b: drops[b])[:count]
+    n_sens = min(SENSITIVITY_IMAGES, shared_data(dataset_ref).num_examples("val"))
+    if not chosen:
+        note = (
+            f"The share slider removes no block of {len(plan.blocks)}: move it up for a suggestion."
+        )
+        return {}, note
+    note = (
+        f"Suggested from each block's sensitivity (removed alone), measured on {n_sens} "
+        f"validation images: the {len(chosen)} of {len(blocks)} blocks the slider's share "
+        f"removes with the least predicted drop, "
+        f"{sum(drops[b] for b in chosen) * 100:.1f} points (an estimate: it assumes blocks "
+        f"do not interact). {top} is kept (ranked highest)."
+    )
+    return dict.fromkeys(chosen, 1.0), note
+
+
+def search_budget(
+    preview: SliderPreview,
+    model_ref: str,
+    dataset_ref: str,
+    budget: Budget,
+    *,
+    recalibrate_bn: bool = True,
+) -> BudgetResult:
+    """Per-unit ratios (or blocks to remove) meeting `budget` with the least predicted loss,
+    for the preview's criterion and granularity (`pruning_core.budget.search`), with a progress
+    bar that goes however the search ends.
+
+    No unit gets more than the per-layer sliders allow (`MAX_UNIT_RATIO`), so the result can be
+    taken into them. Drop curves: `BUDGET_IMAGES` calibration images per point at
+    `BUDGET_RATIOS` (None: the search's defaults); accuracy: `BUDGET_EVAL_IMAGES` validation
+    images (None: all).
+
+    Raises:
+        UserError: As `budget.search` (N:M granularity, size or latency with unstructured
+            pruning, a budget out of reach).
+    """
+    base = shared_model(model_ref)
+    config = preview.config.replace(
+        max_layer_ratio=min(preview.config.max_layer_ratio, MAX_UNIT_RATIO),
+        recalibrate_bn=recalibrate_bn,
+        structured_mode="physical",
+    )
+    bar = st.progress(0.0, text=f"Searching ratios for {budget.describe()}...")
+
+    def progress(p: ProgressReport) -> None:
+        bar.progress(min(max(p.fraction, 0.0), 1.0), text=f"Budget search: {p.message}")
+
+    try:
+        return budget_search(
+            base, shared_data(dataset_ref), budget, config=config, ratios=BUDGET_RATIOS,
+            limit=BUDGET_IMAGES, eval_limit=BUDGET_EVAL_IMAGES, device="cpu", progress=progress,
+        )  # fmt: skip
+    finally:
+        bar.empty()
 
 
 def _whole_elements(

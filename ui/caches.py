@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from pruning_core.budget import saved_bytes
 from pruning_core.evaluate import evaluate
 from pruning_core.experiments import DEFAULT_SENSITIVITY_RATIOS, sensitivity
 from pruning_core.layers import trainable_copy
@@ -27,6 +28,7 @@ __all__ = [
     "dense_activations",
     "dense_estimate",
     "dense_layer_table",
+    "dense_size",
     "model_layer_table",
     "preview_for",
     "sensitivity_for",
@@ -68,11 +70,23 @@ def session_activations(
 
 
 def preview_for(
-    model_ref: str, dataset_ref: str, method: str, granularity: str
+    model_ref: str,
+    dataset_ref: str,
+    method: str,
+    granularity: str,
+    *,
+    ignore: tuple[str, ...] | None = None,
+    slot: str = "_prune_preview",
 ) -> tuple[SliderPreview, LoadedModel]:
     """This session's slider engine for the selection (scores computed once, then cached).
 
-    Only the latest engine is kept per session, so memory stays one model copy.
+    Only the latest engine is kept per session and `slot`, so memory stays one model copy per
+    slot (the page's, and for blocks chosen by name a second: `ui.actions.block_choice`).
+
+    Args:
+        model_ref, dataset_ref, method, granularity: The selection.
+        ignore: Layers or blocks kept out of the plan (None: the classifier, the default).
+        slot: The session key the engine is kept under.
 
     Raises:
         UserError: The criterion/granularity does not fit the model (e.g. heads without
@@ -81,15 +95,21 @@ def preview_for(
     base = shared_model(model_ref)
 
     def build() -> SliderPreview:
-        config = PruneConfig(criterion=method, granularity=granularity)
+        config = PruneConfig(criterion=method, granularity=granularity, ignore=ignore)
         data = shared_data(dataset_ref)  # calibration for data-driven criteria, and estimates
         with st.spinner(
             f"Scoring every weight with {method} (once; sliders then only threshold)..."
         ):
             return SliderPreview(base, config, data)
 
-    key = (model_ref, dataset_ref, method, granularity)
-    return session_cached("_prune_preview", key, build), base
+    key = (model_ref, dataset_ref, method, granularity, ignore)
+    return session_cached(slot, key, build), base
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def dense_size(model_ref: str) -> int:
+    """Bytes of the dense shared model's weights file (`budget.saved_bytes`; once per server)."""
+    return saved_bytes(shared_model(model_ref).model)
 
 
 def sensitivity_for(

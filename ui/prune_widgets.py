@@ -5,6 +5,7 @@ Each returns plain values (the overrides as a dict) and leaves the work to `ui.a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -14,14 +15,23 @@ import streamlit as st
 from pruning_core.errors import UserError
 from pruning_core.slider import PreviewStats, SliderPreview
 from ui.actions import (
+    MAX_UNIT_RATIO,
     SENSITIVITY_IMAGES,
     SENSITIVITY_RATIOS,
+    block_names,
+    kept_block,
     suggest_overrides,
     suggest_unavailable,
 )
 from ui.session import PrunedModel, clear_pruned
 
-__all__ = ["committed_panel", "estimate_metric", "overrides_editor"]
+__all__ = [
+    "bn_estimate_caption",
+    "committed_panel",
+    "estimate_metric",
+    "overrides_editor",
+    "take_overrides",
+]
 
 _OVERRIDES = "prune_overrides"
 _NOTE = "prune_suggestion_note"
@@ -30,7 +40,6 @@ _VERSION = "_prune_editor_version"
 _GIVEN = "_prune_unit_given"
 # Up to this many units get one slider each (a page of sliders stays readable); more: a table.
 MAX_SLIDERS = 40
-MAX_UNIT_RATIO = 0.95
 
 
 def overrides_editor(
@@ -44,8 +53,9 @@ def overrides_editor(
     Returns:
         The per-unit ratio overrides (unit name -> ratio), those of this preview's units only.
     """
-    units = preview.unit_names
     plan = preview.engine.plan
+    blocks = block_names(preview)
+    units = blocks or preview.unit_names
     overrides: dict[str, float] = {
         k: v for k, v in st.session_state.get(_OVERRIDES, {}).items() if k in units
     }
@@ -53,6 +63,8 @@ def overrides_editor(
     if plan.fixed_ratio:
         st.caption(unavailable or "")
         return overrides
+    if blocks:
+        return _block_editor(preview, model_ref, dataset_ref, ratio, overrides)
     if not plan.per_layer:
         st.caption(unavailable or "")
         return {}
@@ -89,16 +101,82 @@ def overrides_editor(
         if unavailable is not None:
             st.caption(unavailable)
         if suggest:
-            try:
-                suggestion, note = suggest_overrides(preview, model_ref, dataset_ref, ratio)
-            except UserError as e:
-                st.error(f"Cannot suggest ratios: {e}")
-            else:
-                st.session_state[_NOTE] = note
-                _set_overrides(suggestion, version)
+            _suggest(preview, model_ref, dataset_ref, ratio, version)
         if st.session_state.get(_NOTE) and overrides:
             st.caption(st.session_state[_NOTE])
     return overrides
+
+
+def _suggest(
+    preview: SliderPreview, model_ref: str, dataset_ref: str, ratio: float, version: int
+) -> None:
+    """ "Suggest from sensitivity": the suggestion becomes the overrides, or one error line."""
+    try:
+        suggestion, note = suggest_overrides(preview, model_ref, dataset_ref, ratio)
+    except UserError as e:
+        st.error(f"Cannot suggest ratios: {e}")
+    else:
+        st.session_state[_NOTE] = note
+        _set_overrides(suggestion, version)
+
+
+def _block_editor(
+    preview: SliderPreview,
+    model_ref: str,
+    dataset_ref: str,
+    ratio: float,
+    overrides: dict[str, float],
+) -> dict[str, float]:
+    """Block granularity: the blocks to remove, chosen by name (suggested from sensitivity,
+    taken from a budget search, or picked); none chosen leaves the choice to the share slider
+    and the criterion.
+
+    Returns:
+        {block: 1.0} for each chosen block (`ui.actions.block_choice` turns it into a config).
+    """
+    blocks = block_names(preview)
+    top = kept_block(preview)
+    chosen = [b for b in blocks if overrides.get(b, 0.0) >= 1.0 and b != top]
+    with st.expander(f"Blocks to remove ({len(chosen)} chosen)", expanded=bool(chosen)):
+        st.caption(
+            "Leave it empty and the share slider removes the blocks the criterion ranks lowest; "
+            f"blocks chosen here replace the slider. {top} is kept: the criterion ranks it "
+            "highest, and block pruning always keeps at least one block."
+        )
+        version = st.session_state.get(_VERSION, 0)
+        key = f"prune_blocks_{version}"
+        if key not in st.session_state:
+            st.session_state[key] = chosen
+        picked = st.multiselect(
+            "Blocks removed",
+            [b for b in blocks if b != top],
+            key=key,
+            help="Each chosen residual block is replaced by the identity.",
+        )
+        overrides = dict.fromkeys(picked, 1.0)
+        st.session_state[_OVERRIDES] = overrides
+        b1, b2, _ = st.columns([1, 1, 2])
+        suggest = b1.button(
+            "Suggest from sensitivity",
+            key="prune_suggest",
+            help=f"Removes one block at a time and measures the accuracy drop on up to "
+            f"{SENSITIVITY_IMAGES} validation images, then picks as many blocks as the share "
+            "slider removes, those with the least drop.",
+        )
+        if b2.button("Clear choice", key="prune_clear_overrides"):
+            _set_overrides({}, version)
+        if suggest:
+            _suggest(preview, model_ref, dataset_ref, ratio, version)
+        if st.session_state.get(_NOTE) and overrides:
+            st.caption(st.session_state[_NOTE])
+    return overrides
+
+
+def take_overrides(overrides: dict[str, float], note: str) -> None:
+    """Make `overrides` the per-layer ratios (or, for blocks, the blocks chosen) the page
+    shows, with `note` beside them, and draw the page again (what "Suggest" does)."""
+    st.session_state[_NOTE] = note
+    _set_overrides(overrides, st.session_state.get(_VERSION, 0))
 
 
 def _unit_sliders(
@@ -206,6 +284,21 @@ def committed_panel(committed: PrunedModel | None, base_stats: dict[str, Any]) -
     if st.button("Reset to the dense model", key="prune_reset"):
         clear_pruned()
         st.rerun()
+
+
+def bn_estimate_caption(
+    slot: Any, preview: SliderPreview, stats: PreviewStats, n_eval: int, recalibrate_bn: bool
+) -> None:
+    """Under the estimate, in `slot`: the same estimate with the BatchNorm recalibration switch
+    the other way (structured granularities on models with BatchNorm; else nothing)."""
+    if not preview.recalibrates(True):
+        return
+    other = dataclasses.replace(stats)
+    # Every estimate not kept from before sets the statistics it needs first, so the working
+    # copy may stay as this one leaves it.
+    preview.estimate(other, n_eval, recalibrate_bn=not recalibrate_bn)
+    word = "without" if recalibrate_bn else "with"
+    slot.caption(f"{word} BN recalibration: {other.accuracy or 0.0:.1%} on {other.n_eval} images")
 
 
 def estimate_metric(slot: Any, stats: PreviewStats, dense: float) -> None:
