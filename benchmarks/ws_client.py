@@ -463,7 +463,19 @@ class AppClient:
                 await asyncio.sleep(max(0.05, min(nxt, end) - now))
                 continue
             for frag in ready:
-                run = await self._request(Run(t_send=0.0, fragment_id=frag), auto=True)
+                try:
+                    # Streamlit drops a rerun of a fragment that a full run removed, without
+                    # an answer: a short wait, then forget that timer (a browser's fires into
+                    # the void likewise).
+                    wait = max(10.0, 5 * self._auto.get(frag, 0.0))
+                    run = await self._request(
+                        Run(t_send=0.0, fragment_id=frag), auto=True, timeout=wait
+                    )
+                except ProtocolError:
+                    if self._closed:
+                        raise
+                    self._auto.pop(frag, None)
+                    continue
                 sent += 1
                 due[frag] = time.monotonic() + self._auto.get(frag, 0.0)
                 if on_run is not None:
@@ -512,8 +524,9 @@ class AppClient:
         page: tuple[str, str] | None = None,
         trigger: WidgetState | None = None,
         auto: bool = False,
+        timeout: float | None = None,
     ) -> Run:
-        """Send one rerun request and wait until its run settles.
+        """Send one rerun request and wait until its run settles (`timeout`: the client's).
 
         Raises:
             ProtocolError: The connection closed or the run did not settle within the timeout.
@@ -528,14 +541,15 @@ class AppClient:
             run.t_send = time.perf_counter()
         try:
             await self._ws.send(msg.SerializeToString())
-            deadline = time.monotonic() + self.timeout
+            limit = self.timeout if timeout is None else timeout
+            deadline = time.monotonic() + limit
             while not run.settled:
                 if self._closed:
                     raise ProtocolError(f"connection closed: {self._closed}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ProtocolError(
-                        f"no settled script_finished after {self.timeout:.0f} s "
+                        f"no settled script_finished after {limit:.0f} s "
                         f"(run started: {run.t_started is not None}, {len(run.deltas)} "
                         f"elements received, restarts {run.restarts})"
                     )
