@@ -45,6 +45,11 @@ remove. The method, and why:
    pruning. Latency is noisy: the result is timed again with the full protocol, and when its
    median misses the target it is re-timed once if the target lies within its p10-p90 (noise),
    else the search moves on to more pruning (at most `LATENCY_TRIES` times).
+   4b. **Give-back.** Channel counts are discrete, so the bisected prefix usually measures
+   below the budget; for counted quantities (not latency) the slack is handed back: units are
+   relieved in order of their current loss per saving, each bisected down towards its previous
+   hull point while the measured cost still meets the budget. The result uses the budget it
+   is given rather than a step below it.
 5. **Blocks** are whole units: each removable block's drop (`experiments.sensitivity` at
    block granularity: removed alone, BatchNorm re-estimated) and saving are measured, and the
    subsets of up to 16 candidate blocks are searched exhaustively (an exact 0/1 knapsack on the
@@ -133,6 +138,8 @@ _EXACT_BLOCKS = 16
 _BLOCK_TRIES = 12
 # Bisection steps within the last group of hull segments (channel counts are discrete).
 _FRACTION_STEPS = 7
+# Give-back: bisection steps per unit when the budget's slack is handed back (step 4b).
+_GIVE_BACK_STEPS = 4
 
 _UNITS: dict[str, dict[str, float]] = {
     "macs": {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9},
@@ -652,7 +659,8 @@ def _at(groups: list[list[_Segment]], units: Sequence[str], position: float
             break
         for seg in group:
             name = units[seg.unit]
-            ratios[name] = seg.r0 + t * (seg.r1 - seg.r0)
+            # Clamped: r0 + (r1 - r0) can exceed r1 by a rounding error, and r1 may be the cap.
+            ratios[name] = min(seg.r1, seg.r0 + t * (seg.r1 - seg.r0))
             saving[name] = seg.s0 + t * (seg.s1 - seg.s0)
     return ratios, float(sum(saving.values()))
 
@@ -928,12 +936,57 @@ def _search_layers(
                 f_lo = f
         return lo_i + f_hi
 
+    def slope_at(k: int, r: float) -> float:
+        """Loss per saving of the hull segment unit `k`'s ratio `r` lies on (0 at ratio 0)."""
+        return max((g.slope for g in segs if g.unit == k and g.r0 < r <= g.r1 + 1e-12),
+                   default=0.0)  # fmt: skip
+
+    def give_back(chosen: dict[str, float], goal: float) -> dict[str, float]:
+        """Hand the budget's slack back (step 4b): channel counts are discrete, so the
+        bisected position usually lands below the goal; units are relieved in order of their
+        current loss per saving (the costliest pruning first), each by bisection down to its
+        previous hull point, while the measured cost still meets the goal."""
+        order = sorted(
+            (k for k, u in enumerate(units) if chosen[u] > 0),
+            key=lambda k: (-slope_at(k, chosen[units[k]]), k),
+        )
+        for k in order:
+            u, r = units[k], chosen[units[k]]
+            floor = max((g.r0 for g in segs if g.unit == k and g.r0 < r - 1e-12), default=0.0)
+            lo, hi = floor, r
+            if measure_ratios({**chosen, u: lo}) <= goal:
+                chosen[u] = lo
+                continue
+            for _ in range(_GIVE_BACK_STEPS):
+                mid = (lo + hi) / 2
+                if measure_ratios({**chosen, u: mid}) <= goal:
+                    hi = mid
+                else:
+                    lo = mid
+            chosen[u] = hi
+        return chosen
+
+    def measure_ratios(ratios: dict[str, float]) -> float:
+        share = costs.ratios(ratios)
+        steps.append({"position": -1.0, "share": share})
+        return share
+
+    def predicted_saving(chosen: Mapping[str, float]) -> float:
+        return float(sum(
+            np.interp(chosen[u], [0.0, *per_unit[u]], [0.0, *savings[u]]) if per_unit[u] else 0.0
+            for u in units
+        ))  # fmt: skip
+
     def found_at(goal: float, lo: float) -> _Found | None:
         report(Report(0.85, f"bisection for {goal:.3f} of the dense cost"))
         position = 0.0 if goal >= 1.0 else bisect(goal, lo)
         if position is None:
             return None
         chosen, saving = _at(groups, units, position)
+        if position > 0 and not meter.latency:
+            # Latency is timed, not counted: its slack is within the noise of one timing.
+            chosen = give_back(chosen, goal)
+            saving = predicted_saving(chosen)
         rows = []
         for row in table:
             r = chosen[row["unit"]]

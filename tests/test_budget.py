@@ -141,6 +141,16 @@ def test_greedy_takes_hull_segments_by_loss_per_saving() -> None:
     assert _at(groups, ["a", "b"], 3.0) == ({"a": 0.9, "b": 0.9}, pytest.approx(1.0))
 
 
+def test_interpolated_ratios_never_pass_a_segment_end() -> None:
+    from pruning_core.budget import _at, _groups, _segments
+
+    # 0.15 + (0.45 - 0.15) is 0.45000000000000007 in floating point; 0.45 may be the cap.
+    segs = _segments(0, [0.0, 0.15, 0.45], [0.0, 0.1, 0.5], [0.0, 0.01, 0.5])
+    assert [(s.r0, s.r1) for s in segs] == [(0.0, 0.15), (0.15, 0.45)]
+    for position in (2.0, 1.9999999, 2.5):
+        assert _at(_groups(segs), ["a"], position)[0]["a"] <= 0.45
+
+
 @pytest.fixture(scope="module")
 def searched(cnn, digits):  # type: ignore[no-untyped-def]
     """Uniform and global ratios at MACs 0.5, and the search at the cheaper one's measured MACs
@@ -168,6 +178,14 @@ def test_search_meets_the_measured_budget_and_its_config_reproduces_it(
     # is why the measured cost, not the prediction, decides.
     assert r.predicted_cost <= r.measured_cost
     assert 0 < r.measured_accuracy <= 1 and r.steps
+    # The slack is handed back: the result costs at least the best bisection point that met
+    # the budget (give-back only relieves units), and never more than the budget.
+    bisected = [
+        s["share"]
+        for s in r.steps
+        if s["position"] >= 0 and s["share"] <= r.target_cost / r.dense_cost
+    ]
+    assert r.measured_cost >= max(bisected) * r.dense_cost - 1e-6
 
 
 def test_searched_ratios_beat_uniform_and_global_at_equal_or_lower_macs(searched) -> None:  # type: ignore[no-untyped-def]
