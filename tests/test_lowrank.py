@@ -15,7 +15,7 @@ from torch import nn
 
 from pruning_core import export
 from pruning_core.errors import UserError
-from pruning_core.layers import LowRankConv2d, LowRankLinear
+from pruning_core.layers import LOW_RANK_LAYERS, LowRankConv2d, LowRankLinear
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.models.validate import check_surgery
 from pruning_core.plans.lowrank import LowRankPlan, break_even_rank, factorize
@@ -240,3 +240,42 @@ def test_teaching_text_is_two_sentences() -> None:
     text = LOWRANK_EXPLAINED.removeprefix("**Low rank.** ")
     assert text.count(". ") + text.endswith(".") == 2
     assert "r x (inputs + outputs) < inputs x outputs" in text
+
+
+def test_a_factorised_pair_factorises_again_and_its_preview_matches() -> None:
+    net = _net()
+    once = copy.deepcopy(net)
+    prune_(once, PruneConfig(granularity="lowrank", ratio=0.6, scope="layer", ignore=()))
+    ranks = {n: m.rank for n, m in once.named_modules() if isinstance(m, LowRankLinear)}
+    cfg = PruneConfig(granularity="lowrank", ratio=0.5, scope="layer", ignore=())
+    twice, masked = copy.deepcopy(once), copy.deepcopy(once)
+    prune_(twice, cfg)
+    prune_(masked, cfg.replace(structured_mode="mask"))
+    for n, r in ranks.items():
+        pair = twice.get_submodule(n)
+        assert isinstance(pair, LowRankLinear) and pair.rank == r - math.floor(0.5 * r)
+        assert masked.get_submodule(n).rank == r  # the preview keeps the pair's width
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(twice(x), masked(x), rtol=1e-4, atol=1e-5)
+
+
+def test_an_iterative_schedule_reaches_the_final_rank_ratio() -> None:
+    from pruning_core.data import load_dataset
+    from pruning_core.schedules import run_schedule
+
+    lm = load_model("digits-cnn")
+    data = load_dataset("digits")
+    cfg = PruneConfig(granularity="lowrank", ratio=0.75, scope="layer")
+    oneshot, agp = copy.deepcopy(lm.model), copy.deepcopy(lm.model)
+    prune_(oneshot, cfg, data=data, spec=lm.spec)
+    res = run_schedule(agp, cfg, "agp", steps=3, data=data, spec=lm.spec)
+    assert len(res.curve) == 3
+    want = {n: m.rank for n, m in oneshot.named_modules() if isinstance(m, LOW_RANK_LAYERS)}
+    got = {n: m.rank for n, m in agp.named_modules() if isinstance(m, LOW_RANK_LAYERS)}
+    assert set(got) == set(want) and want
+    # Each step removes its share of the rank left: the end is within a rounding per step.
+    assert all(abs(got[n] - want[n]) <= 2 for n in want), (got, want)
+    assert res.curve[-1]["sparsity"] == pytest.approx(
+        1 - count_params(agp) / count_params(lm.model), abs=0.05
+    )

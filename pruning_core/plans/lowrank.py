@@ -62,6 +62,7 @@ __all__ = [
     "factorize",
     "low_rank_factors",
     "svd_of",
+    "weight_matrix",
 ]
 
 # Granularity text -> what its ratio means.
@@ -72,16 +73,21 @@ _FLOAT64_LIMIT = 1 << 22
 
 @dataclass(frozen=True)
 class _Layer:
-    """One factorisable layer: its matrix shape and break-even rank."""
+    """One factorisable layer (or an already factorised pair): its matrix shape, rank and
+    break-even rank."""
 
     module: nn.Module
     rows: int  # out
     cols: int  # in * kh * kw
+    rank: int  # min(rows, cols) for a dense layer, the bottleneck width for a pair
     break_even: int  # largest rank r with r * (rows + cols) < rows * cols
 
     @property
-    def rank(self) -> int:
-        return min(self.rows, self.cols)
+    def params(self) -> int:
+        """Weights it holds now."""
+        if isinstance(self.module, LOW_RANK_LAYERS):
+            return self.rank * (self.rows + self.cols)
+        return self.rows * self.cols
 
 
 def break_even_rank(rows: int, cols: int) -> int:
@@ -113,6 +119,25 @@ def low_rank_factors(
     return u[:, :rank] * root, root[:, None] * vh[:rank]
 
 
+def weight_matrix(m: nn.Module) -> torch.Tensor:
+    """The (out, in * kh * kw) matrix a Linear, a Conv2d or a low-rank pair applies (for a
+    pair, the product of its two factors), detached."""
+    if isinstance(m, LowRankLinear | LowRankConv2d):
+        right, left = weight_of(m.part(0)).detach(), weight_of(m.part(1)).detach()
+        return left.reshape(left.shape[0], -1) @ right.reshape(right.shape[0], -1)
+    w = weight_of(m).detach()
+    return w.reshape(w.shape[0], -1)
+
+
+def _svd(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`svd_of` the layer's matrix, cut to a pair's rank (its other singular values are 0)."""
+    u, s, vh = svd_of(weight_matrix(m))
+    if isinstance(m, LowRankLinear | LowRankConv2d):
+        r = min(m.rank, s.numel())
+        return u[:, :r], s[:r], vh[:r]
+    return u, s, vh
+
+
 def factorize(layer: nn.Module, rank: int) -> nn.Module:
     """The low-rank pair (`LowRankLinear` / `LowRankConv2d`) equal to the rank-`rank`
     truncated SVD of a Linear or ungrouped Conv2d (its bias on the second layer).
@@ -128,20 +153,27 @@ def factorize(layer: nn.Module, rank: int) -> nn.Module:
 
 
 def _pair(layer: nn.Module, left: torch.Tensor, right: torch.Tensor) -> nn.Module:
-    """A low-rank module standing in for `layer`, holding the factors (out, r) and (r, rest)."""
-    w = weight_of(layer)
-    bias = getattr(layer, "bias", None)
+    """A low-rank module standing in for `layer` (a Linear, Conv2d or low-rank pair), holding
+    the factors (out, r) and (r, rest)."""
+    # A pair's geometry (kernel, stride, input) is its first half's; width and bias its second's.
+    head, tail = (
+        (layer.part(0), layer.part(1))
+        if isinstance(layer, LowRankLinear | LowRankConv2d)
+        else (layer, layer)
+    )
+    w = weight_of(head)
+    bias = getattr(tail, "bias", None)
     rank = left.shape[1]
     kw: dict[str, Any] = {"device": w.device, "dtype": w.dtype}
     pair: nn.Module
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(head, nn.Conv2d) and isinstance(tail, nn.Conv2d):
         pair = LowRankConv2d(
-            layer.in_channels, layer.out_channels, rank, layer.kernel_size, layer.stride,
-            layer.padding, layer.dilation, bias is not None, layer.padding_mode, **kw,
+            head.in_channels, tail.out_channels, rank, head.kernel_size, head.stride,
+            head.padding, head.dilation, bias is not None, head.padding_mode, **kw,
         )  # fmt: skip
     else:
-        assert isinstance(layer, nn.Linear)
-        pair = LowRankLinear(layer.in_features, layer.out_features, rank, bias is not None, **kw)
+        assert isinstance(head, nn.Linear) and isinstance(tail, nn.Linear)
+        pair = LowRankLinear(head.in_features, tail.out_features, rank, bias is not None, **kw)
     assert isinstance(pair, LowRankLinear | LowRankConv2d)
     first, second = pair.part(0), pair.part(1)
     with torch.no_grad():
@@ -153,11 +185,30 @@ def _pair(layer: nn.Module, left: torch.Tensor, right: torch.Tensor) -> nn.Modul
     return pair
 
 
+def _write_rank(
+    module: nn.Module, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int
+) -> None:
+    """Make `module` compute its rank-`rank` truncation in place, shapes unchanged (mask mode):
+    a dense layer's weight becomes U_r S_r Vh_r; a pair's factors keep their width, the columns
+    and rows past `rank` zero."""
+    left, right = low_rank_factors(u, s, vh, rank)
+    with torch.no_grad():
+        if isinstance(module, LowRankLinear | LowRankConv2d):
+            first, second = weight_of(module.part(0)), weight_of(module.part(1))
+            a = right.new_zeros(first.shape[0], right.shape[1])
+            a[:rank] = right
+            b = left.new_zeros(left.shape[0], second.shape[1])
+            b[:, :rank] = left
+            first.copy_(a.reshape(first.shape).to(first.dtype))
+            second.copy_(b.reshape(second.shape).to(second.dtype))
+        else:
+            w = weight_of(module)
+            w.copy_((left @ right).reshape(w.shape).to(w.dtype))
+
+
 def _skip_reason(name: str, m: nn.Module, parents: Mapping[str, nn.Module]) -> str | None:
     """Why a Linear/Conv2d cannot be factorised here (None: it can)."""
     parent = parents.get(name)
-    if isinstance(parent, LOW_RANK_LAYERS):
-        return "already one half of a low-rank pair"
     if isinstance(parent, nn.MultiheadAttention):
         return "nn.MultiheadAttention reads its out_proj weight directly"
     if isinstance(m, nn.Conv2d) and m.groups != 1:
@@ -194,18 +245,32 @@ class LowRankPlan(Plan):
                 parents[f"{n}.{c}" if n else c] = m
         self._layers: dict[str, _Layer] = {}
         for n, m in model.named_modules():
-            if not is_weight_layer(m) or any(matches_pattern(n, p) for p in ignored):
+            if isinstance(parents.get(n), LOW_RANK_LAYERS):
+                continue  # one half of a pair: the pair is the unit
+            pair = isinstance(m, LowRankLinear | LowRankConv2d)
+            if not (pair or is_weight_layer(m)):
                 continue
-            why = _skip_reason(n, m, parents)
-            w = weight_of(m)
-            rows, cols = int(w.shape[0]), int(w[0].numel()) if w.shape[0] else 0
+            names = [n, *(f"{n}.{c}" for c, _ in m.named_children())]
+            if any(matches_pattern(x, p) for x in names for p in ignored):
+                continue
+            why = None if pair else _skip_reason(n, m, parents)
+            # A pair factorises again (a lower rank, an iterative schedule's next step).
+            head, tail = (
+                (m.part(0), m.part(1)) if isinstance(m, LowRankLinear | LowRankConv2d) else (m, m)
+            )
+            rows, cols = int(weight_of(tail).shape[0]), int(weight_of(head)[0].numel())
+            rank = min(rows, cols, int(getattr(m, "rank", rows))) if pair else min(rows, cols)
             b = break_even_rank(rows, cols) if rows and cols else 0
-            if why is None and (min(rows, cols) < 2 or b < 1):
-                why = f"a {rows} x {cols} weight gets no smaller at any rank"
+            if why is None and (rank < 2 or b < 1):
+                why = (
+                    f"already at rank {rank}"
+                    if pair
+                    else f"a {rows} x {cols} weight gets no smaller at any rank"
+                )
             if why:
                 self.notes.append(f"{n} skipped: {why}")
                 continue
-            self._layers[n] = _Layer(m, rows, cols, b)
+            self._layers[n] = _Layer(m, rows, cols, rank, b)
         if not self._layers:
             raise UserError("no layer to factorise (every Conv2d/Linear is ignored or skipped)")
         self.units = [Unit(n, lay.rank) for n, lay in self._layers.items()]
@@ -250,9 +315,10 @@ class LowRankPlan(Plan):
             raise UserError("low rank scores components by their singular values, not given scores")
         self._svd: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for u in self.units:
-            w = weight_of(self._layers[u.name].module)
-            check_finite(u.name, w)
-            self._svd[u.name] = svd_of(w)
+            module = self._layers[u.name].module
+            for _, p in module.named_parameters():
+                check_finite(u.name, p)
+            self._svd[u.name] = _svd(module)
             s = self._svd[u.name][1]
             norm = float(s.norm())
             u.scores = (s / norm if norm > 0 else torch.zeros_like(s)).float()
@@ -317,8 +383,8 @@ class LowRankPlan(Plan):
         for u in self.units:
             k = len(selection.get(u.name, ()))
             lay = self._layers[u.name]
-            kept = (u.size - k) * (lay.rows + lay.cols) if k else lay.rows * lay.cols
-            out[u.name] = kept / (lay.rows * lay.cols)
+            kept = (u.size - k) * (lay.rows + lay.cols) if k else lay.params
+            out[u.name] = kept / lay.params
         return out
 
     # -- masks and applying ----------------------------------------------------------------------
@@ -335,11 +401,7 @@ class LowRankPlan(Plan):
         return {}
 
     def _approximate(self, module: nn.Module, name: str, k: int) -> None:
-        u, s, vh = self._svd[name]
-        left, right = low_rank_factors(u, s, vh, s.numel() - k)
-        w = weight_of(module)
-        with torch.no_grad():
-            w.copy_((left @ right).reshape(w.shape).to(w.dtype))
+        _write_rank(module, *self._svd[name], self._layers[name].rank - k)
 
     def apply(self, model: nn.Module, selection: Mapping[str, Any], *, physical: bool) -> Applied:
         mods = dict(model.named_modules())
@@ -350,7 +412,7 @@ class LowRankPlan(Plan):
         for u in self.units:
             k = len(selection.get(u.name, ()))
             lay = self._layers[u.name]
-            dense = lay.rows * lay.cols
+            dense = lay.params
             before += dense
             per[u.name] = k / u.size
             if not k:
@@ -358,23 +420,19 @@ class LowRankPlan(Plan):
                 continue
             removed[u.name] = list(selection[u.name])
             module = mods.get(u.name)
-            if module is None or not is_weight_layer(module):
+            if module is None or not (
+                is_weight_layer(module) or isinstance(module, LOW_RANK_LAYERS)
+            ):
                 raise UserError(
                     f"layer '{u.name}' is not a Linear/Conv2d of the model to factorise"
                 )
             rank = u.size - k
             after += rank * (lay.rows + lay.cols)
-            if not physical:
-                if own:
-                    self._approximate(module, u.name, k)
-                else:
-                    w = weight_of(module)
-                    left, right = low_rank_factors(*svd_of(w), rank)
-                    with torch.no_grad():
-                        w.copy_((left @ right).reshape(w.shape).to(w.dtype))
-                continue
-            svd = self._svd[u.name] if own else svd_of(weight_of(module))
-            set_submodule(model, u.name, _pair(module, *low_rank_factors(*svd, rank)))
+            svd = self._svd[u.name] if own else _svd(module)
+            if physical:
+                set_submodule(model, u.name, _pair(module, *low_rank_factors(*svd, rank)))
+            else:
+                _write_rank(module, *svd, rank)
         return Applied(
             masks={}, layer_sparsity=per, sparsity=1.0 - after / max(before, 1), removed=removed
         )
