@@ -26,7 +26,10 @@ A layer is factorised only when that saves parameters and MACs, r * (in + out) <
 approximation in place (same shapes); physical mode replaces the layer with
 `layers.LowRankLinear` / `layers.LowRankConv2d` holding U sqrt(S) and sqrt(S) Vh, which computes
 the same function up to rounding. Checkpoint surgery records the pairs (`surgery`, key
-`lowrank`), so saved models reopen without code.
+`lowrank`), so saved models reopen without code. A pair is a unit too (its matrix is the
+product of its halves, its size its current rank): a factorised model factorises further, and
+iterative schedules step down in rank. Channel pruning of a factorised model narrows the pairs'
+bottlenecks like any other channels.
 """
 
 from __future__ import annotations
