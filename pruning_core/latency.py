@@ -3,12 +3,13 @@
 The timing itself (warm-up, repeats, percentiles, device synchronisation, CPU threads) and the
 one protocol every number follows (`PROTOCOL`: threads, batch sizes, warm-up, repeats) are
 `timing`'s; this module adds the backends: the dense original, the masked model, the physically
-shrunk one, the sparse-kernel conversions of `sparse` and the model as deployed in ONNX Runtime
-(`LATENCY_BACKENDS`; not to be confused with `sparse.SPARSE_BACKENDS`, the kernels one layer can
-be converted to), the per-batch timing of Model & data (`measure_batches`), the batch-size sweep
+shrunk one and the sparse-kernel conversions of `sparse` (`LATENCY_BACKENDS`, the eager ones,
+timed by default; not to be confused with `sparse.SPARSE_BACKENDS`, the kernels one layer can be
+converted to), the model as deployed in ONNX Runtime (`onnxruntime`, when named:
+`ALL_BACKENDS`), the per-batch timing of Model & data (`measure_batches`), the batch-size sweep
 of eager PyTorch against ONNX Runtime (`batch_sweep`) and `MeasurementCache`, which keeps a
-measurement only for its context (what was timed, with which protocol, where) and for a bounded
-time.
+measurement only for its context (what was timed, with which protocol, where) and for a
+bounded time.
 
 The `onnxruntime` backend follows the same protocol as the eager ones: the same warm-up,
 repeats, time budget and interleaved rounds, p10/p90, and the protocol's threads as ONNX
@@ -51,9 +52,11 @@ from pruning_core.timing import (
 )
 
 __all__ = [
+    "ALL_BACKENDS",
     "LATENCY_BACKENDS",
     "LATENCY_BACKEND_HELP",
     "NO_DIFFERENCE",
+    "ORT_BACKEND",
     "PROTOCOL",
     "SWEEP_BATCH_SIZES",
     "Difference",
@@ -214,7 +217,13 @@ class MeasurementCache:
 
 # ----------------------------------------------------------------------------- backends
 
-LATENCY_BACKENDS = ("dense", "masked", "structured", "csr", "semi24", "onnxruntime")
+LATENCY_BACKENDS = ("dense", "masked", "structured", "csr", "semi24")
+"""The eager PyTorch backends, timed when no backends are named."""
+ORT_BACKEND = "onnxruntime"
+# Named only when asked for: it exports the model first (about a second), and callers that time
+# "every backend" by default (the Trade-offs latency sweep) label rows by their own rules.
+ALL_BACKENDS = (*LATENCY_BACKENDS, ORT_BACKEND)
+"""Every backend `benchmark_backends` knows: the eager ones and ONNX Runtime."""
 
 LATENCY_BACKEND_HELP = {
     "dense": "the unpruned model (or, without one, the same tensors run by dense kernels)",
@@ -236,14 +245,12 @@ def check_backends(names: Iterable[str]) -> list[str]:
     """`names` as a list of latency backends (duplicates dropped, order kept).
 
     Raises:
-        UserError: A name not in `LATENCY_BACKENDS`.
+        UserError: A name not in `ALL_BACKENDS`.
     """
     names = list(names)
-    unknown = [b for b in names if b not in LATENCY_BACKENDS]
+    unknown = [b for b in names if b not in ALL_BACKENDS]
     if unknown:
-        raise UserError(
-            f"unknown backend '{unknown[0]}' (choose from {', '.join(LATENCY_BACKENDS)})"
-        )
+        raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(ALL_BACKENDS)})")
     return list(dict.fromkeys(names))
 
 
@@ -274,7 +281,7 @@ def benchmark_backends(
             not modified (sparse backends convert copies), but it, `dense` and `structured` are
             moved to the example's device and put in eval mode.
         example: One input batch on the target device (its first dimension is the batch size).
-        backends: Names from `LATENCY_BACKENDS`.
+        backends: Names from `ALL_BACKENDS` (default: the eager `LATENCY_BACKENDS`).
         dense: The unpruned original. Without it, `dense` times `pruned` itself and says so
             (the same dense kernels do the same work whatever the values).
         structured: The physically shrunk model, when there is one.
@@ -513,7 +520,7 @@ def batch_sweep(
         pruned: The model (as in `benchmark_backends`; an int8 `QuantizedModel` too).
         example: Returns an input batch of a given size on the target device.
         batch_sizes: Images per timed call, each >= 1 (default 1, 8, 32, 64).
-        backends: Names from `LATENCY_BACKENDS` (default eager dense and onnxruntime).
+        backends: Names from `ALL_BACKENDS` (default eager dense and onnxruntime).
         dense: The unpruned original (the eager reference).
         structured: The physically shrunk model, when there is one.
         protocol: Threads, warm-up, repeats, time budget, rounds.
