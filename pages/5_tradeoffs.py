@@ -1,6 +1,7 @@
 """Page 5: trade-offs. Accuracy vs sparsity per method (with and without fine-tune), latency vs
-sparsity per backend, size vs accuracy with the Pareto front, per-layer sensitivity, and runs
-from the store side by side. Long measurements run as background jobs with progress."""
+sparsity per backend, size vs accuracy with the Pareto front, per-layer sensitivity, ratio
+strategies at one budget, runs from the store side by side and the per-class accuracy change of
+any run. Long measurements run as background jobs with progress."""
 
 from __future__ import annotations
 
@@ -30,7 +31,12 @@ from ui.tradeoff_jobs import (
     sensitivity_job,
     sweep_job,
 )
-from ui.tradeoff_panels import compare_runs_panel, size_accuracy_panel
+from ui.tradeoff_panels import (
+    compare_runs_panel,
+    per_class_panel,
+    size_accuracy_panel,
+    strategies_panel,
+)
 from ui.widgets import data_table, explain, model_and_data_or_stop
 
 init_state()
@@ -47,9 +53,10 @@ spec, sel = loaded.spec, (model_ref, dataset_ref)
 n_val = int(data.val[1].numel())
 DEVICE = default_device()
 
-tab_acc, tab_lat, tab_size, tab_sens, tab_runs = st.tabs(
-    ["Accuracy vs sparsity", "Latency", "Size vs accuracy", "Sensitivity", "Compare runs"]
-)
+tab_acc, tab_lat, tab_size, tab_sens, tab_strat, tab_runs, tab_class = st.tabs(
+    ["Accuracy vs sparsity", "Latency", "Size vs accuracy", "Sensitivity",
+     "Ratio strategies at one budget", "Compare runs", "Per-class change"]
+)  # fmt: skip
 
 # --- 1. accuracy vs sparsity --------------------------------------------------------------------
 
@@ -203,10 +210,18 @@ with tab_sens:
         with st.expander("Table"):
             data_table(df)
 
-# --- 5. runs from the store ---------------------------------------------------------------------
+# --- 5. ratio strategies at one budget ----------------------------------------------------------
+
+with tab_strat:
+    strategies_panel(loaded, data, sel, DEVICE)
+
+# --- 6. runs from the store, and which classes pay ----------------------------------------------
 
 with tab_runs:
     compare_runs_panel()
+
+with tab_class:
+    per_class_panel(loaded, data, sel, DEVICE)
 
 pm = pruned()
 if pm is not None:

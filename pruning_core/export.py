@@ -663,6 +663,7 @@ def pruning_report(
     latency_note: str = "",
     model_card: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
+    per_class: pd.DataFrame | None = None,
 ) -> str:
     """The stakeholder report of one pruned model as self-contained HTML.
 
@@ -680,10 +681,17 @@ def pruning_report(
             threads, batch size, warm-up, repeats).
         model_card: The model card.
         notes: More sentences on what was measured.
+        per_class: A `per_class.per_class_change` frame of this model against dense; None:
+            the metrics' `per_class` rows when they have them (ratio-strategy runs), else no
+            per-class section.
     """
     from pruning_core import plots
 
     m = dict(metrics)
+    if per_class is None and isinstance(m.get("per_class"), list) and m["per_class"]:
+        from pruning_core.per_class import change_from_records
+
+        per_class = change_from_records(m["per_class"])
     figures: list[tuple[Any, str]] = []
     acc_df = sweep if sweep is not None and len(sweep) else _stage_frame(m)
     what = "sweep: one fresh pruned copy per point" if sweep is not None and len(sweep) else (
@@ -712,6 +720,16 @@ def pruning_report(
         cdf = pd.DataFrame(curve)
         if "loss" in cdf:
             figures.append((plots.training_curves_figure(cdf), "Fine-tuning curve."))
+    if per_class is not None and len(per_class):
+        worst = per_class.iloc[0]
+        figures.append((
+            plots.per_class_change_figure(per_class, subtitle=f"validation split of "
+                                          f"{m.get('dataset')}, pruned model against dense"),
+            f"Which classes pay for pruning (Hooker et al. 2019, \"What do compressed deep neural "
+            f"networks forget?\"): accuracy change per class in points, worst first. Class "
+            f"{worst['class']} changed most, {worst['change']:+.2f} points over {int(worst['n'])} "
+            "images; small classes move in steps of 100/n points.",
+        ))  # fmt: skip
     kpis = {
         "Sparsity": _pct(m.get("sparsity")),
         "Dense accuracy": _pct(m.get("dense_accuracy")),
@@ -735,7 +753,11 @@ def pruning_report(
                             "p90_ms", "vs_dense", "batch_size", "threads", "device", "reason")
                 if c in latency]  # fmt: skip
         tables.append(("Latency", latency[cols]))
-    flat = {k: v for k, v in m.items() if k not in ("curve", "layer_sparsity", "recipe")}
+    if per_class is not None and len(per_class):
+        tables.append(("Per-class accuracy change against dense (points)",
+                       per_class[["class", "n", "dense", "pruned", "change"]]))  # fmt: skip
+    flat = {k: v for k, v in m.items()
+            if k not in ("curve", "layer_sparsity", "recipe", "per_class")}  # fmt: skip
     if isinstance(m.get("recipe"), Mapping):
         flat["recipe"] = m["recipe"].get("settings", m["recipe"])
     return report_html(

@@ -81,3 +81,24 @@ def test_frames_of_different_splits_are_refused(cnn, digits) -> None:
         per_class_change(val, calib)
     with pytest.raises(UserError, match="malformed"):
         change_from_records([{"class": "0", "n": 3}])
+
+
+def test_the_report_has_a_per_class_section(cnn, digits) -> None:
+    from pruning_core.export import pruning_report
+    from pruning_core.per_class import change_records
+
+    dense = per_class_accuracy(cnn.model, digits, cnn.spec)
+    m = copy.deepcopy(cnn.model)
+    prune_(m, PruneConfig(method="magnitude", granularity="unstructured", ratio=0.9))
+    change = per_class_change(dense, per_class_accuracy(m, digits, cnn.spec))
+    metrics = {"model": "digits-cnn", "dataset": "digits", "method": "magnitude",
+               "granularity": "unstructured", "sparsity": 0.9}  # fmt: skip
+    worst = str(change["class"].iloc[0])
+    for page in (
+        pruning_report(metrics, per_class=change),
+        pruning_report({**metrics, "per_class": change_records(change)}),  # as a run keeps it
+    ):
+        assert "Per-class accuracy change against dense" in page
+        assert "Hooker et al. 2019" in page
+        assert f"Class {worst} changed most" in page
+    assert "Per-class" not in pruning_report(metrics)

@@ -5,7 +5,9 @@ Each builder takes a private trainable copy of the dense model when it is called
 one stays frozen) and returns a `Measurement`: the job function, its name and the settings the
 run store records. A job returns its table as `{"frame", "attrs", "points"}` and keeps it as a
 CSV artifact of its run (`frame_result`). `size_points` turns a sweep into the size-vs-accuracy
-points with their Pareto front.
+points with their Pareto front. `strategies_job` compares ratio strategies at one budget
+(`pruning_core.strategies`), `per_class_job` measures a stored run's per-class accuracy change
+against the dense model (`pruning_core.per_class`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,19 @@ from pruning_core.experiments import sensitivity, sweep
 from pruning_core.export import csv_bytes
 from pruning_core.jobs import JobContext
 from pruning_core.layers import trainable_copy
+from pruning_core.models import LoadedModel, load_model
+from pruning_core.per_class import (
+    change_from_records,
+    per_class_accuracy,
+    per_class_change,
+)
+from pruning_core.recipe import Recipe
 from pruning_core.spec import InputSpec
+from pruning_core.store import RunStore
+from pruning_core.strategies import STRATEGIES, compare_strategies
 from pruning_core.tradeoffs import latency_vs_sparsity, pareto_front
 from pruning_core.train import DEFAULT_FINETUNE
+from pruning_core.workflow import run_recipe
 
 __all__ = [
     "Measurement",
@@ -37,8 +49,11 @@ __all__ = [
     "frame_result",
     "latency_job",
     "parse_ratios",
+    "per_class_job",
+    "run_model_source",
     "sensitivity_job",
     "size_points",
+    "strategies_job",
     "sweep_job",
 ]
 
@@ -192,3 +207,113 @@ def size_points(sweep_df: pd.DataFrame, dense_params: int) -> tuple[pd.DataFrame
                  "best_accuracy": dense_acc}  # fmt: skip
     pts = pd.concat([pd.DataFrame([dense_row]), df], ignore_index=True)
     return pts, pareto_front(pts, "size_kib", "best_accuracy")
+
+
+def strategies_job(
+    dense: LoadedModel,
+    data: DataBundle,
+    budget: str,
+    granularity: str,
+    method: str,
+    epochs: int,
+    device: str,
+    refs: tuple[str, str],
+    strategies: Sequence[str] = STRATEGIES,
+) -> Measurement:
+    """Uniform, global, sensitivity-suggested and budget-searched ratios at one budget, each
+    pruned and fine-tuned for `epochs` epochs with the default fine-tune
+    (`strategies.compare_strategies`); each strategy's run lands in the run store.
+
+    Args:
+        dense: The dense model (copied now; the shared one stays frozen).
+        data: The dataset.
+        budget: The budget's text (`macs=0.5`).
+        granularity, method: How every strategy prunes.
+        epochs: Fine-tune epochs (0: none).
+        device: Where accuracy is measured and fine-tuning runs.
+        refs: The (model, dataset) references the runs are recorded under.
+        strategies: Which strategies, in order.
+    """
+    net = LoadedModel(
+        trainable_copy(dense.model), dense.spec, dense.arch, dense.source, dict(dense.meta)
+    )
+    strategies = list(strategies)
+
+    def run(ctx: JobContext) -> dict[str, Any]:
+        df = compare_strategies(
+            net, data, budget, granularity=granularity, method=method, epochs=epochs,
+            strategies=strategies, store=ctx.store, model_ref=refs[0], dataset_ref=refs[1],
+            device=device, progress=ctx.follow, cancel=ctx.cancel,
+        )  # fmt: skip
+        return frame_result(ctx, df, "strategies.csv")
+
+    config = {"measure": "strategies", "budget": budget, "granularity": granularity,
+              "method": method, "finetune_epochs": epochs, "strategies": strategies,
+              "device": device}  # fmt: skip
+    return Measurement(run, f"ratio strategies at {budget} ({granularity})", config, kind="sweep")
+
+
+def run_model_source(rec_metrics: dict[str, Any], artifacts: dict[str, str],
+                     config: dict[str, Any]) -> str | None:  # fmt: skip
+    """Where a stored run's per-class change comes from: `stored` (its metrics keep it),
+    `model` (its pruned model is saved with it), `recipe` (it can be run again from its
+    recipe), or None (no single model: a sweep, a sensitivity run)."""
+    if isinstance(rec_metrics.get("per_class"), list) and rec_metrics["per_class"]:
+        return "stored"
+    if "model" in artifacts:
+        return "model"
+    if isinstance(config.get("settings"), dict) or isinstance(rec_metrics.get("recipe"), dict):
+        return "recipe"
+    return None
+
+
+def per_class_job(
+    run_id: int, dense: LoadedModel, data: DataBundle, device: str, store: RunStore | None = None
+) -> Measurement:
+    """Per-class accuracy change against the dense model of stored run `run_id`
+    (`per_class.per_class_change`, validation split): from its metrics when it kept them, else
+    from its saved model, else by running its recipe again on a copy of the dense model.
+
+    Raises:
+        UserError: The run has no single model (a sweep or sensitivity run).
+    """
+    db = store or RunStore()
+    rec = db.get_run(run_id)
+    source = run_model_source(rec.metrics, rec.artifacts, rec.config)
+    if source is None:
+        raise UserError(
+            f"run #{run_id} ({rec.kind}) has no single pruned model: pick a fine-tune or "
+            "ratio-strategy run"
+        )
+    net = trainable_copy(dense.model)
+
+    def run(ctx: JobContext) -> dict[str, Any]:
+        if source == "stored":
+            df = change_from_records(rec.metrics["per_class"])
+            how = "measured when the run ended (after its fine-tune)"
+        else:
+            ctx.report(0.1, "measuring the dense model per class")
+            base = per_class_accuracy(net, data, dense.spec)
+            if source == "model":
+                ctx.report(0.4, "measuring the run's saved model")
+                pruned = load_model(rec.artifacts["model"]).model
+                how = "its saved model, measured now"
+            else:
+                doc = (
+                    rec.config
+                    if isinstance(rec.config.get("settings"), dict)
+                    else rec.metrics["recipe"]
+                )
+                recipe = Recipe.from_document(doc)
+                student = LoadedModel(net, dense.spec, dense.arch, dense.source, dict(dense.meta))
+                ctx.report(0.2, "running the run's recipe again (prune and fine-tune)")
+                pruned = run_recipe(recipe, model=student, data=data, progress=ctx.follow,
+                                    cancel=ctx.cancel).model  # fmt: skip
+                how = "its recipe run again now (same seed)"
+            df = per_class_change(base, per_class_accuracy(pruned, data, dense.spec))
+        df.attrs.update(run_id=run_id, how=how, run_name=rec.name)
+        return frame_result(ctx, df, "per_class.csv")
+
+    return Measurement(
+        run, f"per-class change of run #{run_id}", {"run_id": run_id, "device": device}
+    )
