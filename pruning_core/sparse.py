@@ -7,7 +7,8 @@ multiply by zero like by anything else. Speed comes only from kernels that skip 
   off at high unstructured sparsity (roughly above 80-90% for large layers).
 - `semi24`: NVIDIA 2:4 semi-structured sparsity (`torch.sparse.to_sparse_semi_structured`),
   CUDA with compute capability >= 8.0, fp16/bf16 weights that follow the 2:4 pattern and
-  shapes that the torch kernels accept.
+  shapes that the torch kernels accept; Linear layers, and 1x1 convolutions as a matmul over
+  channels (Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks").
 - `auto`: measures each layer on a representative input and keeps whichever of dense and the
   available sparse kernels is faster.
 
@@ -44,8 +45,10 @@ __all__ = [
     "CSRConv1x1",
     "CSRLinear",
     "LayerDecision",
+    "SemiStructuredConv1x1",
     "SemiStructuredLinear",
     "SparseReport",
+    "conv1x1_as_matmul",
     "semi24_unsupported_reason",
     "to_sparse_",
 ]
@@ -154,6 +157,61 @@ class SemiStructuredLinear(nn.Module):
         lead = x.shape[:-1]
         y = F.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
         return y.reshape(*lead, self.out_features)
+
+
+def conv1x1_as_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int] = (1, 1),
+) -> torch.Tensor:
+    """A 1x1 convolution (groups 1, no padding) as one matmul over channels.
+
+    Every pixel of every image is a row: `(N, C, H, W)` -> `(N*H'*W', C)`, multiplied by the
+    weight seen as a `(out, C)` matrix with `F.linear` (so a 2:4 semi-structured weight uses its
+    sparse kernel), then back to `(N, out, H', W')`; a stride samples the input first, which is
+    what a 1x1 kernel with that stride reads.
+
+    Args:
+        x: `(N, C, H, W)` input.
+        weight: `(out, C)` matrix (dense or `torch.sparse` semi-structured).
+        bias: `(out,)` or None.
+        stride: The convolution's stride.
+
+    Returns:
+        `(N, out, ceil(H / sh), ceil(W / sw))`, equal to `F.conv2d` with the same weight.
+    """
+    sh, sw = stride
+    if sh > 1 or sw > 1:
+        x = x[:, :, ::sh, ::sw]
+    n, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+    y = F.linear(rows, weight, bias)
+    return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+class SemiStructuredConv1x1(nn.Module):
+    """A 1x1 convolution (groups 1, no padding) with a 2:4 semi-structured weight, run as a
+    matmul over channels (`conv1x1_as_matmul`; CUDA, fp16/bf16). 1x1 convolutions are most of
+    a bottleneck ResNet's or a MobileNet's MACs, and a matmul is what the 2:4 kernels speed up."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        from torch.sparse import to_sparse_semi_structured
+
+        self.in_channels = conv.in_channels
+        self.out_channels = conv.out_channels
+        self.stride = (int(conv.stride[0]), int(conv.stride[1]))
+        w2 = conv.weight.detach().reshape(conv.out_channels, -1).contiguous()
+        self.weight = nn.Parameter(to_sparse_semi_structured(w2), requires_grad=False)
+        self.bias = (
+            nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+            if conv.bias is not None
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv1x1_as_matmul(x, self.weight, self.bias, self.stride)
 
 
 # ----------------------------------------------------------------------------- support checks
@@ -322,7 +380,7 @@ def to_sparse_(
             correctness, and timing in auto mode). Without it, random probes of `probe_batch`
             rows are used.
         layers: Only these layer names (default: every Linear, plus 1x1 convs with `conv1x1`).
-        conv1x1: Also convert 1x1 convolutions (CSR only).
+        conv1x1: Also convert 1x1 convolutions (CSR, or 2:4 as a matmul over channels).
         min_sparsity: Layers sparser than this are candidates; others stay dense (a CSR matrix
             at low sparsity is larger and slower than the dense one).
         repeats: Timed repeats per candidate in auto mode.
@@ -389,11 +447,12 @@ def _candidates(mod: nn.Module, backend: str, w: torch.Tensor) -> tuple[list[str
     ok, why = [], []
     for b in wanted:
         if b == "semi24":
-            r = (
-                semi24_unsupported_reason(w)
-                if isinstance(mod, nn.Linear)
-                else "semi24 converts Linear layers only"
-            )
+            if isinstance(mod, nn.Linear):
+                r = semi24_unsupported_reason(w)
+            elif _is_1x1(mod):
+                r = _csr_unsupported_reason(mod) or semi24_unsupported_reason(w)
+            else:
+                r = "semi24 converts Linear layers and 1x1 convolutions only"
         else:
             r = _csr_unsupported_reason(mod)
             if r is None and w.dtype in (torch.float16, torch.bfloat16) and w.device.type == "cpu":
@@ -407,8 +466,10 @@ def _candidates(mod: nn.Module, backend: str, w: torch.Tensor) -> tuple[list[str
 
 def _build(mod: nn.Module, b: str) -> nn.Module:
     if b == "semi24":
-        assert isinstance(mod, nn.Linear)
-        return SemiStructuredLinear(mod)
+        if isinstance(mod, nn.Linear):
+            return SemiStructuredLinear(mod)
+        assert isinstance(mod, nn.Conv2d)
+        return SemiStructuredConv1x1(mod)
     if isinstance(mod, nn.Linear):
         return CSRLinear(mod)
     assert isinstance(mod, nn.Conv2d)

@@ -121,3 +121,52 @@ def test_semi24_on_cuda() -> None:
     lin2 = nn.Linear(256, 128).cuda().half()
     r2 = sparse.to_sparse_(nn.Sequential(lin2), "semi24", min_sparsity=0.0)
     assert r2.converted == [] and "2:4" in r2.decisions[0].reason
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv1x1_as_matmul_equals_the_convolution(stride: int) -> None:
+    # The 2:4 path for 1x1 convolutions is this reshaping around F.linear; on CPU it runs with
+    # a dense weight, so its layout is checked here even where no 2:4 kernel exists.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(12, 20, 1, stride=stride).eval()
+    x = torch.randn(3, 12, 9, 7)
+    w2 = conv.weight.detach().reshape(20, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sparse.conv1x1_as_matmul(x, w2, conv.bias, conv.stride), conv(x), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_semi24_1x1_conv_falls_back_with_reason_on_cpu() -> None:
+    m = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 8, 3)).eval()
+    with torch.no_grad():
+        m[0].weight.view(16, 2, 4)[:, :, :2] = 0  # 2:4 along the input channels
+        m[2].weight.zero_()
+    report = sparse.to_sparse_(m, "semi24", conv1x1=True, layers=["0", "2"])
+    reasons = {d.layer: d.reason for d in report.decisions}
+    assert report.converted == [] or torch.cuda.is_available()
+    assert "1x1" in reasons["2"]  # a 3x3 convolution has no 2:4 path
+    if not torch.cuda.is_available():
+        assert "CUDA" in reasons["0"]
+
+
+@pytest.mark.gpu
+def test_semi24_1x1_conv_on_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("2:4 kernels need compute capability >= 8.0")
+    torch.manual_seed(0)
+    for dtype in (torch.float16, torch.bfloat16):
+        conv = nn.Conv2d(256, 128, 1).cuda().to(dtype).eval()
+        with torch.no_grad():
+            conv.weight.view(128, 64, 4)[:, :, :2] = 0
+        m = nn.Sequential(conv)
+        x = torch.randn(8, 256, 14, 14, device="cuda", dtype=dtype)
+        with torch.no_grad():
+            ref = m(x)
+        report = sparse.to_sparse_(m, "semi24", conv1x1=True, example=x)
+        assert report.converted == ["0"], report.to_dict()
+        assert isinstance(m[0], sparse.SemiStructuredConv1x1)
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), ref, rtol=3e-2, atol=3e-2)
