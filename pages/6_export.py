@@ -1,6 +1,7 @@
 """Page 6: export and report. The session's pruned model (or the dense one before anything is
-pruned) as a reloadable checkpoint, an ONNX file checked with onnxruntime, the recipe that
-repeats it from the command line, CSV tables, and a self-contained HTML report."""
+pruned) as a reloadable checkpoint, an ONNX file checked with onnxruntime, an int8 version
+measured against float (`ui.quantize_panel`), the recipe that repeats it from the command line,
+CSV tables, and a self-contained HTML report."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ui.export_docs import (
 )
 from ui.jobs_panel import measurement_result
 from ui.loaders import shared_data, shared_model
+from ui.quantize_panel import quantize_panel
 from ui.session import PrunedModel, pruned
 from ui.state import init_state, selection, session_cached
 from ui.widgets import baseline_or_stop
@@ -28,8 +30,9 @@ init_state()
 st.title("Export & report")
 st.caption(
     "Take the result with you: a checkpoint that reloads without running any code from the file, "
-    "an ONNX model verified against PyTorch, the recipe that repeats the run from the command "
-    "line, the numbers as CSV, and a report with the plots that opens offline."
+    "an ONNX model verified against PyTorch, an int8 model measured against float, the recipe "
+    "that repeats the run from the command line, the numbers as CSV, and a report with the plots "
+    "that opens offline."
 )
 model_ref, dataset_ref = selection()
 base = baseline_or_stop(model_ref, dataset_ref)
@@ -129,6 +132,15 @@ if isinstance(onnx_state, tuple) and onnx_state[0] == version:
         f"{check['input']} in {check['seconds']:.1f} s. Masked zeros stay stored as zeros: ONNX "
         "runtimes run them as dense weights."
     )
+
+# --- int8 ---------------------------------------------------------------------------------------
+
+quantize_panel(
+    loaded.model, spec, data, selection=sel, version=version,
+    what=f"your {pm.stage} model" if pm is not None else "the dense model", stem=stem,
+    cli_model=stem if pm is not None else model_ref,
+    extra_meta={"dataset": dataset_ref, "stage": pm.stage if pm is not None else "dense"},
+)  # fmt: skip
 
 # --- recipe -------------------------------------------------------------------------------------
 

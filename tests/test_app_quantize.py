@@ -1,0 +1,120 @@
+"""AppTest of the Export page's "Quantize to int8" section: the control, a background run on
+digits-cnn, the float vs int8 figure (accuracy with its tolerance band, size, latency in ONNX
+Runtime at batch 1 and 32), the verdict, and the quantized directory as a zip that reopens."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from streamlit.testing.v1 import AppTest
+
+from pruning_core.quantize import INT8_ACCURACY_TOLERANCE, load_quantized
+from ui.quantize_panel import int8_verdict
+from ui.texts_runtime import QUANT_EXPLAINED
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = str(ROOT / "pages" / "6_export.py")
+
+
+def _plain(o: Any) -> Any:
+    """Plotly 6 sends numeric arrays as base64 ({"dtype", "bdata"}); decode them to lists."""
+    if isinstance(o, dict):
+        if "bdata" in o and "dtype" in o:
+            return np.frombuffer(base64.b64decode(o["bdata"]), dtype=o["dtype"]).tolist()
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_plain(v) for v in o]
+    return o
+
+
+def _chart(at: AppTest, key: str) -> dict[str, Any] | None:
+    for c in at.get("plotly_chart"):
+        if c.proto.id and key in c.proto.id:
+            return dict(_plain(json.loads(c.proto.spec)))
+    return None
+
+
+def _wait(at: AppTest, timeout: float = 120.0) -> None:
+    from pruning_core.jobs import get_runner
+
+    job_id = at.session_state["tradeoff_quantize_job"]
+    if job_id:
+        job = get_runner().get(job_id)
+        assert job is not None and job.wait(timeout), "the quantize job did not finish"
+        assert job.status == "done", job.error
+    at.run()
+
+
+def test_quantize_dense_digits_cnn_in_the_background(tmp_path: Path) -> None:
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["model_ref"] = "digits-cnn"
+    at.session_state["dataset_ref"] = "digits"
+    at.run()
+    assert not at.exception, at.exception
+    mode = at.radio(key="export_quant_mode")
+    assert mode.options == ["static (calibrated on the calibration split)",
+                            "dynamic (no calibration)"]  # fmt: skip
+    assert any(m.value == QUANT_EXPLAINED for m in at.markdown)
+    assert _chart(at, "export_quant_chart") is None
+    assert at.button(key="export_quantize").label == "Quantize the dense model to int8"
+
+    at.button(key="export_quantize").click().run()
+    assert not at.exception, at.exception
+    _wait(at)
+    assert not at.exception, at.exception
+    spec = _chart(at, "export_quant_chart")
+    assert spec is not None
+    acc = [t for t in spec["data"] if t["type"] == "scatter"]
+    assert [t["x"] for t in acc] == [["float"], ["int8"]]
+    assert all(0.9 < t["y"][0] <= 1.0 for t in acc)  # digits-cnn is ~98% in both
+    band = spec["layout"]["shapes"][0]  # float ± the tolerance, clipped at 100%
+    f = acc[0]["y"][0]
+    assert abs(band["y0"] - (f - INT8_ACCURACY_TOLERANCE)) < 1e-9
+    assert abs(band["y1"] - min(1.0, f + INT8_ACCURACY_TOLERANCE)) < 1e-9
+    bars = [t for t in spec["data"] if t["type"] == "bar"]
+    size = [t for t in bars if t["x"] in (["float"], ["int8"])]
+    kib = {t["x"][0]: t["y"][0] for t in size}
+    assert kib["int8"] < kib["float"] / 2  # int8 weights: about a quarter of float
+    lat = {t["name"]: t for t in bars if "name" in t and "ONNX Runtime" in t["name"]}
+    assert sorted(lat) == ["float, ONNX Runtime", "int8, ONNX Runtime"]
+    for t in lat.values():
+        assert t["x"] == ["batch 1", "batch 32"]
+        assert all(y > 0 for y in t["y"]) and t["error_y"]["array"]
+    words = [a["text"] for a in spec["layout"]["annotations"]]
+    assert sum(("faster" in w or "slower" in w or "no measurable difference" in w)
+               for w in words) == 2  # fmt: skip
+    verdict = [s.value for s in at.success]
+    assert any(v.startswith("Within the stated int8 tolerance") for v in verdict), verdict
+    assert any(d.label.startswith("Download the int8 model") for d in at.get("download_button"))
+
+    # The download is the quantized directory; unzipped, it reopens with the same accuracy.
+    res = at.session_state["tradeoff_quantize_result"]
+    a = res["attrs"]
+    with zipfile.ZipFile(io.BytesIO(a["zip"])) as zf:
+        names = sorted(zf.namelist())
+        assert names == ["digits-cnn-dense-int8/model.onnx", "digits-cnn-dense-int8/quantized.json"]
+        zf.extractall(tmp_path)
+    qm = load_quantized(tmp_path / "digits-cnn-dense-int8")
+    assert qm.mode == "static"
+    assert qm.meta["measured"]["int8_accuracy"] == a["int8_accuracy"]
+    s = qm.spec
+    assert qm(torch.zeros(2, s.channels, s.size, s.size)).shape == (2, 10)
+
+
+def test_verdict_names_what_is_outside_the_tolerance() -> None:
+    a = {"float_accuracy": 0.97, "int8_accuracy": 0.93, "top1_agreement": 0.96,
+         "max_abs_diff": 0.5, "logit_scale": 10.0, "within_tolerance": False,
+         "n_compared": 512}  # fmt: skip
+    ok, words = int8_verdict(a)
+    assert not ok
+    assert words.startswith("Outside the stated int8 tolerance")
+    assert "-4.00 points" in words and "same top-1" not in words  # only the failed check
+    ok, words = int8_verdict({**a, "int8_accuracy": 0.965, "within_tolerance": True})
+    assert ok and "-0.50 points" in words and "96.0%" in words
