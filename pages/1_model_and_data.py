@@ -1,4 +1,5 @@
-"""Page 1: pick a model and a dataset; see the baseline accuracy, size, cost and latency."""
+"""Page 1: pick a model and a dataset; see the baseline accuracy, size, cost and latency, and
+the dense model's latency in eager PyTorch against ONNX Runtime over batch sizes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import streamlit as st
 from pruning_core.plots import confusion_figure, per_class_figure
 from ui.latency_panel import dense_latency_panel
 from ui.lesson import lesson_panel
+from ui.runtime_panel import runtime_sweep_panel
 from ui.state import init_state
 from ui.uploads import upload_panel
 from ui.widgets import baseline_or_stop, model_and_data_picker
@@ -36,5 +38,6 @@ with left:
     dense_latency_panel(model_ref)
 with right:
     st.plotly_chart(per_class_figure(base["per_class"], base["class_names"]), key="per_class_chart")
+runtime_sweep_panel(model_ref)
 with st.expander("Confusion matrix"):
     st.plotly_chart(confusion_figure(base["confusion"], base["class_names"]), key="confusion_chart")
