@@ -174,3 +174,28 @@ def test_cancelled_before_start_says_so() -> None:
 def test_config_refuses_bad_settings(kwargs: dict[str, object]) -> None:
     with pytest.raises(UserError):
         CompanionConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_figure_panels_fronts_and_hover(cnn: pd.DataFrame) -> None:
+    from pruning_core.plots_companions import companions_figure
+
+    fig = companions_figure(cnn, subtitle=cnn.attrs["protocol"])
+    layout = fig.to_dict()["layout"]
+    assert layout["xaxis"]["title"]["text"].endswith("(KiB)")
+    assert "(ms)" in layout["xaxis2"]["title"]["text"]
+    assert "1 thread" in layout["title"]["text"] and "batch 8" in layout["title"]["text"]
+    traces = {t.name: t for t in fig.data if t.xaxis == "x"}
+    ok = cnn[cnn["status"] == "ok"]
+    for label in ok["label"].unique():
+        assert label in traces, label
+    ch = traces["channel (shrunk)"]
+    assert list(ch.marker.symbol) == ["circle", "diamond"]  # eager, ONNX Runtime
+    assert "channel (shrunk)" in ch.text[0] and "KiB" in ch.text[0]
+    for name, flag, x in (("Pareto front (size)", "pareto_size", "size_bytes"),
+                          ("Pareto front (latency)", "pareto_latency", "median_ms")):  # fmt: skip
+        front = [t for t in fig.data if t.name == name]
+        assert len(front) == 1 and front[0].line.shape == "hv"
+        on = ok[ok[flag]].sort_values(x)
+        assert list(front[0].y) == list(on["accuracy"])
+    # Not measured rows are not drawn: int8 has only its ONNX Runtime point.
+    assert list(traces["int8"].marker.symbol) == ["diamond"]
