@@ -15,6 +15,12 @@ learns the decision with reinforcement learning. Here:
   are computed; the others output 0 (after the BatchNorm, as FBS's gate multiplies the
   channel's output). This is FBS's saliency predictor with its learned matrix replaced by the
   layer's own |W|: it costs `Cin x H x W + Cout x Cin / groups` MACs per image, counted.
+- `learned` (FBS's own gate, trained with the fine-tune loop: `train_gates`): per gated conv a
+  small predictor `g(x) = relu(gain * (W_g . m) + b)` from the pooled input `m` (Cin) to Cout
+  saliencies, initialised from `magnitude` (W_g = the filters' |W| summed over the kernel, gain
+  = the BatchNorm scale, b = 0: before training it selects exactly what `magnitude` selects),
+  then trained on the task loss plus FBS's L1 on the saliencies. It costs
+  `Cin x H x W + Cin x Cout` MACs per image (FBS's dense predictor), counted.
 - `output` (for comparison and teaching): the gate reads the layer's own output (after its
   BatchNorm) and keeps the top k by mean |a|. The selection sees the real activations, but the
   layer must be computed in full before it is known, so the zeroed channels save MACs only in
@@ -45,6 +51,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -68,15 +75,19 @@ from pruning_core.layers import (
 )
 from pruning_core.spec import InputSpec
 from pruning_core.stats import count_macs
+from pruning_core.train import Progress, TrainConfig, TrainResult, fit
 from pruning_core.validate import number
 
 __all__ = [
+    "FBS_L1",
     "GATES",
+    "GATE_LR",
     "DynamicConfig",
     "DynamicModel",
     "DynamicReport",
     "Gate",
     "ImageUsage",
+    "LearnedGate",
     "MagnitudeGate",
     "OutputGate",
     "StaticBaseline",
@@ -86,7 +97,9 @@ __all__ = [
     "image_usage",
     "measure_dynamic",
     "register_gate",
+    "saliency_l1",
     "static_channel_baseline",
+    "train_gates",
 ]
 
 # ----------------------------------------------------------------------------- gates registry
@@ -110,12 +123,26 @@ class Gate:
     reference: ClassVar[str] = ""
     predicts: ClassVar[bool] = True
 
-    def scores(self, conv: nn.Conv2d, scale: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    def setup(
+        self, convs: Mapping[str, nn.Conv2d], scale: Mapping[str, torch.Tensor | None]
+    ) -> None:
+        """Prepare per-layer state for the gated layers `convs` (name -> conv), with the
+        dense model's BatchNorm `scale` of each; called once by `DynamicModel`. The data-free
+        gates keep none."""
+
+    def scores(
+        self, conv: nn.Conv2d, scale: torch.Tensor | None, x: torch.Tensor, layer: str = ""
+    ) -> torch.Tensor:
         """Channel scores `(B, Cout)`: from the conv's input `x` `(B, Cin, H, W)` when
         `predicts`, else from the gated output `(B, Cout, H, W)`. `scale` `(Cout,)` is the
         following BatchNorm's |gamma| / sqrt(var + eps) in the dense model (None without
-        one)."""
+        one); `layer` the gated layer's name."""
         raise NotImplementedError
+
+    def multiplier(self, scores: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """What the gated output `(B, Cout, H, W)` is multiplied by, per image and channel
+        `(B, Cout)`: the top-k `mask` (1 kept, 0 skipped) for the data-free gates."""
+        return mask.float()
 
     def overhead(self, conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> int:
         """MACs the gate itself costs per image (pooling and prediction)."""
@@ -162,7 +189,9 @@ class MagnitudeGate(Gate):
     reference = "Gao et al. 2019 (FBS), Lin et al. 2017 (RNP)"
     predicts = True
 
-    def scores(self, conv: nn.Conv2d, scale: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, conv: nn.Conv2d, scale: torch.Tensor | None, x: torch.Tensor, layer: str = ""
+    ) -> torch.Tensor:
         m = x.detach().abs().mean((2, 3))  # (B, Cin)
         w = conv.weight.detach().abs().sum((2, 3))  # (Cout, Cin / groups)
         g = conv.groups
@@ -192,11 +221,98 @@ class OutputGate(Gate):
     reference = "Gao et al. 2019 (FBS), Lin et al. 2017 (RNP)"
     predicts = False
 
-    def scores(self, conv: nn.Conv2d, scale: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, conv: nn.Conv2d, scale: torch.Tensor | None, x: torch.Tensor, layer: str = ""
+    ) -> torch.Tensor:
         return x.detach().abs().mean((2, 3))
 
     def overhead(self, conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> int:
         return int(out[0].numel())
+
+
+class _Predictor(nn.Module):
+    """FBS's saliency predictor of one gated conv: `relu(gain * (W . m) + b)`, `(B, Cout)`."""
+
+    def __init__(self, weight: torch.Tensor, gain: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)  # (Cout, Cin)
+        self.gain = nn.Parameter(gain)  # (Cout,)
+        self.bias = nn.Parameter(torch.zeros_like(gain))  # (Cout,)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        b, cin = m.shape
+        cout = self.weight.shape[0]
+        # The same contraction as MagnitudeGate's (one group): equal scores to the last bit
+        # before training, so the selection is equal too, ties included.
+        s = torch.einsum("bgi,goi->bgo", m.view(b, 1, cin), self.weight.view(1, cout, cin))
+        return torch.relu(s.reshape(b, cout) * self.gain + self.bias)
+
+
+@register_gate
+class LearnedGate(Gate, nn.Module):
+    """FBS's learned saliency predictor (Gao et al. 2019), one per gated conv, trained by
+    `train_gates` with the fine-tune loop.
+
+    Per gated conv, `g(x) = relu(gain * (W_g . m) + b)` with `m = mean_hw |x|` `(B, Cin)`,
+    `W_g` `(Cout, Cin)`, `gain` and `b` `(Cout,)`: FBS's `relu(W m + b)` with its matrix written
+    as `diag(gain) W_g`, the same functions. It starts as the `magnitude` gate (`W_g` = the
+    filters' |W| summed over the kernel, block-diagonal for grouped convs; `gain` = the
+    following BatchNorm's scale; `b` = 0), so an untrained learned gate selects what
+    `magnitude` selects. The top k channels by `g(x)` are computed per image.
+
+    Kept channels are kept as they are, not boosted: FBS multiplies each kept channel by its
+    saliency and trains the network with it; here the network is usually frozen (only the
+    gates train, `train_gates(train_network=False)`), and its layers and BatchNorms never saw
+    outputs rescaled by saliencies of arbitrary size (the magnitude start gives values of
+    order 1 to 100), so boosting would change the model before any training. Instead the
+    multiplier is the top-k mask in value and `g(x)` in gradient (straight-through; Bengio et
+    al. 2013): `mask + g - g.detach()`. The predictor then gets FBS's gradient at a multiplier
+    of 1, `sum_hw dL/dy_j * y_j`, for every channel: for a kept channel the first-order loss
+    change of scaling it (Molchanov et al. 2017's Taylor importance), for a skipped one that of
+    adding it back; a step raises the saliency of channels whose presence lowers the loss.
+    """
+
+    name = "learned"
+    label = "Learned (FBS predictor, trained)"
+    summary = "a small predictor from the pooled input, trained with the fine-tune loop: top-k"
+    reference = "Gao et al. 2019 (FBS)"
+    predicts = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.predictors = nn.ModuleList()
+        self.index: dict[str, int] = {}
+
+    def setup(
+        self, convs: Mapping[str, nn.Conv2d], scale: Mapping[str, torch.Tensor | None]
+    ) -> None:
+        for name, conv in convs.items():
+            w = conv.weight.detach().abs().sum((2, 3))  # (Cout, Cin / groups)
+            g, cout, cin = conv.groups, conv.out_channels, conv.in_channels
+            full = torch.zeros(cout, cin, dtype=w.dtype)
+            for i in range(g):  # block-diagonal: group i's outputs read group i's inputs
+                rows, cols = (
+                    slice(i * cout // g, (i + 1) * cout // g),
+                    slice(i * cin // g, (i + 1) * cin // g),
+                )
+                full[rows, cols] = w[rows]
+            s = scale.get(name)
+            gain = s.clone().to(w.dtype) if s is not None else torch.ones(cout, dtype=w.dtype)
+            self.index[name] = len(self.predictors)
+            self.predictors.append(_Predictor(full, gain))
+
+    def scores(
+        self, conv: nn.Conv2d, scale: torch.Tensor | None, x: torch.Tensor, layer: str = ""
+    ) -> torch.Tensor:
+        return self.predictors[self.index[layer]](x.abs().mean((2, 3)))
+
+    def multiplier(self, scores: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        assert scores is not None
+        s = scores.float()
+        return mask.float() + (s - s.detach())
+
+    def overhead(self, conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> int:
+        return int(x[0].numel() + conv.in_channels * conv.out_channels)
 
 
 # ----------------------------------------------------------------------------- config
@@ -291,6 +407,8 @@ class _Record:
     macs: dict[str, torch.Tensor] = field(default_factory=dict)  # conv -> (B,) effective MACs
     overhead: torch.Tensor | None = None  # (B,) gate MACs
     called: set[str] = field(default_factory=set)
+    # layer -> (B, C) scores of a predicting gate (a learned gate's carry gradients)
+    saliency: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class DynamicModel(nn.Module):
@@ -314,7 +432,10 @@ class DynamicModel(nn.Module):
         super().__init__()
         self.config = config
         self.spec = spec
-        self.gate = get_gate(config.gate)
+        self.gate: Gate = get_gate(config.gate)  # a learned gate registers as a submodule
+        # Whether `train()` puts the network in training mode too (`train_gates`); frozen, it
+        # stays in eval mode (running BatchNorm statistics) while the gates train.
+        self.train_network = False
         self.net = copy.deepcopy(model).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -333,6 +454,7 @@ class DynamicModel(nn.Module):
         self.scale: dict[str, torch.Tensor | None] = {
             n: (_bn_scale(mods[bn_of[n]]) if n in bn_of else None) for n in names
         }
+        self.gate.setup({n: self.convs[n] for n in names}, self.scale)
         self.dense_total = count_macs(self.net, spec)
         self.conv_dense = self._conv_dense_macs()
         self.other_macs = self.dense_total - sum(self.conv_dense.values())
@@ -484,7 +606,9 @@ class DynamicModel(nn.Module):
             x = inp[0]
             if name in self.k and self.gate.predicts:
                 assert isinstance(conv, nn.Conv2d)
-                rec.masks[name] = self._top_k(self.gate.scores(conv, self.scale[name], x), name)
+                scores = self.gate.scores(conv, self.scale[name], x, name)
+                rec.saliency[name] = scores
+                rec.masks[name] = self._top_k(scores, name)
             self._inp_active[name] = self._active_inputs(name, x)
 
         return fn
@@ -499,7 +623,7 @@ class DynamicModel(nn.Module):
 
     def _top_k(self, scores: torch.Tensor, name: str) -> torch.Tensor:
         k = self.k[name]
-        idx = scores.topk(k, dim=1).indices
+        idx = scores.detach().topk(k, dim=1).indices
         mask = torch.zeros_like(scores, dtype=torch.bool)
         return mask.scatter_(1, idx, True)
 
@@ -534,9 +658,18 @@ class DynamicModel(nn.Module):
                     self.gate.scores(conv, self.scale[name], out), name
                 )
             mask = self.last.masks[name]
-            return out * mask.to(out.dtype).view(*mask.shape, 1, 1)
+            factor = self.gate.multiplier(self.last.saliency.get(name), mask).to(out.dtype)
+            return out * factor.view(*mask.shape, 1, 1)
 
         return fn
+
+    def train(self, mode: bool = True) -> DynamicModel:
+        """Training mode for the gates; the network follows only when `train_network` is set
+        (a frozen network keeps its BatchNorms on their running statistics)."""
+        super().train(mode)
+        if not self.train_network:
+            self.net.eval()
+        return self
 
     # -- forward ----------------------------------------------------------------------------
 
@@ -848,3 +981,132 @@ def equal_macs_config(
         cfg = config_of(ks)
         m = _macs_of(dyn, cfg, x)
     return cfg, m
+
+
+# ----------------------------------------------------------------------------- training gates
+
+# FBS's weight of the L1 on the saliencies (Gao et al. 2019 train with lambda = 1e-8 on
+# `sum_l ||g_l(x)||_1`). With the saliencies of the magnitude start (order 1 to 100, a few
+# hundred channels) the term is about 1e-5 of the task loss: it keeps FBS's objective without
+# steering the selection; raise it for sparser saliencies.
+FBS_L1 = 1e-8
+# Adam's peak rate: the app's fine-tune rate (`train.DEFAULT_FINETUNE`), so gates trained alone,
+# gates trained with the network and a static fine-tune compare at one rate
+# (benchmarks/dynamic_section.py). The predictors' entries start at the filters' |W| sums
+# (order 0.1 to 1): a step moves them by about 0.2-2%.
+GATE_LR = 2e-3
+
+
+def saliency_l1(dyn: DynamicModel) -> torch.Tensor:
+    """FBS's sparsity term of the last forward pass: `sum over gated layers of the batch mean
+    of ||g_l(x)||_1`, a scalar with gradient to a learned gate's predictors (0 when the gate
+    has no parameters).
+
+    Raises:
+        UserError: No forward pass yet.
+    """
+    if not dyn.last.called:
+        raise UserError("saliency_l1 needs a forward pass of the gated model first")
+    terms = [s.float().abs().sum(1).mean() for s in dyn.last.saliency.values() if s.requires_grad]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+def _first_train(data: Any, limit: int | None) -> Any:
+    """The dataset with only the first `limit` training images (None: as it is)."""
+    if limit is None:
+        return data
+    number(limit, "train_limit", integer=True, lo=1)
+    x, y = data.train
+    idx = data.calib_index
+    return dataclasses.replace(
+        data, train=(x[:limit], y[:limit]), calib_index=idx[idx < limit], _cache={}
+    )
+
+
+def train_gates(
+    dyn: DynamicModel,
+    data: Any,
+    *,
+    epochs: int = 1,
+    lr: float = GATE_LR,
+    l1: float = FBS_L1,
+    train_network: bool = False,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+    train_limit: int | None = None,
+    val_limit: int | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
+    """Train a learned gate's predictors in place with the fine-tune loop (`train.fit`).
+
+    The loss is the task's cross-entropy plus `l1 x saliency_l1` (FBS's lasso on the
+    saliencies); top-k is applied in the forward pass and the gradient reaches the predictors
+    straight-through (`LearnedGate`). Adam with a cosine schedule; the weights of the last
+    epoch are kept (no best-epoch pick: the validation split stays for measuring). The model
+    the DynamicModel was built from is never touched (it holds a copy).
+
+    Args:
+        dyn: A DynamicModel built with `gate="learned"`; its keep shares are those trained for.
+        data: The dataset (a DataBundle); images adapted to `dyn.spec`.
+        epochs: Passes over the training split.
+        lr: Peak learning rate.
+        l1: Weight of the L1 on the saliencies (FBS's lambda).
+        train_network: Train the network's weights too (FBS trains both); by default only the
+            gates train and the network (BatchNorm statistics included) stays as it is.
+        batch_size: Images per step.
+        seed: Seeds shuffling; a run repeats exactly on CPU.
+        device: `auto`, `cpu` or `cuda`.
+        train_limit: Train on the first `train_limit` training images only (quick runs, tests).
+        val_limit: Validation images measured at each epoch's end (None: all).
+        progress: As `fit`'s: after each step, and with the validation accuracy per epoch.
+        cancel: When set, training stops within one batch (what was learned is kept).
+
+    Returns:
+        `fit`'s TrainResult.
+
+    Raises:
+        UserError: A gate that is not `learned`; bad settings; training that diverged.
+    """
+    if not isinstance(dyn.gate, LearnedGate):
+        raise UserError(
+            f"only a learned gate trains: this model's gate is '{dyn.config.gate}' "
+            "(build it with gate='learned')"
+        )
+    weight = float(number(l1, "L1 weight", lo=0))
+    config = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        optimizer="adam",
+        schedule="cosine",
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        val_limit=val_limit,
+        keep_best=False,
+    )
+
+    def extra(_model: nn.Module) -> torch.Tensor:
+        return weight * saliency_l1(dyn)
+
+    dyn.train_network = train_network
+    for p in dyn.net.parameters():
+        p.requires_grad_(train_network)
+    try:
+        return fit(
+            dyn,
+            _first_train(data, train_limit),
+            dyn.spec,
+            config,
+            extra_loss=extra if weight > 0 else None,
+            progress=progress,
+            cancel=cancel,
+        )
+    finally:
+        dyn.train_network = False
+        for p in dyn.net.parameters():
+            p.requires_grad_(False)
+        dyn.eval()

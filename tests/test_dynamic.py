@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 
 import pytest
 import torch
@@ -18,13 +19,16 @@ from pruning_core.dynamic import (
     gateable_layers,
     image_usage,
     measure_dynamic,
+    saliency_l1,
     static_channel_baseline,
+    train_gates,
 )
 from pruning_core.errors import UserError
 from pruning_core.models import load_model
 from pruning_core.models.architectures import CifarResNet
 from pruning_core.spec import InputSpec
 from pruning_core.stats import count_macs
+from pruning_core.train import TrainResult
 
 SPEC = InputSpec(3, 16, (0.5,) * 3, (0.25,) * 3, 10)
 
@@ -189,3 +193,106 @@ def test_recalibration_changes_only_the_copy(resnet: nn.Module) -> None:
     assert dyn.recalibrate(data, batches=1)
     assert not torch.equal(stats(dyn.net), before)
     assert torch.equal(stats(resnet), before)
+
+
+# ----------------------------------------------------------------------------- learned gate (FBS)
+
+
+def test_an_untrained_learned_gate_selects_what_the_magnitude_gate_selects(
+    resnet: nn.Module,
+) -> None:
+    x = _x()
+    mag = DynamicModel(resnet, DynamicConfig(keep=0.4), SPEC)
+    learned = DynamicModel(resnet, DynamicConfig(keep=0.4, gate="learned"), SPEC)
+    y_mag, y_learned = mag(x), learned(x)
+    assert set(learned.last.masks) == set(mag.last.masks) == set(mag.k)
+    for name, mask in mag.last.masks.items():
+        assert torch.equal(learned.last.masks[name], mask), name
+    # Kept channels are kept as they are (not boosted): the same outputs exactly.
+    assert torch.equal(y_learned, y_mag)
+    # Its predictors are the only trainable parameters, and they carry a gradient.
+    trainable = [n for n, p in learned.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("gate.predictors.") for n in trainable)
+    assert saliency_l1(learned).requires_grad
+
+
+def test_the_learned_gate_counts_its_predictor_in_the_effective_macs(resnet: nn.Module) -> None:
+    dyn = DynamicModel(resnet, DynamicConfig(keep=0.5, gate="learned"), SPEC)
+    inputs: dict[str, tuple[int, ...]] = {}
+    for name in dyn.k:
+        dyn.convs[name].register_forward_pre_hook(
+            lambda _m, i, name=name: inputs.__setitem__(name, tuple(i[0].shape[1:]))
+        )
+    dyn(_x(2))
+    convs = sum(dyn.last.macs.values())
+    assert isinstance(convs, torch.Tensor)
+    gates = dyn.effective_macs() - convs - dyn.other_macs
+    # Pooling (Cin x H x W) plus the dense predictor (Cin x Cout) of every gated layer.
+    expected = sum(
+        math.prod(inputs[n]) + dyn.convs[n].in_channels * dyn.convs[n].out_channels for n in dyn.k
+    )
+    assert (gates == expected).all()
+    assert expected > 0
+
+
+def _gates(dyn: DynamicModel) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in dyn.state_dict().items() if k.startswith("gate.")}
+
+
+def _trained(steps: int, seed: int = 0) -> tuple[DynamicModel, TrainResult]:
+    loaded, data = load_model("digits-cnn"), load_dataset("digits")
+    dyn = DynamicModel(loaded.model, DynamicConfig(keep=0.5, gate="learned"), loaded.spec)
+    reports: list[float] = []
+    result = train_gates(
+        dyn,
+        data,
+        batch_size=32,
+        train_limit=32 * steps,
+        val_limit=64,
+        lr=1e-2,
+        l1=1e-3,
+        seed=seed,
+        progress=lambda p: reports.append(p.fraction),
+    )
+    assert reports[-1] == 1.0
+    return dyn, result
+
+
+def test_training_moves_the_gates_only_and_repeats_for_a_seed() -> None:
+    loaded, data = load_model("digits-cnn"), load_dataset("digits")
+    start = DynamicModel(loaded.model, DynamicConfig(keep=0.5, gate="learned"), loaded.spec)
+    dyn, result = _trained(steps=4)
+    assert result.steps == 4 and not result.cancelled
+    gates0, gates1 = _gates(start), _gates(dyn)
+    assert any(not torch.equal(gates0[k], gates1[k]) for k in gates0)
+    # The network is untouched: the gated copy's weights and BatchNorm statistics, and the
+    # model it was built from.
+    net0, net1 = loaded.model.state_dict(), dyn.net.state_dict()
+    assert all(torch.equal(net0[k], net1[k]) for k in net0)
+    assert not any(p.requires_grad for p in dyn.net.parameters()) and not dyn.training
+    x, y = data.tensors("val", loaded.spec, limit=64)
+    with torch.no_grad():
+        before, after = start(x), dyn(x)
+    assert torch.isfinite(after).all()
+    acc = float((after.argmax(1) == y).float().mean())
+    assert not math.isnan(acc)
+    # Training changed which channels some images use.
+    start(x)
+    assert any(not torch.equal(start.last.masks[n], dyn.last.masks[n]) for n in dyn.k)
+    assert not torch.equal(before, after)
+    again, _ = _trained(steps=4)
+    assert all(torch.equal(v, _gates(again)[k]) for k, v in gates1.items())
+
+
+def test_training_gates_is_refused_for_a_data_free_gate_and_stops_on_cancel() -> None:
+    loaded, data = load_model("digits-cnn"), load_dataset("digits")
+    mag = DynamicModel(loaded.model, DynamicConfig(keep=0.5), loaded.spec)
+    with pytest.raises(UserError, match="only a learned gate trains"):
+        train_gates(mag, data)
+    dyn = DynamicModel(loaded.model, DynamicConfig(keep=0.5, gate="learned"), loaded.spec)
+    before = _gates(dyn)
+    stop = threading.Event()
+    stop.set()
+    result = train_gates(dyn, data, train_limit=64, cancel=stop)
+    assert result.cancelled and result.steps == 0
+    assert before and all(torch.equal(before[k], v) for k, v in _gates(dyn).items())
