@@ -1,7 +1,8 @@
 """Page 5: trade-offs. Accuracy vs sparsity per method (with and without fine-tune), latency vs
 sparsity per backend, size vs accuracy with the Pareto front, per-layer sensitivity, ratio
-strategies at one budget, runs from the store side by side and the per-class accuracy change of
-any run. Long measurements run as background jobs with progress."""
+strategies at one budget, runs from the store side by side, the per-class accuracy change of
+any run, and pruning's companions (low rank, int8, dynamic gating; eager and ONNX Runtime) in one
+view. Long measurements run as background jobs with progress."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ui.choices import (
     granularity_choices,
     granularity_label,
 )
+from ui.companions_panel import companions_panel
 from ui.jobs_panel import measurement_panel, measurement_result, start_button
 from ui.session import pruned
 from ui.state import init_state, selection
@@ -53,9 +55,10 @@ spec, sel = loaded.spec, (model_ref, dataset_ref)
 n_val = int(data.val[1].numel())
 DEVICE = default_device()
 
-tab_acc, tab_lat, tab_size, tab_sens, tab_strat, tab_runs, tab_class = st.tabs(
+tab_acc, tab_lat, tab_size, tab_sens, tab_strat, tab_runs, tab_class, tab_comp = st.tabs(
     ["Accuracy vs sparsity", "Latency", "Size vs accuracy", "Sensitivity",
-     "Ratio strategies at one budget", "Compare runs", "Per-class change"]
+     "Ratio strategies at one budget", "Compare runs", "Per-class change",
+     "Companions: one view"]
 )  # fmt: skip
 
 # --- 1. accuracy vs sparsity --------------------------------------------------------------------
@@ -222,6 +225,9 @@ with tab_runs:
 
 with tab_class:
     per_class_panel(loaded, data, sel, DEVICE)
+
+with tab_comp:
+    companions_panel(loaded, data, sel, DEVICE)
 
 pm = pruned()
 if pm is not None:

@@ -1,0 +1,87 @@
+"""AppTest of the Trade-offs page's "Companions: one view" tab: an empty state before any run,
+the measurement as a background job on a few validation images, then the figure and the table
+with dense, low rank and int8 rows in both runtimes, and the CSV download."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = str(ROOT / "pages" / "5_tradeoffs.py")
+
+
+def _plain(o: Any) -> Any:
+    """Plotly 6 sends numeric arrays as base64 ({"dtype", "bdata"}); decode them to lists."""
+    if isinstance(o, dict):
+        if "bdata" in o and "dtype" in o:
+            return np.frombuffer(base64.b64decode(o["bdata"]), dtype=o["dtype"]).tolist()
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_plain(v) for v in o]
+    return o
+
+
+def _chart(at: AppTest, key: str) -> dict[str, Any] | None:
+    for c in at.get("plotly_chart"):
+        if c.proto.id and key in c.proto.id:
+            return dict(_plain(json.loads(c.proto.spec)))
+    return None
+
+
+def test_companions_tab_empty_state_then_one_view() -> None:
+    from pruning_core.jobs import get_runner
+
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    assert not at.exception, at.exception
+    assert _chart(at, "tradeoff_comp_chart") is None
+    assert any("Run the measurement to see every variant" in i.value for i in at.info)
+
+    at.number_input(key="tradeoff_comp_images").set_value(64)
+    at.selectbox(key="tradeoff_comp_batch").set_value(8)
+    at.button(key="tradeoff_run_companions").click().run()
+    assert not at.exception, at.exception
+    assert not at.session_state["tradeoff_companions_refused"], [e.value for e in at.error]
+    job_id = at.session_state["tradeoff_companions_job"]
+    if job_id:
+        job = get_runner().get(job_id)
+        assert job is not None and job.wait(240), "companions job did not finish"
+        assert job.status == "done", job.error
+        at.run()
+        if at.session_state["tradeoff_companions_job"]:
+            at.run()
+    assert not at.exception, at.exception
+    spec = _chart(at, "tradeoff_comp_chart")
+    assert spec is not None
+    layout = spec["layout"]
+    assert layout["xaxis"]["title"]["text"].endswith("(KiB)")
+    assert "(ms)" in layout["xaxis2"]["title"]["text"]
+    assert (
+        "batch 8" in layout["title"]["text"] and "64 validation images" in layout["title"]["text"]
+    )
+    names = {t.get("name") for t in spec["data"]}
+    assert {"dense", "low rank", "int8", "Pareto front (size)", "eager PyTorch",
+            "ONNX Runtime"} <= names  # fmt: skip
+    tables = [d.value for d in at.dataframe if "vs dense eager" in d.value.columns]
+    assert len(tables) == 1
+    table = tables[0]
+    measured = table[table["status"] == "ok"]
+    pairs = set(zip(measured["variant"], measured["runtime"], strict=True))
+    for variant in ("dense", "low rank"):
+        for runtime in ("eager PyTorch", "ONNX Runtime"):
+            assert (variant, runtime) in pairs, (variant, runtime)
+    assert ("int8", "ONNX Runtime") in pairs
+    int8_eager = table[(table["variant"] == "int8") & (table["runtime"] == "eager PyTorch")]
+    assert "only in ONNX Runtime" in int8_eager["why / note"].iloc[0]
+    assert (measured["accuracy %"] > 50).all()
+    assert measured["params"].min() > 0
+    assert any(b.proto.label == "Download CSV" for b in at.get("download_button"))
+
+    # The result survives a page change: the page run again shows it without a new job.
+    at.run()
+    assert _chart(at, "tradeoff_comp_chart") is not None
