@@ -206,6 +206,11 @@ st.caption(
     "plotly is inlined, so it opens offline. Latency is measured now, on this machine."
 )
 lat_res = measurement_result("latency", sel)
+comp_res = measurement_result("companions", sel)  # the Trade-offs page's one view, if run
+comp_df = comp_res["df"] if comp_res is not None else None
+if comp_df is not None and comp_res is not None:
+    comp_df.attrs.update(comp_res["attrs"])
+    st.caption("The report includes the companion trade-offs measured on the Trade-offs page.")
 if st.button("Build the report", key="export_make_report"):
     try:
         with st.spinner("Timing the model and drawing the report..."):
@@ -213,6 +218,7 @@ if st.button("Build the report", key="export_make_report"):
                 metrics, model_ref, loaded, dense, pruned=pm is not None, sweep=sweep_df,
                 latency=lat_res["df"] if lat_res is not None else None,
                 latency_attrs=lat_res["attrs"] if lat_res is not None else {},
+                companions=comp_df,
             )  # fmt: skip
         st.session_state["export_report"] = (version, page)
     except UserError as e:

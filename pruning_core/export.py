@@ -664,6 +664,7 @@ def pruning_report(
     model_card: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
     per_class: pd.DataFrame | None = None,
+    companions: pd.DataFrame | None = None,
 ) -> str:
     """The stakeholder report of one pruned model as self-contained HTML.
 
@@ -684,6 +685,10 @@ def pruning_report(
         per_class: A `per_class.per_class_change` frame of this model against dense; None:
             the metrics' `per_class` rows when they have them (ratio-strategy runs), else no
             per-class section.
+        companions: A `companions.compare_companions` frame (the Trade-offs page's one view):
+            a companion trade-offs section with its figure (accuracy against size and
+            latency, eager and ONNX Runtime, Pareto fronts) and table; its `attrs["protocol"]`
+            and `n_val` say how it was measured.
     """
     from pruning_core import plots
 
@@ -730,6 +735,20 @@ def pruning_report(
             f"{worst['class']} changed most, {worst['change']:+.2f} points over {int(worst['n'])} "
             "images; small classes move in steps of 100/n points.",
         ))  # fmt: skip
+    if companions is not None and len(companions):
+        from pruning_core.plots_companions import companions_figure
+
+        a = companions.attrs
+        how = str(a.get("protocol", "")) + (
+            f"; accuracy on {int(a['n_val']):,} validation images" if "n_val" in a else ""
+        )
+        figures.append((
+            companions_figure(companions, subtitle=how),
+            "Pruning and its companions on this model, each built from the dense model and "
+            "measured: accuracy through the runtime that runs it, size of the saved file, and "
+            "latency against dense eager PyTorch timed in the same rounds (no measurable "
+            "difference where the p10-p90 ranges overlap). Dashed: the Pareto fronts. " + how,
+        ))  # fmt: skip
     kpis = {
         "Sparsity": _pct(m.get("sparsity")),
         "Dense accuracy": _pct(m.get("dense_accuracy")),
@@ -756,6 +775,17 @@ def pruning_report(
     if per_class is not None and len(per_class):
         tables.append(("Per-class accuracy change against dense (points)",
                        per_class[["class", "n", "dense", "pruned", "change"]]))  # fmt: skip
+    if companions is not None and len(companions):
+        cols = [c for c in ("label", "runtime", "status", "accuracy", "size_bytes", "params",
+                            "macs", "median_ms", "p10_ms", "p90_ms", "vs_dense", "pareto_size",
+                            "pareto_latency", "reason") if c in companions]  # fmt: skip
+        tab = companions[cols].copy()
+        for c in ("size_bytes", "params", "macs"):  # thousands separators, not 6.058e+05
+            if c in tab:
+                tab[c] = [f"{float(v):,.0f}" if pd.notna(v) else "-" for v in tab[c]]
+        if "accuracy" in tab:
+            tab["accuracy"] = [f"{float(v):.2%}" if pd.notna(v) else "-" for v in tab["accuracy"]]
+        tables.append(("Companion trade-offs (one row per variant and runtime)", tab))
     flat = {k: v for k, v in m.items()
             if k not in ("curve", "layer_sparsity", "recipe", "per_class")}  # fmt: skip
     if isinstance(m.get("recipe"), Mapping):

@@ -85,3 +85,38 @@ def test_companions_tab_empty_state_then_one_view() -> None:
     # The result survives a page change: the page run again shows it without a new job.
     at.run()
     assert _chart(at, "tradeoff_comp_chart") is not None
+
+
+def test_export_report_includes_the_last_one_view_of_this_selection() -> None:
+    import pandas as pd
+
+    from pruning_core.companions import COMPANION_COLUMNS
+
+    export_page = str(ROOT / "pages" / "6_export.py")
+    at = AppTest.from_file(export_page, default_timeout=180).run()
+    assert not at.exception, at.exception
+    sel = (at.session_state["model_ref"], at.session_state["dataset_ref"])
+    assert not any("companion trade-offs" in c.value for c in at.caption)
+    rows = [
+        {"variant": "dense", "label": "dense", "runtime": "eager", "status": "ok",
+         "accuracy": 0.97, "size_bytes": 605824, "params": 151306, "macs": 1330432,
+         "median_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.2, "vs_dense": "the reference",
+         "pareto_size": False, "pareto_latency": False, "reason": ""},
+        {"variant": "int8", "label": "int8", "runtime": "onnxruntime", "status": "ok",
+         "accuracy": 0.965, "size_bytes": 162161, "params": 151306, "macs": 1330432,
+         "median_ms": 0.6, "p10_ms": 0.55, "p90_ms": 0.7, "vs_dense": "3.33x faster",
+         "pareto_size": True, "pareto_latency": True, "reason": ""},
+    ]  # fmt: skip
+    df = pd.DataFrame(rows).reindex(columns=list(COMPANION_COLUMNS))
+    at.session_state["tradeoff_companions_result"] = {
+        "selection": sel, "df": df, "cancelled": False, "seconds": 1.0, "run_id": None,
+        "attrs": {"protocol": "CPU, 1 thread, batch 32 (test)", "n_val": 64},
+    }  # fmt: skip
+    at.run()
+    assert not at.exception, at.exception
+    assert any("companion trade-offs" in c.value for c in at.caption)
+    at.button(key="export_make_report").click().run()
+    assert not at.exception, at.exception
+    _version, page = at.session_state["export_report"]
+    assert "Companion trade-offs (one row per variant and runtime)" in page
+    assert "CPU, 1 thread, batch 32 (test)" in page and "605,824" in page

@@ -199,3 +199,18 @@ def test_figure_panels_fronts_and_hover(cnn: pd.DataFrame) -> None:
         assert list(front[0].y) == list(on["accuracy"])
     # Not measured rows are not drawn: int8 has only its ONNX Runtime point.
     assert list(traces["int8"].marker.symbol) == ["diamond"]
+
+
+def test_report_has_the_companion_section(cnn: pd.DataFrame) -> None:
+    from pruning_core.export import is_self_contained, pruning_report
+
+    metrics = {"model": "digits-cnn", "dataset": "digits"}
+    page = pruning_report(metrics, companions=cnn)
+    assert "Companion trade-offs (one row per variant and runtime)" in page
+    assert "Pareto front (size)" in page and "Pareto front (latency)" in page
+    dense_params = int(_row(cnn, "dense", "eager")["params"])
+    assert f"{dense_params:,}" in page  # counts with thousands separators
+    assert "only in ONNX Runtime" in page  # the reasons come along
+    assert cnn.attrs["protocol"] in page
+    assert is_self_contained(page)
+    assert "Companion trade-offs" not in pruning_report(metrics)

@@ -146,8 +146,12 @@ def build_report(
     sweep: pd.DataFrame | None,
     latency: pd.DataFrame | None,
     latency_attrs: Mapping[str, Any],
+    companions: pd.DataFrame | None = None,
 ) -> str:
     """The self-contained HTML report (`export.pruning_report`).
+
+    `companions` is the Trade-offs page's last one view of this selection
+    (`companions.compare_companions`, its `attrs` with the protocol), put in as its own section.
 
     Latency comes from the Trade-offs page's measurement when there is one, else it is measured
     now with the app's protocol (`timing.PROTOCOL`, as `pruning-lab bench`): dense against the
@@ -174,4 +178,5 @@ def build_report(
     return export.pruning_report(
         dict(metrics), title=f"Pruning report: {model_ref}", sweep=sweep, latency=lat,
         latency_note=note, model_card=export.model_card(model_ref), notes=notes,
+        companions=companions,
     )  # fmt: skip
