@@ -65,9 +65,9 @@ def test_measure_draws_both_runtimes_per_batch_with_the_protocol() -> None:
         assert all(y > 0 for y in ys)
         assert all(u >= 0 for u in up) and all(d >= 0 for d in down)  # p10 <= median <= p90
     assert "per image" in spec["layout"]["yaxis"]["title"]["text"]
-    ratios = next(d.value for d in at.dataframe if "ONNX Runtime is" in d.value.columns)
+    ratios = next(d.value for d in at.dataframe if "ORT is" in d.value.columns)
     assert list(ratios["batch"]) == [1, 4]
-    assert (ratios["eager / ONNX Runtime"] > 0).all()
+    assert (ratios["eager / ORT"] > 0).all()
     protocol = " ".join(c.value for c in at.caption if c.value.startswith("Protocol:"))
     for words in ("1 thread", "warm-up", "timed calls", "batch sizes 1, 4", "Measured at"):
         assert words in protocol, protocol
@@ -92,5 +92,5 @@ def test_ratios_pair_the_runtimes_per_batch() -> None:
     r = runtime_ratios(df)
     # Batch 8 has no ONNX Runtime timing: no ratio is made up for it.
     assert list(r["batch"]) == [1]
-    assert r["eager / ONNX Runtime"].tolist() == [4.0]
-    assert r["ONNX Runtime is"].tolist() == ["4.00x faster"]
+    assert r["eager / ORT"].tolist() == [4.0]
+    assert r["ORT is"].tolist() == ["4.00x faster"]
