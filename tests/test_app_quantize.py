@@ -107,6 +107,54 @@ def test_quantize_dense_digits_cnn_in_the_background(tmp_path: Path) -> None:
     s = qm.spec
     assert qm(torch.zeros(2, s.channels, s.size, s.size)).shape == (2, 10)
 
+    # A result of another version of the session's model (pruned since) is not shown as this one's.
+    at.session_state["tradeoff_quantize_result"]["attrs"]["version"] = "an earlier model"
+    at.run()
+    assert not at.exception, at.exception
+    assert _chart(at, "export_quant_chart") is None
+    assert any(c.value.startswith("Not quantized yet for this model") for c in at.caption)
+
+
+class _Ctx:
+    """What a job function is given, without a runner."""
+
+    def report(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def check_cancelled(self) -> None:
+        pass
+
+
+def test_the_job_quantizes_a_shrunk_model_and_leaves_no_folder(tmp_path: Path) -> None:
+    import tempfile
+
+    from pruning_core.data import load_dataset
+    from pruning_core.models import load_model
+    from pruning_core.prune import PruneConfig, prune_
+    from ui.quantize_panel import quantize_job
+
+    lm, data = load_model("digits-cnn"), load_dataset("digits")
+    before = sum(p.numel() for p in lm.model.parameters())
+    prune_(lm.model, PruneConfig(method="magnitude", granularity="channel", ratio=0.5),
+           data=data, spec=lm.spec)  # fmt: skip
+    assert sum(p.numel() for p in lm.model.parameters()) < before  # physically shrunk
+    left = set(Path(tempfile.gettempdir()).glob("pruning-lab-int8-app-*"))
+    m = quantize_job(lm.model, lm.spec, data, "dynamic", source="digits-cnn", folder="shrunk-int8",
+                     version="v1", val_limit=100)  # fmt: skip
+    out = m.fn(_Ctx())  # type: ignore[arg-type]
+    a = out["attrs"]
+    assert a["mode"] == "dynamic" and a["version"] == "v1" and a["n_val"] == 100
+    assert a["int8_bytes"] < a["float_bytes"]
+    assert out["frame"]["model"] == ["float", "int8", "float", "int8"]
+    assert out["frame"]["batch_size"] == [1, 1, 32, 32]
+    assert out["frame"]["vs_float"][0] == "the reference"
+    with zipfile.ZipFile(io.BytesIO(a["zip"])) as zf:
+        assert sorted(zf.namelist()) == ["shrunk-int8/model.onnx", "shrunk-int8/quantized.json"]
+        meta = json.loads(zf.read("shrunk-int8/quantized.json"))
+    assert meta["mode"] == "dynamic" and meta["source"] == "digits-cnn"
+    # Written into a temporary folder of its own, removed once zipped.
+    assert set(Path(tempfile.gettempdir()).glob("pruning-lab-int8-app-*")) <= left
+
 
 def test_verdict_names_what_is_outside_the_tolerance() -> None:
     a = {"float_accuracy": 0.97, "int8_accuracy": 0.93, "top1_agreement": 0.96,
