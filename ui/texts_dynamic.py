@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["DYNAMIC_EXPLAINED", "DYNAMIC_NO_CONVS", "DYNAMIC_NO_SPEEDUP"]
+__all__ = [
+    "DYNAMIC_EXPLAINED",
+    "DYNAMIC_NO_CONVS",
+    "DYNAMIC_NO_SPEEDUP",
+    "LEARNED_GATE_EXPLAINED",
+]
 
 DYNAMIC_EXPLAINED = (
     "**Dynamic vs static pruning.** Static pruning removes the same channels for every image, "
@@ -22,4 +27,13 @@ DYNAMIC_NO_SPEEDUP = (
 DYNAMIC_NO_CONVS = (
     "Dynamic channel gating works on convolutions (it picks output channels per image), and "
     "this model has none to gate."
+)
+
+LEARNED_GATE_EXPLAINED = (
+    "**Learned gate.** A learned gate gives each convolution a small predictor of its own, "
+    "trained on the task, that looks at a summary of the layer's input and scores every "
+    "channel for this image (feature boosting and suppression, Gao et al. 2019); it starts as "
+    "the magnitude gate and training moves its scores towards the channels that lower the "
+    "loss. The network itself stays as it is: only the predictors learn, so training them "
+    "changes which channels each image uses, not what a channel computes."
 )
