@@ -106,7 +106,10 @@ def test_the_learned_gate_trains_in_a_job_and_shows_the_trained_channel_use(
     assert "trained learned gate" in json.dumps(heat["layout"]["title"])
     rows = _rows(heat["data"][0])
     assert np.nansum(rows["conv1"]) == 16 and np.nansum(rows["conv2"]) == 32
-    assert any("Trained gates: 1 step in" in c.value for c in at.caption)
+    assert any(
+        "Trained gates: 1 step in" in c.value and "untrained, the same gates scored" in c.value
+        for c in at.caption
+    )
     assert not any("untrained" in i.value for i in at.info)
     # Back to the data-free gate: the untrained view again, the trained gates kept.
     at.radio(key="dynamic_gate").set_value("magnitude").run()

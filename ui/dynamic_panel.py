@@ -298,15 +298,15 @@ def dynamic_panel(model_ref: str, dataset_ref: str) -> None:
             f"{report.skipped:.0%} of gated channels skipped",
             delta_color="off",
         )
-        trained_note = (
-            (
-                f"Trained gates: {trained['steps']:,} step{'s' if trained['steps'] != 1 else ''} "
+        trained_note = "Accuracy is before any training or BatchNorm re-estimation. "
+        if trained is not None:
+            steps = int(trained["steps"])
+            before = _average(model_ref, dataset_ref, keep, "learned").accuracy
+            trained_note = (
+                f"Trained gates: {steps:,} step{'s' if steps != 1 else ''} "
                 f"{'(cancelled) ' if trained['cancelled'] else ''}in {trained['seconds']:.0f} s, "
-                "the network itself unchanged. "
+                f"the network itself unchanged; untrained, the same gates scored {before:.1%}. "
             )
-            if trained is not None
-            else "Accuracy is before any training or BatchNorm re-estimation. "
-        )
         st.caption(
             "Top-k gates compute the same number of channels for every image, so every image "
             "costs the same effective MACs; which channels it computes is what changes. "
