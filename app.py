@@ -6,13 +6,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.state import init_state
+from ui.state import init_state, leave_pages_folder_mode
 from ui.widgets import sidebar_frame
 
 # The favicon is a file of ours: Streamlit fetches a Material *favicon* from fonts.gstatic.com
 # (page and widget icons come from its bundled font), which an offline classroom cannot reach.
 FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
 st.set_page_config(page_title="Pruning Lab", page_icon=str(FAVICON), layout="wide")
+# A fresh server's first run may be Streamlit's pages/-folder mode with this file as its main
+# page: st.navigation below takes over from there, and shows (ui.state explains).
+leave_pages_folder_mode(restart=False)
 init_state()
 
 # Material icons ship with Streamlit's frontend; emoji need a font the machine may not have.

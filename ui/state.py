@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
+from streamlit.runtime.pages_manager import PagesManager
 
 from pruning_core.criteria import Magnitude, Random
 from pruning_core.errors import UserError
@@ -219,11 +220,38 @@ def _resume(kept: dict[str, Any]) -> str:
     return token
 
 
+def leave_pages_folder_mode(*, restart: bool = True) -> None:
+    """Leave Streamlit's `pages/`-folder mode, in which it ran this run.
+
+    Streamlit finds the `pages/` folder beside app.py when the server starts and runs the
+    server's first script run in that mode: a first visit by link to /prune runs
+    pages/3_prune.py alone, without app.py, under a navigation made of the file names ("app",
+    "model and data", ...); only `st.navigation` turns the mode off, for the whole server.
+    `.streamlit/config.toml` hides that navigation (`client.showSidebarNavigation = false`).
+    The first time in the server, the option is turned back on for app.py's own navigation
+    (a client option a script may set; Streamlit reads it when a run starts) and a page run
+    alone (`restart`, what `init_state` asks) starts again, through app.py, on the page asked
+    for; app.py itself, run as that mode's main page, calls this with `restart=False` and goes
+    on. AppTest enters the mode on every run: after the first, the mode is only left, never
+    restarted (a restart would drop the run's button clicks).
+    """
+    if not PagesManager.uses_pages_directory:
+        return
+    PagesManager.uses_pages_directory = False
+    if st.get_option("client.showSidebarNavigation") is False:  # config.toml's: the first time
+        st.set_option("client.showSidebarNavigation", True)
+        if restart:
+            st.rerun()
+
+
 def init_state() -> None:
     """Set every default key that is missing and hold the widget values of `KEEP` (safe to
     call on every run, and many times in one); a reloaded tab takes over its last state.
     Every page calls this first, so it also gives the script run (a thread of its own) the
-    server's page thread count (`pruning_core.jobs.use_page_threads`)."""
+    server's page thread count (`pruning_core.jobs.use_page_threads`), and the server's first
+    run, if Streamlit ran a page alone, starts again through app.py
+    (`leave_pages_folder_mode`)."""
+    leave_pages_folder_mode()
     try:
         use_page_threads()
     except UserError:  # a bad PRUNING_LAB_PAGE_THREADS: the default (the jobs page names it)
