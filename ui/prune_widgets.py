@@ -1,4 +1,5 @@
-"""Widget groups of the Prune page: the per-layer ratio table and the committed-model panel.
+"""Widget groups of the Prune page: the per-layer ratios, the live preview and the
+committed-model panel.
 
 Each returns plain values (the overrides as a dict) and leaves the work to `ui.actions`.
 """
@@ -13,7 +14,8 @@ import pandas as pd
 import streamlit as st
 
 from pruning_core.errors import UserError
-from pruning_core.slider import PreviewStats, SliderPreview
+from pruning_core.plots import histogram_figure, layer_sparsity_figure, mask_figure
+from pruning_core.slider import PreviewStats, SliderPreview, mask_grid, mask_is_averaged
 from ui.actions import (
     MAX_UNIT_RATIO,
     SENSITIVITY_IMAGES,
@@ -23,13 +25,18 @@ from ui.actions import (
     suggest_overrides,
     suggest_unavailable,
 )
+from ui.caches import dense_estimate
 from ui.session import PrunedModel, clear_pruned
+from ui.state import keep, newer_run_waiting
+from ui.texts import ZEROS_NO_SPEEDUP
+from ui.widgets import explain
 
 __all__ = [
     "bn_estimate_caption",
     "committed_panel",
     "estimate_metric",
     "overrides_editor",
+    "preview_panel",
     "take_overrides",
 ]
 
@@ -313,4 +320,130 @@ def estimate_metric(slot: Any, stats: PreviewStats, dense: float) -> None:
         help="An estimate: top-1 on the first validation images only, before any fine-tuning. "
         f"95% interval {lo:.1%} to {hi:.1%} (binomial, Wilson). The dense model scores "
         f"{dense:.1%} on the same images. More images follow while you leave the sliders.",
+    )
+
+
+def preview_panel(
+    preview: SliderPreview,
+    stats: PreviewStats,
+    model_ref: str,
+    dataset_ref: str,
+    recalibrate_bn: bool,
+) -> None:
+    """The live preview of `stats` (what `preview.update` returned for the sliders): metrics,
+    the estimate's switches, the per-layer chart, one layer's histogram and mask, then the
+    accuracy estimate, drawn last (a forward pass) and skipped when the user has already moved
+    on (`ui.state.newer_run_waiting`: the next run draws the next position at once)."""
+    plan = preview.engine.plan
+    st.subheader("Live preview")
+    m = st.columns([1, 1, 0.9, 1.3])
+    params_nz = stats.params_nonzero
+    m[0].metric(
+        "Remaining params",
+        f"{params_nz:,}",
+        delta=f"{params_nz - preview.params_nonzero_dense:,}",
+        delta_color="off",
+        help=f"Non-zero parameters of the whole model (dense: {preview.params_nonzero_dense:,}).",
+    )
+    m[1].metric(
+        "Effective MACs / image",
+        f"{stats.macs_effective:,.0f}",
+        delta=f"{stats.macs_effective / preview.macs_dense - 1:+.1%}",
+        delta_color="off",
+        help="Multiply-accumulates left when the removed weights are skipped. Structured "
+        "pruning gets this for real once applied; unstructured zeros need sparse kernels (a "
+        f"dense kernel still does all {preview.macs_dense:,}).",
+    )
+    m[2].metric(
+        "Sparsity",
+        f"{stats.sparsity:.1%}",
+        help="Share of zero weights over all Linear/Conv layers, the classifier included "
+        "(biases and BatchNorm not counted).",
+    )
+    # Filled last: the charts show first, the estimate (a forward pass) follows.
+    estimate_slot = m[3].empty()
+    bn_slot = m[3].empty()
+    e1, e2 = st.columns([1, 2])
+    estimate_on = e1.toggle(
+        "Accuracy estimate on every move",
+        key="prune_estimate",
+        help="Evaluates the masked copy on the first validation images after each move.",
+    )
+    n_est = e2.select_slider(
+        "Images for the estimate",
+        options=[100, 200, 500, 1000, 2000],
+        key="prune_estimate_n",
+        disabled=not estimate_on,
+        help="More images: a steadier estimate, a slower redraw.",
+    )
+    timing_slot = st.empty()
+    for note in stats.notes:
+        st.caption(f"Note: {note}")
+
+    left, right = st.columns([1.1, 1])
+    with left:
+        st.plotly_chart(
+            layer_sparsity_figure(stats.layers, "Sparsity per layer (preview)"),
+            key="prune_layer_chart",
+        )
+        explain(ZEROS_NO_SPEEDUP, "Why zeros alone give no speedup")
+    with right:
+        layers = list(stats.layers["layer"])
+        if st.session_state.get("prune_layer") not in layers:
+            st.session_state["prune_layer"] = next(
+                (n for n in layers if n in stats.masks), layers[0] if layers else None
+            )
+        layer = st.selectbox("Layer to look at", layers, key="prune_layer")
+        if layer is not None:
+            view = preview.layer_view(stats, layer)
+            st.plotly_chart(
+                histogram_figure(
+                    view.histogram,
+                    f"{layer}: weights before / after ({view.zeros_added:,} set to zero)",
+                    "weight value",
+                ),
+                key="prune_hist_chart",
+            )
+            st.plotly_chart(
+                mask_figure(mask_grid(view.mask), f"{layer}: mask (dark = kept)"),
+                key="prune_mask_chart",
+            )
+            if view.mask.dim() > 2:
+                st.caption(
+                    f"Conv weight {tuple(view.mask.shape)} drawn as out_ch x (in_ch x k x k)"
+                    + (" averaged into cells." if mask_is_averaged(view.mask) else ".")
+                )
+    keep("prune_layer", "prune_estimate", "prune_estimate_n")
+
+    # ---------------------------------------------------------------- the estimate, last
+    estimated = False
+    if not estimate_on:
+        estimate_slot.metric("Accuracy estimate", "off")
+    elif newer_run_waiting():
+        estimate_slot.metric("Accuracy", "…", help="The next position's estimate follows.")
+    else:
+        # Shown after the first 100 images, then refined; stopped when the user moves on.
+        for step in preview.estimate_steps(stats, int(n_est), recalibrate_bn=recalibrate_bn):
+            estimate_metric(
+                estimate_slot, step, dense_estimate(model_ref, dataset_ref, step.n_eval)
+            )
+            estimated = True
+            if newer_run_waiting():
+                break
+        else:
+            bn_estimate_caption(bn_slot, preview, stats, int(n_est), recalibrate_bn)
+    timing_slot.caption(
+        f"Preview computed in {stats.seconds * 1000:.0f} ms"
+        + (
+            f" + {stats.eval_seconds * 1000:.0f} ms for the estimate (95% interval "
+            f"{stats.accuracy_interval[0]:.1%} to {stats.accuracy_interval[1]:.1%})"
+            if estimated and stats.accuracy_interval
+            else ""
+        )
+        + f" (scores were computed once in {preview.build_seconds:.2f} s, on CPU)."
+        + (
+            " Structured preview: weights are masked; Apply removes them physically."
+            if plan.structured
+            else ""
+        )
     )

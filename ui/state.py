@@ -21,6 +21,11 @@ from typing import Any, TypeVar
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequestType
+from streamlit.runtime.scriptrunner_utils.script_run_context import (
+    ThreadState,
+    get_script_run_ctx,
+)
 
 from pruning_core.criteria import Magnitude, Random
 from pruning_core.errors import UserError
@@ -281,6 +286,47 @@ def remember(token: str | None = None) -> None:
         return
     saved = {key: st.session_state[key] for key in RESUMED if key in st.session_state}
     _resumable().put(token, {**saved, _KEPT: dict(kept)})
+
+
+def keep(*keys: str) -> None:
+    """Hold the current values of these `KEEP` widgets, as `init_state` does, from an
+    `st.fragment` run (which runs no page script, so no `init_state`): the kept copy that
+    `init_state` brings back when Streamlit drops a widget's value is then never older than
+    what the widget last showed."""
+    kept = st.session_state.get(_KEPT)
+    if not isinstance(kept, dict):
+        return
+    for key in keys:
+        if key in st.session_state:
+            kept[key] = st.session_state[key]
+    remember()
+
+
+def newer_run_waiting() -> bool:
+    """True when the browser has already asked for a run that replaces this one's output: a
+    rerun of the whole page, or of the fragment this code runs in (the user moved a slider
+    again while this run computes).
+
+    A whole-page request stops this run at its next Streamlit call anyway; a request for the
+    same fragment does not (Streamlit lets a fragment run finish), so a fragment can skip work
+    whose result the next run redraws at once. A request for another fragment only (the jobs
+    panel's timer) does not count. Reads Streamlit's pending request without its lock, as its
+    own run loop does; False when there is no run context (a plain call, a thread) or
+    Streamlit's internals differ.
+    """
+    ctx = get_script_run_ctx(suppress_warning=True)
+    requests = getattr(ctx, "script_requests", None)
+    if getattr(requests, "_state", None) is not ScriptRequestType.RERUN:
+        return False
+    queued = getattr(getattr(requests, "_rerun_data", None), "fragment_id_queue", None)
+    if not isinstance(queued, list):
+        return False
+    if not queued:  # no fragment named: the whole page reruns
+        return True
+    try:
+        return ThreadState.get().fragment_id in queued
+    except RuntimeError:  # a thread Streamlit never set up
+        return False
 
 
 def selection() -> tuple[str, str]:

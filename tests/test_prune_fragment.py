@@ -1,0 +1,116 @@
+"""The Prune page's sliders and live preview are an `st.fragment`, against the served app (the
+load test's websocket student; AppTest reruns whole pages and cannot show it): a slider move
+reruns the fragment only, and its value survives a page change that follows at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from streamlit.runtime.scriptrunner_utils.script_requests import RerunData, ScriptRequests
+from streamlit.runtime.scriptrunner_utils.script_run_context import ThreadState
+
+import ui.state
+from benchmarks.local_server import free_port
+from benchmarks.ws_client import FRAGMENT_OK, AppClient
+from ui.state import newer_run_waiting
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _waiting(
+    monkeypatch: pytest.MonkeyPatch, requests: ScriptRequests | None, fragment: str | None
+) -> bool:
+    """`newer_run_waiting()` in a run whose pending requests are `requests`, inside fragment
+    `fragment` (None: outside any)."""
+    ctx = SimpleNamespace(script_requests=requests)
+    monkeypatch.setattr(ui.state, "get_script_run_ctx", lambda **_: ctx)
+
+    def in_run() -> bool:
+        ThreadState.initialize(fragment_id=fragment)  # as a script run's start does
+        return newer_run_waiting()
+
+    return contextvars.copy_context().run(in_run)
+
+
+def test_newer_run_waiting_counts_this_fragment_or_the_whole_page(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert not newer_run_waiting()  # no script run at all (a plain call)
+    assert not _waiting(monkeypatch, None, "f1")
+    requests = ScriptRequests()
+    assert not _waiting(monkeypatch, requests, "f1")  # nothing asked for since this run began
+    # The user moved a slider of this fragment again: its rerun waits behind this run.
+    requests.request_rerun(RerunData(fragment_id="f1"))
+    assert _waiting(monkeypatch, requests, "f1")
+    # Only another fragment's timer (the jobs panel's) is waiting: this one's work is wanted.
+    other = ScriptRequests()
+    other.request_rerun(RerunData(fragment_id="jobs", is_auto_rerun=True))
+    assert not _waiting(monkeypatch, other, "f1")
+    assert not _waiting(monkeypatch, other, None)
+    # Both, coalesced into one request: this fragment is among those waiting.
+    other.request_rerun(RerunData(fragment_id="f1"))
+    assert _waiting(monkeypatch, other, "f1")
+    # A whole-page rerun replaces everything, fragment or not.
+    page = ScriptRequests()
+    page.request_rerun(RerunData())
+    assert _waiting(monkeypatch, page, "f1") and _waiting(monkeypatch, page, None)
+
+
+async def _move_then_leave(url: str) -> dict[str, Any]:
+    async with AppClient(url, timeout=60, path="prune") as app:
+        before = app.metric("Remaining params")
+        value = app.slider_value("prune_ratio")
+        move = await app.set_slider("prune_ratio", round(value + 0.2, 2))
+        after = app.metric("Remaining params")
+        await app.goto("Model & data")
+        back = await app.goto("Prune")
+        return {
+            "before": before,
+            "after": after,
+            "move": move,
+            "kinds": [d.kind for d in move.deltas],
+            "headings": [d.label for d in move.deltas if d.kind == "heading"],
+            "back": app.metric("Remaining params"),
+            "back_status": back.status,
+            "errors": app.errors() + app.protocol_errors,
+        }
+
+
+@pytest.mark.timeout(240)
+def test_a_slider_move_reruns_the_fragment_and_survives_a_page_change(tmp_path: Path) -> None:
+    pytest.importorskip("websockets")
+    try:
+        free_port()
+    except OSError as e:
+        pytest.skip(f"cannot bind a port on 127.0.0.1: {e}")
+    from benchmarks.load_test import Server
+
+    server = Server(
+        home=tmp_path / "home",
+        log=tmp_path / "server.log",
+        code=ROOT,
+        env={"STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"},
+    )
+    try:
+        server.start(timeout=90)
+        out = asyncio.run(asyncio.wait_for(_move_then_leave(server.url), 200))
+    finally:
+        server.stop()
+    move = out["move"]
+    # The move ran the fragment alone: Streamlit's own status for it, and none of the page's
+    # elements outside the fragment (its title, the scope's radio) were sent again.
+    assert move.status == FRAGMENT_OK
+    assert move.fragment_id
+    assert "radio" not in out["kinds"]
+    assert not any(h.startswith("Prune") for h in out["headings"])
+    assert any(h.startswith("Live preview") for h in out["headings"])
+    assert "slider" in out["kinds"] and "plotly_chart" in out["kinds"]
+    assert out["after"] is not None and out["after"] != out["before"]
+    # Back on Prune after a page change: the moved ratio, not the one of the last full run.
+    assert out["back"] == out["after"]
+    assert out["errors"] == []
