@@ -14,18 +14,16 @@ re-estimated under the gates on the same calibration images. Accuracies on the w
 split; no timing (a gated model on dense kernels is not faster: the MACs are those a kernel
 that skips gated channels would do).
 
-After one epoch of training (each row its own copy, seed 0, Adam at 2e-3 with a cosine schedule,
-the last epoch's weights): the `learned` gate (FBS) at the same average MACs (its predictor's
-cost counted), BatchNorm re-estimated under the untrained gates, then only its predictors
-trained (`train_gates`, network frozen); the same with the network trained too (FBS trains
-both); and, for fairness, the static channel-0.5 model fine-tuned for one epoch
-(`train.DEFAULT_FINETUNE` without its best-epoch pick, so no row chooses on the validation
-split it is measured on).
+After one epoch of training, every row with the same settings (`train_gates`' defaults: Adam at
+`dynamic.GATE_LR` with a cosine schedule, batch 64, seed 0, the last epoch's weights, so no row
+chooses on the validation split it is measured on): the `learned` gate (FBS) at the same
+average MACs (its predictor's cost counted), BatchNorm re-estimated under the untrained gates,
+then only its predictors trained (network frozen); the same with the network trained too (FBS
+trains both); and, for fairness, the static channel-0.5 model fine-tuned.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -45,6 +43,7 @@ def section_dynamic(ctx: Ctx) -> Section:
     """Static channel 0.5 vs dynamic gating at equal average MACs: accuracy, MACs, skipped."""
     from pruning_core.data import load_dataset
     from pruning_core.dynamic import (
+        GATE_LR,
         DynamicConfig,
         DynamicModel,
         equal_macs_config,
@@ -55,7 +54,7 @@ def section_dynamic(ctx: Ctx) -> Section:
     from pruning_core.evaluate import evaluate
     from pruning_core.layers import trainable_copy
     from pruning_core.models import load_model
-    from pruning_core.train import DEFAULT_FINETUNE, fit
+    from pruning_core.train import TrainConfig, fit
 
     name, ds = ("digits-cnn", "digits") if ctx.quick else ("shapes-resnet", "shapes")
     sec = Section(
@@ -132,7 +131,8 @@ def section_dynamic(ctx: Ctx) -> Section:
         })  # fmt: skip
     t0 = time.perf_counter()
     tuned = trainable_copy(static.model)
-    ft_cfg = dataclasses.replace(DEFAULT_FINETUNE, epochs=TRAIN_EPOCHS, keep_best=False)
+    ft_cfg = TrainConfig(epochs=TRAIN_EPOCHS, lr=GATE_LR, optimizer="adam", schedule="cosine",
+                         batch_size=64, seed=0, keep_best=False)  # fmt: skip
     fit(tuned, data, spec, ft_cfg)
     tuned_acc = evaluate(tuned, data, spec).accuracy
     sec.rows.append({

@@ -994,10 +994,9 @@ def equal_macs_config(
 # hundred channels) the term is about 1e-5 of the task loss: it keeps FBS's objective without
 # steering the selection; raise it for sparser saliencies.
 FBS_L1 = 1e-8
-# Adam's peak rate: the app's fine-tune rate (`train.DEFAULT_FINETUNE`), so gates trained alone,
-# gates trained with the network and a static fine-tune compare at one rate
-# (benchmarks/dynamic_section.py). The predictors' entries start at the filters' |W| sums
-# (order 0.1 to 1): a step moves them by about 0.2-2%.
+# Adam's peak rate, the one benchmarks/dynamic_section.py measures gates trained alone, gates
+# trained with the network and the static fine-tune it compares them with at. The predictors'
+# entries start at the filters' |W| sums (order 0.1 to 1): a step moves them by about 0.2-2%.
 GATE_LR = 2e-3
 
 
