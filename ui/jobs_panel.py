@@ -23,7 +23,7 @@ import streamlit as st
 
 from pruning_core.errors import UserError
 from pruning_core.jobs import Job, JobContext, JobRunner, get_runner
-from ui.state import remember
+from ui.state import JOB_SLOTS, remember
 from ui.tradeoff_jobs import Measurement
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
 
 POLL_SECONDS = 1.0
 # The Trade-offs page's measurement slots.
-SLOTS = ("sweep", "latency", "sensitivity")
+SLOTS = tuple(JOB_SLOTS)
 
 
 def job_runner() -> JobRunner:
@@ -264,7 +264,7 @@ def jobs_sidebar(every: float = 2.0) -> None:
             if st.session_state.get(_key(slot, "job")) is None and isinstance(
                 st.session_state.get(_key(slot, "result")), dict
             ):
-                lines.append(f"{slot.capitalize()}: result kept (Trade-offs)")
+                lines.append(f"{slot.capitalize()}: result kept ({JOB_SLOTS[slot]})")
         if lines:
             st.caption("Your jobs  \n" + "  \n".join(lines))
         if was_running and not running:

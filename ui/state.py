@@ -87,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
     "tradeoff_latency_job": None,
     "tradeoff_sensitivity_job": None,
     "export_recipe_format": "json",
+    "export_quant_mode": "static",
     "export_onnx": None,
     "export_report": None,
     "export_upload_arch": None,
@@ -145,6 +146,7 @@ KEEP: tuple[str, ...] = (
     "tradeoff_sens_ratios",
     "tradeoff_compare",
     "export_recipe_format",
+    "export_quant_mode",
 )
 _KEPT = "_kept_settings"
 
@@ -163,11 +165,22 @@ def _hold(key: str, value: Any) -> None:
 
 # Plain keys a reloaded tab takes over besides `KEEP` (the fine-tune job's bookkeeping is
 # `ui.actions`' `_ft_jobs`: its finished model becomes the session's once the page shows it).
+# The background-job slots of `ui.jobs_panel` (one job and its kept result each) and the page
+# that shows each result.
+JOB_SLOTS: dict[str, str] = {
+    "sweep": "Trade-offs",
+    "latency": "Trade-offs",
+    "sensitivity": "Trade-offs",
+    "strategies": "Trade-offs",
+    "perclass": "Trade-offs",
+    "companions": "Trade-offs",
+    "quantize": "Export",
+}
 RESUMED: tuple[str, ...] = (
     "prune_committed",
     "ft_job_id",
     "_ft_jobs",
-    *(f"tradeoff_{slot}_{what}" for slot in ("sweep", "latency", "sensitivity")
+    *(f"tradeoff_{slot}_{what}" for slot in JOB_SLOTS
       for what in ("job", "for", "result", "error")),
 )  # fmt: skip
 _PARAM = "session"
