@@ -25,6 +25,7 @@ from ui.prune_widgets import committed_panel, overrides_editor, preview_panel
 from ui.session import pruned
 from ui.state import init_state, keep, selection
 from ui.texts import CRITERIA_EXPLAINED, SCOPE_HELP, SCOPE_LABELS
+from ui.texts_companions import LOWRANK_EXPLAINED
 from ui.widgets import baseline_or_stop, explain
 
 init_state()
@@ -49,6 +50,8 @@ with c1:
     )
     plan = plan_of(granularity)
     st.caption(f"{granularity_label(granularity)}: {plan.help}.")
+    if granularity.startswith("lowrank"):
+        explain(LOWRANK_EXPLAINED, "What low rank is")
 with c2:
     options = criterion_choices(granularity)
     if st.session_state.get("prune_method") not in options:
