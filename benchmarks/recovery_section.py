@@ -123,10 +123,11 @@ def _in_training(net: Any, recipe: Any, data: Any, spec: Any) -> tuple[Any, Any,
     from pruning_core.evaluate import evaluate
     from pruning_core.prune import MaskEnforcer, prune_
     from pruning_core.schedules import schedule_ratio
-    from pruning_core.train import fit
+    from pruning_core.train import epoch_batch_size, fit
 
     tc = dataclasses.replace(recipe.finetune, keep_best=False)  # earlier epochs are less sparse
-    total = math.ceil(data.num_examples("train") / tc.batch_size) * tc.epochs
+    n_train = data.num_examples("train")
+    total = math.ceil(n_train / epoch_batch_size(tc, n_train)) * tc.epochs
     n = IN_TRAINING_STEPS
     every = max(1, round(IN_TRAINING_END * total) // (n - 1))
     state: dict[str, Any] = {"k": 1}
@@ -187,13 +188,14 @@ def _run(lm: Any, data: Any, settings: dict[str, Any], own: dict[str, Any]) -> d
             "pruned": s.pruned_accuracy, "finetuned": s.finetuned_accuracy,
             "kept_epoch": s.train[-1].best_epoch if s.train else None,
             "epochs": [h["val_accuracy"] for t in s.train for h in t.history],
+            "batch": s.train[-1].batch_size if s.train else None,
             "seconds": time.perf_counter() - t0, "recipe": recipe,
         }  # fmt: skip
     return {
         # In training there is no moment at 95% before any fine-tune: no pruned accuracy.
         "model": net, "sparsity": sparsity, "pruned": None if own.get("in_training") else pruned.accuracy,
         "finetuned": tr.final_accuracy, "kept_epoch": tr.best_epoch,
-        "epochs": [h["val_accuracy"] for h in tr.history],
+        "epochs": [h["val_accuracy"] for h in tr.history], "batch": tr.batch_size,
         "seconds": time.perf_counter() - t0, "recipe": recipe,
     }  # fmt: skip
 
@@ -254,7 +256,7 @@ def section_recovery(ctx: Ctx) -> Section:
                 "kept_epoch": out["kept_epoch"],
                 "epoch_accuracies": " ".join(f"{a:.4f}" for a in out["epochs"]),
                 "dense_fresh": dense_fresh, "finetuned_fresh": ft_fresh,
-                "optimizer": rc.finetune.optimizer, "lr": rc.finetune.lr,
+                "optimizer": rc.finetune.optimizer, "lr": rc.finetune.lr, "batch": out["batch"],
                 "distill": rc.finetune.distill_weight,
                 "schedule": "agp in training" if own.get("in_training") else rc.schedule.kind,
                 "seconds": out["seconds"],
@@ -293,9 +295,12 @@ def _targets(sec: Section) -> None:
     ft = DEFAULT_FINETUNE
     sec.notes.append(
         f"{DEFAULT}: the command line's defaults with {EPOCHS} fine-tune epochs asked for: "
-        f"`train.DEFAULT_FINETUNE` ({ft.optimizer} lr {ft.lr:g}, {ft.schedule} decay, batch "
-        f"{ft.batch_size}, distillation weight {ft.distill_weight:g}, best epoch kept: "
-        f"{ft.keep_best}), one-shot schedule, global scope, magnitude, masks held."
+        f"`train.DEFAULT_FINETUNE` ({ft.optimizer} lr {ft.lr:g}, linear warm-up over "
+        f"{ft.warmup:.0%} of the steps then {ft.schedule} decay, batch {ft.batch_size} but at "
+        f"least {ft.min_steps_per_epoch} steps per epoch (digits: batch 5), distillation weight "
+        f"{ft.distill_weight:g}, best epoch kept: {ft.keep_best}), one-shot schedule, global "
+        "scope, magnitude, masks held. How the default was chosen (proxies that report "
+        "nothing here): `pruning_core/train.py` above `DEFAULT_FINETUNE`."
     )
     sec.notes.append(
         "dense, pruned and finetuned are validation accuracies (the app's split: digits 359, "

@@ -18,7 +18,14 @@ from pruning_core.models import create_model, load_model, model_spec
 from pruning_core.prune import PruneConfig, hold_masks, prune_
 from pruning_core.schedules import run_schedule
 from pruning_core.spec import InputSpec
-from pruning_core.train import DEFAULT_FINETUNE, Progress, TrainConfig, TrainResult, fit
+from pruning_core.train import (
+    DEFAULT_FINETUNE,
+    Progress,
+    TrainConfig,
+    TrainResult,
+    epoch_batch_size,
+    fit,
+)
 
 
 def test_fit_learns_digits_and_reports_progress() -> None:
@@ -77,6 +84,7 @@ def test_bad_configs_are_refused() -> None:
         {"optimizer": "lion"},
         {"epochs": -1},
         {"batch_size": 0},
+        {"min_steps_per_epoch": -1},
     ):
         with pytest.raises(UserError):
             TrainConfig(**kw)  # type: ignore[arg-type]
@@ -209,3 +217,18 @@ def test_best_epoch_snapshot_keeps_state_dict_metadata() -> None:
     snap = _snapshot(model)
     assert getattr(snap, "_metadata", None) is not None
     model.load_state_dict(snap)  # raised "version should be set to 1 or 2" without it
+
+
+def test_a_minimum_of_steps_per_epoch_shrinks_the_batch_on_small_datasets_only() -> None:
+    cfg = TrainConfig(batch_size=32, min_steps_per_epoch=250)
+    assert epoch_batch_size(cfg, 8000) == 32  # 250 steps at 32 already
+    assert epoch_batch_size(cfg, 100_000) == 32  # never larger than asked
+    assert epoch_batch_size(cfg, 1438) == 5  # digits' training split: 288 steps
+    assert epoch_batch_size(cfg, 100) == 1  # fewer images than steps: one at a time
+    assert epoch_batch_size(replace(cfg, min_steps_per_epoch=0), 1438) == 32
+    # fit trains with it: the steps an epoch takes on digits' training split.
+    data, spec = load_dataset("digits"), model_spec("digits-mlp")
+    n = data.num_examples("train")
+    model = create_model("digits-mlp", pretrained=False)
+    res = fit(model, data, spec, replace(cfg, epochs=1, device="cpu", min_steps_per_epoch=100))
+    assert res.batch_size == n // 100 and res.steps == -(-n // res.batch_size) >= 100
