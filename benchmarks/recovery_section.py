@@ -9,7 +9,10 @@ run.main(['--only', 'recovery', '--no-merge', '--out', '/tmp/bench'])"
 Every fine-tune is the app's job (`workflow.run_recipe`) on a fresh copy of the dense model,
 built from flat settings as the command line builds them (`Recipe.from_settings`): the
 `default` row is `pruning-lab prune --method magnitude --granularity unstructured --ratio 0.95
---finetune-epochs 3` and nothing else; each other row changes one or two settings.
+--finetune-epochs 3` and nothing else; each other row changes one or two settings. The default
+(`train.DEFAULT_FINETUNE`: Adam 5e-3 with warm-up, at least 250 steps per epoch) was chosen on
+proxies that report nothing here (see the comment above it); `batch` is the batch each
+fine-tune trained with (`TrainResult.batch_size`).
 """
 
 from __future__ import annotations
