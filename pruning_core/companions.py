@@ -205,7 +205,7 @@ class _Built:
     status: str = "ok"
     how: str = ""
     size_bytes: float = math.nan
-    size_kind: str = "saved file"
+    size_kind: str = "saved weights file (safetensors)"
     params: float = math.nan
     params_kind: str = "all"
     macs: float = math.nan

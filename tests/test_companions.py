@@ -182,7 +182,7 @@ def test_figure_panels_fronts_and_hover(cnn: pd.DataFrame) -> None:
     fig = companions_figure(cnn, subtitle=cnn.attrs["protocol"])
     layout = fig.to_dict()["layout"]
     assert layout["xaxis"]["title"]["text"].endswith("(KiB)")
-    assert "(ms)" in layout["xaxis2"]["title"]["text"]
+    assert "(ms, log scale)" in layout["xaxis2"]["title"]["text"]
     assert "1 thread" in layout["title"]["text"] and "batch 8" in layout["title"]["text"]
     traces = {t.name: t for t in fig.data if t.xaxis == "x"}
     ok = cnn[cnn["status"] == "ok"]
@@ -191,7 +191,7 @@ def test_figure_panels_fronts_and_hover(cnn: pd.DataFrame) -> None:
     ch = traces["channel (shrunk)"]
     assert list(ch.marker.symbol) == ["circle", "diamond"]  # eager, ONNX Runtime
     assert "channel (shrunk)" in ch.text[0] and "KiB" in ch.text[0]
-    for name, flag, x in (("Pareto front (size)", "pareto_size", "size_bytes"),
+    for name, flag, x in (("Pareto front", "pareto_size", "size_bytes"),
                           ("Pareto front (latency)", "pareto_latency", "median_ms")):  # fmt: skip
         front = [t for t in fig.data if t.name == name]
         assert len(front) == 1 and front[0].line.shape == "hv"
@@ -207,7 +207,7 @@ def test_report_has_the_companion_section(cnn: pd.DataFrame) -> None:
     metrics = {"model": "digits-cnn", "dataset": "digits"}
     page = pruning_report(metrics, companions=cnn)
     assert "Companion trade-offs (one row per variant and runtime)" in page
-    assert "Pareto front (size)" in page and "Pareto front (latency)" in page
+    assert "Pareto front" in page and "Pareto front (latency)" in page
     dense_params = int(_row(cnn, "dense", "eager")["params"])
     assert f"{dense_params:,}" in page  # counts with thousands separators
     assert "only in ONNX Runtime" in page  # the reasons come along

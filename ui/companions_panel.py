@@ -36,7 +36,14 @@ from ui.texts_runtime import QUANT_EXPLAINED, RUNTIMES_EXPLAINED
 from ui.tradeoff_jobs import Measurement, frame_result
 from ui.widgets import data_table
 
-__all__ = ["SLOT", "companions_job", "companions_panel", "companions_subtitle", "companions_table"]
+__all__ = [
+    "SLOT",
+    "companions_job",
+    "companions_panel",
+    "companions_subtitle",
+    "companions_table",
+    "not_measured",
+]
 
 SLOT = "companions"
 # The panel's own settings: kept under a plain key across page changes (Streamlit forgets the
@@ -49,7 +56,7 @@ _SETTINGS: dict[str, Any] = {
     "tradeoff_comp_batch": PROTOCOL.batch_size,
     "tradeoff_comp_variants": list(COMPANION_VARIANTS[1:]),
     "tradeoff_comp_epochs": 0,
-    "tradeoff_comp_images": None,  # None: the whole validation split
+    "tradeoff_comp_images": None,  # None: the whole validation split (set when drawn)
 }
 
 
@@ -112,7 +119,9 @@ def companions_table(df: pd.DataFrame) -> pd.DataFrame:
         "accuracy %": (100 * pd.to_numeric(df["accuracy"], errors="coerce")).round(2),
         "size (bytes)": whole("size_bytes"),
         "size (KiB)": (pd.to_numeric(df["size_bytes"], errors="coerce") / 1024).round(1),
+        "size counts": df["size_kind"].fillna(""),
         "params": whole("params"),
+        "params count": df["params_kind"].fillna(""),
         "MACs / image": whole("macs"),
         "median ms": pd.to_numeric(df["median_ms"], errors="coerce").round(3),
         "p10 ms": pd.to_numeric(df["p10_ms"], errors="coerce").round(3),
@@ -147,16 +156,16 @@ def companions_panel(
     )
     _restore()
     n_val = data.num_examples("val")
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5, c6 = st.columns(6)
     c1.number_input(
         "Pruning ratio", 0.1, 0.9, step=0.1, key="tradeoff_comp_ratio",
         help="Share removed by unstructured pruning (of weights) and by channel or head pruning "
         "(of channels or heads); magnitude criterion.",
     )  # fmt: skip
     c2.number_input(
-        "Rank removed (low rank)", 0.1, 0.9, step=0.1, key="tradeoff_comp_rank",
-        help="Share of each layer's rank removed by the truncated SVD; a layer that would not "
-        "get smaller stays dense.",
+        "Rank removed", 0.1, 0.9, step=0.1, key="tradeoff_comp_rank",
+        help="Low rank: share of each layer's rank removed by the truncated SVD; a layer that "
+        "would not get smaller stays dense.",
     )  # fmt: skip
     c3.selectbox(
         "int8 mode", ["static", "dynamic"], key="tradeoff_comp_int8",
@@ -164,27 +173,29 @@ def companions_panel(
         "dynamic: measured on every call (slow for convolutions).",
     )  # fmt: skip
     c4.selectbox(
-        "Batch size (latency)", [1, 8, 32, 64], key="tradeoff_comp_batch",
+        "Batch (latency)", [1, 8, 32, 64], key="tradeoff_comp_batch",
         help=f"Images per timed call; {PROTOCOL.threads} CPU thread, the app's protocol.",
     )  # fmt: skip
-    c5, c6, c7 = st.columns([4, 2, 2])
-    c5.multiselect(
-        "Variants (dense is always measured)", list(COMPANION_VARIANTS[1:]),
-        key="tradeoff_comp_variants", format_func=VARIANT_LABELS.__getitem__,
-    )  # fmt: skip
-    c6.number_input(
+    c5.number_input(
         "Fine-tune epochs", 0, 3, key="tradeoff_comp_epochs",
         help="After unstructured, channel and low-rank pruning (0: compare before any "
         "fine-tune). int8 of the pruned model uses the fine-tuned one.",
     )  # fmt: skip
-    c7.number_input(
-        "Validation images", 16, n_val, value=None, key="tradeoff_comp_images",
-        placeholder=f"all {n_val:,}",
-        help="Accuracy is measured on the first N validation images (empty: the whole split).",
+    images = st.session_state["tradeoff_comp_images"]
+    # The whole split by default; a count kept from a larger dataset is clamped to this one's.
+    st.session_state["tradeoff_comp_images"] = min(int(images or n_val), n_val)
+    c6.number_input(
+        "Validation images", min(16, n_val), n_val, step=100, key="tradeoff_comp_images",
+        help=f"Accuracy is measured on the first N validation images ({n_val:,}: the whole "
+        "split).",
+    )  # fmt: skip
+    st.multiselect(
+        "Variants (dense is always measured)", list(COMPANION_VARIANTS[1:]),
+        key="tradeoff_comp_variants", format_func=VARIANT_LABELS.__getitem__,
     )  # fmt: skip
     _keep()
     start_button(
-        "Measure all of them", SLOT, lambda: companions_job(loaded, data, _config(device)),
+        "Measure all of them", SLOT, lambda: companions_job(loaded, data, _config(device, n_val)),
         selection, key="tradeoff_run_companions",
         help="Builds every variant from the current model and measures it in both runtimes: "
         "about a minute on the sample models.",
@@ -207,23 +218,41 @@ def companions_panel(
         "timed in the same rounds; where the p10-p90 ranges overlap it says no measurable "
         "difference."
     )
-    data_table(companions_table(df), key="tradeoff_comp_table")
+    measured = df["status"] == "ok"
+    # Rows not measured would show "None" in every number column: they are listed with their
+    # reason below instead (the CSV and the report keep every row).
+    data_table(companions_table(df[measured]), key="tradeoff_comp_table")
+    not_measured(df[~measured])
     st.download_button(
         "Download CSV", csv_bytes(df), "companions.csv", "text/csv", key="tradeoff_comp_csv"
     )
     _explanations()
 
 
-def _config(device: str) -> CompanionConfig:
+def not_measured(df: pd.DataFrame) -> None:
+    """The rows that were not measured, one line per reason: which variant in which runtime."""
+    if df.empty:
+        return
+    lines = []
+    for reason, g in df.groupby("reason", sort=False):
+        what = ", ".join(
+            f"{label} in {RUNTIME_LABELS.get(str(rt), str(rt))}"
+            for label, rt in zip(g["label"], g["runtime"], strict=True)
+        )
+        lines.append(f"- **{what}**: {str(reason).rstrip('.')}.")
+    st.markdown("**Not measured**\n" + "\n".join(lines))
+
+
+def _config(device: str, n_val: int) -> CompanionConfig:
     """The settings as the widgets hold them when the button is clicked (its callback runs
     before the next script run, so it reads the session state, not this run's locals)."""
     ss = st.session_state
-    images = ss.get("tradeoff_comp_images")
+    images = int(ss.get("tradeoff_comp_images") or n_val)
     return CompanionConfig(
         ratio=float(ss["tradeoff_comp_ratio"]), rank_ratio=float(ss["tradeoff_comp_rank"]),
         int8_mode=str(ss["tradeoff_comp_int8"]), batch_size=int(ss["tradeoff_comp_batch"]),
         variants=("dense", *ss["tradeoff_comp_variants"]), epochs=int(ss["tradeoff_comp_epochs"]),
-        limit=int(images) if images else None, device=device,
+        limit=images if images < n_val else None, device=device,
     )  # fmt: skip
 
 
