@@ -334,7 +334,6 @@ def preview_panel(
     the estimate's switches, the per-layer chart, one layer's histogram and mask, then the
     accuracy estimate, drawn last (a forward pass) and skipped when the user has already moved
     on (`ui.state.newer_run_waiting`: the next run draws the next position at once)."""
-    plan = preview.engine.plan
     st.subheader("Live preview")
     m = st.columns([1, 1, 0.9, 1.3])
     params_nz = stats.params_nonzero
@@ -377,6 +376,15 @@ def preview_panel(
         help="More images: a steadier estimate, a slower redraw.",
     )
     timing_slot = st.empty()
+    # Filled now and again when the estimate lands: an emptied slot would collapse and the
+    # charts below jump up and down on every move.
+    timing_slot.caption(_timing(preview, stats, with_estimate=False))
+    if not estimate_on:
+        estimate_slot.metric("Accuracy estimate", "off")
+    else:
+        estimate_slot.metric("Accuracy", "…", help="The estimate follows the preview.")
+        if preview.recalibrates(True):
+            bn_slot.caption(f"{'without' if recalibrate_bn else 'with'} BN recalibration: …")
     for note in stats.notes:
         st.caption(f"Note: {note}")
 
@@ -417,11 +425,7 @@ def preview_panel(
 
     # ---------------------------------------------------------------- the estimate, last
     estimated = False
-    if not estimate_on:
-        estimate_slot.metric("Accuracy estimate", "off")
-    elif newer_run_waiting():
-        estimate_slot.metric("Accuracy", "…", help="The next position's estimate follows.")
-    else:
+    if estimate_on and not newer_run_waiting():  # else the next run, asked for, estimates
         # Shown after the first 100 images, then refined; stopped when the user moves on.
         for step in preview.estimate_steps(stats, int(n_est), recalibrate_bn=recalibrate_bn):
             estimate_metric(
@@ -432,18 +436,25 @@ def preview_panel(
                 break
         else:
             bn_estimate_caption(bn_slot, preview, stats, int(n_est), recalibrate_bn)
-    timing_slot.caption(
+    if estimated:
+        timing_slot.caption(_timing(preview, stats, with_estimate=True))
+
+
+def _timing(preview: SliderPreview, stats: PreviewStats, *, with_estimate: bool) -> str:
+    """The preview's caption: how long it (and, `with_estimate`, the estimate) took."""
+    interval = stats.accuracy_interval if with_estimate else None
+    return (
         f"Preview computed in {stats.seconds * 1000:.0f} ms"
         + (
             f" + {stats.eval_seconds * 1000:.0f} ms for the estimate (95% interval "
-            f"{stats.accuracy_interval[0]:.1%} to {stats.accuracy_interval[1]:.1%})"
-            if estimated and stats.accuracy_interval
+            f"{interval[0]:.1%} to {interval[1]:.1%})"
+            if interval
             else ""
         )
         + f" (scores were computed once in {preview.build_seconds:.2f} s, on CPU)."
         + (
             " Structured preview: weights are masked; Apply removes them physically."
-            if plan.structured
+            if preview.engine.plan.structured
             else ""
         )
     )
