@@ -50,7 +50,26 @@ remove. The method, and why:
    relieved in order of their current loss per saving, each bisected down towards its previous
    hull point while the measured cost still meets the budget. The result uses the budget it
    is given rather than a step below it.
-5. **Blocks** are whole units: each removable block's drop (`experiments.sensitivity` at
+5. **Recovery-aware choice** (counted budgets, per-unit granularities; `recovery_steps`). The
+   curves predict the loss *before* fine-tuning, one unit at a time; what decides after it is
+   the capacity left where it matters, which they do not measure. NetAdapt chooses among
+   proposals by their accuracy after a short-term fine-tune (Yang et al. 2018, "NetAdapt:
+   Platform-Aware Neural Network Adaptation for Mobile Applications"); EagleEye scores
+   candidate sub-networks after re-estimating BatchNorm, which ranks them by fine-tuned
+   accuracy better than their raw accuracy does (Li et al. 2020). So a few candidates that all
+   meet the measured budget are built: the search's own answer, the same
+   search with lower caps (`RECOVERY_CAPS`: spreading the pruning), and the uniform ratio and
+   the global threshold bisected to the budget (so the choice can only do as well as the
+   baselines on its own criterion). Each distinct one is pruned from the dense model and given
+   the same short recovery: `recovery_steps` Adam steps (`RECOVERY_LR`, cosine decay to 0,
+   batch `RECOVERY_BATCH`) on the training split *without* the calibration images, in an
+   order fixed by the config's seed, then BatchNorm re-estimated. Candidates less accurate on
+   the calibration split before recovery than the better baseline are set aside (the answer
+   stays at least as good before fine-tuning); of the others, the most accurate on the
+   calibration split after recovery is chosen (ties: the lower loss, then the search's own).
+   The validation split, which reports, chooses nothing. The recoveries run on the executor;
+   `BudgetResult.candidates` lists every candidate with its numbers.
+6. **Blocks** are whole units: each removable block's drop (`experiments.sensitivity` at
    block granularity: removed alone, BatchNorm re-estimated) and saving are measured, and the
    subsets of up to 16 candidate blocks are searched exhaustively (an exact 0/1 knapsack on the
    additive model; a greedy by drop per saving beyond), then checked by measurement in order of
@@ -62,17 +81,20 @@ it, the cap itself standing in for those above, and the plans never remove more 
 block the criterion ranks highest (the block plan always keeps at least one block, and that is
 the one it keeps), nor more than `max_layer_ratio` of the removable blocks.
 
-Determinism: for a seed, every step is deterministic (scores, sensitivity, stable sorts) for
-`macs`, `params` and `size`; latency budgets depend on timings and may differ between runs.
+Determinism: for a seed, every step is deterministic (scores, sensitivity, stable sorts, the
+recoveries' batches and steps on the CPU) for `macs`, `params` and `size`; latency budgets
+depend on timings and may differ between runs.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import re
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -92,16 +114,19 @@ from pruning_core.layers import example_input
 from pruning_core.models import LoadedModel
 from pruning_core.plans import layer_cap
 from pruning_core.progress import ProgressFn, Report
-from pruning_core.prune import Preview, PruneConfig, prune_
+from pruning_core.prune import Preview, PruneConfig, hold_masks, prune_, settle_structured
 from pruning_core.spec import InputSpec
 from pruning_core.stats import count_params, model_stats
 from pruning_core.timing import PROTOCOL, LatencyProtocol
 
 __all__ = [
     "BUDGET_HELP",
+    "DEFAULT_RECOVERY_STEPS",
     "DEFAULT_SEARCH_RATIOS",
     "LATENCY_TRIES",
     "QUANTITIES",
+    "RECOVERY_CAPS",
+    "RECOVERY_LR",
     "Baseline",
     "Budget",
     "BudgetResult",
@@ -136,6 +161,16 @@ _QUICK_SECONDS = 1.5
 _EXACT_BLOCKS = 16
 # Measured checks of block subsets, in order of predicted loss, before giving up.
 _BLOCK_TRIES = 12
+# Recovery-aware choice (module docstring, step 5): optimizer steps each candidate gets (what
+# `search(recovery_steps=None)` uses unless its curves are a quick look), peak learning rate and
+# batch; the lower caps whose searches are candidates besides the config's own.
+DEFAULT_RECOVERY_STEPS = 100
+RECOVERY_LR = 5e-4
+RECOVERY_BATCH = 32
+RECOVERY_CAPS = {"structured": (0.75, 0.6, 0.45), "weights": (0.9, 0.8, 0.7)}
+# Curves measured on fewer calibration images per point than this are a quick look (the Prune
+# page's tests): `recovery_steps=None` then skips the recovery.
+RECOVERY_MIN_IMAGES = 256
 # Bisection steps within the last group of hull segments (channel counts are discrete).
 _FRACTION_STEPS = 7
 # Give-back: bisection steps per unit when the budget's slack is handed back (step 4b).
@@ -492,6 +527,12 @@ class BudgetResult:
         units: One row per unit: unit, ratio, predicted drop, predicted saving, curve points.
         steps: The measured points of the bisection (position, share of dense cost).
         notes: What the user should know.
+        candidates: With the recovery-aware choice (step 5), one row per distinct candidate:
+            candidate (its names, ` = ` between those that select the same), ratios,
+            measured_share (of the dense cost), predicted_drop, calib_accuracy (before
+            recovery), recovered_accuracy and recovered_loss (calibration split, after it),
+            eligible (at least as accurate before recovery as the best baseline), chosen.
+        recovery_steps: Optimizer steps each candidate got (0: no recovery-aware choice).
     """
 
     budget: Budget
@@ -511,6 +552,8 @@ class BudgetResult:
     units: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    recovery_steps: int = 0
 
     @property
     def removed_blocks(self) -> list[str]:
@@ -558,6 +601,8 @@ class BudgetResult:
             "units": [dict(u) for u in self.units],
             "steps": [dict(s) for s in self.steps],
             "notes": list(self.notes),
+            "candidates": [dict(c) for c in self.candidates],
+            "recovery_steps": self.recovery_steps,
         }
 
 
@@ -795,6 +840,7 @@ class _Found:
     blocks: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     retarget: Callable[[float], _Found | None] | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Costs:
@@ -865,8 +911,10 @@ def _search_layers(
     curves: _Curves,
     report: ProgressFn,
     cancel: threading.Event | None,
+    recovery: _Recovery | None = None,
 ) -> _Found:
-    """Hull greedy + bisection for per-layer granularities (module docstring, steps 1-4)."""
+    """Hull greedy + bisection for per-layer granularities (module docstring, steps 1-4); with
+    `recovery`, the recovery-aware choice among candidates that meet the budget (step 5)."""
     pruner = _Pruner(base, cfg, data, spec)
     units = pruner.units
     costs = _Costs(pruner, meter, cancel)
@@ -892,84 +940,16 @@ def _search_layers(
             savings[u] = [float(np.interp(r, xs, ys)) for r in rs]
         else:
             savings[u] = [1.0 - costs.ratios({u: r}) for r in rs]
-    segs: list[_Segment] = []
+    drops: dict[str, list[float]] = {}
     table: list[dict[str, Any]] = []
-    for k, u in enumerate(units):
+    for u in units:
         rs = per_unit[u]
-        drops = [predicted_drop(sens, {u: r}) for r in rs]
-        segs += _segments(k, [0.0, *rs], [0.0, *savings[u]], [0.0, *drops])
+        drops[u] = [predicted_drop(sens, {u: r}) for r in rs]
         table.append({
             "unit": u, "size": pruner.sizes.get(u, 0),
             "points": [{"ratio": r, "saving": s * meter.dense, "drop": d}
-                       for r, s, d in zip(rs, savings[u], drops, strict=True)],
+                       for r, s, d in zip(rs, savings[u], drops[u], strict=True)],
         })  # fmt: skip
-    groups = _groups(segs)
-    steps: list[dict[str, float]] = []
-
-    def measure(position: float) -> float:
-        share = costs.ratios(_at(groups, units, position)[0])
-        steps.append({"position": round(position, 6), "share": share})
-        return share
-
-    def bisect(goal: float, lo: float) -> float | None:
-        """The least position at or above `lo` whose measured share meets `goal`."""
-        hi = float(len(groups))
-        if measure(hi) > goal:
-            return None
-        lo_i, hi_i = math.floor(lo), len(groups)
-        while hi_i - lo_i > 1:
-            mid = (lo_i + hi_i) // 2
-            if measure(mid) <= goal:
-                hi_i = mid
-            else:
-                lo_i = mid
-        # A search again (a latency miss) never goes back below where the last one ended.
-        f_lo = max(0.0, lo - lo_i)
-        if f_lo == 0.0 and measure(lo_i) <= goal:
-            return float(lo_i)
-        f_hi = 1.0
-        for _ in range(_FRACTION_STEPS):
-            f = (f_lo + f_hi) / 2
-            if measure(lo_i + f) <= goal:
-                f_hi = f
-            else:
-                f_lo = f
-        return lo_i + f_hi
-
-    def slope_at(k: int, r: float) -> float:
-        """Loss per saving of the hull segment unit `k`'s ratio `r` lies on (0 at ratio 0)."""
-        return max((g.slope for g in segs if g.unit == k and g.r0 < r <= g.r1 + 1e-12),
-                   default=0.0)  # fmt: skip
-
-    def give_back(chosen: dict[str, float], goal: float) -> dict[str, float]:
-        """Hand the budget's slack back (step 4b): channel counts are discrete, so the
-        bisected position usually lands below the goal; units are relieved in order of their
-        current loss per saving (the costliest pruning first), each by bisection down to its
-        previous hull point, while the measured cost still meets the goal."""
-        order = sorted(
-            (k for k, u in enumerate(units) if chosen[u] > 0),
-            key=lambda k: (-slope_at(k, chosen[units[k]]), k),
-        )
-        for k in order:
-            u, r = units[k], chosen[units[k]]
-            floor = max((g.r0 for g in segs if g.unit == k and g.r0 < r - 1e-12), default=0.0)
-            lo, hi = floor, r
-            if measure_ratios({**chosen, u: lo}) <= goal:
-                chosen[u] = lo
-                continue
-            for _ in range(_GIVE_BACK_STEPS):
-                mid = (lo + hi) / 2
-                if measure_ratios({**chosen, u: mid}) <= goal:
-                    hi = mid
-                else:
-                    lo = mid
-            chosen[u] = hi
-        return chosen
-
-    def measure_ratios(ratios: dict[str, float]) -> float:
-        share = costs.ratios(ratios)
-        steps.append({"position": -1.0, "share": share})
-        return share
 
     def predicted_saving(chosen: Mapping[str, float]) -> float:
         return float(sum(
@@ -977,41 +957,139 @@ def _search_layers(
             for u in units
         ))  # fmt: skip
 
-    def found_at(goal: float, lo: float) -> _Found | None:
-        report(Report(0.85, f"bisection for {goal:.3f} of the dense cost"))
-        position = 0.0 if goal >= 1.0 else bisect(goal, lo)
-        if position is None:
-            return None
-        chosen, saving = _at(groups, units, position)
-        if position > 0 and not meter.latency:
-            # Latency is timed, not counted: its slack is within the noise of one timing.
-            chosen = give_back(chosen, goal)
-            saving = predicted_saving(chosen)
-        rows = []
-        for row in table:
-            r = chosen[row["unit"]]
-            rows.append(
-                {**row, "ratio": r, "predicted_drop": predicted_drop(sens, {row["unit"]: r})}
-            )
-        config = cfg.replace(layer_ratios=tuple(chosen.items()))
-        out = _Found(
-            config, dict(chosen), goal, 1.0 - saving, predicted_drop(sens, chosen), rows,
-            steps, notes,
+    def found_for(chosen: dict[str, float], goal: float, saving: float,
+                  steps: list[dict[str, float]]) -> _Found:  # fmt: skip
+        rows = [
+            {**row, "ratio": chosen[row["unit"]],
+             "predicted_drop": predicted_drop(sens, {row["unit"]: chosen[row["unit"]]})}
+            for row in table
+        ]  # fmt: skip
+        return _Found(
+            cfg.replace(layer_ratios=tuple(chosen.items())), dict(chosen), goal, 1.0 - saving,
+            predicted_drop(sens, chosen), rows, steps, notes,
         )  # fmt: skip
-        out.retarget = lambda g: found_at(g, position)
-        return out
 
-    first = found_at(target_share, 0.0)
+    def solver(cap: float, at: float = 0.85) -> Callable[[float, float], _Found | None]:
+        """The search (steps 3-4b) with no unit past `cap` (at most the config's cap): a
+        function of the goal (share of dense cost) and where a search again starts."""
+        segs: list[_Segment] = []
+        for k, u in enumerate(units):
+            keep = [i for i, r in enumerate(per_unit[u]) if r <= cap + 1e-12]
+            segs += _segments(
+                k, [0.0, *(per_unit[u][i] for i in keep)],
+                [0.0, *(savings[u][i] for i in keep)], [0.0, *(drops[u][i] for i in keep)],
+            )  # fmt: skip
+        groups = _groups(segs)
+        steps: list[dict[str, float]] = []
+
+        def measure(position: float) -> float:
+            share = costs.ratios(_at(groups, units, position)[0])
+            steps.append({"position": round(position, 6), "share": share})
+            return share
+
+        def measure_ratios(ratios: dict[str, float]) -> float:
+            share = costs.ratios(ratios)
+            steps.append({"position": -1.0, "share": share})
+            return share
+
+        def bisect(goal: float, lo: float) -> float | None:
+            """The least position at or above `lo` whose measured share meets `goal`."""
+            hi = float(len(groups))
+            if measure(hi) > goal:
+                return None
+            lo_i, hi_i = math.floor(lo), len(groups)
+            while hi_i - lo_i > 1:
+                mid = (lo_i + hi_i) // 2
+                if measure(mid) <= goal:
+                    hi_i = mid
+                else:
+                    lo_i = mid
+            # A search again (a latency miss) never goes back below where the last one ended.
+            f_lo = max(0.0, lo - lo_i)
+            if f_lo == 0.0 and measure(lo_i) <= goal:
+                return float(lo_i)
+            f_hi = 1.0
+            for _ in range(_FRACTION_STEPS):
+                f = (f_lo + f_hi) / 2
+                if measure(lo_i + f) <= goal:
+                    f_hi = f
+                else:
+                    f_lo = f
+            return lo_i + f_hi
+
+        def slope_at(k: int, r: float) -> float:
+            """Loss per saving of the hull segment unit `k`'s ratio `r` lies on (0 at 0)."""
+            return max((g.slope for g in segs if g.unit == k and g.r0 < r <= g.r1 + 1e-12),
+                       default=0.0)  # fmt: skip
+
+        def give_back(chosen: dict[str, float], goal: float) -> dict[str, float]:
+            """Hand the budget's slack back (step 4b): channel counts are discrete, so the
+            bisected position usually lands below the goal; units are relieved in order of
+            their current loss per saving (the costliest pruning first), each by bisection down
+            to its previous hull point, while the measured cost still meets the goal."""
+            order = sorted(
+                (k for k, u in enumerate(units) if chosen[u] > 0),
+                key=lambda k: (-slope_at(k, chosen[units[k]]), k),
+            )
+            for k in order:
+                u, r = units[k], chosen[units[k]]
+                floor = max((g.r0 for g in segs if g.unit == k and g.r0 < r - 1e-12), default=0.0)
+                lo, hi = floor, r
+                if measure_ratios({**chosen, u: lo}) <= goal:
+                    chosen[u] = lo
+                    continue
+                for _ in range(_GIVE_BACK_STEPS):
+                    mid = (lo + hi) / 2
+                    if measure_ratios({**chosen, u: mid}) <= goal:
+                        hi = mid
+                    else:
+                        lo = mid
+                chosen[u] = hi
+            return chosen
+
+        def found_at(goal: float, lo: float) -> _Found | None:
+            report(Report(at, f"bisection for {goal:.3f} of the dense cost"))
+            position = 0.0 if goal >= 1.0 else bisect(goal, lo)
+            if position is None:
+                return None
+            chosen, saving = _at(groups, units, position)
+            if position > 0 and not meter.latency:
+                # Latency is timed, not counted: its slack is within the noise of one timing.
+                chosen = give_back(chosen, goal)
+                saving = predicted_saving(chosen)
+            out = found_for(chosen, goal, saving, steps)
+            out.retarget = lambda g: found_at(g, position)
+            return out
+
+        return found_at
+
+    first = solver(cfg.max_layer_ratio)(target_share, 0.0)
     if first is None:
-        most = _at(groups, units, float(len(groups)))[0]
+        top = max((max(v) for v in per_unit.values() if v), default=0)
+        most = {u: (per_unit[u][-1] if per_unit[u] else 0.0) for u in units}
         reach = costs.ratios(most) * meter.dense
         raise UserError(
             f"the budget ({meter.budget.describe(meter.dense)}) is out of reach: every unit at "
-            f"the largest ratio tried ({max((max(v) for v in per_unit.values() if v), default=0):g}"
-            f", max_layer_ratio {cfg.max_layer_ratio:g}) measures "
-            f"{format_cost(meter.budget.quantity, reach)}; relax the budget or try larger ratios"
+            f"the largest ratio tried ({top:g}, max_layer_ratio {cfg.max_layer_ratio:g}) "
+            f"measures {format_cost(meter.budget.quantity, reach)}; relax the budget or try "
+            "larger ratios"
         )
-    return first
+    if recovery is None or target_share >= 1.0:
+        return first
+    # Step 5: candidates that meet the budget, each given the same short recovery.
+    cands: list[tuple[str, _Found]] = [("searched", first)]
+    for cap in _recovery_caps(cfg):
+        found = solver(cap, 0.86)(target_share, 0.0)
+        if found is not None:
+            cands.append((f"searched, cap {cap:g}", found))
+    for scope in ("layer", "global"):
+        report(Report(0.87, f"candidate: {_SCOPE_WORDS[scope]}"))
+        ratios = _one_ratio(pruner, costs, scope, target_share)
+        if ratios is not None:
+            steps = [{"position": -1.0, "share": costs.ratios(ratios)}]
+            cands.append((_SCOPE_WORDS[scope], found_for(ratios, target_share,
+                                                         predicted_saving(ratios), steps)))  # fmt: skip
+    return _choose(base, data, spec, pruner, costs, cands, recovery, report, cancel)
 
 
 def _block_config(cfg: PruneConfig, blocks: Sequence[str], removed: Sequence[int], top: int
@@ -1037,7 +1115,7 @@ def _search_blocks(
     report: ProgressFn,
     cancel: threading.Event | None,
 ) -> _Found:
-    """Which residual blocks to remove (module docstring, step 5)."""
+    """Which residual blocks to remove (module docstring, step 6)."""
     pruner = _Pruner(base, cfg, data, spec)
     plan: Any = pruner.preview.plan
     blocks: list[str] = list(plan.blocks)
@@ -1167,6 +1245,230 @@ def _final(
     raise AssertionError("unreachable")
 
 
+# ----------------------------------------------------------------------------- recovery-aware choice
+
+_SCOPE_WORDS = {"layer": "uniform", "global": "global threshold"}
+
+
+@dataclass(frozen=True)
+class _Recovery:
+    """How the candidates of step 5 are recovered and where (picklable but `executor`)."""
+
+    steps: int
+    lr: float
+    batch_size: int
+    seed: int
+    device: str
+    executor: Any
+
+
+def _recovery_caps(cfg: PruneConfig) -> list[float]:
+    """The lower caps whose searches are candidates (those below the config's own)."""
+    kind = "structured" if cfg.structured else "weights"
+    return [c for c in RECOVERY_CAPS[kind] if c < cfg.max_layer_ratio - 1e-9]
+
+
+def _one_ratio(pruner: _Pruner, costs: _Costs, scope: str, goal: float) -> dict[str, float] | None:
+    """The least uniform (`layer`) ratio or global threshold whose measured cost meets `goal`
+    (as `baseline_for_budget` bisects it), written as per-unit ratios that select exactly the
+    same elements; None when no ratio up to the cap meets it."""
+    cap = pruner.config.max_layer_ratio
+
+    def share(r: float) -> float:
+        return costs.share(pruner.preview.select(r, {}, scope))
+
+    if share(cap) > goal:
+        return None
+    lo, hi = 0.0, cap
+    for _ in range(24):  # until the selection stops changing (channel counts are discrete)
+        mid = (lo + hi) / 2
+        if share(mid) <= goal:
+            hi = mid
+        else:
+            lo = mid
+    sel = pruner.preview.select(hi, {}, scope)
+    if scope == "layer":
+        ratios = dict.fromkeys(pruner.units, hi)
+    else:
+        # The global threshold removes a count per unit, the lowest-scored within it, which is
+        # what that unit's own ratio count/size removes (plans floor size x ratio + 1e-9).
+        ratios = {u: _removed(sel.get(u)) / max(pruner.sizes.get(u, 1), 1) for u in pruner.units}
+    again = pruner.preview.select(0.0, {u: r for u, r in ratios.items() if r > 0}, "layer")
+    return ratios if _selection_key(again) == _selection_key(sel) else None
+
+
+def _removed(sel: Any) -> int:
+    """Elements a unit's selection removes (a keep-mask, or removed indices)."""
+    if sel is None:
+        return 0
+    if isinstance(sel, torch.Tensor):
+        return int(sel.numel() - sel.count_nonzero())
+    return len(sel)
+
+
+@dataclass(frozen=True)
+class _RecoveryJob:
+    """What every candidate's recovery shares (sent once per executor map)."""
+
+    key: str
+    model: nn.Module
+    spec: InputSpec
+    data: Any
+    steps: int
+    lr: float
+    batch_size: int
+    seed: int
+    device: str
+
+
+# Cancel events of running searches by job key: a task in this process stops within a step;
+# remote tasks see none and stop between tasks (the executor cancels the pending ones).
+_RECOVERY_CANCELS: dict[str, threading.Event] = {}
+
+
+def _recover_candidate(job: _RecoveryJob, config: PruneConfig) -> tuple[float, float, float]:
+    """Prune a copy of the dense model as `config` says, train it `job.steps` steps, and
+    measure it on the calibration split: (accuracy before, accuracy after, loss after).
+
+    The steps are Adam with a cosine decay from `job.lr` to 0 on batches of the training split
+    without its calibration images (which choose), in an order fixed by `job.seed`; pruned
+    weights are held at zero (unstructured); BatchNorm statistics are re-estimated afterwards
+    as after pruning (`prune.settle_structured`)."""
+    from pruning_core.data import adapt
+    from pruning_core.experiments import _DataRef
+    from pruning_core.layers import batchnorm_frozen, main_logits, trainable_copy
+
+    data = job.data.load() if isinstance(job.data, _DataRef) else job.data
+    cancel = _RECOVERY_CANCELS.get(job.key)
+    dev = resolve_device(job.device)
+    model = trainable_copy(job.model)
+    res = prune_(model, config, data=data, spec=job.spec)
+    before = _accuracy(model, data, job.spec, dev, None, "calib")
+    pool = torch.ones(data.num_examples("train"), dtype=torch.bool)
+    pool[data.calib_index] = False
+    order = torch.nonzero(pool).flatten()
+    gen = torch.Generator().manual_seed(job.seed)
+    torch.manual_seed(job.seed)
+    model.to(dev)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=job.lr)
+    hold = hold_masks(model, res.masks)
+    shuffled, at = order[torch.randperm(len(order), generator=gen)], 0
+    model.train()
+    for step in range(job.steps):
+        _check_cancel(cancel)
+        if at >= len(shuffled):
+            shuffled, at = order[torch.randperm(len(order), generator=gen)], 0
+        idx, at = shuffled[at : at + job.batch_size], at + job.batch_size
+        xb, yb = adapt(data.train[0][idx], job.spec).to(dev), data.train[1][idx].to(dev)
+        for group in opt.param_groups:
+            group["lr"] = job.lr * 0.5 * (1 + math.cos(math.pi * step / job.steps))
+        with batchnorm_frozen(model, len(yb) < 2):
+            loss = torch.nn.functional.cross_entropy(main_logits(model(xb)).float(), yb)
+        if not torch.isfinite(loss):
+            return before, 0.0, math.inf  # diverged: the candidate is not chosen for it
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if hold is not None:
+            hold(model, step + 1)
+    model.eval()
+    settle_structured(model, config, data, job.spec)
+    ev = evaluate(model, data, job.spec, split="calib", device=dev)
+    model.cpu()
+    return before, ev.accuracy, ev.loss
+
+
+def _choose(
+    base: nn.Module,
+    data: DataBundle,
+    spec: InputSpec,
+    pruner: _Pruner,
+    costs: _Costs,
+    candidates: list[tuple[str, _Found]],
+    recovery: _Recovery,
+    report: ProgressFn,
+    cancel: threading.Event | None,
+) -> _Found:
+    """Step 5: each distinct candidate gets the same short recovery; among those at least as
+    accurate before it as the best baseline (uniform, global threshold), the most accurate on
+    the calibration split after it is chosen (ties: the lower loss, then the earlier one)."""
+    from pruning_core.executor import get_executor
+    from pruning_core.experiments import _data_for_workers
+
+    unique: list[tuple[list[str], _Found]] = []
+    keys: dict[tuple[Any, ...], int] = {}
+    for name, found in candidates:
+        sel = pruner.preview.select(0.0, {u: r for u, r in found.ratios.items() if r > 0}, "layer")
+        key = _selection_key(sel)
+        if key in keys:
+            unique[keys[key]][0].append(name)
+        else:
+            keys[key] = len(unique)
+            unique.append(([name], found))
+    owned = not isinstance(recovery.executor, Executor)
+    runner = recovery.executor if not owned else get_executor(recovery.executor or "inprocess")
+    job = _RecoveryJob(
+        uuid.uuid4().hex, base, spec, data, recovery.steps, recovery.lr, recovery.batch_size,
+        recovery.seed, recovery.device,
+    )  # fmt: skip
+    done = [0]
+
+    def on_done(i: int, out: tuple[float, float, float]) -> None:
+        done[0] += 1
+        report(Report(0.88 + 0.07 * done[0] / len(unique),
+                      f"recovery of {unique[i][0][0]}: calibration accuracy {out[0]:.4f} -> "
+                      f"{out[1]:.4f}"))  # fmt: skip
+
+    report(Report(0.88, f"recovery of {len(unique)} candidates, {recovery.steps} steps each"))
+    try:
+        if runner.local:
+            if cancel is not None:
+                _RECOVERY_CANCELS[job.key] = cancel
+        else:
+            job = dataclasses.replace(job, data=_data_for_workers(data))
+        tasks = [found.config for _, found in unique]
+        results = runner.map(_recover_candidate, tasks, shared=job, on_done=on_done,
+                             cancel=cancel)  # fmt: skip
+    finally:
+        _RECOVERY_CANCELS.pop(job.key, None)
+        if owned:
+            runner.close()
+    _check_cancel(cancel)
+    if len(results) < len(unique):
+        raise RuntimeError("the executor returned fewer recoveries than candidates")
+    floor = max(
+        (results[i][0] for i, (names, _) in enumerate(unique)
+         if any(n in _SCOPE_WORDS.values() for n in names)),
+        default=0.0,
+    )  # fmt: skip
+    eligible = [i for i in range(len(unique)) if results[i][0] >= floor - 1e-12]
+    best = max(eligible, key=lambda i: (results[i][1], -results[i][2], -i))
+    rows: list[dict[str, Any]] = []
+    for i, (names, found) in enumerate(unique):
+        before, after, loss = results[i]
+        rows.append({
+            "candidate": " = ".join(names), "ratios": dict(found.ratios),
+            "measured_share": costs.ratios(found.ratios),
+            "predicted_drop": found.predicted_drop, "calib_accuracy": before,
+            "recovered_accuracy": after, "recovered_loss": loss, "eligible": i in eligible,
+            "chosen": i == best,
+        })  # fmt: skip
+    names, chosen = unique[best]
+    words = "; ".join(
+        f"{r['candidate']} {r['calib_accuracy']:.4f} -> {r['recovered_accuracy']:.4f}"
+        + ("" if r["eligible"] else " (below the baselines before recovery)")
+        for r in rows
+    )
+    note = (
+        f"chosen after a short recovery ({recovery.steps} steps, Adam {recovery.lr:g} with "
+        f"cosine decay, batch {recovery.batch_size}, BatchNorm re-estimated) of "
+        f"{len(unique)} candidates meeting the budget, by calibration accuracy: {words}; "
+        f"chosen: {names[0]}"
+    )
+    return dataclasses.replace(chosen, notes=[*chosen.notes, note], candidates=rows,
+                               retarget=None)  # fmt: skip
+
+
 def search(
     model: nn.Module | LoadedModel,
     data: DataBundle,
@@ -1183,6 +1485,7 @@ def search(
     eval_limit: int | None = None,
     device: str = "auto",
     executor: Executor | str | None = None,
+    recovery_steps: int | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> BudgetResult:
@@ -1207,8 +1510,13 @@ def search(
         split: `calib` (default) or `val`: where the drop curves are measured.
         eval_limit: Validation images for the dense and the result's accuracy (None: all).
         device: Where accuracy is measured (costs are measured on the CPU).
-        executor: Where the sensitivity points run (`pruning_core.executor`: `inprocess`, the
-            default, `ray`, or an Executor); the search itself runs here.
+        executor: Where the sensitivity points and the candidates' recoveries run
+            (`pruning_core.executor`: `inprocess`, the default, `ray`, or an Executor); the
+            search itself runs here.
+        recovery_steps: The recovery-aware choice (module docstring, step 5): optimizer steps
+            of the short recovery each candidate gets (0: off, the search's own answer). None
+            (default): `DEFAULT_RECOVERY_STEPS` unless the curves are a quick look (`limit`
+            below `RECOVERY_MIN_IMAGES`); off for latency budgets and blocks either way.
         progress: Called with a `progress.Report` as the search goes.
         cancel: When set, the search stops with `jobs.JobCancelledError`.
 
@@ -1235,10 +1543,14 @@ def search(
     dense_acc = _accuracy(copy.deepcopy(base), data, spec, dev, eval_limit)
     target_share = b.target(meter.dense) / meter.dense
     curves = _Curves(sensitivity, ratios, limit, split, device, executor)
+    steps = _recovery_steps(recovery_steps, limit, b, cfg, data)
+    recovery = (
+        _Recovery(steps, RECOVERY_LR, RECOVERY_BATCH, cfg.seed, device, executor) if steps else None
+    )
     if cfg.plan.per_layer:
         found = _search_layers(
             base, data, spec, cfg.replace(ratio=0.0, scope="layer", layer_ratios=()), meter,
-            target_share, curves, report, cancel,
+            target_share, curves, report, cancel, recovery,
         )  # fmt: skip
     else:
         found = _search_blocks(
@@ -1283,7 +1595,30 @@ def search(
         units=found.units,
         steps=found.steps,
         notes=notes,
+        candidates=found.candidates,
+        recovery_steps=steps if found.candidates else 0,
     )
+
+
+def _recovery_steps(
+    given: int | None, limit: int | None, b: Budget, cfg: PruneConfig, data: DataBundle
+) -> int:
+    """The recovery steps the search uses (0: none), as `search` documents them.
+
+    Raises:
+        UserError: A negative or non-integer count.
+    """
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 0):
+        raise UserError(f"recovery_steps must be a whole number >= 0, got {brief(given)}")
+    if b.quantity == "latency" or not cfg.plan.per_layer:
+        return 0
+    # The candidates train on the training split without its calibration images (which choose).
+    if data.num_examples("train") <= len(data.calib_index):
+        return 0
+    if given is None:
+        quick = limit is not None and limit < RECOVERY_MIN_IMAGES
+        return 0 if quick else DEFAULT_RECOVERY_STEPS
+    return given
 
 
 def baseline_for_budget(

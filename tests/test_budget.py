@@ -1,16 +1,21 @@
-"""Budgets: parsing, the search meeting a measured budget within the caps, determinism, and
-searched ratios beating uniform and global ones at equal-or-lower measured MACs."""
+"""Budgets: parsing, the search meeting a measured budget within the caps, determinism, the
+recovery-aware choice among candidates, and searched ratios beating uniform and global ones at
+equal-or-lower measured MACs, before and after the same fine-tune."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from pruning_core.budget import (
+    DEFAULT_RECOVERY_STEPS,
     Budget,
     baseline_for_budget,
     measure_cost,
@@ -21,8 +26,12 @@ from pruning_core.budget import (
 from pruning_core.checkpoint import save_model_dir
 from pruning_core.data import load_dataset
 from pruning_core.errors import UserError
+from pruning_core.executor import InProcess
+from pruning_core.jobs import JobCancelledError
+from pruning_core.layers import trainable_copy
 from pruning_core.models import load_model
 from pruning_core.prune import PruneConfig, prune_
+from pruning_core.train import DEFAULT_FINETUNE, fit
 
 torch.set_num_threads(1)
 
@@ -198,14 +207,117 @@ def test_searched_ratios_beat_uniform_and_global_at_equal_or_lower_macs(searched
 def test_search_never_passes_a_cap_and_is_deterministic(cnn, digits, searched) -> None:  # type: ignore[no-untyped-def]
     _, budget, first = searched
     capped = PruneConfig(method="magnitude", granularity="channel", ratio=0.0, max_layer_ratio=0.35)
-    r = search(cnn, digits, "macs=0.5", config=capped)
-    assert r.met and max(r.ratios.values()) <= 0.35
+    r = search(cnn, digits, "macs=0.5", config=capped, recovery_steps=0)
+    assert r.met and max(r.ratios.values()) <= 0.35 and not r.candidates
     assert max(r.ratios.values()) == pytest.approx(0.35)  # the cap binds here
+    # With the recovery-aware choice no candidate, chosen or not, passes the cap either.
+    r = search(cnn, digits, "macs=0.5", config=capped, recovery_steps=5)
+    assert r.met and r.candidates and max(r.ratios.values()) <= 0.35
+    assert all(max(c["ratios"].values()) <= 0.35 for c in r.candidates)
     with pytest.raises(UserError, match="out of reach"):
         search(cnn, digits, "macs=0.42", config=capped)
     again = search(cnn, digits, budget, granularity="channel")
     assert again.ratios == first.ratios and again.measured_cost == first.measured_cost
     assert again.measured_accuracy == first.measured_accuracy
+    assert again.candidates == first.candidates  # the recoveries repeat exactly on the CPU
+
+
+def test_recovery_aware_choice_among_candidates_meeting_the_budget(searched) -> None:  # type: ignore[no-untyped-def]
+    _, budget, r = searched
+    assert r.recovery_steps == DEFAULT_RECOVERY_STEPS  # on by default (curves on every image)
+    rows = r.candidates
+    names = " = ".join(c["candidate"] for c in rows).split(" = ")
+    # The search's own answer, lower caps, and both baselines bisected to the budget.
+    assert names[0] == "searched" and {"uniform", "global threshold"} <= set(names)
+    assert any(n.startswith("searched, cap ") for n in names)
+    for c in rows:
+        assert c["measured_share"] * r.dense_cost <= budget.value
+        assert max(c["ratios"].values()) <= PruneConfig().max_layer_ratio
+        assert 0 <= c["calib_accuracy"] <= 1 and 0 <= c["recovered_accuracy"] <= 1
+    chosen = [c for c in rows if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["ratios"] == r.ratios and chosen[0]["eligible"]
+    # Set aside: less accurate before recovery than the better baseline; chosen: the most
+    # accurate after it among the others (the lower loss on a tie).
+    floor = max(
+        c["calib_accuracy"]
+        for c in rows
+        if {"uniform", "global threshold"} & set(c["candidate"].split(" = "))
+    )
+    assert all(c["eligible"] == (c["calib_accuracy"] >= floor) for c in rows)
+    best = max((c for c in rows if c["eligible"]),
+               key=lambda c: (c["recovered_accuracy"], -c["recovered_loss"]))  # fmt: skip
+    assert best is chosen[0]
+    assert any("short recovery" in n for n in r.notes)
+
+
+class _Counting(InProcess):
+    """The in-process executor, counting the tasks it runs by function."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def map(self, fn, tasks, **kw):  # type: ignore[no-untyped-def]
+        self.calls[fn.__name__] = self.calls.get(fn.__name__, 0) + len(tasks)
+        return super().map(fn, tasks, **kw)
+
+
+def test_recoveries_run_on_the_executor_and_cancel(cnn, digits, searched) -> None:  # type: ignore[no-untyped-def]
+    _, budget, _ = searched
+    ex = _Counting()
+    r = search(cnn, digits, budget, granularity="channel", executor=ex, recovery_steps=5)
+    assert ex.calls.get("_recover_candidate") == len(r.candidates) >= 2
+    cancel = threading.Event()
+
+    def stop(p: Any) -> None:  # cancel as soon as the first candidate's recovery is done
+        if "recovery of" in p.message and ":" in p.message:
+            cancel.set()
+
+    with pytest.raises(JobCancelledError):
+        search(cnn, digits, budget, granularity="channel", recovery_steps=5, progress=stop,
+               cancel=cancel)  # fmt: skip
+    with pytest.raises(UserError, match="recovery_steps"):
+        search(cnn, digits, budget, granularity="channel", recovery_steps=-1)
+    # Latency budgets and blocks choose without recovery; a quick look (few images) too.
+    quick = search(cnn, digits, budget, granularity="channel", limit=64)
+    assert quick.recovery_steps == 0 and not quick.candidates
+
+
+def _finetuned(cnn, digits, config: PruneConfig, seed: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(pruned, fine-tuned) validation accuracy: `DEFAULT_FINETUNE` for one epoch."""
+    m = trainable_copy(cnn.model)
+    prune_(m, config, data=digits, spec=cnn.spec)
+    tc = dataclasses.replace(DEFAULT_FINETUNE, epochs=1, device="cpu", seed=seed)
+    res = fit(m, digits, cnn.spec, tc)
+    assert res.start_accuracy is not None  # keep_best measures it
+    return res.start_accuracy, res.final_accuracy
+
+
+# Fine-tune seeds of the ordering test: one epoch moves digits-cnn by about an image (0.28
+# points of its 359 validation images) from seed to seed, so the mean of two is compared.
+FT_SEEDS = (0, 1)
+
+
+def test_searched_against_uniform_and_global_before_and_after_the_same_finetune(
+    cnn, digits, searched
+) -> None:  # type: ignore[no-untyped-def]
+    base, _, r = searched
+    runs = {"searched": [_finetuned(cnn, digits, r.config, s) for s in FT_SEEDS]}
+    runs |= {scope: [_finetuned(cnn, digits, b.config, s) for s in FT_SEEDS]
+             for scope, b in base.items()}  # fmt: skip
+    pre = {k: v[0][0] for k, v in runs.items()}
+    post = {k: sum(a[1] for a in v) / len(v) for k, v in runs.items()}
+    assert pre["searched"] == r.measured_accuracy  # what the search reported, re-measured
+    one_image = 1 / len(digits.val[1])
+    for scope, b in base.items():
+        assert r.measured_cost <= b.measured_cost, scope  # equal-or-lower measured MACs
+        assert pre["searched"] > pre[scope], (scope, pre)
+    # After it: ahead of uniform; against global within one validation image. Measured here
+    # (seeds 0, 1): searched 0.9805, uniform 0.9777, global 0.9819: the one-epoch default
+    # fine-tune brings every model at this budget back to within an image of dense, so the
+    # ordering after it is below what 359 images resolve (benchmarks/results.md, budget
+    # section, for shapes-resnet on 2000).
+    assert post["searched"] > post["layer"], (post, runs)
+    assert post["searched"] >= post["global"] - one_image, (post, runs)
 
 
 def test_unstructured_budget_counts_effective_macs(digits) -> None:  # type: ignore[no-untyped-def]
