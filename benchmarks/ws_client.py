@@ -62,6 +62,7 @@ __all__ = [
     "ProtocolError",
     "Run",
     "job_state",
+    "run_sync",
 ]
 
 FINISHED_OK = ForwardMsg.FINISHED_SUCCESSFULLY  # 0
@@ -741,3 +742,17 @@ def job_state(app: AppClient) -> dict[str, Any]:
         "one_line": "\n" not in raw.strip(),
         "runner": runner,
     }
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to its end from synchronous code, also where this thread already runs an
+    event loop (a test after Playwright's sync API, a notebook): then in a fresh thread, since
+    `asyncio.run` refuses a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

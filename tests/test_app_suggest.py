@@ -22,12 +22,15 @@ SAMPLES = {m.name: m.default_dataset for m in list_models() if m.sample}
 RATIO = 0.3
 # What each granularity does on each sample model: "suggest" (per-unit ratios), "one line"
 # (no per-layer ratios: N:M patterns, blocks) or "n/a" (the granularity does not apply).
+# Blocks are suggested by name (the least sensitive ones, each mapped to 1.0); low rank
+# suggests a share of each layer's rank.
 EXPECTED = {
     "digits-mlp": {"channel": "suggest", "head": "n/a", "block": "n/a"},
     "digits-cnn": {"channel": "suggest", "head": "n/a", "block": "n/a"},
-    "shapes-resnet": {"channel": "suggest", "head": "n/a", "block": "one line"},
-    "shapes-vit": {"channel": "suggest", "head": "suggest", "block": "one line"},
+    "shapes-resnet": {"channel": "suggest", "head": "n/a", "block": "suggest"},
+    "shapes-vit": {"channel": "suggest", "head": "suggest", "block": "suggest"},
 }
+LOW_RANK = {"lowrank": "suggest", "lowrank-energy": "suggest"}
 
 
 @pytest.fixture
@@ -71,9 +74,18 @@ def test_suggest_works_for_every_granularity(model_ref: str) -> None:
         assert not at.error, [e.value for e in at.error]
         assert not at.get("progress")  # the bar is gone
         over = at.session_state["prune_overrides"]
+        if g == "block":
+            # Blocks chosen by name: some removed, each mapped to 1.0.
+            assert over and all(v == 1.0 for v in over.values())
+            seen[g] = "suggest"
+            continue
         assert set(over) == set(preview.unit_names)
         sizes = preview.unit_sizes
-        if preview.engine.plan.structured:
+        if g.startswith("lowrank"):
+            # Shares of each layer's rank (a layer stays dense below its break-even rank).
+            assert all(0.0 <= v <= 1.0 for v in over.values())
+            assert any(v > 0 for v in over.values())
+        elif preview.engine.plan.structured:
             # Whole channels or heads: the plan removes the slider's share (rounded down).
             removed = preview.engine.select(RATIO, over, "global")
             want = math.floor(RATIO * sum(sizes.values()) + 1e-9)
@@ -83,7 +95,7 @@ def test_suggest_works_for_every_granularity(model_ref: str) -> None:
             assert abs(overall - RATIO) < 0.01
         assert any("sensitivity, measured on 40" in c.value for c in at.caption)
         seen[g] = "suggest"
-    assert seen == {"unstructured": "suggest", "2:4": "one line", **EXPECTED[model_ref]}
+    assert seen == {"unstructured": "suggest", "2:4": "one line", **EXPECTED[model_ref], **LOW_RANK}
 
 
 def test_a_failing_measurement_says_so_and_removes_its_progress_bar(

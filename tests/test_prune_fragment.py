@@ -16,7 +16,7 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import ThreadState
 
 import ui.state
 from benchmarks.local_server import free_port
-from benchmarks.ws_client import FRAGMENT_OK, AppClient
+from benchmarks.ws_client import FRAGMENT_OK, AppClient, run_sync
 from ui.state import newer_run_waiting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_a_slider_move_reruns_the_fragment_and_survives_a_page_change(tmp_path: 
     )
     try:
         server.start(timeout=90)
-        out = asyncio.run(asyncio.wait_for(_move_then_leave(server.url), 200))
+        out = run_sync(asyncio.wait_for(_move_then_leave(server.url), 200))
     finally:
         server.stop()
     move = out["move"]

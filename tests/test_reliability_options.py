@@ -29,6 +29,7 @@ REQUIRED = {
     "sweep": ["--model", "digits-mlp", "--dataset", "digits", "--out", "OUT.csv"],
     "sensitivity": ["--model", "digits-mlp", "--dataset", "digits", "--out", "OUT.csv"],
     "export": ["--pruned", "P", "--format", "onnx", "--out", "OUT.onnx"],
+    "quantize": ["digits-mlp", "--out", "OUT"],
     "app": [],
 }  # fmt: skip
 

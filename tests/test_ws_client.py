@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from benchmarks.local_server import free_port
-from benchmarks.ws_client import SETTLED, AppClient
+from benchmarks.ws_client import SETTLED, AppClient, run_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_a_ws_student_moves_the_prune_slider(tmp_path: Path) -> None:
     )
     try:
         server.start(timeout=45)
-        out = asyncio.run(asyncio.wait_for(_one_move(server.url), 50))
+        out = run_sync(asyncio.wait_for(_one_move(server.url), 50))
     finally:
         server.stop()
     t = out["timings"]
