@@ -217,18 +217,31 @@ class SliderPreview:
         t0 = time.perf_counter()
         masks = self.masks(ratio, layer_ratios, scope)
         nonzero = self._nonzero_per_param()
+        # Low rank writes rank-r weights in dense shapes: no zeros to count, so the counts are
+        # those of the factorised layers the same selection gives (`LowRankPlan.kept_share`).
+        kept_share = getattr(self.engine.plan, "kept_share", None)
+        kept: dict[str, float] = (
+            kept_share(self.engine.select(ratio, layer_ratios, scope)) if kept_share else {}
+        )
         rows = []
         macs = float(self.macs_dense)
+        removed_params = 0.0
         for (name, w), i in zip(self._layers, self._layer_index, strict=True):
             nz, dense_nz = int(nonzero[i]), int(self._dense_nonzero[i])
-            sparsity = 1.0 - nz / max(w.numel(), 1)
+            if name in kept:
+                sparsity = 1.0 - min(kept[name], 1.0)
+                removed_params += w.numel() * sparsity
+                cut = sparsity > 0
+            else:
+                sparsity = 1.0 - nz / max(w.numel(), 1)
+                cut = name in masks and nz < dense_nz
             macs -= self.layer_macs.get(name, 0) * sparsity
             rows.append(
                 {
                     "layer": name,
                     "params": w.numel(),
                     "sparsity": sparsity,
-                    "pruned": name in masks and nz < dense_nz,
+                    "pruned": cut,
                 }
             )
         layers = pd.DataFrame(rows, columns=["layer", "params", "sparsity", "pruned"])
@@ -239,7 +252,7 @@ class SliderPreview:
             else 0.0
         )
         stats = PreviewStats(
-            params_nonzero=int(nonzero.sum()),
+            params_nonzero=int(nonzero.sum()) - round(removed_params),
             macs_effective=macs,
             layers=layers,
             masks=masks,

@@ -279,3 +279,26 @@ def test_an_iterative_schedule_reaches_the_final_rank_ratio() -> None:
     assert res.curve[-1]["sparsity"] == pytest.approx(
         1 - count_params(agp) / count_params(lm.model), abs=0.05
     )
+
+
+@pytest.mark.parametrize(
+    ("model_ref", "dataset"), [("digits-cnn", "digits"), ("shapes-vit", "shapes")]
+)
+def test_the_slider_preview_counts_what_the_factorised_model_has(
+    model_ref: str, dataset: str
+) -> None:
+    # The preview holds rank-r weights in dense shapes (no zeros); its parameter and MAC counts
+    # must still be those of the model Apply factorises, at every position.
+    from pruning_core.data import load_dataset
+    from pruning_core.slider import SliderPreview
+
+    loaded = load_model(model_ref)
+    config = PruneConfig(granularity="lowrank", ratio=0.5)
+    preview = SliderPreview(loaded, config, load_dataset(dataset))
+    for ratio in (0.0, 0.5, 0.8):
+        stats = preview.update(ratio)
+        applied = copy.deepcopy(loaded.model)
+        prune_(applied, config.replace(ratio=ratio))
+        assert stats.params_nonzero == count_params(applied)
+        assert stats.macs_effective == pytest.approx(count_macs(applied, loaded.spec), rel=1e-9)
+        assert (stats.sparsity > 0) == (ratio > 0.3)  # past the break-even rank only
