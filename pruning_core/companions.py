@@ -107,6 +107,7 @@ VARIANT_LABELS = {
 RUNTIMES = ("eager", "onnxruntime")
 """eager: PyTorch as trained; onnxruntime: the exported graph in an InferenceSession."""
 NOT_APPLICABLE = "not applicable"
+_RUNTIME_WORDS = {"eager": "eager PyTorch", "onnxruntime": "ONNX Runtime"}
 COMPANION_COLUMNS = (
     "variant", "label", "runtime", "status", "reason", "accuracy", "n_val", "size_bytes",
     "size_kind", "params", "params_kind", "macs", "macs_kind", "median_ms", "p10_ms", "p90_ms",
@@ -647,7 +648,8 @@ def companion_summary(df: pd.DataFrame) -> str:
     words = []
     for col, what in (("pareto_size", "size"), ("pareto_latency", "latency")):
         on = df[df[col].astype(bool)] if col in df else df.iloc[0:0]
-        names = [f"{r.label} ({r.runtime})" for r in on.itertuples()]
+        names = [f"{r.label} ({_RUNTIME_WORDS.get(str(r.runtime), r.runtime)})"
+                 for r in on.itertuples()]  # fmt: skip
         if names:
             words.append(f"Best accuracy for its {what}: {', '.join(names)}.")
     return " ".join(words)

@@ -15,6 +15,7 @@ from pruning_core.companions import (
     COMPANION_VARIANTS,
     NOT_APPLICABLE,
     CompanionConfig,
+    companion_summary,
     compare_companions,
 )
 from pruning_core.data import load_dataset
@@ -197,6 +198,11 @@ def test_figure_panels_fronts_and_hover(cnn: pd.DataFrame) -> None:
         assert len(front) == 1 and front[0].line.shape == "hv"
         on = ok[ok[flag]].sort_values(x)
         assert list(front[0].y) == list(on["accuracy"])
+    # The sentence under the figure names the front's rows in words.
+    words = companion_summary(cnn)
+    on_front = ok[ok["pareto_size"]]
+    assert all(f"{label} (" in words for label in on_front["label"])
+    assert "(onnxruntime)" not in words and "Best accuracy for its size:" in words
     # Not measured rows are not drawn: int8 has only its ONNX Runtime point.
     assert list(traces["int8"].marker.symbol) == ["diamond"]
 

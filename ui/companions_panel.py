@@ -119,9 +119,7 @@ def companions_table(df: pd.DataFrame) -> pd.DataFrame:
         "accuracy %": (100 * pd.to_numeric(df["accuracy"], errors="coerce")).round(2),
         "size (bytes)": whole("size_bytes"),
         "size (KiB)": (pd.to_numeric(df["size_bytes"], errors="coerce") / 1024).round(1),
-        "size counts": df["size_kind"].fillna(""),
         "params": whole("params"),
-        "params count": df["params_kind"].fillna(""),
         "MACs / image": whole("macs"),
         "median ms": pd.to_numeric(df["median_ms"], errors="coerce").round(3),
         "p10 ms": pd.to_numeric(df["p10_ms"], errors="coerce").round(3),
@@ -131,6 +129,8 @@ def companions_table(df: pd.DataFrame) -> pd.DataFrame:
         "Pareto (latency)": df["pareto_latency"].astype(bool),
         "status": df["status"],
         "why / note": df["reason"].fillna(""),
+        "size counts": df["size_kind"].fillna(""),
+        "params count": df["params_kind"].fillna(""),
         "how it was made": df["how"].fillna(""),
     })  # fmt: skip
 
