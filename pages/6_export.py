@@ -218,7 +218,7 @@ if st.button("Build the report", key="export_make_report"):
                 metrics, model_ref, loaded, dense, pruned=pm is not None, sweep=sweep_df,
                 latency=lat_res["df"] if lat_res is not None else None,
                 latency_attrs=lat_res["attrs"] if lat_res is not None else {},
-                companions=comp_df,
+                companions=comp_df, data=data,
             )  # fmt: skip
         st.session_state["export_report"] = (version, page)
     except UserError as e:

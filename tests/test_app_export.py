@@ -80,6 +80,8 @@ def test_pruned_model_export_onnx_recipe_report() -> None:
     assert '<script src="http' not in page
     assert page.count('class="plotly-graph-div"') >= 2
     assert "Accuracy vs sparsity" in page and "Latency" in page
+    # Which classes pay: the pruned model against dense, class by class, measured for the report.
+    assert "Per-class accuracy change against dense" in page and "Hooker et al. 2019" in page
     assert any("Self-contained" in c.value for c in at.caption)
 
 

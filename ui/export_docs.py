@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from pruning_core import export
+from pruning_core.data import DataBundle
 from pruning_core.errors import UserError
 from pruning_core.latency import PROTOCOL, benchmark_backends
 from pruning_core.layers import example_input
@@ -147,8 +148,13 @@ def build_report(
     latency: pd.DataFrame | None,
     latency_attrs: Mapping[str, Any],
     companions: pd.DataFrame | None = None,
+    data: DataBundle | None = None,
 ) -> str:
     """The self-contained HTML report (`export.pruning_report`).
+
+    With `data` and a pruned model, the report's per-class section compares the pruned model
+    with dense class by class on the validation split (`per_class.per_class_change`, Hooker et
+    al. 2019), measured now.
 
     `companions` is the Trade-offs page's last one view of this selection
     (`companions.compare_companions`, its `attrs` with the protocol), put in as its own section.
@@ -175,8 +181,16 @@ def build_report(
         if pruned
         else ["Nothing was pruned in this session: this report shows the dense model."]
     )
+    per_class = None
+    if pruned and data is not None:
+        from pruning_core.per_class import per_class_accuracy, per_class_change
+
+        per_class = per_class_change(
+            per_class_accuracy(dense.model, data, dense.spec),
+            per_class_accuracy(loaded.model, data, loaded.spec),
+        )
     return export.pruning_report(
         dict(metrics), title=f"Pruning report: {model_ref}", sweep=sweep, latency=lat,
         latency_note=note, model_card=export.model_card(model_ref), notes=notes,
-        companions=companions,
+        companions=companions, per_class=per_class,
     )  # fmt: skip
