@@ -4,34 +4,13 @@ with dense, low rank and int8 rows in both runtimes, and the CSV download."""
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from apptest_helpers import find_chart
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "5_tradeoffs.py")
-
-
-def _plain(o: Any) -> Any:
-    """Plotly 6 sends numeric arrays as base64 ({"dtype", "bdata"}); decode them to lists."""
-    if isinstance(o, dict):
-        if "bdata" in o and "dtype" in o:
-            return np.frombuffer(base64.b64decode(o["bdata"]), dtype=o["dtype"]).tolist()
-        return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_plain(v) for v in o]
-    return o
-
-
-def _chart(at: AppTest, key: str) -> dict[str, Any] | None:
-    for c in at.get("plotly_chart"):
-        if c.proto.id and key in c.proto.id:
-            return dict(_plain(json.loads(c.proto.spec)))
-    return None
 
 
 def test_companions_tab_empty_state_then_one_view() -> None:
@@ -39,7 +18,7 @@ def test_companions_tab_empty_state_then_one_view() -> None:
 
     at = AppTest.from_file(PAGE, default_timeout=180).run()
     assert not at.exception, at.exception
-    assert _chart(at, "tradeoff_comp_chart") is None
+    assert find_chart(at, "tradeoff_comp_chart") is None
     assert any("Run the measurement to see every variant" in i.value for i in at.info)
 
     at.number_input(key="tradeoff_comp_images").set_value(64)
@@ -56,7 +35,7 @@ def test_companions_tab_empty_state_then_one_view() -> None:
         if at.session_state["tradeoff_companions_job"]:
             at.run()
     assert not at.exception, at.exception
-    spec = _chart(at, "tradeoff_comp_chart")
+    spec = find_chart(at, "tradeoff_comp_chart")
     assert spec is not None
     layout = spec["layout"]
     assert layout["xaxis"]["title"]["text"].endswith("(KiB)")
@@ -86,7 +65,7 @@ def test_companions_tab_empty_state_then_one_view() -> None:
 
     # The result survives a page change: the page run again shows it without a new job.
     at.run()
-    assert _chart(at, "tradeoff_comp_chart") is not None
+    assert find_chart(at, "tradeoff_comp_chart") is not None
 
 
 def test_export_report_includes_the_last_one_view_of_this_selection() -> None:

@@ -4,15 +4,14 @@ Runtime at batch 1 and 32), the verdict, and the quantized directory as a zip th
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from apptest_helpers import find_chart
 from streamlit.testing.v1 import AppTest
 
 from pruning_core.quantize import INT8_ACCURACY_TOLERANCE, load_quantized
@@ -21,24 +20,6 @@ from ui.texts_runtime import QUANT_EXPLAINED
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "6_export.py")
-
-
-def _plain(o: Any) -> Any:
-    """Plotly 6 sends numeric arrays as base64 ({"dtype", "bdata"}); decode them to lists."""
-    if isinstance(o, dict):
-        if "bdata" in o and "dtype" in o:
-            return np.frombuffer(base64.b64decode(o["bdata"]), dtype=o["dtype"]).tolist()
-        return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_plain(v) for v in o]
-    return o
-
-
-def _chart(at: AppTest, key: str) -> dict[str, Any] | None:
-    for c in at.get("plotly_chart"):
-        if c.proto.id and key in c.proto.id:
-            return dict(_plain(json.loads(c.proto.spec)))
-    return None
 
 
 def _wait(at: AppTest, timeout: float = 120.0) -> None:
@@ -62,14 +43,14 @@ def test_quantize_dense_digits_cnn_in_the_background(tmp_path: Path) -> None:
     assert mode.options == ["static (calibrated on the calibration split)",
                             "dynamic (no calibration)"]  # fmt: skip
     assert any(m.value == QUANT_EXPLAINED for m in at.markdown)
-    assert _chart(at, "export_quant_chart") is None
+    assert find_chart(at, "export_quant_chart") is None
     assert at.button(key="export_quantize").label == "Quantize the dense model to int8"
 
     at.button(key="export_quantize").click().run()
     assert not at.exception, at.exception
     _wait(at)
     assert not at.exception, at.exception
-    spec = _chart(at, "export_quant_chart")
+    spec = find_chart(at, "export_quant_chart")
     assert spec is not None
     acc = [t for t in spec["data"] if t["type"] == "scatter"]
     assert [t["x"] for t in acc] == [["float"], ["int8"]]
@@ -111,7 +92,7 @@ def test_quantize_dense_digits_cnn_in_the_background(tmp_path: Path) -> None:
     at.session_state["tradeoff_quantize_result"]["attrs"]["version"] = "an earlier model"
     at.run()
     assert not at.exception, at.exception
-    assert _chart(at, "export_quant_chart") is None
+    assert find_chart(at, "export_quant_chart") is None
     assert any(c.value.startswith("Not quantized yet for this model") for c in at.caption)
 
 

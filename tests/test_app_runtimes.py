@@ -3,13 +3,10 @@ batch-sweep figure with both runtimes, the ratios, the protocol beside it and Re
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
+from apptest_helpers import find_chart
 from streamlit.testing.v1 import AppTest
 
 from pruning_core.latency import SWEEP_BATCH_SIZES
@@ -18,24 +15,6 @@ from ui.texts_runtime import RUNTIMES_EXPLAINED
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "1_model_and_data.py")
-
-
-def _plain(o: Any) -> Any:
-    """Plotly 6 sends numeric arrays as base64 ({"dtype", "bdata"}); decode them to lists."""
-    if isinstance(o, dict):
-        if "bdata" in o and "dtype" in o:
-            return np.frombuffer(base64.b64decode(o["bdata"]), dtype=o["dtype"]).tolist()
-        return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_plain(v) for v in o]
-    return o
-
-
-def _chart(at: AppTest, key: str) -> dict[str, Any] | None:
-    for c in at.get("plotly_chart"):
-        if c.proto.id and key in c.proto.id:
-            return dict(_plain(json.loads(c.proto.spec)))
-    return None
 
 
 def test_measure_draws_both_runtimes_per_batch_with_the_protocol() -> None:
@@ -48,14 +27,14 @@ def test_measure_draws_both_runtimes_per_batch_with_the_protocol() -> None:
     assert list(ms.value) == list(SWEEP_BATCH_SIZES)  # the default sweep: 1, 8, 32, 64
     assert any(m.value == RUNTIMES_EXPLAINED for m in at.markdown)
     # Before a measurement: words, not an empty chart.
-    assert _chart(at, "runtime_chart") is None
+    assert find_chart(at, "runtime_chart") is None
     assert at.button(key="runtime_measure").label == "Measure"
 
     ms.set_value([1, 4]).run()
     at.button(key="runtime_measure").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    spec = _chart(at, "runtime_chart")
+    spec = find_chart(at, "runtime_chart")
     assert spec is not None
     names = [t["name"] for t in spec["data"]]
     assert names == ["eager PyTorch", "ONNX Runtime"]

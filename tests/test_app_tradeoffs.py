@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from apptest_helpers import plain, wait_job
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "5_tradeoffs.py")
 
 
-def _wait_job(at: AppTest, slot: str, timeout: float = 120.0) -> None:
-    """Let the background job of `slot` finish, then rerun so the page picks up its result."""
-    from pruning_core.jobs import get_runner
-
-    job_id = at.session_state[f"tradeoff_{slot}_job"]
-    assert job_id, f"no {slot} job was started"
-    job = get_runner().get(job_id)
-    assert job is not None and job.wait(timeout), f"{slot} job did not finish"
-    assert job.status == "done", job.error
-    at.run()
-    # The fragment hands the result over and reruns; one more run settles it.
-    if at.session_state[f"tradeoff_{slot}_job"]:
-        at.run()
-
-
-def _plain(o: Any) -> Any:
-    """Plotly 6 sends numeric arrays as base64 ({"dtype", "bdata"}); decode them to lists."""
-    if isinstance(o, dict):
-        if "bdata" in o and "dtype" in o:
-            return np.frombuffer(base64.b64decode(o["bdata"]), dtype=o["dtype"]).tolist()
-        return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_plain(v) for v in o]
-    return o
-
-
 def _chart(at: AppTest, key: str) -> dict[str, Any]:
     for c in at.get("plotly_chart"):
         if c.proto.id and key in c.proto.id:
-            return _plain(json.loads(c.proto.spec))
+            return plain(json.loads(c.proto.spec))
     raise AssertionError(f"no chart {key}: {[c.proto.id for c in at.get('plotly_chart')]}")
 
 
@@ -53,7 +26,7 @@ def test_sweep_plots_one_trace_per_method_and_finetune() -> None:
     at.text_input(key="tradeoff_ratios").set_value("0.5, 0.9")
     at.button(key="tradeoff_run_sweep").click().run()
     assert not at.exception, at.exception
-    _wait_job(at, "sweep")
+    wait_job(at, "sweep", 120.0)
     assert not at.exception
     spec = _chart(at, "tradeoff_acc_chart")
     names = [t["name"] for t in spec["data"]]
@@ -74,7 +47,7 @@ def test_latency_and_sensitivity_jobs() -> None:
     at.text_input(key="tradeoff_lat_ratios").set_value("0.5, 0.9")
     at.selectbox(key="tradeoff_lat_batch").set_value(8)
     at.button(key="tradeoff_run_latency").click().run()
-    _wait_job(at, "latency")
+    wait_job(at, "latency", 120.0)
     assert not at.exception
     spec = _chart(at, "tradeoff_lat_chart")
     names = {t["name"] for t in spec["data"]}
@@ -90,7 +63,7 @@ def test_latency_and_sensitivity_jobs() -> None:
 
     at.text_input(key="tradeoff_sens_ratios").set_value("0.5, 0.9")
     at.button(key="tradeoff_run_sens").click().run()
-    _wait_job(at, "sensitivity")
+    wait_job(at, "sensitivity", 120.0)
     assert not at.exception
     spec = _chart(at, "tradeoff_sens_chart")
     layers = [t["name"] for t in spec["data"]]
@@ -103,7 +76,7 @@ def test_runs_are_recorded_and_comparable() -> None:
     at.text_input(key="tradeoff_ratios").set_value("0.5")
     at.number_input(key="tradeoff_ft_epochs").set_value(0)
     at.button(key="tradeoff_run_sweep").click().run()
-    _wait_job(at, "sweep")
+    wait_job(at, "sweep", 120.0)
     from pruning_core.jobs import get_runner
 
     runs = get_runner().store.list_runs(kind="sweep")

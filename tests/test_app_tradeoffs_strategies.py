@@ -4,59 +4,22 @@ per-class change of one of its runs against dense, with an HTML report that has 
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from apptest_helpers import find_chart, wait_job
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "5_tradeoffs.py")
 
 
-def _wait_job(at: AppTest, slot: str, timeout: float = 180.0) -> None:
-    """Let the background job of `slot` finish, then rerun so the page picks up its result."""
-    from pruning_core.jobs import get_runner
-
-    job_id = at.session_state[f"tradeoff_{slot}_job"]
-    if not job_id:  # a quick job may have ended, and been handed over, within the click's run
-        assert at.session_state[f"tradeoff_{slot}_result"], f"no {slot} job was started"
-        return
-    job = get_runner().get(job_id)
-    assert job is not None and job.wait(timeout), f"{slot} job did not finish"
-    assert job.status == "done", job.error
-    at.run()
-    if at.session_state[f"tradeoff_{slot}_job"]:
-        at.run()
-
-
-def _plain(o: Any) -> Any:
-    """Plotly 6 sends numeric arrays as base64 ({"dtype", "bdata"}); decode them to lists."""
-    if isinstance(o, dict):
-        if "bdata" in o and "dtype" in o:
-            return np.frombuffer(base64.b64decode(o["bdata"]), dtype=o["dtype"]).tolist()
-        return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_plain(v) for v in o]
-    return o
-
-
-def _chart(at: AppTest, key: str) -> dict[str, Any] | None:
-    for c in at.get("plotly_chart"):
-        if c.proto.id and key in c.proto.id:
-            return dict(_plain(json.loads(c.proto.spec)))
-    return None
-
-
 def test_strategies_job_then_per_class_of_one_of_its_runs() -> None:
     at = AppTest.from_file(PAGE, default_timeout=180).run()
     assert not at.exception, at.exception
     # Before any run: an empty state, not an empty chart.
-    assert _chart(at, "tradeoff_strat_chart") is None
+    assert find_chart(at, "tradeoff_strat_chart") is None
     assert any("Run the comparison" in i.value for i in at.info)
-    assert _chart(at, "tradeoff_perclass_chart") is None
+    assert find_chart(at, "tradeoff_perclass_chart") is None
 
     at.selectbox(key="tradeoff_strat_quantity").set_value("macs")
     at.number_input(key="tradeoff_strat_share").set_value(0.5)
@@ -64,9 +27,9 @@ def test_strategies_job_then_per_class_of_one_of_its_runs() -> None:
     at.number_input(key="tradeoff_strat_epochs").set_value(1)
     at.button(key="tradeoff_run_strategies").click().run()
     assert not at.exception, at.exception
-    _wait_job(at, "strategies")
+    wait_job(at, "strategies", 180.0, handed_over_ok=True)
     assert not at.exception, at.exception
-    spec = _chart(at, "tradeoff_strat_chart")
+    spec = find_chart(at, "tradeoff_strat_chart")
     assert spec is not None
     names = [t["name"] for t in spec["data"]]
     assert names == ["before fine-tune", "after 1-epoch fine-tune"]
@@ -89,9 +52,9 @@ def test_strategies_job_then_per_class_of_one_of_its_runs() -> None:
     at.button(key="tradeoff_run_perclass").click().run()
     assert not at.exception, at.exception
     assert not at.session_state["tradeoff_perclass_refused"], [e.value for e in at.error]
-    _wait_job(at, "perclass")
+    wait_job(at, "perclass", 180.0, handed_over_ok=True)
     assert not at.exception, at.exception
-    pc = _chart(at, "tradeoff_perclass_chart")
+    pc = find_chart(at, "tradeoff_perclass_chart")
     assert pc is not None
     assert len(pc["data"][0]["x"]) == 10  # digits: ten classes
     ys = pc["data"][0]["y"]

@@ -1,0 +1,53 @@
+"""Helpers shared by the app tests: Plotly charts of an AppTest run as plain dicts, and waiting
+for a background job of the page."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+
+def plain(o: Any) -> Any:
+    """Plotly 6 sends numeric arrays as base64 ({"dtype", "bdata"}); decode them to lists."""
+    if isinstance(o, dict):
+        if "bdata" in o and "dtype" in o:
+            return np.frombuffer(base64.b64decode(o["bdata"]), dtype=o["dtype"]).tolist()
+        return {k: plain(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [plain(v) for v in o]
+    return o
+
+
+def find_chart(at: AppTest, key: str) -> dict[str, Any] | None:
+    """The spec of the chart whose element id holds `key`, or None when none is drawn."""
+    for c in at.get("plotly_chart"):
+        if c.proto.id and key in c.proto.id:
+            return dict(plain(json.loads(c.proto.spec)))
+    return None
+
+
+def wait_job(at: AppTest, slot: str, timeout: float, *, handed_over_ok: bool = False) -> None:
+    """Let the background job of a `tradeoff_{slot}_*` slot finish, then rerun so the page
+    picks up its result (the jobs fragment hands it over and reruns; one more run settles it).
+
+    Args:
+        handed_over_ok: A quick job may have ended, and been handed over, within the click's
+            run: then a kept result stands for the job. Without it, a job must have started.
+    """
+    from pruning_core.jobs import get_runner
+
+    job_id = at.session_state[f"tradeoff_{slot}_job"]
+    if not job_id and handed_over_ok:
+        assert at.session_state[f"tradeoff_{slot}_result"], f"no {slot} job was started"
+        return
+    assert job_id, f"no {slot} job was started"
+    job = get_runner().get(job_id)
+    assert job is not None and job.wait(timeout), f"{slot} job did not finish"
+    assert job.status == "done", job.error
+    at.run()
+    if at.session_state[f"tradeoff_{slot}_job"]:
+        at.run()
