@@ -14,6 +14,7 @@ The histogram and mask-picture helpers (`binned`, `before_after`, `mask_grid`,
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,7 @@ __all__ = [
     "HIST_BINS",
     "MASK_COLS",
     "MASK_ROWS",
+    "EstimateCache",
     "LayerView",
     "PreviewStats",
     "SliderPreview",
@@ -108,6 +110,50 @@ class LayerView:
     mask: torch.Tensor
 
 
+class EstimateCache:
+    """Finished accuracy estimates by slider position, least recently used dropped first.
+
+    One cache can serve every `SliderPreview` of the same dense model, dataset, criterion,
+    granularity and kept-dense layers: the estimate at a position is then a pure function of
+    the position, so the app shares one per selection across a server's sessions (a class
+    steps the same slider through the same positions: each is evaluated once). Thread-safe:
+    sessions run in threads of one process.
+
+    Args:
+        maxsize: Entries kept (>= 1).
+    """
+
+    def __init__(self, maxsize: int = ESTIMATES_KEPT) -> None:
+        self.maxsize = max(1, int(maxsize))
+        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The entry for `key` (marked recently used), or None."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[Any, ...], value: tuple[Any, ...]) -> None:
+        """Keep `value` for `key`, dropping the least recently used beyond `maxsize`."""
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
 class SliderPreview:
     """Slider engine for one (model, dataset, criterion, granularity) in one session.
 
@@ -115,6 +161,9 @@ class SliderPreview:
         base: The dense model (only read: the preview works on its own trainable copy).
         config: Criterion, granularity, options (ratios come with `update`).
         data: The DataBundle (calibration for data-driven criteria, estimates).
+        estimates: Where finished estimates are kept by position (None: a cache of this
+            preview's own). Pass one `EstimateCache` to every preview of the same model,
+            dataset, criterion, granularity and `ignore` to share them.
 
     Attributes:
         config: The config the scores were computed for.
@@ -130,7 +179,13 @@ class SliderPreview:
         UserError: The criterion or granularity does not fit the model (as `prune.Preview`).
     """
 
-    def __init__(self, base: LoadedModel, config: PruneConfig, data: Any) -> None:
+    def __init__(
+        self,
+        base: LoadedModel,
+        config: PruneConfig,
+        data: Any,
+        estimates: EstimateCache | None = None,
+    ) -> None:
         t0 = time.perf_counter()
         self.config = config
         self.spec = base.spec
@@ -165,7 +220,7 @@ class SliderPreview:
         self.params_nonzero_dense = int(self._dense_nonzero.sum())
         self.macs_dense = count_macs(self.model, base.spec)
         self.layer_macs = layer_macs(self.model, base.spec)
-        self._estimates: OrderedDict[tuple[Any, ...], tuple[Any, ...]] = OrderedDict()
+        self._estimates = estimates if estimates is not None else EstimateCache()
         self.build_seconds = time.perf_counter() - t0
 
     def _restore(self) -> None:
@@ -336,9 +391,8 @@ class SliderPreview:
         t1 = time.perf_counter()
         recal = self.config.recalibrate_bn if recalibrate_bn is None else bool(recalibrate_bn)
         key = (stats.position, int(n_eval), self.recalibrates(recal))
-        kept = self._estimates.get(key)
-        if kept is not None and stats.position:
-            self._estimates.move_to_end(key)
+        kept = self._estimates.get(key) if stats.position else None
+        if kept is not None:
             stats.accuracy, stats.n_eval, stats.accuracy_interval = kept
             stats.eval_seconds = time.perf_counter() - t1
             yield stats
@@ -356,9 +410,7 @@ class SliderPreview:
             stats.eval_seconds = time.perf_counter() - t1
             yield stats
         if stats.position:
-            self._estimates[key] = (stats.accuracy, stats.n_eval, stats.accuracy_interval)
-            while len(self._estimates) > ESTIMATES_KEPT:
-                self._estimates.popitem(last=False)
+            self._estimates.put(key, (stats.accuracy, stats.n_eval, stats.accuracy_interval))
 
     def layer_weight(self, name: str) -> torch.Tensor:
         """The working copy's (masked) weight of a layer."""

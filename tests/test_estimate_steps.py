@@ -61,3 +61,26 @@ def test_wilson_interval_holds_the_proportion_and_stays_in_bounds(correct: int, 
         half = 1.96 * math.sqrt(p * (1 - p) / n)
         assert (hi - lo) / 2 == pytest.approx(half, rel=0.05)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_previews_sharing_an_estimate_cache_evaluate_a_position_once() -> None:
+    from pruning_core.slider import EstimateCache
+
+    base, data = load_model("digits-cnn"), load_dataset("digits")
+    config = PruneConfig(criterion="magnitude", granularity="channel")
+    shared = EstimateCache(maxsize=2)
+    one = SliderPreview(base, config, data, shared)
+    two = SliderPreview(base, config, data, shared)  # another session, same selection
+    alone = SliderPreview(base, config, data)
+    first = one.estimate(one.update(0.4), 200)
+    steps = list(two.estimate_steps(two.update(0.4), 200, first=50))
+    assert len(steps) == 1 and len(shared) == 1  # kept by the first, not evaluated again
+    own = alone.estimate(alone.update(0.4), 200)  # the same number as evaluating it
+    assert steps[0].accuracy == first.accuracy == own.accuracy
+    assert steps[0].accuracy_interval == own.accuracy_interval
+    # Least recently used dropped first; a preview without the shared cache kept its own.
+    one.estimate(one.update(0.2), 200)
+    two.estimate(two.update(0.6), 200)
+    assert len(shared) == 2
+    assert len(list(two.estimate_steps(two.update(0.4), 200, first=50))) > 1
+    assert len(alone._estimates) == 1

@@ -19,10 +19,13 @@ from pruning_core.layers import trainable_copy
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressReport
 from pruning_core.prune import PruneConfig
-from pruning_core.slider import SliderPreview
+from pruning_core.slider import EstimateCache, SliderPreview
 from pruning_core.stats import ActivationStats, activation_stats, layer_table
 from ui.loaders import shared_data, shared_model
 from ui.state import session_cached
+
+# Per selection; an entry is three numbers, so a server keeps 32 x 512 at most.
+SHARED_ESTIMATES_KEPT = 512
 
 __all__ = [
     "dense_activations",
@@ -33,6 +36,7 @@ __all__ = [
     "preview_for",
     "sensitivity_for",
     "session_activations",
+    "shared_estimates",
 ]
 
 
@@ -97,13 +101,32 @@ def preview_for(
     def build() -> SliderPreview:
         config = PruneConfig(criterion=method, granularity=granularity, ignore=ignore)
         data = shared_data(dataset_ref)  # calibration for data-driven criteria, and estimates
+        estimates = shared_estimates(
+            model_ref, dataset_ref, method, granularity, ignore, id(base.model)
+        )
         with st.spinner(
             f"Scoring every weight with {method} (once; sliders then only threshold)..."
         ):
-            return SliderPreview(base, config, data)
+            return SliderPreview(base, config, data, estimates)
 
     key = (model_ref, dataset_ref, method, granularity, ignore)
     return session_cached(slot, key, build), base
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def shared_estimates(
+    model_ref: str,
+    dataset_ref: str,
+    method: str,
+    granularity: str,
+    ignore: tuple[str, ...] | None,
+    model_id: int,
+) -> EstimateCache:
+    """The slider's accuracy estimates for one selection, shared by every session of the
+    server (a class steps through the same positions: each is evaluated once). `model_id` is
+    the shared model object's identity, so a reloaded model never meets estimates of the one
+    it replaced."""
+    return EstimateCache(maxsize=SHARED_ESTIMATES_KEPT)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -27,7 +27,7 @@ from ui.actions import (
 )
 from ui.caches import dense_estimate
 from ui.session import PrunedModel, clear_pruned
-from ui.state import keep, newer_run_waiting
+from ui.state import estimate_lane, keep, newer_run_waiting
 from ui.texts import ZEROS_NO_SPEEDUP
 from ui.widgets import explain
 
@@ -308,18 +308,25 @@ def bn_estimate_caption(
     slot.caption(f"{word} BN recalibration: {other.accuracy or 0.0:.1%} on {other.n_eval} images")
 
 
-def estimate_metric(slot: Any, stats: PreviewStats, dense: float) -> None:
+def estimate_metric(slot: Any, stats: PreviewStats, dense: float, *, busy: bool = False) -> None:
     """The Prune page's accuracy estimate in `slot`: top-1 on `stats.n_eval` images, its 95%
-    interval, and the change from the dense model on the same images (`dense`)."""
+    interval, and the change from the dense model on the same images (`dense`); `busy`: it
+    stops at these images because other sessions wait for the server's estimate lane."""
     acc = stats.accuracy or 0.0
     lo, hi = stats.accuracy_interval or (acc, acc)
+    more = (
+        "The server is busy with other students' estimates, so this one stops here; move the "
+        "slider back to refine it when it is quieter."
+        if busy
+        else "More images follow while you leave the sliders."
+    )
     slot.metric(
-        f"Accuracy on {stats.n_eval} val images",
+        f"Accuracy on {stats.n_eval} val images" + (" (server busy)" if busy else ""),
         f"{acc:.1%}",
         delta=f"{(acc - dense) * 100:+.1f} pts",
         help="An estimate: top-1 on the first validation images only, before any fine-tuning. "
         f"95% interval {lo:.1%} to {hi:.1%} (binomial, Wilson). The dense model scores "
-        f"{dense:.1%} on the same images. More images follow while you leave the sliders.",
+        f"{dense:.1%} on the same images. {more}",
     )
 
 
@@ -425,17 +432,31 @@ def preview_panel(
 
     # ---------------------------------------------------------------- the estimate, last
     estimated = False
-    if estimate_on and not newer_run_waiting():  # else the next run, asked for, estimates
-        # Shown after the first 100 images, then refined; stopped when the user moves on.
-        for step in preview.estimate_steps(stats, int(n_est), recalibrate_bn=recalibrate_bn):
+    lane = estimate_lane()
+    last = min(int(n_est), preview.data.num_examples("val"))
+    # Else the next run, asked for, estimates. One session's estimate at a time across the
+    # server; shown after the first 100 images, then refined while nobody waits for the lane;
+    # stopped when the user moves on.
+    with lane.turn(newer_run_waiting) as turn:
+        steps = (
+            preview.estimate_steps(stats, int(n_est), recalibrate_bn=recalibrate_bn)
+            if estimate_on and turn
+            else iter(())
+        )
+        for step in steps:
+            busy = lane.waiting > 0 and step.n_eval < last
             estimate_metric(
-                estimate_slot, step, dense_estimate(model_ref, dataset_ref, step.n_eval)
+                estimate_slot,
+                step,
+                dense_estimate(model_ref, dataset_ref, step.n_eval),
+                busy=busy,
             )
             estimated = True
-            if newer_run_waiting():
+            if newer_run_waiting() or busy:
                 break
         else:
-            bn_estimate_caption(bn_slot, preview, stats, int(n_est), recalibrate_bn)
+            if estimated:
+                bn_estimate_caption(bn_slot, preview, stats, int(n_est), recalibrate_bn)
     if estimated:
         timing_slot.caption(_timing(preview, stats, with_estimate=True))
 

@@ -15,7 +15,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import streamlit as st
@@ -340,6 +341,51 @@ def newer_run_waiting() -> bool:
         return ThreadState.get().fragment_id in queued
     except RuntimeError:  # a thread Streamlit never set up
         return False
+
+
+class Lane:
+    """Work that one session of the server does at a time (the slider's accuracy estimate),
+    with the count of sessions waiting for their turn.
+
+    Sessions run in threads of one process on a few cores: many forward passes at once only
+    slow each other and every session's redraws. In one lane they go one after the other, and
+    a holder that sees others waiting can stop early (the estimate keeps its first step).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = threading.Lock()
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Sessions waiting for the lane now."""
+        return self._waiting
+
+    @contextmanager
+    def turn(self, give_up: Callable[[], bool], poll_s: float = 0.05) -> Iterator[bool]:
+        """Wait for the lane; yields True while holding it, False when `give_up()` turned
+        True first (checked every `poll_s` seconds: the user moved on)."""
+        with self._count:
+            self._waiting += 1
+        got = False
+        try:
+            while not got and not give_up():
+                got = self._lock.acquire(timeout=poll_s)
+        finally:
+            with self._count:
+                self._waiting -= 1
+        try:
+            yield got
+        finally:
+            if got:
+                self._lock.release()
+
+
+@st.cache_resource(show_spinner=False)
+def estimate_lane() -> Lane:
+    """The server's lane for the Prune page's accuracy estimates (one at a time)."""
+    return Lane()
 
 
 def selection() -> tuple[str, str]:

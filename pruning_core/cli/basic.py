@@ -244,6 +244,14 @@ def app_command(args: argparse.Namespace) -> list[str]:
         *(["--server.address", args.host] if args.host else []),
         "--browser.gatherUsageStats",
         "false",
+        # A served app is not being edited: Streamlit's defaults for a developer cost every
+        # rerun (a full gc.collect(2), and resolving the path of every module in sys.modules,
+        # torch's thousands, to watch them), about a third of the server's CPU per slider move
+        # under load (py-spy, benchmarks/results.md's load test).
+        "--runner.postScriptGC",
+        "false",
+        "--server.fileWatcherType",
+        "none",
     ]
     # Headless unless asked: it skips Streamlit's first-run e-mail prompt and works over SSH.
     opens = args.open or getattr(args, "headless", None) == "false"
