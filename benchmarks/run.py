@@ -693,18 +693,20 @@ DEFAULT_NAME = "default"
 # default with one idea changed (the fields given), except the previous defaults, measured as
 # they were (the command line's fine-tuned for the default's epochs: it had none of its own).
 FINETUNE_ALTERNATIVES: dict[str, tuple[str, dict[str, Any]]] = {
+    "prev-default": ("the default before the step minimum (commit 46be1c3): Adam 2e-3, no "
+                     "warm-up, batch 32 on any dataset, best epoch kept", {
+        "lr": 2e-3, "warmup": 0.0, "min_steps_per_epoch": 0}),
     "prev-app": ("the previous app default: Adam 2e-3, 2 epochs, batch 32, last epoch", {
         "epochs": 2, "lr": 2e-3, "optimizer": "adam", "batch_size": 32, "keep_best": False,
-        "warmup": 0.0, "distill_weight": 0.0}),
+        "warmup": 0.0, "distill_weight": 0.0, "min_steps_per_epoch": 0}),
     "prev-cli-structured": ("the previous command-line default for channel/head/block: SGD "
                             "1e-2, weight decay 5e-4, distillation 0.5, batch 64, last epoch", {
         "lr": 1e-2, "optimizer": "sgd", "weight_decay": 5e-4, "distill_weight": 0.5,
-        "batch_size": 64, "keep_best": False}),
+        "batch_size": 64, "keep_best": False, "warmup": 0.0, "min_steps_per_epoch": 0}),
     "last-epoch": ("the default without best-epoch keeping", {"keep_best": False}),
     "adam-3e-4": ("the default at a lower rate, Adam 3e-4", {"lr": 3e-4, "optimizer": "adam"}),
     "sgd-1e-2": ("the default with SGD (momentum 0.9, Nesterov) at 1e-2",
                  {"lr": 1e-2, "optimizer": "sgd"}),
-    "warmup": ("the default with a linear warm-up over 10% of the steps", {"warmup": 0.1}),
     "distill": ("the default with distillation from the dense model (weight 0.5, T 4)",
                 {"distill_weight": 0.5}),
     "2-epochs": ("the default for 2 epochs", {"epochs": 2}),
@@ -841,8 +843,9 @@ def _finetune_targets(sec: Section, default: Any) -> None:
     sec.targets.append(t)
     sec.notes.append(
         f"Default (`train.DEFAULT_FINETUNE`): {default.optimizer} lr {default.lr:g}, "
-        f"{default.schedule} decay, warm-up {default.warmup:g}, batch {default.batch_size}, "
-        f"{default.epochs} epoch(s), distillation weight {default.distill_weight:g}, best epoch "
+        f"{default.schedule} decay, warm-up {default.warmup:g} of the steps, batch "
+        f"{default.batch_size} (smaller where an epoch would take fewer than "
+        f"{default.min_steps_per_epoch} steps), {default.epochs} epoch(s), distillation weight {default.distill_weight:g}, best epoch "
         f"kept: {default.keep_best}. Every fine-tune is the app's job (`workflow.run_recipe`, "
         "one-shot schedule, masks held) on a fresh copy of the shipped model; magnitude "
         "pruning, global scope; channel pruning shrinks the model physically."
