@@ -23,6 +23,7 @@ __all__ = [
     "latency_figure",
     "latency_sparsity_figure",
     "layer_sparsity_figure",
+    "log_axis",
     "mask_figure",
     "per_class_figure",
     "percent_axis",
@@ -66,6 +67,75 @@ def percent_axis(values: Iterable[float], *, max_ticks: int = 6) -> dict[str, An
     step = next(m * 10.0**exp for m in (1, 2, 5, 10) if m * 10.0**exp >= raw)
     decimals = max(0, -math.floor(math.log10(step * 100) + 1e-9))
     return {"tickformat": f".{decimals}%", "dtick": step, "tick0": 0}
+
+
+# Tick mantissas per decade on a log axis, sparsest first: the densest set that keeps the axis
+# under its tick budget is used.
+_LOG_MANTISSAS: tuple[tuple[float, ...], ...] = ((1,), (1, 3), (1, 2, 5), (1, 1.5, 2, 3, 5, 7))
+
+
+def _plain_number(v: float) -> str:
+    """A tick value as people write it: shortest exact digits, no exponent ("0.015", "1,500")."""
+    text = f"{v:,.0f}" if v >= 1000 and v == round(v) else f"{v:.15g}"
+    if "e" in text:  # below 1e-4 `g` writes an exponent; write the digits instead
+        text = f"{v:.{-math.floor(math.log10(v)) + 3}f}".rstrip("0").rstrip(".")
+    return text
+
+
+def log_axis(lo: float, hi: float, unit: str, *, max_ticks: int = 8) -> dict[str, Any]:
+    """Settings for a logarithmic axis whose every tick is labelled in full with its unit.
+
+    Plotly's own log ticks label the minor ticks by their first digit only ("2", "5" in every
+    decade, no unit): read alone they are ambiguous, and they repeat. Here the ticks are the
+    densest of 1, 1-3, 1-2-5 or 1-1.5-2-3-5-7 per decade that stays within `max_ticks` over the
+    data (every k-th power of ten when even one per decade is too many; evenly spaced steps when
+    the data spans too little of a decade for three of them), each labelled "2 ms", "0.15 ms",
+    "1,500 ms": distinct values, so the labels never repeat. The axis range is set to the data
+    plus a small margin, so exactly these ticks show.
+
+    Args:
+        lo: Smallest value drawn (e.g. the lowest p10 in ms), > 0.
+        hi: Largest value drawn (e.g. the highest p90), >= lo.
+        unit: Written after each number ("ms").
+        max_ticks: Most ticks shown (>= 2).
+
+    Returns:
+        Plotly axis settings `type` ("log"), `range` (log10 units), `tickvals`, `ticktext`;
+        empty when lo or hi is not a finite positive number (plotly's defaults then apply).
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        return {}
+    # A margin of 8% of the span (at least 0.04 decade) keeps end markers off the frame.
+    a, b = math.log10(lo), math.log10(hi)
+    pad = max(0.08 * (b - a), 0.04)
+    a, b = a - pad, b + pad
+
+    def within(vals: list[float]) -> list[float]:
+        return sorted(v for v in set(vals) if a <= math.log10(v) <= b)
+
+    decades = range(math.floor(a), math.ceil(b) + 1)
+    vals: list[float] = []
+    for mantissas in _LOG_MANTISSAS:
+        cand = within([float(f"{m * 10.0**e:.6g}") for e in decades for m in mantissas])
+        if len(cand) > max_ticks and vals:
+            break
+        vals = cand
+    if len(vals) > max_ticks:  # many decades: every k-th power of ten
+        k = math.ceil(len(vals) / max_ticks)
+        vals = vals[::k]
+    if len(vals) < 3:  # a narrow range: evenly spaced 1-2-5 steps inside it (3 to 6 of them)
+        lin_lo, lin_hi = 10.0**a, 10.0**b
+        raw = (lin_hi - lin_lo) / 5
+        exp = math.floor(math.log10(raw))
+        step = next(m * 10.0**exp for m in (1, 2, 5, 10) if m * 10.0**exp >= raw)
+        first = math.ceil(lin_lo / step)
+        vals = within([float(f"{i * step:.6g}") for i in range(first, first + max_ticks)])
+    return {
+        "type": "log",
+        "range": [a, b],
+        "tickvals": vals,
+        "ticktext": [f"{_plain_number(v)} {unit}" for v in vals],
+    }
 
 
 def latency_figure(df: pd.DataFrame, title: str = "Latency per batch") -> go.Figure:
@@ -503,20 +573,13 @@ def _accuracies(df: pd.DataFrame) -> list[float]:
     return [float(v) for c in cols for v in df[c].dropna()]
 
 
-def _log_ticks(df: pd.DataFrame) -> dict[str, list[float] | list[str]]:
-    """1-2-5 tick values spanning the p10..p90 range, labelled plainly (no 'D2' digits)."""
-    import math
-
+def _log_ticks(df: pd.DataFrame) -> dict[str, Any]:
+    """`log_axis` settings in ms over a latency frame's p10..p90 (and median) range."""
     if not len(df):
         return {}
-    lo = float(df["p10_ms"].min())
-    hi = float(df["p90_ms"].max())
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo > 0):
-        return {}
-    vals = [m * 10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-            for m in (1, 2, 5)]  # fmt: skip
-    vals = [v for v in vals if lo / 2 <= v <= hi * 2]
-    return {"tickvals": vals, "ticktext": [f"{v:g}" for v in vals]}
+    lo = pd.concat([df["p10_ms"], df["median_ms"]]).astype(float).min()
+    hi = pd.concat([df["p90_ms"], df["median_ms"]]).astype(float).max()
+    return log_axis(float(lo), float(hi), "ms")
 
 
 def latency_sparsity_figure(

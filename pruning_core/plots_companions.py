@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from pruning_core.plots import TEMPLATE, percent_axis
+from pruning_core.plots import TEMPLATE, log_axis, percent_axis
 
 __all__ = ["RUNTIME_LABELS", "RUNTIME_SYMBOLS", "VARIANT_COLORS", "companions_figure"]
 
@@ -61,8 +61,9 @@ def companions_figure(
     subtitle: str = "",
 ) -> go.Figure:
     """Two panels sharing the accuracy axis: accuracy against size (KiB) and against median
-    latency (ms on a log axis, bars from p10 to p90), one colour per variant, a circle for eager PyTorch and
-    a diamond for ONNX Runtime, each panel's Pareto front as a dashed step line.
+    latency (ms on a log axis, every tick labelled in full with its unit by `plots.log_axis`;
+    bars from p10 to p90), one colour per variant, a circle for eager PyTorch and a diamond for
+    ONNX Runtime, each panel's Pareto front as a dashed step line.
 
     Args:
         df: `companions.compare_companions` rows: `variant`, `label`, `runtime`, `status`,
@@ -136,8 +137,13 @@ def companions_figure(
     fig.update_xaxes(title_text="size of the saved model (KiB)", rangemode="tozero", row=1, col=1)
     # Log scale: int8 in ONNX Runtime and eager PyTorch differ by several times, and a busy
     # machine's p90 can be many times its median; on a linear axis the fast points merge.
+    # Every tick labelled in full with its unit ("2 ms", not plotly's bare "2" and "5" in each
+    # decade), over the drawn range: medians and their p10-p90 bars.
+    drawn = ok[ok["median_ms"].notna()]
+    lat = pd.concat([drawn["p10_ms"], drawn["median_ms"], drawn["p90_ms"]]).astype(float)
+    ticks = log_axis(float(lat.min()), float(lat.max()), "ms") if len(lat) else {}
     fig.update_xaxes(title_text="median latency per batch (ms, log scale), bars p10-p90",
-                     type="log", row=1, col=2)  # fmt: skip
+                     **{"type": "log", **ticks}, row=1, col=2)  # fmt: skip
     fig.update_yaxes(title_text="top-1 accuracy (validation split)",
                      **percent_axis(ok["accuracy"]), row=1, col=1)  # fmt: skip
     fig.update_layout(
