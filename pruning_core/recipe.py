@@ -15,7 +15,10 @@ A recipe is a versioned document, never an instruction to read arbitrary files:
   inline, registry names, file names), never a path of the machine that wrote it;
 - a recipe written before the one default fine-tune (`train.DEFAULT_FINETUNE`) records no
   `keep_best`: it is read as written then (last epoch kept, the fine-tune settings it left out
-  as its `train` section records them), so it repeats its run.
+  as its `train` section records them), so it repeats its run;
+- a recipe written before the `warmup` and `min_steps_per_epoch` settings leaves them out: each
+  is what its `train` section records the run used, else 0 (no warm-up, no minimum of steps
+  per epoch: the fine-tune before the default gained them), never today's default.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ RECIPE_VERSION = 1
 # Run-defining settings: a recipe fills them, options given on the command line win.
 RECIPE_KEYS = (
     "model", "arch", "dataset", "method", "granularity", "ratio", "scope", "ratios_file", "schedule",
-    "steps", "finetune_epochs", "lr", "optimizer", "batch_size", "weight_decay", "distill",
-    "keep_best", "regularize", "reg_strength", "device", "seed", "norm", "ignore",
+    "steps", "finetune_epochs", "lr", "optimizer", "batch_size", "weight_decay", "warmup",
+    "min_steps_per_epoch", "distill", "keep_best", "regularize", "reg_strength", "device", "seed", "norm", "ignore",
     "max_layer_ratio", "structured_mode", "round_to", "calib_batches",
 )  # fmt: skip
 # Top-level keys of a recipe document. Only `settings` drives the run; the others describe it.
@@ -73,6 +76,9 @@ SETTING_CHECKS: dict[str, Range] = {
     "lr": Range(lo=0, hi=100, lo_open=True, label="learning rate"),
     "batch_size": Range(integer=True, lo=1, hi=1_000_000, label="batch size"),
     "weight_decay": Range(lo=0, hi=100, label="weight decay"),
+    # `TrainConfig.warmup`: the share of the fine-tune's steps the rate rises over.
+    "warmup": Range(lo=0, hi=1, hi_open=True, label="warm-up share"),
+    "min_steps_per_epoch": Range(integer=True, lo=0, hi=1_000_000, label="minimum steps per epoch"),
     "reg_strength": Range(lo=0, label="regulariser strength"),
     "seed": SEED,
     "norm": Range(integer=True, lo=1, hi=2, label="norm"),
@@ -387,6 +393,8 @@ class Recipe:
             optimizer=str(s.get("optimizer") or d.optimizer),
             batch_size=int(_given(s, "batch_size", d.batch_size)),
             weight_decay=float(_given(s, "weight_decay", d.weight_decay)),
+            warmup=float(_given(s, "warmup", d.warmup)),
+            min_steps_per_epoch=int(_given(s, "min_steps_per_epoch", d.min_steps_per_epoch)),
             device=str(s.get("device") or d.device),
             seed=seed,
             distill_weight=d.distill_weight
@@ -463,6 +471,8 @@ class Recipe:
             "optimizer": t.optimizer,
             "batch_size": t.batch_size,
             "weight_decay": t.weight_decay,
+            "warmup": t.warmup,
+            "min_steps_per_epoch": t.min_steps_per_epoch,
             "distill": t.distill_weight > 0,
             "keep_best": t.keep_best,
             "regularize": self.regularizer,
@@ -539,6 +549,7 @@ def _check_document(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
     settings = dict(recipe["settings"])
     if "keep_best" not in settings:
         settings.update(_as_written(settings, recipe.get("train")))
+    settings.update(_steps_as_written(settings, recipe.get("train")))
     return check_settings(settings, source)
 
 
@@ -565,4 +576,30 @@ def _as_written(settings: Mapping[str, Any], train: Any) -> dict[str, Any]:
     weight = train.get("distill_weight")
     if settings.get("distill") is None and isinstance(weight, int | float):
         out["distill"] = not isinstance(weight, bool) and weight > 0
+    return out
+
+
+# Fine-tune settings recipes record since the default's warm-up and minimum of steps per epoch
+# (commit 46be1c3), and what a recipe written before them meant when its `train` section does
+# not record the field either: no warm-up (every default had none) and no minimum (there was
+# none; the batch was `batch_size` whatever the dataset).
+_STEP_SETTINGS = (("warmup", 0.0), ("min_steps_per_epoch", 0))
+
+
+def _steps_as_written(settings: Mapping[str, Any], train: Any) -> dict[str, Any]:
+    """The warm-up share and minimum of steps per epoch of a recipe written before they were
+    settings, so it repeats its run instead of taking today's default.
+
+    Such a recipe leaves the key out (a recipe written since always has it; an explicit null
+    still means the default, as for every setting). Its `train` section records what the run
+    used where the field existed then (`warmup` for long, `min_steps_per_epoch` since the
+    default gained its minimum: runs between that change and these settings trained with it);
+    without a record the value of the time (`_STEP_SETTINGS`). Checked as any setting is.
+    """
+    out: dict[str, Any] = {}
+    for key, then in _STEP_SETTINGS:
+        if key in settings:
+            continue
+        recorded = train.get(key) if isinstance(train, Mapping) else None
+        out[key] = then if recorded is None else recorded
     return out
