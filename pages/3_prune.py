@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import streamlit as st
 
 from pruning_core.errors import UserError
@@ -19,12 +21,19 @@ from ui.choices import (
     granularity_choices,
     granularity_label,
     plan_of,
+    ratio_help,
+    ratio_label,
+    scope_applies,
+    scope_caption,
+    scope_help,
+    scope_label,
+    scored_by_criterion,
 )
 from ui.latency_panel import applied_latency_panel
 from ui.prune_widgets import committed_panel, overrides_editor, preview_panel
 from ui.session import pruned
 from ui.state import init_state, keep, selection
-from ui.texts import CRITERIA_EXPLAINED, SCOPE_HELP, SCOPE_LABELS
+from ui.texts import CRITERIA_EXPLAINED
 from ui.texts_companions import LOWRANK_EXPLAINED
 from ui.widgets import baseline_or_stop, explain
 
@@ -60,23 +69,24 @@ with c2:
         "Criterion",
         options,
         key="prune_method",
-        format_func=criterion_label,
-        help="How importance is scored; the least important go first.\n" + criteria_help(options),
+        format_func=partial(criterion_label, granularity=granularity),
+        help="How importance is scored; the least important go first.\n"
+        + criteria_help(options, granularity),
+        disabled=len(options) == 1,
     )
-    st.caption(criterion_caption(method))
-    explain(CRITERIA_EXPLAINED, "Magnitude vs activation criteria")
+    st.caption(criterion_caption(method, granularity))
+    if scored_by_criterion(granularity):
+        explain(CRITERIA_EXPLAINED, "Magnitude vs activation criteria")
 with c3:
     scope = st.radio(
         "Scope",
         list(SCOPES),
         key="prune_scope",
-        format_func=SCOPE_LABELS.__getitem__,
-        help=SCOPE_HELP,
-        disabled=plan.fixed_ratio,
+        format_func=partial(scope_label, granularity),
+        help=scope_help(granularity),
+        disabled=not scope_applies(granularity),
     )
-    st.caption(
-        SCOPE_HELP if not plan.fixed_ratio else f"{granularity} is a fixed pattern in every layer."
-    )
+    st.caption(scope_caption(granularity))
 
 try:
     preview, base = preview_for(model_ref, dataset_ref, method, granularity)
@@ -111,14 +121,13 @@ def live_preview(
     plan = preview.engine.plan
     granularity = preview.config.granularity
     ratio = st.slider(
-        "Share to remove" + (f" (fixed by the {granularity} pattern)" if plan.fixed_ratio else ""),
+        ratio_label(granularity),
         min_value=0.0,
         max_value=0.95,
         step=0.05,
         key="prune_ratio",
         disabled=plan.fixed_ratio,
-        help="The target share of weights (or channels, heads, blocks) removed from the pruned "
-        "layers. The classifier (last layer) is kept dense.",
+        help=ratio_help(granularity),
     )
     # Per-layer overrides: one slider per unit (a table for many); "suggest" fills them from
     # measured sensitivity.

@@ -1,4 +1,6 @@
-"""AppTest: picking a low-rank granularity on the Prune page explains low rank beside it."""
+"""AppTest: picking a low-rank granularity on the Prune page explains low rank beside it, and
+its controls say what low rank does (singular values, a share of rank or energy, the scope as
+the plan reads it), not the words written for pruning weights."""
 
 from __future__ import annotations
 
@@ -18,3 +20,46 @@ def test_low_rank_is_explained_when_picked() -> None:
     boxes = [e for e in at.expander if e.label == "What low rank is"]
     assert len(boxes) == 1
     assert "rank" in boxes[0].markdown[0].value
+
+
+def _captions(at: AppTest) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def test_low_rank_controls_speak_of_singular_values_and_rank() -> None:
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception, at.exception
+    # Weight pruning first: the generic words are there (so their absence below means something).
+    assert "Magnitude (L1/L2)" in at.selectbox(key="prune_method").options
+    assert at.radio(key="prune_scope").options == ["global threshold", "same ratio per layer"]
+    assert at.slider(key="prune_ratio").label == "Share to remove"
+    assert any(e.label == "Magnitude vs activation criteria" for e in at.expander)
+
+    at.selectbox(key="prune_granularity").set_value("lowrank").run()
+    assert not at.exception, at.exception
+    crit = at.selectbox(key="prune_method")
+    assert crit.options == ["Singular values"] and crit.disabled
+    assert "singular value" in crit.help and "Magnitude" not in crit.help
+    scope = at.radio(key="prune_scope")
+    assert scope.options == [
+        "global threshold on normalised singular values",
+        "same share of rank per layer",
+    ]
+    assert not scope.disabled and "S_i / ||S||" in scope.help
+    assert at.slider(key="prune_ratio").label == "Share of rank to remove"
+    assert "rank" in at.slider(key="prune_ratio").help
+    text = _captions(at)
+    assert "Singular values: " in text and "Magnitude:" not in text
+    assert "loses that share of its rank" in text
+    assert not any(e.label == "Magnitude vs activation criteria" for e in at.expander)
+
+
+def test_low_rank_energy_says_the_scope_does_not_apply() -> None:
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.selectbox(key="prune_granularity").set_value("lowrank-energy").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="prune_method").options == ["Singular values (energy kept)"]
+    scope = at.radio(key="prune_scope")
+    assert scope.disabled
+    assert "scope changes nothing" in scope.help and "scope changes nothing" in _captions(at)
+    assert at.slider(key="prune_ratio").label == "Share of energy to remove"

@@ -2,13 +2,16 @@
 
 Granularities come from `pruning_core.plans.list_granularities()` and criteria from
 `pruning_core.prune.list_methods()`: a plan or criterion registered in the engine appears in
-every select box with its own label and help, and nothing here compares names.
+every select box with its own label and help, and nothing here compares names. A plan whose
+controls mean something else than pruning weights by a criterion (low rank: singular values,
+a share of rank) says so in its `Plan.wording`, which the labels and help texts below follow.
 """
 
 from __future__ import annotations
 
-from pruning_core.plans import Plan, get_plan, list_granularities
+from pruning_core.plans import Plan, Wording, get_plan, list_granularities
 from pruning_core.prune import MethodInfo, list_methods
+from ui.texts import SCOPE_HELP, SCOPE_LABELS
 
 __all__ = [
     "criteria_help",
@@ -20,6 +23,13 @@ __all__ = [
     "granularity_choices",
     "granularity_label",
     "plan_of",
+    "ratio_help",
+    "ratio_label",
+    "scope_applies",
+    "scope_caption",
+    "scope_help",
+    "scope_label",
+    "scored_by_criterion",
 ]
 
 
@@ -68,14 +78,30 @@ def criterion_choices(granularity: str | None = None) -> list[str]:
     return [m.name for m in list_methods() if plan.name in m.granularities]
 
 
-def criterion_label(name: str) -> str:
-    """The select-box text of a criterion: its registry label."""
+def _wording(granularity: str | None) -> Wording:
+    """The plan's words for its controls (all None for no granularity: the generic ones)."""
+    if granularity is None:
+        return Wording()
+    plan, canonical = get_plan(granularity)
+    return plan.wording(canonical)
+
+
+def criterion_label(name: str, granularity: str | None = None) -> str:
+    """The select-box text of a criterion: its registry label, or what the granularity scores
+    by when it takes no choice of criterion (low rank: "Singular values")."""
+    said = _wording(granularity).criterion
+    if said is not None:
+        return said
     info = criterion_info(name)
     return info.label or name if info is not None else name
 
 
-def criterion_caption(name: str) -> str:
-    """A criterion's idea and its reference, one line (shown under the select box)."""
+def criterion_caption(name: str, granularity: str | None = None) -> str:
+    """A criterion's idea and its reference, one line (shown under the select box); for a
+    granularity that scores by something of its own, what that is."""
+    words = _wording(granularity)
+    if words.criterion is not None and words.criterion_help is not None:
+        return f"{words.criterion}: {words.criterion_help}"
     info = criterion_info(name)
     if info is None:
         return ""
@@ -83,7 +109,58 @@ def criterion_caption(name: str) -> str:
     return f"{info.label}: {info.summary}.{data} Reference: {info.reference}."
 
 
-def criteria_help(names: list[str] | None = None) -> str:
-    """One line per criterion (name: idea) for a select box's help tooltip."""
+def criteria_help(names: list[str] | None = None, granularity: str | None = None) -> str:
+    """The criterion select box's help tooltip: one line per criterion (name: idea), or what
+    the granularity scores by when it takes no choice of criterion."""
+    words = _wording(granularity)
+    if words.criterion is not None:
+        return f"- **{words.criterion}**: {words.criterion_help or ''}"
     infos = [criterion_info(n) for n in names] if names is not None else list_methods()
     return "\n".join(f"- **{m.name}**: {m.summary}" for m in infos if m is not None)
+
+
+def scored_by_criterion(granularity: str) -> bool:
+    """True when the granularity ranks its elements by a chosen pruning criterion (so the
+    magnitude-vs-activation lesson applies); False for one with scores of its own."""
+    return _wording(granularity).criterion is None
+
+
+def scope_label(granularity: str, scope: str) -> str:
+    """The scope radio's text for one scope under this granularity."""
+    scopes = _wording(granularity).scopes
+    return (scopes or SCOPE_LABELS).get(scope, SCOPE_LABELS.get(scope, scope))
+
+
+def scope_help(granularity: str) -> str:
+    """What the scopes do for this granularity (tooltip and caption)."""
+    return _wording(granularity).scope_help or SCOPE_HELP
+
+
+def scope_applies(granularity: str) -> bool:
+    """False when the scope changes nothing: a fixed pattern (N:M) or a per-layer rule
+    (low rank by energy)."""
+    return not plan_of(granularity).fixed_ratio and _wording(granularity).scope_applies
+
+
+def scope_caption(granularity: str) -> str:
+    """The line under the scope radio: what the scope does, or why it does not apply."""
+    if plan_of(granularity).fixed_ratio:
+        return f"{granularity} is a fixed pattern in every layer."
+    return scope_help(granularity)
+
+
+def ratio_label(granularity: str) -> str:
+    """The share slider's label: a share of weights (generic) or what this granularity
+    removes a share of (rank, energy), and whether its pattern fixes it."""
+    label = _wording(granularity).ratio or "Share to remove"
+    if plan_of(granularity).fixed_ratio:
+        label += f" (fixed by the {granularity} pattern)"
+    return label
+
+
+def ratio_help(granularity: str) -> str:
+    """The share slider's help text for this granularity."""
+    return _wording(granularity).ratio_help or (
+        "The target share of weights (or channels, heads, blocks) removed from the pruned "
+        "layers. The classifier (last layer) is kept dense."
+    )

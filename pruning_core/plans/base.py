@@ -35,6 +35,7 @@ __all__ = [
     "Plan",
     "PlanConfig",
     "Unit",
+    "Wording",
     "check_ratio",
     "get_plan",
     "layer_cap",
@@ -148,6 +149,32 @@ class Applied:
     removed: dict[str, list[int]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Wording:
+    """What the pruning controls mean for a granularity whose ratio, scores or scope are not
+    the weight-pruning ones (low rank: a share of rank, singular values). A field left None
+    keeps the app's generic words for weight pruning.
+
+    Attributes:
+        criterion: The name of what scores the elements, in place of the criterion's label
+            when the plan takes no choice of criterion ("Singular values").
+        criterion_help: What those scores are and how they are used, one or two sentences.
+        scopes: Scope (`prune.SCOPES`) -> its label for this granularity.
+        scope_help: What each scope does for this granularity.
+        scope_applies: False when the scope changes nothing (the control is then disabled).
+        ratio: The share slider's label ("Share of rank to remove").
+        ratio_help: What the share is a share of.
+    """
+
+    criterion: str | None = None
+    criterion_help: str | None = None
+    scopes: Mapping[str, str] | None = None
+    scope_help: str | None = None
+    scope_applies: bool = True
+    ratio: str | None = None
+    ratio_help: str | None = None
+
+
 class Plan:
     """Base class of a granularity plan (see the module docstring for the steps).
 
@@ -204,6 +231,12 @@ class Plan:
     @classmethod
     def check_config(cls, granularity: str, ratio: float, max_layer_ratio: float) -> None:
         """Refuse settings this granularity cannot honour (beyond the generic ratio checks)."""
+
+    @classmethod
+    def wording(cls, granularity: str) -> Wording:
+        """How the app's criterion, scope and share controls read for `granularity` (a text
+        this plan parses): the generic weight-pruning words unless the plan says otherwise."""
+        return Wording()
 
     @classmethod
     def supports(cls, criterion: Criterion | type[Criterion]) -> bool:

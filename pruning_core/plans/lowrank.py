@@ -55,7 +55,15 @@ from pruning_core.layers import (
     set_submodule,
     weight_of,
 )
-from pruning_core.plans.base import Applied, Plan, PlanConfig, Unit, layer_cap, register_granularity
+from pruning_core.plans.base import (
+    Applied,
+    Plan,
+    PlanConfig,
+    Unit,
+    Wording,
+    layer_cap,
+    register_granularity,
+)
 from pruning_core.spec import InputSpec
 
 __all__ = [
@@ -296,6 +304,61 @@ class LowRankPlan(Plan):
     @classmethod
     def choices(cls) -> tuple[str, ...]:
         return tuple(MODES)
+
+    @classmethod
+    def wording(cls, granularity: str) -> Wording:
+        """The controls in low-rank terms: scores are singular values (the only criterion it
+        takes, `magnitude`, is a component's singular value); `lowrank`'s scopes are one
+        threshold on normalised singular values or the same share of each layer's rank;
+        `lowrank-energy` is a per-layer rule on energy, so its scope does not apply."""
+        energy = MODES.get(granularity) == "energy"
+        criterion_help = (
+            "Each layer's weight matrix is split by its SVD into rank-one components; a "
+            "component's size is its singular value, and the smallest go first (the closest "
+            "lower-rank matrix, Eckart and Young 1936). Data-free; no other criterion applies."
+        )
+        dense_note = (
+            "A layer is factorised only when the kept rank makes it smaller "
+            "(r x (in + out) < in x out); short of that it stays dense."
+        )
+        if energy:
+            return Wording(
+                criterion="Singular values (energy kept)",
+                criterion_help=criterion_help,
+                scopes={"global": "one threshold (not used)", "layer": "per layer (always)"},
+                scope_help=(
+                    "Each layer keeps the smallest rank that holds at least 1 minus the share "
+                    "of its energy (the sum of its squared singular values): a rule per layer, "
+                    "so the scope changes nothing."
+                ),
+                scope_applies=False,
+                ratio="Share of energy to remove",
+                ratio_help=(
+                    "The share of each layer's energy (sum of squared singular values) "
+                    "dropped; the rank kept is the smallest that holds the rest. The classifier "
+                    "(last layer) is kept dense. " + dense_note
+                ),
+            )
+        return Wording(
+            criterion="Singular values",
+            criterion_help=criterion_help,
+            scopes={
+                "global": "global threshold on normalised singular values",
+                "layer": "same share of rank per layer",
+            },
+            scope_help=(
+                "Global: one threshold across layers on each layer's singular values divided "
+                "by their norm (S_i / ||S||), so a layer whose singular values fall off fast "
+                "loses more of its rank, and the share is of all layers' rank together. Per "
+                "layer: every layer loses that share of its rank. Overrides in the table below "
+                "win in both cases."
+            ),
+            ratio="Share of rank to remove",
+            ratio_help=(
+                "The share of the rank (singular values) removed from the factorised layers. "
+                "The classifier (last layer) is kept dense. " + dense_note
+            ),
+        )
 
     @classmethod
     def supports(cls, criterion: Criterion | type[Criterion]) -> bool:
