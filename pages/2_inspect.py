@@ -6,15 +6,16 @@ import pandas as pd
 import streamlit as st
 
 from pruning_core.errors import UserError
-from pruning_core.plots import channel_bars_figure, histogram_figure, sparsity_heatmap_figure
-from pruning_core.slider import binned, channel_sparsity
+from pruning_core.plots import channel_bars_figure, histogram_figure
+from pruning_core.slider import binned
 from pruning_core.stats import weight_layers
 from ui.caches import dense_activations, dense_layer_table, model_layer_table, session_activations
 from ui.dynamic_panel import dynamic_panel
+from ui.inspect_panels import zeros_and_rank_panel
 from ui.loaders import shared_model
 from ui.session import pruned
 from ui.state import init_state, selection
-from ui.widgets import baseline_or_stop, data_table, explain
+from ui.widgets import baseline_or_stop, data_table
 
 init_state()
 st.title("Inspect")
@@ -80,19 +81,8 @@ st.caption(
     "above roughly 50% sparsity."
 )
 
-st.plotly_chart(
-    sparsity_heatmap_figure(
-        channel_sparsity(current.model),
-        "Share of zero weights by layer, across its output channels",
-    ),
-    key="inspect_heatmap",
-)
-explain(
-    "Each row is a layer; each cell covers an equal slice of its output channels (filters or "
-    "neurons) and is coloured by the share of that slice's weights that are exactly zero. "
-    "Unstructured pruning gives an even speckle; channel pruning leaves whole channels at 100% "
-    "(mask preview) or removes them (applied: the row gets shorter)."
-)
+# Zeros by layer; for a factorised model, the rank each layer kept (it has no zeros).
+zeros_and_rank_panel(current.model)
 
 # ------------------------------------------------------------------ one layer
 st.subheader("One layer")

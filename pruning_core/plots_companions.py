@@ -16,7 +16,13 @@ from plotly.subplots import make_subplots
 
 from pruning_core.plots import TEMPLATE, log_axis, percent_axis
 
-__all__ = ["RUNTIME_LABELS", "RUNTIME_SYMBOLS", "VARIANT_COLORS", "companions_figure"]
+__all__ = [
+    "RUNTIME_LABELS",
+    "RUNTIME_SYMBOLS",
+    "VARIANT_COLORS",
+    "companions_figure",
+    "low_rank_figure",
+]
 
 # One colour per variant (the dense model grey, as in the other trade-off figures).
 VARIANT_COLORS = {
@@ -150,5 +156,50 @@ def companions_figure(
         title={"text": title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")},
         template=TEMPLATE, height=480, margin={"t": 90, "b": 60, "l": 70, "r": 20},
         legend={"orientation": "h", "y": -0.22},
+    )  # fmt: skip
+    return fig
+
+
+def low_rank_figure(
+    df: pd.DataFrame, title: str = "What low rank kept, per factorised layer"
+) -> go.Figure:
+    """Horizontal bars per factorised layer: the share of its rank kept (r / full rank) and the
+    share of its weights kept (r x (in + out) / (out x in)), each bar labelled with its counts.
+
+    Args:
+        df: `stats.low_rank_table` rows: `layer`, `rank`, `full_rank`, `rank_share`, `params`,
+            `params_dense`, `params_share`.
+        title: Figure title.
+
+    Returns:
+        The figure: traces `rank kept` and `weights kept`, layers top to bottom in model order.
+    """
+    layers = [str(n) for n in df["layer"]]
+    fig = go.Figure()
+    for name, share, text, color in (
+        ("rank kept", "rank_share",
+         [f"rank {r:,} of {f:,}" for r, f in zip(df["rank"], df["full_rank"], strict=True)],
+         VARIANT_COLORS["lowrank"]),
+        ("weights kept", "params_share",
+         [f"{p:,} of {d:,} weights" for p, d in zip(df["params"], df["params_dense"],
+                                                      strict=True)],
+         "#4C78A8"),
+    ):  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                y=layers, x=df[share].astype(float), orientation="h", name=name, text=text,
+                textposition="auto", marker_color=color,
+                hovertemplate="%{y}<br>%{x:.1%} " + name + " (%{text})<extra></extra>",
+            )
+        )  # fmt: skip
+    top = max(1.0, float(df["params_share"].max()) if len(df) else 1.0)
+    fig.update_layout(
+        title=title, template=TEMPLATE, barmode="group",
+        xaxis={"title": "share kept of the dense layer (100% = not factorised)",
+               "tickformat": ".0%", "range": [0, top * 1.02]},
+        yaxis={"autorange": "reversed"},
+        height=max(240, 80 + 48 * len(layers)),
+        margin={"t": 50, "b": 40, "l": 140, "r": 20},
+        legend={"orientation": "h", "y": -0.2},
     )  # fmt: skip
     return fig

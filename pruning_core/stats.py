@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pruning_core.layers import zero_forward
+from pruning_core.layers import LOW_RANK_LAYERS, weight_of, zero_forward
 from pruning_core.spec import InputSpec
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "is_n_m",
     "layer_macs",
     "layer_table",
+    "low_rank_table",
     "model_stats",
     "model_summary",
     "size_bytes",
@@ -102,6 +103,45 @@ def model_summary(model: nn.Module, spec: InputSpec) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- per-layer table
+
+
+LOW_RANK_COLUMNS = (
+    "layer", "type", "rank", "full_rank", "rank_share", "params", "params_dense", "params_share",
+)  # fmt: skip
+
+
+def low_rank_table(model: nn.Module) -> pd.DataFrame:
+    """One row per factorised layer (`layers.LowRankLinear` / `LowRankConv2d`): the rank it
+    keeps against the full rank of the dense layer it stands for, and its weights against
+    that layer's. A factorised layer holds no zeros (its saving is the narrow middle, not
+    sparsity), so this, not a count of zeros, is what low rank did to it.
+
+    A pair of widths in -> r -> out (in counting a convolution's kernel positions, in x kh x
+    kw) stands for an out x in weight: full rank min(out, in), r x (in + out) weights instead
+    of out x in (Denton et al. 2014; Zhang et al. 2015 for the k x k + 1 x 1 split).
+
+    Returns:
+        Columns `layer` (the pair's module name), `type` (Linear or Conv2d), `rank` (r),
+        `full_rank`, `rank_share` (r / full rank), `params` (weights of the pair, biases not
+        counted), `params_dense` (out x in), `params_share` (params / params_dense), in model
+        order; no rows for a model without factorised layers.
+    """
+    rows = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, LOW_RANK_LAYERS):
+            continue
+        head, tail = mod.get_submodule("0"), mod.get_submodule("1")
+        first, second = weight_of(head).detach(), weight_of(tail).detach()
+        rank, cols, rows_out = int(first.shape[0]), int(first[0].numel()), int(second.shape[0])
+        full = min(rows_out, cols)
+        params = int(first.numel() + second.numel())
+        dense = rows_out * cols
+        rows.append(
+            {"layer": name, "type": type(head).__name__, "rank": rank, "full_rank": full,
+             "rank_share": rank / max(full, 1), "params": params, "params_dense": dense,
+             "params_share": params / max(dense, 1)}
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=list(LOW_RANK_COLUMNS))
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
