@@ -63,3 +63,24 @@ def test_low_rank_energy_says_the_scope_does_not_apply() -> None:
     assert scope.disabled
     assert "scope changes nothing" in scope.help and "scope changes nothing" in _captions(at)
     assert at.slider(key="prune_ratio").label == "Share of energy to remove"
+
+
+def test_low_rank_preview_counts_the_applied_model_not_zeros() -> None:
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception, at.exception
+    labels = [m.label for m in at.metric]
+    assert "Sparsity" in labels and "Weights removed" not in labels
+    assert any(c.key == "prune_mask_chart" for c in at.get("plotly_chart"))
+    assert any(e.label == "Why zeros alone give no speedup" for e in at.expander)
+
+    at.selectbox(key="prune_granularity").set_value("lowrank").run()
+    assert not at.exception, at.exception
+    labels = [m.label for m in at.metric]
+    assert "Weights removed" in labels and "Sparsity" not in labels
+    removed = next(m for m in at.metric if m.label == "Weights removed")
+    assert "no weight to zero" in removed.help
+    # No all-kept mask and no lesson on zeros; the caption says what the preview does.
+    assert not any(c.key == "prune_mask_chart" for c in at.get("plotly_chart"))
+    assert not any(e.label == "Why zeros alone give no speedup" for e in at.expander)
+    text = _captions(at)
+    assert "rank-r approximation" in text and "weights are masked" not in text

@@ -23,8 +23,10 @@ __all__ = [
     "granularity_choices",
     "granularity_label",
     "plan_of",
+    "preview_note",
     "ratio_help",
     "ratio_label",
+    "saves_zeros",
     "scope_applies",
     "scope_caption",
     "scope_help",
@@ -164,3 +166,20 @@ def ratio_help(granularity: str) -> str:
         "The target share of weights (or channels, heads, blocks) removed from the pruned "
         "layers. The classifier (last layer) is kept dense."
     )
+
+
+def saves_zeros(granularity: str) -> bool:
+    """True when the preview's saving is zero weights (pruning); False when it is not (low
+    rank): its counts are then the applied model's, and masks and zeros say nothing."""
+    return _wording(granularity).zeros
+
+
+def preview_note(granularity: str) -> str:
+    """One sentence on what the preview does to the weights and what Apply does ("" for
+    unstructured pruning, whose preview is what Apply does)."""
+    said = _wording(granularity).preview_note
+    if said is not None:
+        return said
+    if plan_of(granularity).structured:
+        return "Structured preview: weights are masked; Apply removes them physically."
+    return ""

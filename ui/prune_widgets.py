@@ -26,6 +26,7 @@ from ui.actions import (
     suggest_unavailable,
 )
 from ui.caches import dense_estimate
+from ui.choices import preview_note, saves_zeros
 from ui.session import PrunedModel, clear_pruned
 from ui.state import estimate_lane, keep, newer_run_waiting
 from ui.texts import ZEROS_NO_SPEEDUP
@@ -342,6 +343,8 @@ def preview_panel(
     accuracy estimate, drawn last (a forward pass) and skipped when the user has already moved
     on (`ui.state.newer_run_waiting`: the next run draws the next position at once)."""
     st.subheader("Live preview")
+    # Low rank's saving is not zeros: its counts are those of the model Apply will make.
+    zeros = saves_zeros(preview.config.granularity)
     m = st.columns([1, 1, 0.9, 1.3])
     params_nz = stats.params_nonzero
     m[0].metric(
@@ -349,7 +352,12 @@ def preview_panel(
         f"{params_nz:,}",
         delta=f"{params_nz - preview.params_nonzero_dense:,}",
         delta_color="off",
-        help=f"Non-zero parameters of the whole model (dense: {preview.params_nonzero_dense:,}).",
+        help=(
+            f"Non-zero parameters of the whole model (dense: {preview.params_nonzero_dense:,})."
+            if zeros
+            else f"Parameters of the whole model once applied (dense: "
+            f"{preview.params_nonzero_dense:,})."
+        ),
     )
     m[1].metric(
         "Effective MACs / image",
@@ -361,10 +369,15 @@ def preview_panel(
         f"dense kernel still does all {preview.macs_dense:,}).",
     )
     m[2].metric(
-        "Sparsity",
+        "Sparsity" if zeros else "Weights removed",
         f"{stats.sparsity:.1%}",
-        help="Share of zero weights over all Linear/Conv layers, the classifier included "
-        "(biases and BatchNorm not counted).",
+        help=(
+            "Share of zero weights over all Linear/Conv layers, the classifier included "
+            "(biases and BatchNorm not counted)."
+            if zeros
+            else "Share of the Linear/Conv weights, the classifier included, that the applied "
+            "model will not have (counted from its shapes: the preview sets no weight to zero)."
+        ),
     )
     # Filled last: the charts show first, the estimate (a forward pass) follows.
     estimate_slot = m[3].empty()
@@ -398,10 +411,16 @@ def preview_panel(
     left, right = st.columns([1.1, 1])
     with left:
         st.plotly_chart(
-            layer_sparsity_figure(stats.layers, "Sparsity per layer (preview)"),
+            layer_sparsity_figure(
+                stats.layers,
+                "Sparsity per layer (preview)"
+                if zeros
+                else "Weights removed per layer once applied (preview)",
+            ),
             key="prune_layer_chart",
         )
-        explain(ZEROS_NO_SPEEDUP, "Why zeros alone give no speedup")
+        if zeros:
+            explain(ZEROS_NO_SPEEDUP, "Why zeros alone give no speedup")
     with right:
         layers = list(stats.layers["layer"])
         if st.session_state.get("prune_layer") not in layers:
@@ -414,16 +433,19 @@ def preview_panel(
             st.plotly_chart(
                 histogram_figure(
                     view.histogram,
-                    f"{layer}: weights before / after ({view.zeros_added:,} set to zero)",
+                    f"{layer}: weights before / after ({view.zeros_added:,} set to zero)"
+                    if zeros
+                    else f"{layer}: weights before / after (its lower-rank approximation)",
                     "weight value",
                 ),
                 key="prune_hist_chart",
             )
-            st.plotly_chart(
-                mask_figure(mask_grid(view.mask), f"{layer}: mask (dark = kept)"),
-                key="prune_mask_chart",
-            )
-            if view.mask.dim() > 2:
+            if zeros:  # a low-rank preview keeps every weight: its mask would be all kept
+                st.plotly_chart(
+                    mask_figure(mask_grid(view.mask), f"{layer}: mask (dark = kept)"),
+                    key="prune_mask_chart",
+                )
+            if zeros and view.mask.dim() > 2:
                 st.caption(
                     f"Conv weight {tuple(view.mask.shape)} drawn as out_ch x (in_ch x k x k)"
                     + (" averaged into cells." if mask_is_averaged(view.mask) else ".")
@@ -473,9 +495,5 @@ def _timing(preview: SliderPreview, stats: PreviewStats, *, with_estimate: bool)
             else ""
         )
         + f" (scores were computed once in {preview.build_seconds:.2f} s, on CPU)."
-        + (
-            " Structured preview: weights are masked; Apply removes them physically."
-            if preview.engine.plan.structured
-            else ""
-        )
+        + (f" {note}" if (note := preview_note(preview.config.granularity)) else "")
     )

@@ -164,6 +164,10 @@ class Wording:
         scope_applies: False when the scope changes nothing (the control is then disabled).
         ratio: The share slider's label ("Share of rank to remove").
         ratio_help: What the share is a share of.
+        zeros: False when the preview's saving is not zero weights (low rank writes each
+            weight's rank-r approximation, no zeros): its counts are then those of the applied
+            model, and masks and the lesson on zeros do not apply.
+        preview_note: What the preview does to the weights and what Apply does, one sentence.
     """
 
     criterion: str | None = None
@@ -173,6 +177,8 @@ class Wording:
     scope_applies: bool = True
     ratio: str | None = None
     ratio_help: str | None = None
+    zeros: bool = True
+    preview_note: str | None = None
 
 
 class Plan:

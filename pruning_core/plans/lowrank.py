@@ -312,6 +312,11 @@ class LowRankPlan(Plan):
         threshold on normalised singular values or the same share of each layer's rank;
         `lowrank-energy` is a per-layer rule on energy, so its scope does not apply."""
         energy = MODES.get(granularity) == "energy"
+        preview = (
+            "Low-rank preview: each factorised layer's weight is replaced by its rank-r "
+            "approximation, in the same shape and with no zeros; Apply splits it into the two "
+            "thinner layers."
+        )
         criterion_help = (
             "Each layer's weight matrix is split by its SVD into rank-one components; a "
             "component's size is its singular value, and the smallest go first (the closest "
@@ -333,6 +338,8 @@ class LowRankPlan(Plan):
                 ),
                 scope_applies=False,
                 ratio="Share of energy to remove",
+                zeros=False,
+                preview_note=preview,
                 ratio_help=(
                     "The share of each layer's energy (sum of squared singular values) "
                     "dropped; the rank kept is the smallest that holds the rest. The classifier "
@@ -354,6 +361,8 @@ class LowRankPlan(Plan):
                 "win in both cases."
             ),
             ratio="Share of rank to remove",
+            zeros=False,
+            preview_note=preview,
             ratio_help=(
                 "The share of the rank (singular values) removed from the factorised layers. "
                 "The classifier (last layer) is kept dense. " + dense_note
