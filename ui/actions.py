@@ -39,7 +39,7 @@ from pruning_core.stats import model_summary
 from pruning_core.train import DEFAULT_FINETUNE, TrainConfig
 from pruning_core.workflow import RecipeResult
 from ui.caches import preview_for, sensitivity_for
-from ui.choices import granularity_label
+from ui.choices import granularity_label, scope_applies, scored_by_criterion
 from ui.finetune_job import make_finetune_job
 from ui.jobs_panel import submit_job
 from ui.loaders import shared_data, shared_model
@@ -111,9 +111,19 @@ def apply_pruning(
         result=result.to_dict(),
         summary=summary,
         accuracy=ev.accuracy,
-        note=f"{config.effective_ratio:.0%} {config.method} {config.granularity}, "
-        f"{'per-layer overrides, ' if overrides else ''}{scope} scope",
+        note=_apply_note(config, scope, bool(overrides)),
     )
+
+
+def _apply_note(config: PruneConfig, scope: str, overrides: bool) -> str:
+    """The history's words for an Apply ("50% magnitude channel, global scope"); a granularity
+    that takes no criterion (low rank: singular values) or whose scope changes nothing
+    (low rank by energy) is not said to have used one."""
+    g = config.granularity
+    method = f"{config.method} " if scored_by_criterion(g) else ""
+    how = [*(["per-layer overrides"] if overrides else []),
+           *([f"{scope} scope"] if scope_applies(g) else [])]  # fmt: skip
+    return f"{config.effective_ratio:.0%} {method}{g}" + "".join(f", {h}" for h in how)
 
 
 def suggest_unavailable(preview: SliderPreview) -> str | None:
