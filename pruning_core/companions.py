@@ -39,10 +39,12 @@ What is measured, per row:
   the `.onnx` graph for ONNX Runtime and int8 rows; unstructured eager: sparse size (above).
 - `params`, `macs` (per image; `params_kind` / `macs_kind` say which count).
 - `median_ms`, `p10_ms`, `p90_ms`: one batch of `batch_size` random images on the CPU with
-  `timing.PROTOCOL` (its threads, warm-up, repeats, interleaved rounds), through
-  `latency.benchmark_backends`: each variant is timed in the same interleaved rounds as the
-  dense model run eagerly, and `vs_dense` compares it with that reference
-  (`timing.compare`: "no measurable difference" where the p10-p90 ranges overlap).
+  `timing.PROTOCOL` (its threads, warm-up, repeats, time budget, interleaved rounds), as
+  `latency.benchmark_backends` times backends: once every variant is built, all of them in
+  both runtimes are timed in the same interleaved rounds with the dense model run eagerly
+  (`latency.time_interleaved`), and `vs_dense` compares each with that one reference
+  (`timing.compare`: "no measurable difference" where the p10-p90 ranges overlap). Dense is
+  timed once per run, not once per variant.
 - `pareto_size` / `pareto_latency`: on the Pareto front of accuracy against size, and against
   median latency (`tradeoffs.pareto_front`, over the measured rows).
 
@@ -72,13 +74,14 @@ from pruning_core.budget import saved_bytes
 from pruning_core.data import DataBundle
 from pruning_core.errors import UserError, first_line
 from pruning_core.evaluate import evaluate
-from pruning_core.latency import PROTOCOL, LatencyProtocol, benchmark_backends
+from pruning_core.latency import PROTOCOL, LatencyProtocol, time_interleaved
 from pruning_core.layers import example_input, trainable_copy
 from pruning_core.models import LoadedModel
 from pruning_core.ort import OrtModule, to_ort
 from pruning_core.progress import ProgressFn, Report
 from pruning_core.spec import InputSpec
 from pruning_core.stats import count_macs, count_params, model_stats
+from pruning_core.timing import compare
 from pruning_core.tradeoffs import pareto_front
 
 __all__ = [
@@ -233,10 +236,12 @@ def compare_companions(
         data: The dataset (validation split for accuracy, calibration split for BatchNorm
             re-estimation and int8 calibration, train split for a fine-tune).
         config: What to build and how to measure.
-        progress: Called with a `progress.Report` (`fraction` of the variants done, `message`)
-            after each step.
-        cancel: When set, the variants not yet measured get rows saying so (status
-            `cancelled`) and `attrs["cancelled"]` is True.
+        progress: Called with a `progress.Report` (`fraction` of the steps done: each
+            variant's building and accuracy, then the timing of them all; `message`) after
+            each step.
+        cancel: When set, the variants not yet built get rows saying so (status
+            `cancelled`), nothing is timed (the measured rows keep their accuracy and size,
+            latency missing, and say why) and `attrs["cancelled"]` is True.
 
     Returns:
         One row per (variant, runtime) in `COMPANION_COLUMNS` order, variants in
@@ -262,7 +267,7 @@ def compare_companions(
     granularity = "head" if has_attention(dense) else "channel"
     wanted = ["dense", *[v for v in config.variants if v != "dense"]]
     wanted = [v for v in COMPANION_VARIANTS if v in wanted]
-    steps = len(wanted)
+    steps = len(wanted) + 1  # and the timing of them all
     done = 0
 
     def report(message: str) -> None:
@@ -270,17 +275,15 @@ def compare_companions(
             progress(Report(min(done / steps, 1.0), message))
 
     built: dict[str, _Built] = {}
-    rows: list[dict[str, Any]] = []
     cancelled = False
     dense_acc = float("nan")
     with tempfile.TemporaryDirectory(prefix="pruning-lab-companions-") as tmp:
         for v in wanted:
             if cancel is not None and cancel.is_set():
                 cancelled = True
-                rows += _rows_of(_Built(v, status="cancelled", reason="cancelled before it was "
-                                        "measured"), None, None)  # fmt: skip
+                built[v] = _Built(v, status="cancelled", reason="cancelled before it was measured")
                 continue
-            report(f"{VARIANT_LABELS[v]}: building and measuring")
+            report(f"{VARIANT_LABELS[v]}: building and measuring accuracy")
             if v == "dense":
                 b = _dense(dense, spec)
             else:
@@ -292,12 +295,24 @@ def compare_companions(
                 except (RuntimeError, ValueError) as e:  # a model these tools cannot handle
                     b = _Built(v, status="failed", reason=f"could not be built: {first_line(e)}")
             built[v] = b
-            eager_lat, ort_lat = _measure(b, dense, data, spec, x, protocol, config)
+            _accuracy(b, data, spec, x, protocol, config)
             if v == "dense":
                 dense_acc = b.eager_accuracy if b.eager_accuracy is not None else math.nan
-            rows += _rows_of(b, eager_lat, ort_lat)
             done += 1
-            report(f"{VARIANT_LABELS[v]} measured")
+            report(f"{VARIANT_LABELS[v]}: accuracy measured")
+        timings: dict[tuple[str, str], dict[str, Any]] = {}
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+        else:
+            report("timing every variant in the same interleaved rounds as dense")
+            timings = _time_all(built, dense, x, protocol)
+        done += 1
+        report("timed")
+    rows: list[dict[str, Any]] = []
+    for v in wanted:
+        b = built[v]
+        rows += _rows_of(b, timings.get((v, "eager")), timings.get((v, "onnxruntime")),
+                         int8_mode=config.int8_mode, timed=bool(timings))  # fmt: skip
     df = pd.DataFrame(rows, columns=list(COMPANION_COLUMNS))
     df["batch_size"] = config.batch_size
     df["threads"] = protocol.threads
@@ -434,14 +449,21 @@ def _lowrank(
 
 
 def _int8_of(
-    variant: str, source: nn.Module, what: str, spec: InputSpec, data: DataBundle,
-    config: CompanionConfig, tmp: Path, params: float, macs: float,
+    variant: str, source: _Built, what: str, spec: InputSpec, data: DataBundle,
+    config: CompanionConfig, tmp: Path,
 ) -> _Built:  # fmt: skip
     from pruning_core.quantize import QuantizeConfig, quantize
 
+    assert source.model is not None
+    # Calibrated (static) on `QuantizeConfig`'s default: the 4 batches of 128 that are the
+    # whole calibration split (512 images), as `pruning-lab quantize` and the Export page do.
     qc = QuantizeConfig(mode=config.int8_mode, val_limit=config.limit,
                         compare_images=min(512, config.limit or 512))  # fmt: skip
-    r = quantize(source, spec, data, tmp / variant, qc, source=what)
+    # The float model's accuracy on these images was measured in eager PyTorch when the
+    # source was (dense, or the channel variant): quantize does not evaluate it again.
+    r = quantize(source.model, spec, data, tmp / variant, qc, source=what,
+                 float_eval=source.extra.get("eager_eval"))  # fmt: skip
+    params, macs = source.params, source.macs
     return _Built(
         variant, model=r.model,
         how=f"{what} quantized to int8 ({config.int8_mode}"
@@ -464,16 +486,14 @@ def _prune_int8(
         src = _structured(dense, loaded, data, spec, config, granularity, built, tmp)
     what = f"the {granularity}-pruned model ({config.ratio:.0%})"
     assert src.model is not None  # _structured raises rather than return no model
-    return _int8_of("prune_int8", src.model, what, spec, data, config, tmp, src.params,
-                    src.macs)  # fmt: skip
+    return _int8_of("prune_int8", src, what, spec, data, config, tmp)
 
 
 def _int8(
     dense: nn.Module, loaded: LoadedModel, data: DataBundle, spec: InputSpec,
     config: CompanionConfig, granularity: str, built: dict[str, _Built], tmp: Path,
 ) -> _Built:  # fmt: skip
-    d = built["dense"]
-    return _int8_of("int8", dense, "the dense model", spec, data, config, tmp, d.params, d.macs)
+    return _int8_of("int8", built["dense"], "the dense model", spec, data, config, tmp)
 
 
 def _dynamic(
@@ -535,74 +555,95 @@ _BUILDERS: dict[str, _Builder] = {
 # ----------------------------------------------------------------------------- measuring
 
 
-def _measure(
+def _accuracy(
     b: _Built,
-    dense: nn.Module,
     data: DataBundle,
     spec: InputSpec,
     x: torch.Tensor,
     protocol: LatencyProtocol,
     config: CompanionConfig,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Accuracy through each runtime (into `b`) and the latency rows (eager, onnxruntime) of
-    one built variant, timed with the dense model run eagerly in the same rounds."""
+) -> None:
+    """Accuracy of one built variant through each runtime, into `b`; its ONNX Runtime model
+    (exported here, a session with the protocol's threads) into `b.extra["ort_model"]` for
+    the timing."""
     if b.model is None:
-        return None, None
+        return
     cpu = torch.device("cpu")
     limit = config.limit
     model = b.model
     ort_model = model if isinstance(model, OrtModule) else None
-    is_ort = ort_model is not None
-    if not is_ort:
+    if ort_model is None:
         if b.eager_accuracy is None:
-            b.eager_accuracy = evaluate(model, data, spec, device=cpu, limit=limit).accuracy
+            ev = evaluate(model, data, spec, device=cpu, limit=limit)
+            # Kept for int8 of this model: `quantize` compares int8 with the float model on
+            # the same images, and need not evaluate it again.
+            b.extra["eager_eval"] = ev
+            b.eager_accuracy = ev.accuracy
         if not b.ort_reason:
             try:
                 ort_model = to_ort(model, x[:8], spec=spec, threads=protocol.threads)
             except UserError as e:
                 b.ort_reason = f"this model cannot be exported to ONNX: {e}"
     if ort_model is not None:
+        ort_model = ort_model.with_settings(threads=protocol.threads, device="cpu")
         if b.ort_accuracy is None:
             b.ort_accuracy = evaluate(ort_model, data, spec, device=cpu, limit=limit).accuracy
         b.extra["ort_size_bytes"] = ort_model.size_bytes
-    backends = ["dense"]
-    eager_backend = ""
-    kwargs: dict[str, Any] = {"dense": dense, "protocol": protocol, "onnx": ort_model}
-    if b.variant == "dense":
-        eager_backend = "dense"
-    elif b.variant in ("unstructured", "dynamic"):
-        eager_backend = "masked"  # the model as given on dense kernels, timed beside dense
-    elif not is_ort:
-        eager_backend = "structured"
-        kwargs["structured"] = model
-    if eager_backend and eager_backend != "dense":
-        backends.append(eager_backend)
-    if ort_model is not None:
-        backends.append("onnxruntime")
+        b.extra["ort_model"] = ort_model
+
+
+def _time_all(
+    built: dict[str, _Built], dense: nn.Module, x: torch.Tensor, protocol: LatencyProtocol
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Latency of every built variant in each runtime, all timed in the same interleaved rounds
+    with dense eager PyTorch (`latency.time_interleaved`): one reference, timed once, against
+    which each `vs_dense` is judged (`timing.compare`).
+
+    Returns:
+        (variant, runtime) -> median_ms, p10_ms, p90_ms, vs_dense.
+    """
+    runners: dict[str, tuple[nn.Module, torch.Tensor]] = {"dense/eager": (dense, x)}
+    for v, b in built.items():
+        if b.model is None or b.status != "ok":
+            continue
+        if v != "dense" and not isinstance(b.model, OrtModule) and not b.eager_reason:
+            # On the CPU as given: unstructured and dynamic gating on dense kernels (as the
+            # `masked` backend), channel and low rank physically smaller (`structured`).
+            runners[f"{v}/eager"] = (b.model.eval(), x)
+        ort_model = b.extra.get("ort_model")
+        if ort_model is not None and not b.ort_reason:
+            runners[f"{v}/onnxruntime"] = (ort_model, x)
     with torch.inference_mode():
-        df = benchmark_backends(model, x, backends=backends, **kwargs).set_index("backend")
-    return (_lat(df, eager_backend) if eager_backend else None,
-            _lat(df, "onnxruntime") if ort_model is not None else None)  # fmt: skip
-
-
-def _lat(df: pd.DataFrame, backend: str) -> dict[str, Any]:
-    r = df.loc[backend].to_dict()
-    if r["status"] != "ok":
-        return {"status": NOT_APPLICABLE, "reason": str(r["reason"])}
-    return {
-        "median_ms": float(r["median_ms"]), "p10_ms": float(r["p10_ms"]),
-        "p90_ms": float(r["p90_ms"]), "vs_dense": str(r["vs_dense"]),
-    }  # fmt: skip
+        lats = time_interleaved(runners, protocol=protocol)
+    base = lats["dense/eager"]
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, lat in lats.items():
+        v, runtime = name.split("/")
+        out[(v, runtime)] = {
+            "median_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms,
+            "vs_dense": "the reference" if name == "dense/eager" else compare(base, lat).text,
+        }  # fmt: skip
+    return out
 
 
 def _rows_of(
-    b: _Built, eager: dict[str, Any] | None, ort: dict[str, Any] | None
+    b: _Built,
+    eager: dict[str, Any] | None,
+    ort: dict[str, Any] | None,
+    *,
+    int8_mode: str,
+    timed: bool,
 ) -> list[dict[str, Any]]:
-    """The eager and ONNX Runtime rows of one variant."""
+    """The eager and ONNX Runtime rows of one variant (`timed`: the latency phase ran; it did
+    not when the run was cancelled first). An int8 variant's label names its mode, so the
+    figure, the table and the report say which int8 was measured from the result itself."""
     out = []
+    label = VARIANT_LABELS[b.variant]
+    if b.variant in ("int8", "prune_int8"):
+        label = f"{label} ({int8_mode})"
     for runtime in RUNTIMES:
         row: dict[str, Any] = {
-            "variant": b.variant, "label": VARIANT_LABELS[b.variant], "runtime": runtime,
+            "variant": b.variant, "label": label, "runtime": runtime,
             "status": b.status, "reason": b.reason, "how": b.how,
         }  # fmt: skip
         if b.status == "ok":
@@ -626,6 +667,8 @@ def _rows_of(
                 )  # fmt: skip
                 if lat is not None:
                     row.update(lat)
+                elif not timed:
+                    row["reason"] = "cancelled before the latency of every variant was timed"
                 if b.variant == "dynamic":
                     row["reason"] = _DYNAMIC_SLOWER
         out.append(row)

@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,7 @@ __all__ = [
     "compare",
     "measure_batches",
     "measure_latency",
+    "time_interleaved",
 ]
 
 
@@ -562,6 +563,30 @@ def batch_sweep(
         device=str(first.device)
     )
     return out
+
+
+def time_interleaved(
+    models: Mapping[str, tuple[nn.Module, torch.Tensor]],
+    *,
+    protocol: LatencyProtocol = PROTOCOL,
+) -> dict[str, Latency]:
+    """Time several models side by side in the same interleaved rounds, exactly as
+    `benchmark_backends` times its backends (the protocol's threads, warm-up, repeats, time
+    budget per model and rounds), for comparing many models with one reference timed once in
+    those rounds (the one view: every variant against dense eager PyTorch).
+
+    Args:
+        models: name -> (model, one input batch on its device), timed in this order in each
+            round. An `ort.OrtModule` runs with the threads its session was made with: give it
+            the protocol's (`OrtModule.with_settings`).
+        protocol: Threads, warm-up, repeats, time budget, rounds.
+
+    Returns:
+        name -> `Latency` (compare two with `timing.compare`).
+    """
+    with torch_threads(protocol.threads):
+        return _interleaved(dict(models), protocol.warmup, protocol.repeats,
+                            protocol.max_seconds, protocol.rounds)  # fmt: skip
 
 
 def _interleaved(

@@ -379,6 +379,7 @@ def quantize(
     *,
     source: str = "",
     extra_meta: Mapping[str, Any] | None = None,
+    float_eval: EvalResult | None = None,
 ) -> QuantizeResult:
     """Quantize `model` to int8, measure it through ONNX Runtime, and save a quantized directory.
 
@@ -391,6 +392,9 @@ def quantize(
         config: Mode and settings.
         source: What the float model was (a registry name or directory), recorded.
         extra_meta: More keys for `quantized.json` (e.g. the source's arch and recipe).
+        float_eval: `evaluate(model, data, spec, limit=config.val_limit)` when the caller has
+            already measured it (the one view has, in eager PyTorch): used instead of
+            evaluating the float model again. One of another image count is not used.
 
     Returns:
         The `QuantizeResult`: path, accuracies through ONNX Runtime and against float.
@@ -432,7 +436,10 @@ def quantize(
     }
     qm = QuantizedModel(graph, spec, meta)
     cpu = torch.device("cpu")
-    float_eval = evaluate(model, data, spec, limit=config.val_limit)
+    n_val = data.num_examples("val")
+    n_val = min(n_val, config.val_limit) if config.val_limit else n_val
+    if float_eval is None or float_eval.n != n_val:
+        float_eval = evaluate(model, data, spec, limit=config.val_limit)
     int8_eval = evaluate(qm, data, spec, device=cpu, limit=config.val_limit)
     with torch.inference_mode():
         want = predict_logits(model, x_val).double()

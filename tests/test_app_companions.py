@@ -44,7 +44,7 @@ def test_companions_tab_empty_state_then_one_view() -> None:
         "batch 8" in layout["title"]["text"] and "64 validation images" in layout["title"]["text"]
     )
     names = {t.get("name") for t in spec["data"]}
-    assert {"dense", "low rank", "int8", "Pareto front", "eager PyTorch",
+    assert {"dense", "low rank", "int8 (static)", "Pareto front", "eager PyTorch",
             "ONNX Runtime"} <= names  # fmt: skip
     tables = [d.value for d in at.dataframe if "vs dense eager" in d.value.columns]
     assert len(tables) == 1
@@ -54,11 +54,11 @@ def test_companions_tab_empty_state_then_one_view() -> None:
     for variant in ("dense", "low rank"):
         for runtime in ("eager PyTorch", "ONNX Runtime"):
             assert (variant, runtime) in pairs, (variant, runtime)
-    assert ("int8", "ONNX Runtime") in pairs
+    assert ("int8 (static)", "ONNX Runtime") in pairs
     # Rows not measured are not in the table but listed with their reason.
     assert (table["status"] == "ok").all()
     listed = next(m.value for m in at.markdown if m.value.startswith("**Not measured**"))
-    assert "int8 in eager PyTorch" in listed and "only in ONNX Runtime" in listed
+    assert "int8 (static) in eager PyTorch" in listed and "only in ONNX Runtime" in listed
     assert (measured["accuracy %"] > 50).all()
     assert measured["params"].min() > 0
     assert any(b.proto.label == "Download CSV" for b in at.get("download_button"))

@@ -158,6 +158,46 @@ def test_model_without_convolutions_or_batchnorm_gets_reasons() -> None:
     assert _row(df, "dense", "eager")["status"] == "ok"
 
 
+def test_each_accuracy_evaluated_once_and_dense_timed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No model is evaluated twice on the same images (int8 reuses its float source's eager
+    evaluation), and one interleaved timing holds dense eager and every measured row."""
+    import pruning_core.companions as comp
+    import pruning_core.quantize as quant
+
+    evaluated: list[tuple[int, object]] = []
+    timed: list[list[str]] = []
+
+    def counting(real):  # type: ignore[no-untyped-def]
+        def evaluate(model, data, spec, **kw):  # type: ignore[no-untyped-def]
+            evaluated.append((id(model), kw.get("limit")))
+            return real(model, data, spec, **kw)
+
+        return evaluate
+
+    real_time = comp.time_interleaved
+
+    def time_interleaved(models, **kw):  # type: ignore[no-untyped-def]
+        timed.append(list(models))
+        return real_time(models, **kw)
+
+    monkeypatch.setattr(comp, "evaluate", counting(comp.evaluate))
+    monkeypatch.setattr(quant, "evaluate", counting(quant.evaluate))
+    monkeypatch.setattr(comp, "time_interleaved", time_interleaved)
+    df = compare_companions(load_model("digits-cnn"), load_dataset("digits"),
+                            CompanionConfig(limit=64, repeats=3, batch_size=4))  # fmt: skip
+    assert len(evaluated) == len(set(evaluated)), evaluated
+    # dense, unstructured, channel, low rank: eager and ONNX Runtime; int8 of dense and of
+    # the channel model: int8 only (the float side is the eager evaluation above).
+    assert len(evaluated) == 4 * 2 + 2
+    assert len(timed) == 1 and timed[0][0] == "dense/eager"
+    ok = df[df["status"] == "ok"]
+    assert sorted(timed[0]) == sorted(f"{v}/{r}" for v, r in zip(ok["variant"], ok["runtime"],
+                                                                  strict=True))  # fmt: skip
+    assert (ok["vs_dense"] != "").all() and ok["median_ms"].notna().all()
+
+
 def test_cancelled_before_start_says_so() -> None:
     stop = threading.Event()
     stop.set()
@@ -203,8 +243,10 @@ def test_figure_panels_fronts_and_hover(cnn: pd.DataFrame) -> None:
     on_front = ok[ok["pareto_size"]]
     assert all(f"{label} (" in words for label in on_front["label"])
     assert "(onnxruntime)" not in words and "Best accuracy for its size:" in words
-    # Not measured rows are not drawn: int8 has only its ONNX Runtime point.
-    assert list(traces["int8"].marker.symbol) == ["diamond"]
+    # Not measured rows are not drawn: int8 has only its ONNX Runtime point. Its label names
+    # the mode it was quantized in (from the result, whatever the panel's select says later).
+    assert list(traces["int8 (static)"].marker.symbol) == ["diamond"]
+    assert "pruned + int8 (static)" in traces
 
 
 def test_report_has_the_companion_section(cnn: pd.DataFrame) -> None:
