@@ -254,8 +254,12 @@ def quantize_panel(
         )  # fmt: skip
         st.button(
             f"Quantize {what} to int8", key="export_quantize", type="primary",
+            # The mode is read from the session when the callback runs, not from this run's
+            # `mode`: a click that interrupts the rerun a new choice started runs the callback
+            # of the run before, whose `mode` is the old choice.
             on_click=_start, args=(lambda: quantize_job(
-                model, spec, data, str(mode), source=selection[0], folder=f"{stem}-int8",
+                model, spec, data, str(st.session_state.get("export_quant_mode", mode)),
+                source=selection[0], folder=f"{stem}-int8",
                 version=version, extra_meta=extra_meta, val_limit=val_limit,
             ), selection),
             help="Runs in the background (seconds on the sample models): exports to ONNX, "
