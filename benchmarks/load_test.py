@@ -1092,6 +1092,13 @@ async def run_ws_student(url: str, s: Student) -> None:
             await _ws_move(app, s, "prune_ratio", "move", 0.1, 0.85)
         units = app.widgets("prune_unit_")
         if s.settings.layer_moves and not units:
+            # The per-layer sliders are drawn while their expander is open: open it, as a
+            # student clicks on it.
+            with contextlib.suppress(KeyError):
+                await s.think()
+                await app.set_expander("prune_layers_open", True)
+            units = app.widgets("prune_unit_")
+        if s.settings.layer_moves and not units:
             s.record("layer_move_skipped", reason="no per-layer sliders (a table, or none)")
         elif s.settings.layer_moves:
             unit = s.rng.choice(units)
@@ -1337,7 +1344,9 @@ async def run_level(
             if n == 1:
                 if args.profile_moves and client == "browser":
                     level["browser_profile"] = await asyncio.wait_for(
-                        profile_moves(browser, server.url, probe, settings, args.profile_moves),
+                        profile_moves(
+                            browser, server.url, probe, settings, args.profile_moves, models[0]
+                        ),
                         max(deadline - time.monotonic(), 1.0),
                     )
                 # The fine-tune comes last: a job running while the next model is measured
@@ -1404,21 +1413,22 @@ async def run_level(
 
 
 async def profile_moves(
-    browser: Any, url: str, probe: str, settings: Settings, moves: int
+    browser: Any, url: str, probe: str, settings: Settings, moves: int, model: str = DEFAULT_MODEL
 ) -> dict[str, Any]:
-    """One extra session on the default model, not counted in the statistics, with Chrome's
+    """One extra session on `model` (the first of --models), not counted in the statistics, with Chrome's
     sampling profiler on during `moves` global slider moves: where the browser's main thread
     spends a move, by script (Streamlit's bundle, the Plotly chunk...) and by function.
 
     "(program)" is the browser's own work outside JavaScript (style, layout, paint, parsing);
     "(garbage collector)" is V8's GC. Idle time is left out.
     """
-    s = Student(-2, DEFAULT_MODEL, False, settings, random.Random(settings.seed))
+    s = Student(-2, model, False, settings, random.Random(settings.seed))
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
         await ctx.add_init_script(probe)
         page = await ctx.new_page()
         await _open(page, s, url)
+        await _pick_model(page, s)
         await _nav(page, s, "Prune")
         cdp = await ctx.new_cdp_session(page)
         await cdp.send("Profiler.enable")

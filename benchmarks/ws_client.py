@@ -414,6 +414,18 @@ class AppClient:
             raise KeyError(f"{key}: no option {option_prefix!r} among {options}")
         return await self._change(el, WidgetState(id=el.id, string_value=pick))
 
+    async def set_expander(self, key: str, open_: bool) -> Run:
+        """Open (or close) the stateful expander with user key `key` (`st.expander(key=...,
+        on_change="rerun")`, whose contents the app draws only while it is open).
+
+        Raises:
+            KeyError: No such expander on the page now.
+        """
+        el = next((e for e in self.elements.values() if e.kind == "block" and e.key == key), None)
+        if el is None:
+            raise KeyError(f"no expander with key {key!r} on the page")
+        return await self._change(el, WidgetState(id=el.id, bool_value=bool(open_)))
+
     async def set_number(self, key: str, value: float) -> Run:
         """Type `value` into number input `key`."""
         el = self.widget(key)
@@ -663,7 +675,7 @@ class AppClient:
             kind = delta.new_element.WhichOneof("type") or "element"
             proto = getattr(delta.new_element, kind, None)
         elif which == "add_block":
-            kind, proto = "block", None
+            kind, proto = "block", delta.add_block  # its id: a stateful expander's widget id
         else:
             return  # transients (spinners, toasts) are not part of the page
         drawn = Drawn(kind, proto, delta.fragment_id, run_id)

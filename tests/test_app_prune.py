@@ -90,6 +90,7 @@ def test_structured_preview_then_apply_shrinks_the_session_model() -> None:
 def test_suggest_from_sensitivity_fills_the_per_layer_table() -> None:
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["model_ref"] = "digits-mlp"
+    at.session_state["prune_layers_open"] = True  # Suggest is inside the per-layer expander
     at.run()
     at.slider(key="prune_ratio").set_value(0.6).run()
     at.button(key="prune_suggest").click().run()
@@ -116,6 +117,10 @@ def test_per_layer_sliders_override_one_unit_and_follow_the_global_ratio() -> No
     at.session_state["model_ref"] = "digits-mlp"
     at.run()
     at.slider(key="prune_ratio").set_value(0.5).run()
+    # Closed (the default without overrides): no per-layer slider is drawn or sent.
+    assert not [s for s in at.slider if str(s.key).startswith("prune_unit_")]
+    at.session_state["prune_layers_open"] = True  # the user opens the expander
+    at.run()
     units = [s for s in at.slider if str(s.key).startswith("prune_unit_")]
     assert len(units) == 2 and all(abs(s.value - 0.5) < 1e-9 for s in units)  # fc1, fc2
     before = _metric(at, "Sparsity")

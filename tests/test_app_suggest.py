@@ -46,6 +46,7 @@ def _page(model_ref: str) -> AppTest:
     at.session_state["dataset_ref"] = SAMPLES[model_ref]
     at.session_state["prune_estimate"] = False
     at.session_state["prune_ratio"] = RATIO
+    at.session_state["prune_layers_open"] = True  # Suggest is inside the per-layer expander
     return at.run()
 
 
