@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
 import time
 import traceback
@@ -59,6 +60,11 @@ DEFAULT_MAX_QUEUE = 8
 # leaving the rest to the pages students are looking at.
 DEFAULT_JOB_THREADS = 1
 DEFAULT_PAGE_THREADS = 1
+# Job threads run at this OS niceness (Linux: per thread) so the pages students are looking at
+# get the cores first and jobs take what is left: with 30 students moving sliders on 2 cores,
+# a fine-tune at the pages' priority held one core and the redraws queued behind it
+# (benchmarks/results.md, "App load test"). 0 turns it off; 19 is the lowest priority.
+DEFAULT_JOB_NICE = 10
 # Upper bounds that keep a mistyped setting from starting thousands of threads.
 MAX_WORKERS = 256
 MAX_TORCH_THREADS = 1024
@@ -282,6 +288,9 @@ class JobRunner:
             `PRUNING_LAB_JOB_THREADS`, else 1: the rule in this module). torch's thread count
             is per thread once a thread has computed, so each job sets it when it starts.
         keep_finished: Finished jobs kept for polling (>= 0); older ones are forgotten.
+        job_nice: OS niceness of the worker threads, 0 to 19 (default: env
+            `PRUNING_LAB_JOB_NICE`, else `DEFAULT_JOB_NICE`); applied where the OS sets it
+            per thread (Linux), ignored elsewhere.
 
     Raises:
         UserError: A setting or its environment variable is not an integer in its range.
@@ -295,6 +304,7 @@ class JobRunner:
         store: RunStore | None = None,
         torch_threads: int | None = None,
         keep_finished: int = 200,
+        job_nice: int | None = None,
     ) -> None:
         self.max_workers: int = _setting(
             max_workers,
@@ -319,6 +329,9 @@ class JobRunner:
             hi=MAX_TORCH_THREADS,
         )
         self.keep_finished: int = number(keep_finished, "keep_finished", integer=True, lo=0)
+        self.job_nice: int = _setting(
+            job_nice, "job_nice", "PRUNING_LAB_JOB_NICE", DEFAULT_JOB_NICE, lo=0, hi=19
+        )
         self._lock = threading.RLock()
         self._wakeup = threading.Condition(self._lock)
         self._queue: deque[tuple[Job, Callable[[JobContext], Any], _Record | None]] = deque()
@@ -471,6 +484,7 @@ class JobRunner:
             t.start()
 
     def _work(self) -> None:
+        _lower_thread_priority(self.job_nice)
         while True:
             with self._lock:
                 while not self._queue and not self._closed:
@@ -697,6 +711,20 @@ def _with_notes(status: str, error: str | None, notes: list[str]) -> tuple[str, 
     if status == "done":
         return "failed", "finished, but " + "; ".join(notes)
     return status, "; ".join([error or status, *notes])
+
+
+def _lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's niceness to `nice` (Linux: a thread is a task with its own
+    priority; threads it starts inherit it). Elsewhere, or without the right, nothing."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        now = os.getpriority(os.PRIO_PROCESS, tid)
+        if nice > now:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (OSError, AttributeError):
+        pass
 
 
 def _set_torch_threads(n: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -286,3 +287,35 @@ def test_thread_rule_defaults_and_page_threads(monkeypatch: pytest.MonkeyPatch) 
     t.start()
     t.join()
     assert seen == [2, 2]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux")
+def test_job_threads_run_at_the_job_niceness_and_the_caller_keeps_its_own() -> None:
+    import os
+    import threading
+
+    from pruning_core.jobs import JobRunner
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    runner = JobRunner(max_workers=1, max_queue=2, job_nice=min(mine + 5, 19))
+    try:
+        job = runner.submit(
+            lambda ctx: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), name="nice"
+        )
+        job.wait(30)
+        assert job.status == "done", job.error
+        assert job.result == min(mine + 5, 19)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    finally:
+        runner.shutdown(wait=True, timeout=10)
+
+
+def test_job_nice_outside_0_to_19_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pruning_core.errors import UserError
+    from pruning_core.jobs import JobRunner
+
+    with pytest.raises(UserError, match="job_nice"):
+        JobRunner(job_nice=20)
+    monkeypatch.setenv("PRUNING_LAB_JOB_NICE", "-1")
+    with pytest.raises(UserError, match="PRUNING_LAB_JOB_NICE"):
+        JobRunner()
