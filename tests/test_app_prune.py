@@ -138,3 +138,28 @@ def test_per_layer_sliders_override_one_unit_and_follow_the_global_ratio() -> No
         s.key.rsplit("_", 1)[-1]: s.value for s in at.slider if str(s.key).startswith("prune_unit_")
     }
     assert values == {"fc1": 0.9, "fc2": 0.3}
+
+
+def test_a_global_move_with_stale_per_layer_values_sets_no_override() -> None:
+    """Two quick presses on the global slider: the second run gets the per-layer sliders as the
+    browser still showed them before the first run's values arrived; they follow the global
+    ratio, not become overrides (seen in Chromium: every slider froze at 0.50)."""
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.session_state["prune_layers_open"] = True
+    at.run()
+    at.slider(key="prune_ratio").set_value(0.55).run()
+    units = [s for s in at.slider if str(s.key).startswith("prune_unit_")]
+    assert len(units) == 2 and all(abs(s.value - 0.55) < 1e-9 for s in units)
+    at.slider(key="prune_ratio").set_value(0.6)
+    for s in units:  # the browser's stale values: those before the 0.55 run
+        s.set_value(0.5)
+    at.run()
+    assert not at.exception
+    assert not at.session_state["prune_overrides"]
+    values = [s.value for s in at.slider if str(s.key).startswith("prune_unit_")]
+    assert values == [0.6, 0.6]
+    # A per-layer move afterwards (global unchanged) is still the user's override.
+    fc1 = next(s for s in at.slider if str(s.key).endswith("_fc1"))
+    fc1.set_value(0.2).run()
+    assert at.session_state["prune_overrides"] == {"fc1": 0.2}

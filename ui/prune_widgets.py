@@ -49,6 +49,9 @@ _NOTE = "prune_suggestion_note"
 _VERSION = "_prune_editor_version"
 # The value each per-layer slider was last given by the page (a different one: the user's).
 _GIVEN = "_prune_unit_given"
+# The global ratio the per-layer sliders were last drawn with (a run where it changed was a
+# global move, so no per-layer slider was moved in it).
+_FOLLOWED = "_prune_unit_followed"
 # Up to this many units get one slider each (a page of sliders stays readable); more: a table.
 MAX_SLIDERS = 40
 
@@ -217,10 +220,22 @@ def _unit_sliders(
     cols = st.columns(2)
     out = dict(overrides)
     follow = min(ratio, MAX_UNIT_RATIO)
+    # A run started by a global move sends the per-layer sliders as the browser last showed
+    # them, which is stale when the move came before the previous run's values arrived (two
+    # quick arrow presses): taken as the user's, they froze every slider as an override. One
+    # run comes from one widget, so when the global ratio changed, none of these moved.
+    followed = st.session_state.get(_FOLLOWED)
+    st.session_state[_FOLLOWED] = float(ratio)
+    global_moved = followed is not None and not math.isclose(followed, ratio)
     for i, u in enumerate(units):
         key = f"prune_unit_{version}_{u}"
         now = st.session_state.get(key)
-        moved = now is not None and key in given and not math.isclose(now, given[key])
+        moved = (
+            not global_moved
+            and now is not None
+            and key in given
+            and not math.isclose(now, given[key])
+        )
         if moved and now is not None:
             want = float(now)
         elif u in overrides:
