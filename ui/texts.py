@@ -22,7 +22,7 @@ SCOPE_LABELS: dict[str, str] = {"global": "global threshold", "layer": "same rat
 
 SCOPE_HELP = (
     "Global: one threshold across all layers, so layers with many unimportant weights lose "
-    "more. Per layer: every layer loses the same share. Overrides in the table below win in "
+    "more. Per layer: every layer loses the same share. Per-layer ratios set below win in "
     "both cases."
 )
 

@@ -357,7 +357,7 @@ class LowRankPlan(Plan):
                 "Global: one threshold across layers on each layer's singular values divided "
                 "by their norm (S_i / ||S||), so a layer whose singular values fall off fast "
                 "loses more of its rank, and the share is of all layers' rank together. Per "
-                "layer: every layer loses that share of its rank. Overrides in the table below "
+                "layer: every layer loses that share of its rank. Per-layer ratios set below "
                 "win in both cases."
             ),
             ratio="Share of rank to remove",
