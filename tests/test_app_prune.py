@@ -163,3 +163,21 @@ def test_a_global_move_with_stale_per_layer_values_sets_no_override() -> None:
     fc1 = next(s for s in at.slider if str(s.key).endswith("_fc1"))
     fc1.set_value(0.2).run()
     assert at.session_state["prune_overrides"] == {"fc1": 0.2}
+
+
+def test_a_moved_per_layer_slider_is_not_sent_back_to_the_browser() -> None:
+    """The page sets no value on a slider the user is moving (a value set by the page is sent
+    with `set_value` and snaps the browser's slider back while arrow presses go on)."""
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.session_state["prune_layers_open"] = True
+    at.run()
+    fc1 = next(s for s in at.slider if str(s.key).endswith("_fc1"))
+    fc1.set_value(0.45).run()
+    assert not at.exception
+    fc1 = next(s for s in at.slider if str(s.key).endswith("_fc1"))
+    assert fc1.value == 0.45 and not fc1.proto.set_value
+    # A slider that follows a global move is set by the page (and shows the new ratio).
+    at.slider(key="prune_ratio").set_value(0.6).run()
+    fc2 = next(s for s in at.slider if str(s.key).endswith("_fc2"))
+    assert fc2.value == 0.6 and fc2.proto.set_value

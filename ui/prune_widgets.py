@@ -242,7 +242,11 @@ def _unit_sliders(
             want = min(overrides[u], MAX_UNIT_RATIO)
         else:
             want = follow
-        st.session_state[key] = want  # before the widget is drawn: allowed
+        if now is None or not math.isclose(now, want):
+            # Before the widget is drawn: allowed. Only when it changes: a value set here is
+            # sent back as the browser's, which snapped a slider being moved by quick arrow
+            # presses back to a value the user had already passed (20 presses -> 15 taken).
+            st.session_state[key] = want
         value = cols[i % 2].slider(
             f"{u} (size {preview.unit_sizes[u]:,})",
             min_value=0.0,
