@@ -4,12 +4,10 @@ zeros map reading 0% where the saving is the rank (`stats.low_rank_table`,
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from apptest_helpers import find_chart
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
@@ -38,11 +36,6 @@ def test_low_rank_table_counts_rank_and_weights() -> None:
     assert math.isclose(float(t.loc["3", "params_share"]), 4 * 268 / (12 * 256))
 
 
-def _chart(at: AppTest, key: str) -> dict[str, Any] | None:
-    el = next((c for c in at.get("plotly_chart") if c.key == key), None)
-    return json.loads(el.proto.spec) if el is not None else None
-
-
 def _panel_with_zeros() -> None:
     """A factorised model pruned afterwards: zeros map and rank bars both."""
     import torch
@@ -61,18 +54,10 @@ def _panel_with_zeros() -> None:
 def test_panel_keeps_the_zeros_map_when_there_are_zeros() -> None:
     at = AppTest.from_function(_panel_with_zeros, default_timeout=60).run()
     assert not at.exception, at.exception
-    assert _chart(at, "inspect_heatmap") is not None
-    bars = _chart(at, "inspect_lowrank")
+    assert find_chart(at, "inspect_heatmap") is not None
+    bars = find_chart(at, "inspect_lowrank")
     assert bars is not None and list(bars["data"][0]["y"]) == ["0"]
     assert not at.info  # no "no zeros" note: there are zeros
-
-
-def _values(v: Any) -> np.ndarray:
-    if isinstance(v, dict) and "bdata" in v:
-        import base64
-
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-    return np.asarray(v)
 
 
 def test_inspect_shows_the_rank_kept_after_low_rank() -> None:
@@ -88,9 +73,9 @@ def test_inspect_shows_the_rank_kept_after_low_rank() -> None:
     banner = next(i.value for i in at.info if "Showing your" in i.value)
     assert "60% lowrank, global scope" in banner and "magnitude" not in banner
     # No map of zeros reading 0% everywhere: a note says why, the rank bars say what was kept.
-    assert _chart(at, "inspect_heatmap") is None
+    assert find_chart(at, "inspect_heatmap") is None
     assert any("no map of zeros" in i.value for i in at.info)
-    bars = _chart(at, "inspect_lowrank")
+    bars = find_chart(at, "inspect_lowrank")
     assert bars is not None
     rank, weights = bars["data"]
     assert rank["name"] == "rank kept" and weights["name"] == "weights kept"
@@ -99,10 +84,10 @@ def test_inspect_shows_the_rank_kept_after_low_rank() -> None:
     table = at.dataframe[0].value.set_index("layer")
     pairs = [n[:-2] for n in table.index if n.endswith(".0") and f"{n[:-2]}.1" in table.index]
     assert pairs and list(rank["y"]) == pairs
-    for name, share, text in zip(pairs, _values(rank["x"]), rank["text"], strict=True):
+    for name, share, text in zip(pairs, rank["x"], rank["text"], strict=True):
         head = [int(d) for d in str(table.loc[f"{name}.0", "shape"]).split("x")]
         out = int(str(table.loc[f"{name}.1", "shape"]).split("x")[0])
         r, full = head[0], min(out, math.prod(head[1:]))
         assert text == f"rank {r:,} of {full:,}" and math.isclose(share, r / full)
         assert r < full
-    assert all(0 < s < 1 for s in _values(weights["x"]))
+    assert all(0 < s < 1 for s in weights["x"])
