@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import nullcontext
 from typing import Any
 
 import pandas as pd
@@ -492,10 +493,12 @@ def preview_panel(
     # Else the next run, asked for, estimates. One session's estimate at a time across the
     # server; shown after the first 100 images, then refined while nobody waits for the lane;
     # stopped when the user moves on.
-    with lane.turn(newer_run_waiting) as turn:
+    # With the estimate off there is nothing to wait for: never queue behind others' estimates.
+    lane_turn = lane.turn(newer_run_waiting) if estimate_on else nullcontext(False)
+    with lane_turn as turn:
         steps = (
             preview.estimate_steps(stats, int(n_est), recalibrate_bn=recalibrate_bn)
-            if estimate_on and turn
+            if turn
             else iter(())
         )
         for step in steps:
