@@ -21,7 +21,7 @@ from pruning_core.companions import (
 from pruning_core.data import load_dataset
 from pruning_core.errors import UserError
 from pruning_core.models import load_model
-from pruning_core.quantize import INT8_ACCURACY_TOLERANCE
+from pruning_core.quantize import accuracy_within_int8_tolerance
 
 # 200 images: the 2-point tolerance is 4 images, so one or two int8 disagreements fit.
 LIMIT = 200
@@ -102,7 +102,7 @@ def test_int8_within_tolerance_of_float_on_the_same_images(
 ) -> None:
     for df in (cnn, vit):
         dense = _row(df, "dense", "eager")["accuracy"]
-        assert abs(_row(df, "int8", "onnxruntime")["accuracy"] - dense) <= INT8_ACCURACY_TOLERANCE
+        assert accuracy_within_int8_tolerance(_row(df, "int8", "onnxruntime")["accuracy"], dense)
         # The ONNX Runtime float graph computes what eager PyTorch does.
         assert abs(_row(df, "dense", "onnxruntime")["accuracy"] - dense) <= 1 / LIMIT
         # int8 is the smaller file.
@@ -111,8 +111,8 @@ def test_int8_within_tolerance_of_float_on_the_same_images(
             < 0.5 * _row(df, "dense", "onnxruntime")["size_bytes"]
         )
     shrunk = _row(cnn, "channel", "eager")["accuracy"]
-    assert abs(_row(cnn, "prune_int8", "onnxruntime")["accuracy"] - shrunk) <= (
-        INT8_ACCURACY_TOLERANCE
+    assert accuracy_within_int8_tolerance(
+        _row(cnn, "prune_int8", "onnxruntime")["accuracy"], shrunk
     )
 
 

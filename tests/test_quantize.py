@@ -27,6 +27,7 @@ from pruning_core.quantize import (
     QUANT_ONNX_FILE,
     QuantizeConfig,
     QuantizeResult,
+    accuracy_within_int8_tolerance,
     load_quantized,
     quantize,
 )
@@ -154,3 +155,12 @@ def test_cli_quantize_and_refusal(cli: Callable[..., tuple[int, str, str]], tmp_
     assert code == 2 and stdout == ""
     assert len(stderr.strip().splitlines()) == 1 and "not written by pruning-lab" in stderr
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_change_of_exactly_the_tolerance_in_whole_images_is_within() -> None:
+    # 177 vs 173 of 200 images: exactly 2 points, which float subtraction puts a few ulps above
+    # 0.02 (the CI failure this guards against).
+    assert abs(177 / 200 - 173 / 200) > INT8_ACCURACY_TOLERANCE
+    assert accuracy_within_int8_tolerance(177 / 200, 173 / 200)
+    assert accuracy_within_int8_tolerance(173 / 200, 177 / 200)
+    assert not accuracy_within_int8_tolerance(178 / 200, 173 / 200)

@@ -41,6 +41,7 @@ from pruning_core.quantize import (
     QUANT_META_FILE,
     QUANT_ONNX_FILE,
     QuantizeConfig,
+    accuracy_within_int8_tolerance,
     quantize,
 )
 from pruning_core.spec import InputSpec
@@ -177,7 +178,7 @@ def int8_verdict(a: Mapping[str, Any]) -> tuple[bool, str]:
     agree, diff = float(a["top1_agreement"]), float(a["max_abs_diff"])
     scale = float(a["logit_scale"])
     checks = [
-        (abs(change) <= 100 * INT8_ACCURACY_TOLERANCE + 1e-9,
+        (accuracy_within_int8_tolerance(float(a["int8_accuracy"]), float(a["float_accuracy"])),
          f"accuracy {change:+.2f} points (allowed ±{100 * INT8_ACCURACY_TOLERANCE:g})"),
         (agree >= INT8_MIN_AGREEMENT,
          f"same top-1 class on {agree:.1%} of {int(a['n_compared'])} images "
