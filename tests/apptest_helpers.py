@@ -1,5 +1,5 @@
-"""Helpers shared by the app tests: Plotly charts of an AppTest run as plain dicts, and waiting
-for a background job of the page."""
+"""Helpers shared by the app tests: applying a pruning through the Prune page, Plotly charts of
+an AppTest run as plain dicts, and waiting for a background job of the page."""
 
 from __future__ import annotations
 
@@ -9,6 +9,33 @@ from typing import Any
 
 import numpy as np
 from streamlit.testing.v1 import AppTest
+
+
+def apply_prune(
+    at: AppTest,
+    *,
+    granularity: str | None = None,
+    ratio: float | None = None,
+    then: str | None = None,
+) -> AppTest:
+    """Open the Prune page of the whole app `at` (already run), pick `granularity` and `ratio`
+    where given (the page's defaults otherwise), click Apply, then open page `then` (a path such
+    as "pages/2_inspect.py"; None: stay on Prune).
+
+    Returns:
+        `at`, for chaining.
+    """
+    at.switch_page("pages/3_prune.py").run()
+    if granularity is not None:
+        at.selectbox(key="prune_granularity").set_value(granularity).run()
+    if ratio is not None:
+        at.slider(key="prune_ratio").set_value(ratio).run()
+    at.button(key="prune_apply").click().run()
+    # Checked here: a later page switch reruns the app and would hide Apply's exception.
+    assert not at.exception, at.exception
+    if then is not None:
+        at.switch_page(then).run()
+    return at
 
 
 def plain(o: Any) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from apptest_helpers import apply_prune
 from streamlit.testing.v1 import AppTest
 
 from pruning_core.jobs import Job
@@ -25,11 +26,7 @@ def _pruned_session(ratio: float = 0.5) -> AppTest:
     """digits-mlp pruned at `ratio` through the Prune page, now on the Fine-tune page."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.session_state["model_ref"] = "digits-mlp"
-    at.run()
-    at.switch_page("pages/3_prune.py").run()
-    at.slider(key="prune_ratio").set_value(ratio).run()
-    at.button(key="prune_apply").click().run()
-    at.switch_page("pages/4_finetune.py").run()
+    apply_prune(at.run(), ratio=ratio, then="pages/4_finetune.py")
     assert not at.exception
     return at
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from apptest_helpers import apply_prune
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,11 +47,7 @@ def test_inspect_standalone_shows_every_layer() -> None:
 
 def test_inspect_overlays_the_pruned_model() -> None:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/3_prune.py").run()
-    at.selectbox(key="prune_granularity").set_value("channel").run()
-    at.slider(key="prune_ratio").set_value(0.5).run()
-    at.button(key="prune_apply").click().run()
-    at.switch_page("pages/2_inspect.py").run()
+    apply_prune(at, granularity="channel", ratio=0.5, then="pages/2_inspect.py")
     assert not at.exception
     assert any("pruned" in i.value for i in at.info)
     table = at.dataframe[0].value

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from apptest_helpers import apply_prune
 from streamlit.testing.v1 import AppTest
 
 from ui.state import DEFAULTS, KEEP
@@ -66,11 +67,7 @@ def _applied(ratio: float) -> AppTest:
     """The whole app with digits-mlp pruned at `ratio` and applied on the Prune page."""
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["model_ref"] = "digits-mlp"
-    at.run()
-    at.switch_page("pages/3_prune.py").run()
-    at.slider(key="prune_ratio").set_value(ratio).run()
-    at.button(key="prune_apply").click().run()
-    return at
+    return apply_prune(at.run(), ratio=ratio)
 
 
 def test_sweep_and_finetune_survive_page_changes() -> None:
@@ -131,10 +128,7 @@ def test_a_finetune_whose_session_is_gone_lands_in_the_store() -> None:
 
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["model_ref"] = "digits-mlp"
-    at.run()
-    at.switch_page("pages/3_prune.py").run()
-    at.button(key="prune_apply").click().run()
-    at.switch_page("pages/4_finetune.py").run()
+    apply_prune(at.run(), then="pages/4_finetune.py")
     at.number_input(key="ft_epochs").set_value(1).run()
     at.button(key="ft_start").click().run()
     job_id = at.session_state["ft_job_id"]

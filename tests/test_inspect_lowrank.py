@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from apptest_helpers import find_chart
+from apptest_helpers import apply_prune, find_chart
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
@@ -62,12 +62,7 @@ def test_panel_keeps_the_zeros_map_when_there_are_zeros() -> None:
 
 def test_inspect_shows_the_rank_kept_after_low_rank() -> None:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/3_prune.py").run()
-    at.selectbox(key="prune_granularity").set_value("lowrank").run()
-    at.slider(key="prune_ratio").set_value(0.6).run()
-    at.button(key="prune_apply").click().run()
-    assert not at.exception, at.exception
-    at.switch_page("pages/2_inspect.py").run()
+    apply_prune(at, granularity="lowrank", ratio=0.6, then="pages/2_inspect.py")
     assert not at.exception, at.exception
     # The history names no criterion low rank did not use (it ranks by singular values).
     banner = next(i.value for i in at.info if "Showing your" in i.value)
