@@ -1,11 +1,12 @@
-"""Shared fixtures: an isolated data/home directory and small helpers."""
+"""Shared fixtures: an isolated data/home directory, the served app and small helpers."""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,42 @@ def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def serve_app(tmp_path: Path) -> Iterator[Callable[[float], str]]:
+    """Serve the app on a free 127.0.0.1 port for the load test's websocket client
+    (`benchmarks.load_test.Server`, home and log under `tmp_path`): call it with the seconds
+    to wait for a healthy server (`RuntimeError` past them); it returns the server's URL. The
+    server stops when the test ends.
+
+    Skips when `websockets` is missing or nothing can be bound on 127.0.0.1.
+    """
+    pytest.importorskip("websockets")
+    from benchmarks.local_server import free_port
+
+    try:
+        free_port()
+    except OSError as e:
+        pytest.skip(f"cannot bind a port on 127.0.0.1: {e}")
+    from benchmarks.load_test import Server
+
+    # No file watcher: it would walk the whole checkout (the virtual environment included).
+    server = Server(
+        home=tmp_path / "home",
+        log=tmp_path / "server.log",
+        code=Path(__file__).resolve().parents[1],
+        env={"STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"},
+    )
+
+    def start(timeout: float) -> str:
+        server.start(timeout=timeout)
+        return server.url
+
+    try:
+        yield start
+    finally:
+        server.stop()
 
 
 @pytest.fixture(autouse=True)

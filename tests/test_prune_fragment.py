@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from pathlib import Path
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,11 +15,8 @@ from streamlit.runtime.scriptrunner_utils.script_requests import RerunData, Scri
 from streamlit.runtime.scriptrunner_utils.script_run_context import ThreadState
 
 import ui.state
-from benchmarks.local_server import free_port
 from benchmarks.ws_client import FRAGMENT_OK, AppClient, run_sync
 from ui.state import newer_run_waiting
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _waiting(
@@ -82,25 +79,10 @@ async def _move_then_leave(url: str) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(240)
-def test_a_slider_move_reruns_the_fragment_and_survives_a_page_change(tmp_path: Path) -> None:
-    pytest.importorskip("websockets")
-    try:
-        free_port()
-    except OSError as e:
-        pytest.skip(f"cannot bind a port on 127.0.0.1: {e}")
-    from benchmarks.load_test import Server
-
-    server = Server(
-        home=tmp_path / "home",
-        log=tmp_path / "server.log",
-        code=ROOT,
-        env={"STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"},
-    )
-    try:
-        server.start(timeout=90)
-        out = run_sync(asyncio.wait_for(_move_then_leave(server.url), 200))
-    finally:
-        server.stop()
+def test_a_slider_move_reruns_the_fragment_and_survives_a_page_change(
+    serve_app: Callable[[float], str],
+) -> None:
+    out = run_sync(asyncio.wait_for(_move_then_leave(serve_app(90)), 200))
     move = out["move"]
     # The move ran the fragment alone: Streamlit's own status for it, and none of the page's
     # elements outside the fragment (its title, the scope's radio) were sent again.

@@ -4,15 +4,12 @@ student opens the app, goes to Prune and moves the global slider once."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from benchmarks.local_server import free_port
 from benchmarks.ws_client import SETTLED, AppClient, run_sync
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_only_loopback_addresses_are_accepted() -> None:
@@ -42,26 +39,8 @@ async def _one_move(url: str) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(120)
-def test_a_ws_student_moves_the_prune_slider(tmp_path: Path) -> None:
-    pytest.importorskip("websockets")
-    try:
-        free_port()
-    except OSError as e:
-        pytest.skip(f"cannot bind a port on 127.0.0.1: {e}")
-    from benchmarks.load_test import Server
-
-    # No file watcher: it would walk the whole checkout (the virtual environment included).
-    server = Server(
-        home=tmp_path / "home",
-        log=tmp_path / "server.log",
-        code=ROOT,
-        env={"STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"},
-    )
-    try:
-        server.start(timeout=45)
-        out = run_sync(asyncio.wait_for(_one_move(server.url), 50))
-    finally:
-        server.stop()
+def test_a_ws_student_moves_the_prune_slider(serve_app: Callable[[float], str]) -> None:
+    out = run_sync(asyncio.wait_for(_one_move(serve_app(45)), 50))
     t = out["timings"]
     assert out["title"] == "Prune"
     assert out["page_load"] is not None and out["page_load"] > 0
