@@ -10,9 +10,23 @@ from pruning_core.data import DataBundle, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, ProgressReport
-from pruning_core.train import Progress
+from pruning_core.recipe import SETTING_CHECKS
+from pruning_core.train import DEFAULT_FINETUNE, STRUCTURED_FINETUNE, Progress
+from pruning_core.validate import Range
 
-__all__ = ["add_model_args", "criterion_name", "granularity_name", "resolve", "stderr_progress"]
+__all__ = [
+    "WARMUP",
+    "add_model_args",
+    "add_step_args",
+    "criterion_name",
+    "granularity_name",
+    "resolve",
+    "stderr_progress",
+]
+
+# `--warmup`: a rate still rising past half of the steps leaves the fine-tune little time at it,
+# so the command line takes [0, 0.5]; a recipe file is checked as the TrainConfig is, [0, 1).
+WARMUP = Range(lo=0, hi=0.5, label="warm-up share")
 
 
 def add_model_args(
@@ -34,6 +48,42 @@ def add_model_args(
             required=dataset_required,
             help="registry name, idx:DIR, folder:DIR or FILE.zip",
         )
+
+
+def add_step_args(p: argparse.ArgumentParser, *, structured: bool, fill: bool) -> None:
+    """--warmup and --min-steps-per-epoch (`TrainConfig.warmup`, `.min_steps_per_epoch`).
+
+    Args:
+        p: The command's parser.
+        structured: The command fine-tunes structured pruning with `STRUCTURED_FINETUNE`
+            (`Recipe.from_settings`): the help says its defaults too.
+        fill: Give `DEFAULT_FINETUNE`'s values as argparse defaults (else None: a recipe's or
+            the granularity's default applies).
+    """
+    ft, st = DEFAULT_FINETUNE, STRUCTURED_FINETUNE
+
+    def also(value: str) -> str:
+        if not structured:
+            return ""
+        return f"; structured granularities {value} unless --optimizer, --lr or --distill is given"
+
+    p.add_argument(
+        "--warmup",
+        type=WARMUP,
+        metavar="SHARE",
+        default=ft.warmup if fill else None,
+        help="fine-tune warm-up: share of the optimizer steps over which the learning rate "
+        f"rises linearly from 0, in [0, 0.5] (default {ft.warmup:g}{also(f'{st.warmup:g}')})",
+    )
+    p.add_argument(
+        "--min-steps-per-epoch",
+        type=SETTING_CHECKS["min_steps_per_epoch"],
+        metavar="N",
+        default=ft.min_steps_per_epoch if fill else None,
+        help="fine-tune: a dataset too small for this many optimizer steps per epoch at "
+        "--batch-size trains in smaller batches until it takes them; 0 keeps the batch size, "
+        f"an integer >= 0 (default {ft.min_steps_per_epoch}{also(str(st.min_steps_per_epoch))})",
+    )
 
 
 def resolve(args: argparse.Namespace) -> tuple[LoadedModel, DataBundle | None]:

@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pruning_core.cli.common import add_model_args, criterion_name, granularity_name, resolve
+from pruning_core.cli.common import (
+    add_model_args,
+    add_step_args,
+    criterion_name,
+    granularity_name,
+    resolve,
+)
 from pruning_core.criteria import CRITERIA, Magnitude, Random
 from pruning_core.errors import UserError
 from pruning_core.executor import (
@@ -77,6 +83,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default=FT.batch_size,
         help=f"fine-tune batch size (default {FT.batch_size})",
     )
+    add_step_args(p, structured=False, fill=True)
     p.add_argument(
         "--eval-limit", type=POSITIVE_INT, help="evaluate on the first N validation images"
     )
@@ -201,6 +208,8 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.finetune_epochs,
         lr=args.lr,
         batch_size=args.batch_size,
+        warmup=args.warmup,
+        min_steps_per_epoch=args.min_steps_per_epoch,
         device=args.device,
         seed=args.seed,
     )

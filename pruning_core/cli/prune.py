@@ -9,7 +9,13 @@ from typing import Any
 
 from pruning_core.budget import BUDGET_HELP, Budget, parse_budget
 from pruning_core.budget import search as budget_search
-from pruning_core.cli.common import criterion_name, granularity_name, resolve, stderr_progress
+from pruning_core.cli.common import (
+    add_step_args,
+    criterion_name,
+    granularity_name,
+    resolve,
+    stderr_progress,
+)
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.executor import RayExecutor, check_executor, get_executor, list_executors
@@ -129,6 +135,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         type=C["weight_decay"],
         help=f"fine-tune weight decay, >= 0 (default {FT.weight_decay:g})",
     )
+    add_step_args(p, structured=True, fill=False)
     p.add_argument(
         "--distill",
         action=argparse.BooleanOptionalAction,
