@@ -29,6 +29,16 @@ and returns one row per (variant, runtime):
   kernels the gated model does all the dense work plus its gates, so it is not faster; its
   MACs are those a kernel that skips gated channels would do. It has no ONNX Runtime row
   (the gates are forward hooks of this app).
+- **dynamic_learned**: the same gating with FBS's learned gate (`dynamic.LearnedGate`, Gao et
+  al. 2019) at the same average effective MACs as the channel model (its predictors' cost
+  counted), BatchNorm re-estimated under the untrained gates (which select what the magnitude
+  gate selects), then gates and network trained for the fine-tune's `epochs` with the
+  fine-tune loop (`dynamic.train_gates`, FBS trains both). It is built only when `epochs` is
+  at least 1: an untrained learned gate is the magnitude gate, so with no fine-tune the row
+  says so instead of measuring it again. Gates trained on the Inspect page are not reused:
+  they are trained at that panel's uniform keep share with the network frozen, not at the
+  channel model's MACs. Measured like `dynamic` (no ONNX Runtime row, not faster eagerly);
+  its size is the saved network plus the predictors' weights.
 
 What is measured, per row:
 
@@ -96,7 +106,7 @@ __all__ = [
 ]
 
 COMPANION_VARIANTS = ("dense", "unstructured", "channel", "lowrank", "prune_int8", "int8",
-                      "dynamic")  # fmt: skip
+                      "dynamic", "dynamic_learned")  # fmt: skip
 """Every variant `compare_companions` knows, in the order of its rows."""
 VARIANT_LABELS = {
     "dense": "dense",
@@ -105,8 +115,11 @@ VARIANT_LABELS = {
     "lowrank": "low rank",
     "prune_int8": "pruned + int8",
     "int8": "int8",
-    "dynamic": "dynamic gating",
+    "dynamic": "dynamic gating (magnitude)",
+    "dynamic_learned": "dynamic gating (learned)",
 }
+# The gated variants: the whole network kept, channels chosen per image, no ONNX Runtime row.
+_DYNAMIC_VARIANTS = ("dynamic", "dynamic_learned")
 RUNTIMES = ("eager", "onnxruntime")
 """eager: PyTorch as trained; onnxruntime: the exported graph in an InferenceSession."""
 NOT_APPLICABLE = "not applicable"
@@ -123,6 +136,10 @@ _NO_ORT_DYNAMIC = (
 )
 _INT8_NO_EAGER = (
     "an int8 ONNX model runs only in ONNX Runtime: there is no PyTorch form of it to run eagerly"
+)
+_LEARNED_NEEDS_EPOCHS = (
+    "the learned gate is trained with the fine-tune loop: set fine-tune epochs to 1 or more to "
+    "measure it (untrained, it selects exactly the channels the magnitude gate selects)"
 )
 _DYNAMIC_SLOWER = (
     "on dense kernels a gated model is not faster: PyTorch computes every channel and then the "
@@ -144,7 +161,9 @@ class CompanionConfig:
         variants: Which of `COMPANION_VARIANTS` (dense is always measured: the reference).
         epochs: Fine-tune epochs after unstructured, channel and low-rank pruning (0: none;
             the train split, distillation from dense; int8 of the pruned model uses the
-            fine-tuned one; dynamic gating is data-free and never fine-tuned).
+            fine-tuned one; magnitude gating is data-free and never fine-tuned). The learned
+            gate (`dynamic_learned`) trains, gates and network, for as many epochs, and is
+            measured only when there is at least one.
         limit: Validation images for every accuracy (None: the whole split).
         threads: CPU threads while timing (torch, and ONNX Runtime's intra-op threads).
         repeats: Timed calls per backend (None: the protocol's).
@@ -496,12 +515,8 @@ def _int8(
     return _int8_of("int8", built["dense"], "the dense model", spec, data, config, tmp)
 
 
-def _dynamic(
-    dense: nn.Module, loaded: LoadedModel, data: DataBundle, spec: InputSpec,
-    config: CompanionConfig, granularity: str, built: dict[str, _Built], tmp: Path,
-) -> _Built:  # fmt: skip
-    from pruning_core.dynamic import DynamicConfig, DynamicModel, equal_macs_config, measure_dynamic
-
+def _gating_applies(dense: nn.Module, granularity: str) -> None:
+    """Refuse, in words, a model that per-image channel gating does not apply to."""
     if granularity == "head":
         raise UserError(
             "dynamic gating is for CNNs: it gates the channels of convolutions, and this model's "
@@ -509,12 +524,40 @@ def _dynamic(
         )
     if not any(isinstance(m, nn.Conv2d) for m in dense.modules()):
         raise UserError("dynamic gating gates convolutions, and this model has none")
+
+
+def _gating_target(
+    dense: nn.Module, loaded: LoadedModel, data: DataBundle, spec: InputSpec,
+    config: CompanionConfig, granularity: str, built: dict[str, _Built], tmp: Path,
+) -> float:  # fmt: skip
+    """The channel model's MACs per image, the target of both gates; refuses a model that
+    gating does not apply to.
+
+    Raises:
+        UserError: A model with attention (head pruning) or without convolutions.
+    """
+    _gating_applies(dense, granularity)
     ch = built.get("channel")
-    if ch is None or ch.model is None or not math.isfinite(ch.macs):
-        # The target is the channel model's MACs: build it when the channel variant was not
-        # asked for (its rows are not shown then).
-        ch = _structured(dense, loaded, data, spec, config, granularity, built, tmp)
-    cfg, _ = equal_macs_config(dense, spec, ch.macs, DynamicConfig(gate="magnitude"))
+    if ch is not None and ch.model is not None and math.isfinite(ch.macs):
+        return float(ch.macs)
+    kept = built["dense"].extra
+    if "gating_target_macs" not in kept:
+        # The channel variant was not asked for (its rows are not shown): prune a copy for its
+        # MACs alone, without the fine-tune, which changes no shape; once for both gates.
+        quick = dataclasses.replace(config, epochs=0)
+        ch = _structured(dense, loaded, data, spec, quick, granularity, built, tmp)
+        kept["gating_target_macs"] = float(ch.macs)
+    return float(kept["gating_target_macs"])
+
+
+def _dynamic(
+    dense: nn.Module, loaded: LoadedModel, data: DataBundle, spec: InputSpec,
+    config: CompanionConfig, granularity: str, built: dict[str, _Built], tmp: Path,
+) -> _Built:  # fmt: skip
+    from pruning_core.dynamic import DynamicConfig, DynamicModel, equal_macs_config, measure_dynamic
+
+    target = _gating_target(dense, loaded, data, spec, config, granularity, built, tmp)
+    cfg, _ = equal_macs_config(dense, spec, target, DynamicConfig(gate="magnitude"))
     dyn = DynamicModel(dense, cfg, spec)
     recal = dyn.recalibrate(data)
     rep = measure_dynamic(dense, data, spec, dyn, limit=config.limit)
@@ -528,6 +571,58 @@ def _dynamic(
         size_bytes=saved_bytes(dense),
         size_kind="saved file: the whole network is kept (gates have no weights)",
         params=count_params(dense), macs=rep.mean_macs,
+        macs_kind="effective per image, averaged: what a kernel that skips gated channels "
+        "would do, gates included",
+        eager_accuracy=rep.accuracy, ort_reason=_NO_ORT_DYNAMIC,
+    )  # fmt: skip
+
+
+def _dynamic_learned(
+    dense: nn.Module, loaded: LoadedModel, data: DataBundle, spec: InputSpec,
+    config: CompanionConfig, granularity: str, built: dict[str, _Built], tmp: Path,
+) -> _Built:  # fmt: skip
+    """FBS's learned gate at the channel model's MACs, trained for the fine-tune's epochs."""
+    from pruning_core.dynamic import (
+        GATE_LR,
+        DynamicConfig,
+        DynamicModel,
+        equal_macs_config,
+        measure_dynamic,
+        train_gates,
+    )
+
+    _gating_applies(dense, granularity)  # a model gating does not apply to says that first
+    if config.epochs == 0:
+        raise UserError(_LEARNED_NEEDS_EPOCHS)
+    target = _gating_target(dense, loaded, data, spec, config, granularity, built, tmp)
+    # Searched again rather than taken from the magnitude gate: the predictor costs Cin x Cout
+    # MACs per layer where the magnitude gate costs Cout x Cin / groups.
+    cfg, _ = equal_macs_config(dense, spec, target, DynamicConfig(gate="learned"))
+    dyn = DynamicModel(dense, cfg, spec)
+    # Untrained, the gates select what the magnitude gate selects: the statistics are
+    # re-estimated under that selection before training starts from it (as
+    # benchmarks/dynamic_section.py does); training the network then keeps them current.
+    recal = dyn.recalibrate(data)
+    tr = train_gates(dyn, data, epochs=config.epochs, train_network=True, seed=config.seed,
+                     device=config.device, val_limit=config.limit)  # fmt: skip
+    dyn.cpu().eval()
+    rep = measure_dynamic(dense, data, spec, dyn, limit=config.limit)
+    word = "epoch" if config.epochs == 1 else "epochs"
+    return _Built(
+        "dynamic_learned", model=dyn,
+        how=f"learned gate (FBS, Gao et al. 2019: a predictor per convolution from its pooled "
+        f"input) on every convolution but the classifier, keep {cfg.keep:.2f} searched so the "
+        f"average effective MACs equal the channel model's "
+        f"({rep.mean_macs / max(rep.dense_macs, 1):.1%} of dense, predictors included)"
+        + (", BatchNorm re-estimated under the untrained gates" if recal else "")
+        + f", then gates and network trained {config.epochs} {word} ({tr.steps:,} steps"
+        + (", cancelled" if tr.cancelled else "")
+        + f"; Adam {GATE_LR:g}, cosine, task loss + FBS's L1 on the saliencies, not distilled). "
+        + _DYNAMIC_SLOWER[0].upper() + _DYNAMIC_SLOWER[1:],
+        size_bytes=saved_bytes(dyn),
+        size_kind="saved file: the whole network plus the gates' predictors",
+        params=count_params(dyn), params_kind="all, the predictors' included",
+        macs=rep.mean_macs,
         macs_kind="effective per image, averaged: what a kernel that skips gated channels "
         "would do, gates included",
         eager_accuracy=rep.accuracy, ort_reason=_NO_ORT_DYNAMIC,
@@ -549,6 +644,7 @@ _BUILDERS: dict[str, _Builder] = {
     "prune_int8": _prune_int8,
     "int8": _int8,
     "dynamic": _dynamic,
+    "dynamic_learned": _dynamic_learned,
 }
 
 
@@ -669,7 +765,7 @@ def _rows_of(
                     row.update(lat)
                 elif not timed:
                     row["reason"] = "cancelled before the latency of every variant was timed"
-                if b.variant == "dynamic":
+                if b.variant in _DYNAMIC_VARIANTS:
                     row["reason"] = _DYNAMIC_SLOWER
         out.append(row)
     return out

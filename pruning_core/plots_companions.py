@@ -33,6 +33,7 @@ VARIANT_COLORS = {
     "prune_int8": "#E45756",
     "int8": "#F58518",
     "dynamic": "#72B7B2",
+    "dynamic_learned": "#2F6F6B",  # the magnitude gate's teal, darker: the same idea, trained
 }
 RUNTIME_SYMBOLS = {"eager": "circle", "onnxruntime": "diamond"}
 RUNTIME_LABELS = {"eager": "eager PyTorch", "onnxruntime": "ONNX Runtime"}
