@@ -45,6 +45,7 @@ __all__ = [
     "QueueFullError",
     "default_max_jobs",
     "get_runner",
+    "lower_thread_priority",
     "page_threads",
     "use_page_threads",
 ]
@@ -484,7 +485,7 @@ class JobRunner:
             t.start()
 
     def _work(self) -> None:
-        _lower_thread_priority(self.job_nice)
+        lower_thread_priority(self.job_nice)
         while True:
             with self._lock:
                 while not self._queue and not self._closed:
@@ -713,7 +714,7 @@ def _with_notes(status: str, error: str | None, notes: list[str]) -> tuple[str, 
     return status, "; ".join([error or status, *notes])
 
 
-def _lower_thread_priority(nice: int) -> None:
+def lower_thread_priority(nice: int) -> None:
     """Raise the calling thread's niceness to `nice` (Linux: a thread is a task with its own
     priority; threads it starts inherit it). Elsewhere, or without the right, nothing."""
     if nice <= 0 or not sys.platform.startswith("linux"):

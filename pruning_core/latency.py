@@ -167,7 +167,8 @@ class MeasurementCache:
     The key is the whole context of a number: what was timed (a model's name and version),
     the protocol, the device. A different context measures anew; an entry older than
     `max_age_s` is measured again (the load of a shared machine changes), and `refresh=True`
-    (a re-measure button) always does. Thread-safe; at most `max_entries` kept (oldest dropped).
+    (a re-measure button) always does. Thread-safe, one measurement of a context at a time; at
+    most `max_entries` kept (oldest dropped).
 
     Args:
         max_entries: Entries kept.
@@ -185,35 +186,56 @@ class MeasurementCache:
         self.max_age_s = max_age_s
         self._clock = clock
         self._entries: OrderedDict[Hashable, Measured] = OrderedDict()
+        self._flights: dict[Hashable, threading.Event] = {}
         self._lock = threading.Lock()
 
     def get(self, context: Hashable) -> Measured | None:
         """The valid measurement for `context`, or None."""
         with self._lock:
-            hit = self._entries.get(context)
-            if hit is not None and self._clock() - hit.taken_at > self.max_age_s:
-                del self._entries[context]
-                hit = None
-            return hit
+            return self._valid_locked(context)
+
+    def _valid_locked(self, context: Hashable) -> Measured | None:
+        hit = self._entries.get(context)
+        if hit is not None and self._clock() - hit.taken_at > self.max_age_s:
+            del self._entries[context]
+            hit = None
+        return hit
 
     def measure(
         self, context: Hashable, fn: Callable[[], pd.DataFrame], *, refresh: bool = False
     ) -> Measured:
         """The measurement for `context`: kept one if valid (and not `refresh`), else `fn()`.
 
-        `fn` runs outside the lock (timings take seconds); two callers may then both measure,
-        and the later result is kept.
+        One measurement of a context at a time (single flight): callers who ask while another
+        one times the same context wait for its result instead of timing it again alongside
+        (thirty students opening one model would otherwise run thirty timing loops at once,
+        each slowing the others and every page). `fn` runs outside the lock; a `refresh`
+        accepts a measurement that finished after it was asked for. When `fn` raises, its
+        caller gets the error and a waiting caller measures itself.
         """
-        hit = None if refresh else self.get(context)
-        if hit is not None:
-            return hit
-        got = Measured(fn(), self._clock())
-        with self._lock:
-            self._entries[context] = got
-            self._entries.move_to_end(context)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return got
+        asked = self._clock()
+        while True:
+            with self._lock:
+                hit = self._valid_locked(context)
+                if hit is not None and (not refresh or hit.taken_at > asked):
+                    return hit
+                flight = self._flights.get(context)
+                if flight is None:
+                    flight = self._flights[context] = threading.Event()
+                    break
+            flight.wait()
+        try:
+            got = Measured(fn(), self._clock())
+            with self._lock:
+                self._entries[context] = got
+                self._entries.move_to_end(context)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            return got
+        finally:
+            with self._lock:
+                del self._flights[context]
+            flight.set()
 
 
 # ----------------------------------------------------------------------------- backends

@@ -156,3 +156,47 @@ def test_cache_is_keyed_by_context_and_expires() -> None:
     cache.measure(("x",), fn("f"))
     cache.measure(("y",), fn("g"))
     assert cache.get(ctx) is None and cache.get(("y",)) is not None
+
+
+def test_one_measurement_of_a_context_at_a_time() -> None:
+    """Callers who ask while the same context is being timed wait for that measurement
+    (thirty students opening one model time it once); another context is not held up."""
+    import threading
+
+    cache = latency.MeasurementCache()
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow() -> pd.DataFrame:
+        calls.append("slow")
+        started.set()
+        assert release.wait(10)
+        return pd.DataFrame({"tag": ["slow"]})
+
+    got: list[Any] = []
+    first = threading.Thread(target=lambda: got.append(cache.measure(("m",), slow)))
+    first.start()
+    assert started.wait(10)
+    waiters = [
+        threading.Thread(target=lambda: got.append(cache.measure(("m",), slow))) for _ in range(3)
+    ]
+    for t in waiters:
+        t.start()
+    # Another context measures at once, while ("m",) is still being timed.
+    other = cache.measure(("n",), lambda: pd.DataFrame({"tag": ["n"]}))
+    assert other.table["tag"].iloc[0] == "n"
+    release.set()
+    for t in [first, *waiters]:
+        t.join(10)
+    assert calls == ["slow"] and len(got) == 4 and all(g is got[0] for g in got)
+
+
+def test_a_failed_measurement_leaves_the_next_caller_to_measure() -> None:
+    cache = latency.MeasurementCache()
+
+    def broken() -> pd.DataFrame:
+        raise RuntimeError("no kernel")
+
+    with pytest.raises(RuntimeError, match="no kernel"):
+        cache.measure(("m",), broken)
+    assert cache.measure(("m",), lambda: pd.DataFrame({"tag": ["ok"]})).table["tag"].iloc[0] == "ok"

@@ -26,7 +26,13 @@ from ui.loaders import shared_model
 from ui.session import PrunedModel
 from ui.widgets import data_table
 
-__all__ = ["applied_latency_panel", "dense_latency", "dense_latency_panel", "latency_cache"]
+__all__ = [
+    "applied_latency_panel",
+    "dense_latency",
+    "dense_latency_panel",
+    "latency_cache",
+    "measure_dense_latency",
+]
 
 # The measurements are taken on the CPU: the app's server is a CPU machine for a class.
 DEVICE = "cpu"
@@ -43,9 +49,10 @@ def dense_context(model_ref: str) -> Hashable:
     return ("dense", model_ref, PROTOCOL, DEVICE)
 
 
-def dense_latency(model_ref: str, *, refresh: bool = False) -> Measured:
+def measure_dense_latency(model_ref: str, *, refresh: bool = False) -> Measured:
     """The dense model's latency at each of the protocol's batch sizes (`measure_batches`),
-    measured now unless a valid measurement of the same context is kept."""
+    measured now unless a valid measurement of the same context is kept (no Streamlit
+    elements: the server's start-up warm-up calls it too, `ui.prewarm`)."""
     loaded = shared_model(model_ref)
 
     def run() -> pd.DataFrame:
@@ -55,8 +62,13 @@ def dense_latency(model_ref: str, *, refresh: bool = False) -> Measured:
             protocol=PROTOCOL,
         )
 
+    return latency_cache().measure(dense_context(model_ref), run, refresh=refresh)
+
+
+def dense_latency(model_ref: str, *, refresh: bool = False) -> Measured:
+    """`measure_dense_latency` under a spinner (a page's call)."""
     with st.spinner("Timing inference..."):
-        return latency_cache().measure(dense_context(model_ref), run, refresh=refresh)
+        return measure_dense_latency(model_ref, refresh=refresh)
 
 
 def dense_latency_panel(model_ref: str) -> None:

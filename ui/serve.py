@@ -5,7 +5,10 @@ modules only when the first browser connects, so the first student used to wait 
 torch's operator registry (a first `FlopCounterMode`, used to count MACs, imports
 `torch._dynamo`: seconds), pandas and plotly. Here a thread imports them while the server
 starts; a page that needs a module still being imported waits only for the rest of it
-(Python's per-module import locks), never imports it twice.
+(Python's per-module import locks), never imports it twice. Streamlit itself is imported
+first, alone (two threads importing pandas at once can see it half initialised). A second
+thread then fills the shared caches of every sample model before the students arrive
+(`ui.prewarm`: baselines and dense latencies; `PRUNING_LAB_PREWARM=0` turns it off).
 """
 
 from __future__ import annotations
@@ -31,13 +34,31 @@ def warm_up() -> None:
         torch.nn.Linear(2, 2)(torch.zeros(1, 2))
 
 
+def prewarm(after: threading.Thread) -> None:
+    """The sample models' baselines and dense latencies (`ui.prewarm`), once `after` (the
+    import warm-up) is done and Streamlit's runtime exists: one thread importing at a time
+    beside the server's own start, since two threads importing pandas' circular submodules at
+    once can see a partially initialised module."""
+    after.join()
+    from ui.prewarm import warm_when_ready
+    from ui.state import DEFAULTS
+
+    warm_when_ready(first=DEFAULTS["model_ref"])
+
+
 def main() -> None:
-    """Warm up in a daemon thread, then hand the command line to Streamlit's CLI."""
+    """Import Streamlit, then warm up in daemon threads (imports; the sample models' baselines
+    and latencies once the runtime exists), then hand the command line to Streamlit's CLI."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # run as a file: the project's packages must import
-    threading.Thread(target=warm_up, name="pruning-lab-warm-up", daemon=True).start()
+    # Streamlit (with plotly and pandas) first, in this thread alone: see `prewarm`.
     from streamlit.web import cli
 
+    imports = threading.Thread(target=warm_up, name="pruning-lab-warm-up", daemon=True)
+    imports.start()
+    threading.Thread(
+        target=prewarm, args=(imports,), name="pruning-lab-prewarm", daemon=True
+    ).start()
     sys.argv[0] = "streamlit"
     cli.main()
 
