@@ -8,8 +8,11 @@ busiest minute of the lesson, with every student's redraws waiting behind it (th
 30-student level spent about a fifth of the server's CPU on it). A thread started with the
 server fills the same caches the pages read (`ui.loaders.baseline`,
 `ui.latency_panel.measure_dense_latency`) for every bundled sample model with its home dataset,
-at the job threads' low OS priority and on one torch thread. The latency is then taken on a
-machine nobody uses yet, and kept as long as any measurement (`MeasurementCache.max_age_s`).
+on one torch thread. The latency is then taken on a machine nobody uses yet, and kept as long
+as any measurement (`MeasurementCache.max_age_s`). It runs at the pages' priority, not the
+jobs' lower one: a page that needs the same value waits on its cache's lock for this thread,
+and a starved holder would make every such page wait (priority inversion: with the warm-up at
+niceness 10, 30 arriving students saw model picks of 28 s at p95).
 
 `PRUNING_LAB_PREWARM=0` turns it off (e.g. a server for one user who wants its first second).
 """
@@ -22,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from pruning_core.jobs import DEFAULT_JOB_NICE, lower_thread_priority, use_page_threads
+from pruning_core.jobs import use_page_threads
 from pruning_core.models import list_models
 
 __all__ = ["prewarm", "prewarm_enabled", "prewarm_targets", "warm_when_ready"]
@@ -101,7 +104,7 @@ def warm_when_ready(
 ) -> list[str]:
     """In the calling thread (the server starts one for it, `ui/serve.py`): wait until
     `ready()` (default: Streamlit's runtime exists, so the caches are the ones the pages use),
-    lower the thread's priority and warm every sample model (`prewarm`). Nothing when turned
+    then warm every sample model (`prewarm`) on one torch thread. Nothing when turned
     off (`prewarm_enabled`) or when `ready()` stays False for `wait_s` seconds.
 
     Args:
@@ -123,7 +126,6 @@ def warm_when_ready(
         if time.monotonic() > deadline:
             return []
         time.sleep(0.2)
-    lower_thread_priority(DEFAULT_JOB_NICE)
     use_page_threads(1)
     quiet = _NotFrom(threading.get_ident())
     ctx_log = logging.getLogger(_CTX_LOGGER)
