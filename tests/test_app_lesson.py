@@ -11,8 +11,20 @@ def _app() -> None:
     lesson_panel()
 
 
-def test_lesson_walks_through_all_steps() -> None:
+def test_a_closed_lesson_draws_nothing_inside() -> None:
     at = AppTest.from_function(_app, default_timeout=120).run()
+    assert not at.exception
+    # Closed (its default on Model & data): no histograms binned, no buttons.
+    assert at.expander and not at.get("plotly_chart") and not at.button
+    at.session_state["lesson_open"] = True  # a click on the expander
+    at.run()
+    assert len(at.get("plotly_chart")) == 2 and at.button(key="lesson_next")
+
+
+def test_lesson_walks_through_all_steps() -> None:
+    at = AppTest.from_function(_app, default_timeout=120)
+    at.session_state["lesson_open"] = True
+    at.run()
     assert not at.exception
     assert len(at.get("plotly_chart")) == 2  # the two weight histograms
     for step, run_key in ((1, "lesson_run_1"), (2, "lesson_run_2"), (3, "lesson_run_3")):

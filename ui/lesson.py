@@ -166,14 +166,23 @@ def _move(delta: int) -> None:
     st.session_state["lesson_started"] = True
 
 
+# Whether the lesson's expander is open (a stateful expander: its content is drawn only then).
+LESSON_OPEN = "lesson_open"
+
+
 def lesson_panel() -> None:
     """The guided lesson, in an expander (open once started)."""
     init_state()
     step = int(st.session_state.get("lesson_step") or 0)
     started = bool(st.session_state.get("lesson_started"))
-    with st.expander("Guided lesson: pruning in five steps (a few minutes, offline)",
-                     icon=":material/school:",
-                     expanded=started):  # fmt: skip
+    box = st.expander("Guided lesson: pruning in five steps (a few minutes, offline)",
+                      icon=":material/school:", expanded=started,
+                      key=LESSON_OPEN, on_change="rerun")  # fmt: skip
+    if box.open is False:
+        # Drawn only when open: every run of Model & data (each student's page load and model
+        # pick) otherwise binned two layers' weights and built the step's figures unseen.
+        return
+    with box:
         st.caption(
             f"On the `{MODEL}` sample (a small CNN for 8x8 handwritten digits), whatever model is "
             "picked above. Everything is measured on this computer."
