@@ -30,7 +30,7 @@ from pruning_core.evaluate import predict_logits
 from pruning_core.layers import trainable_copy, weight_of
 from pruning_core.models import LoadedModel
 from pruning_core.prune import Preview, PruneConfig, settle_structured
-from pruning_core.stats import count_macs, layer_macs, weight_layers
+from pruning_core.stats import count_macs, layer_macs, own_macs, weight_layers
 
 __all__ = [
     "ESTIMATE_FIRST",
@@ -65,7 +65,10 @@ class PreviewStats:
 
     Attributes:
         params_nonzero: Non-zero parameters of the whole model.
-        macs_effective: MACs per image that skipping the removed weights would leave.
+        macs_effective: MACs per image that skipping the removed weights would leave: for
+            structured plans the applied (shrunk) model's `stats.count_macs`, attention
+            products of removed heads and blocks included; for unstructured and N:M the
+            effective MACs of `stats.model_stats` (each layer's dense MACs times its density).
         layers: One row per Linear/Conv layer: layer, params, sparsity, pruned (bool).
         masks: Keep-masks per pruned layer (shared tensors: do not modify).
         sparsity: Share of weights the selection zeroes over all Linear/Conv layers (the
@@ -220,6 +223,9 @@ class SliderPreview:
         self.params_nonzero_dense = int(self._dense_nonzero.sum())
         self.macs_dense = count_macs(self.model, base.spec)
         self.layer_macs = layer_macs(self.model, base.spec)
+        # Work no weight layer owns (attention's query-key and attention-value products) goes
+        # with removed heads and blocks too: the applied model's count (`count_macs`) drops.
+        self.own_macs = own_macs(self.model, base.spec, self.engine.plan.work_modules())
         self._estimates = estimates if estimates is not None else EstimateCache()
         self.build_seconds = time.perf_counter() - t0
 
@@ -275,11 +281,14 @@ class SliderPreview:
         # Low rank writes rank-r weights in dense shapes: no zeros to count, so the counts are
         # those of the factorised layers the same selection gives (`LowRankPlan.kept_share`).
         kept_share = getattr(self.engine.plan, "kept_share", None)
-        kept: dict[str, float] = (
-            kept_share(self.engine.select(ratio, layer_ratios, scope)) if kept_share else {}
+        selection = (
+            self.engine.select(ratio, layer_ratios, scope) if kept_share or self.own_macs else {}
         )
+        kept: dict[str, float] = kept_share(selection) if kept_share else {}
         rows = []
         macs = float(self.macs_dense)
+        for name, share in self.engine.plan.work_removed(selection).items():
+            macs -= self.own_macs.get(name, 0) * share
         removed_params = 0.0
         for (name, w), i in zip(self._layers, self._layer_index, strict=True):
             nz, dense_nz = int(nonzero[i]), int(self._dense_nonzero[i])

@@ -53,6 +53,7 @@ __all__ = [
     "low_rank_table",
     "model_stats",
     "model_summary",
+    "own_macs",
     "size_bytes",
     "weight_histograms",
     "weight_layers",
@@ -212,6 +213,63 @@ def layer_macs(model: nn.Module, spec: InputSpec) -> dict[str, int]:
     handles = [m.register_forward_hook(hook(n, m)) for n, m in layers.items()]
     zero_forward(model, spec, handles)
     return macs
+
+
+@torch.no_grad()
+def own_macs(model: nn.Module, spec: InputSpec, names: Iterable[str]) -> dict[str, int]:
+    """MACs per image that each named module does outside its Linear/Conv layers, counted by
+    `count_macs`'s counter: an attention module's query-key and attention-value products
+    (`F.scaled_dot_product_attention`, or the matmuls of a hand-written one), which no weight
+    layer owns, so a layer's sparsity cannot say when they go.
+
+    One forward pass at batch 1 (as `count_macs`); a module's MACs are the counter's total at
+    its exit less that at its entry (every call of a module called several times adds up),
+    less the MACs of the Linear/Conv layers inside it measured the same way.
+
+    Args:
+        model: The model (not modified).
+        spec: Its input spec.
+        names: Qualified module names (`model.named_modules()`); unknown names are skipped.
+
+    Returns:
+        {name: MACs} for the known names (0 for a module that runs no such operation).
+    """
+    mods = dict(model.named_modules())
+    wanted = [n for n in dict.fromkeys(names) if n in mods]
+    if not wanted:
+        return {}
+    layers = [n for n, _ in weight_layers(model)]
+    counter = FlopCounterMode(display=False)
+    totals: dict[str, int] = {}
+    started: dict[str, list[int]] = {}
+
+    def pre(name: str) -> Any:
+        def fn(_m: nn.Module, _inp: Any) -> None:
+            started.setdefault(name, []).append(counter.get_total_flops())
+
+        return fn
+
+    def post(name: str) -> Any:
+        def fn(_m: nn.Module, _inp: Any, _out: Any) -> None:
+            begin = started[name].pop()
+            totals[name] = totals.get(name, 0) + counter.get_total_flops() - begin
+
+        return fn
+
+    handles = []
+    for n in dict.fromkeys([*wanted, *layers]):
+        handles += [
+            mods[n].register_forward_pre_hook(pre(n)),
+            mods[n].register_forward_hook(post(n)),
+        ]
+    with counter:
+        zero_forward(model, spec, handles)
+    out = {}
+    for n in wanted:
+        inner = sum(totals.get(q, 0) for q in layers if not n or q == n or q.startswith(n + "."))
+        # FlopCounterMode counts 2 FLOPs per MAC, as in `count_macs`.
+        out[n] = max(0, totals.get(n, 0) - inner) // 2
+    return out
 
 
 @torch.no_grad()

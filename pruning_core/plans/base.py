@@ -296,6 +296,18 @@ class Plan:
         the selected weights."""
         raise NotImplementedError
 
+    def work_modules(self) -> list[str]:
+        """Modules whose own work (MACs outside their Linear/Conv layers, `stats.own_macs`: an
+        attention's query-key and attention-value products) a selection can remove; none
+        unless the plan removes such work (heads, blocks)."""
+        return []
+
+    def work_removed(self, selection: Mapping[str, Any]) -> dict[str, float]:
+        """Per module of `work_modules`, the share of its own work that `selection` removes
+        once applied (0 to 1). With each layer's sparsity times its MACs, this makes a masked
+        preview's MAC count that of the applied model (`slider.SliderPreview.update`)."""
+        return {}
+
     # -- shared helpers -------------------------------------------------------------------------
 
     def resolve_overrides(self, layer_ratios: Mapping[str, float]) -> dict[str, float]:

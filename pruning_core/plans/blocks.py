@@ -189,6 +189,13 @@ class BlockPlan(GroupPlan):
     def layers(self) -> list[str]:
         return self._layers
 
+    def work_modules(self) -> list[str]:
+        return list(self.blocks)
+
+    def work_removed(self, selection: Mapping[str, Any]) -> dict[str, float]:
+        """All of each removed block's own work (a transformer block's attention products)."""
+        return {self.blocks[i]: 1.0 for i in selection.get(self.UNIT, [])}
+
     def shrink(self, selection: Mapping[str, list[int]]) -> None:
         for i in selection.get(self.UNIT, []):
             path = self.blocks[i]

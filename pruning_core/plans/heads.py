@@ -133,6 +133,15 @@ class HeadPlan(GroupPlan):
     def layers(self) -> list[str]:
         return [f"{n}.{p}" for n in self.attn for p in ("qkv", "proj")]
 
+    def work_modules(self) -> list[str]:
+        return list(self.attn)
+
+    def work_removed(self, selection: Mapping[str, Any]) -> dict[str, float]:
+        """Removed heads / heads, per attention layer: its query-key and attention-value
+        products cost n x n x head_dim MACs per head, so they shrink with the head count.
+        Head counts as planned (`Unit.size`), so the shares hold after a physical shrink too."""
+        return {u.name: len(selection[u.name]) / u.size for u in self.units if u.name in selection}
+
     def _rows_cols(self, m: Any, heads: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         h, d = m.num_heads, m.head_dim
         cols = (
