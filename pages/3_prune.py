@@ -30,7 +30,7 @@ from ui.choices import (
     scored_by_criterion,
 )
 from ui.latency_panel import applied_latency_panel
-from ui.prune_widgets import committed_panel, overrides_editor, preview_panel
+from ui.prune_widgets import committed_panel, overrides_editor, preview_panel, ratio_note
 from ui.session import pruned
 from ui.state import init_state, keep, selection
 from ui.texts import CRITERIA_EXPLAINED
@@ -145,7 +145,8 @@ def live_preview(
     except UserError as e:
         st.error(f"These ratios cannot be applied: {e}")
         st.stop()
-    preview_panel(chosen, stats, model_ref, dataset_ref, recalibrate_bn)
+    note = ratio_note(preview, chosen, ratio, scope)
+    preview_panel(chosen, stats, model_ref, dataset_ref, recalibrate_bn, note)
     return chosen, ratio, overrides
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from pruning_core.errors import UserError
+from pruning_core.plans.blocks import BlockPlan
 from pruning_core.plots import histogram_figure, layer_sparsity_figure, mask_figure
 from pruning_core.slider import PreviewStats, SliderPreview, mask_grid, mask_is_averaged
 from ui.actions import (
@@ -40,6 +41,7 @@ __all__ = [
     "estimate_metric",
     "overrides_editor",
     "preview_panel",
+    "ratio_note",
     "take_overrides",
 ]
 
@@ -365,17 +367,53 @@ def estimate_metric(slot: Any, stats: PreviewStats, dense: float, *, busy: bool 
     )
 
 
+def ratio_note(
+    preview: SliderPreview, chosen: SliderPreview, ratio: float, scope: str = "global"
+) -> str | None:
+    """Block granularity: what the share slider's `ratio` removes, in whole blocks, and which
+    ratios give the same model (`BlockPlan.ratio_step`), so a move that changes nothing says
+    why; or, when blocks are chosen by name (`chosen` is another preview than the page's,
+    `ui.actions.block_choice`), that the slider does not apply. None for other granularities.
+    """
+    plan = preview.engine.plan
+    if not isinstance(plan, BlockPlan):
+        return None
+    if chosen is not preview:
+        n = len(chosen.engine.select(ratio, {}, "global").get(BlockPlan.UNIT, []))
+        return (
+            f"The {n} block{'s' if n != 1 else ''} chosen by name "
+            f"{'are' if n != 1 else 'is'} removed; the share slider does not apply while "
+            "blocks are chosen."
+        )
+    step = plan.ratio_step(ratio, preview.config.max_layer_ratio, scope=scope)
+    removed = "none" if step.removed == 0 else str(step.removed)
+    text = (
+        f"{ratio:.2f} removes {removed} of the {step.removable} removable blocks "
+        f"(ratios {step.low:.2f}–{step.high:.2f} give the same model"
+    )
+    if step.most:
+        kept = step.removable - step.removed
+        text += (
+            "; no ratio removes more: one block always stays"
+            if kept == 1
+            else f"; no ratio removes more: max_layer_ratio keeps {kept}"
+        )
+    return text + ")."
+
+
 def preview_panel(
     preview: SliderPreview,
     stats: PreviewStats,
     model_ref: str,
     dataset_ref: str,
     recalibrate_bn: bool,
+    note: str | None = None,
 ) -> None:
     """The live preview of `stats` (what `preview.update` returned for the sliders): metrics,
-    the estimate's switches, the per-layer chart, one layer's histogram and mask, then the
-    accuracy estimate, drawn last (a forward pass) and skipped when the user has already moved
-    on (`ui.state.newer_run_waiting`: the next run draws the next position at once)."""
+    `note` under them (what the ratio removes, `ratio_note`), the estimate's switches, the
+    per-layer chart, one layer's histogram and mask, then the accuracy estimate, drawn last
+    (a forward pass) and skipped when the user has already moved on
+    (`ui.state.newer_run_waiting`: the next run draws the next position at once)."""
     st.subheader("Live preview")
     # Low rank's saving is not zeros: its counts are those of the model Apply will make.
     zeros = saves_zeros(preview.config.granularity)
@@ -416,6 +454,8 @@ def preview_panel(
     # Filled last: the charts show first, the estimate (a forward pass) follows.
     estimate_slot = m[3].empty()
     bn_slot = m[3].empty()
+    if note:
+        st.caption(note)
     e1, e2 = st.columns([1, 2])
     estimate_on = e1.toggle(
         "Accuracy estimate on every move",

@@ -17,7 +17,9 @@ gate returns something else.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +32,7 @@ from pruning_core.plans.base import PlanConfig, Unit, register_granularity
 from pruning_core.plans.groups import GroupPlan
 from pruning_core.spec import InputSpec
 
-__all__ = ["BlockPlan", "removable_blocks"]
+__all__ = ["BlockPlan", "BlockStep", "removable_blocks"]
 
 
 def _has_weight_layer(m: nn.Module) -> bool:
@@ -106,6 +108,31 @@ def removable_blocks(model: nn.Module, spec: InputSpec) -> list[str]:
     return [n for n in found if not any(o.startswith(n + ".") for o in found)]
 
 
+@dataclass(frozen=True)
+class BlockStep:
+    """What one ratio (share of removable blocks) removes, and which ratios remove the same.
+
+    A ratio removes a whole number of blocks, so neighbouring ratios often give the same model.
+
+    Attributes:
+        ratio: The ratio asked about.
+        removed: Blocks it removes.
+        removable: Removable blocks of the plan.
+        low: The smallest ratio on the grid (multiples of `step`) removing as many blocks.
+        high: The largest ratio on the grid below 1 removing as many blocks. Every ratio from
+            `low` to `high` removes the same blocks (the criterion ranks the blocks once).
+        most: True when no ratio removes more (one block always stays, and `max_layer_ratio`
+            caps the share).
+    """
+
+    ratio: float
+    removed: int
+    removable: int
+    low: float
+    high: float
+    most: bool
+
+
 @register_granularity
 class BlockPlan(GroupPlan):
     """Residual blocks with an identity shortcut, replaced by nn.Identity."""
@@ -127,6 +154,7 @@ class BlockPlan(GroupPlan):
         self.model = model
         self.spec = spec
         self.notes = []
+        self._ratio_steps: dict[tuple[float, str, float], list[tuple[float, int]]] = {}
         skip = set(ignored_modules(model, config.ignore))
         self.blocks = [
             b
@@ -188,6 +216,49 @@ class BlockPlan(GroupPlan):
 
     def layers(self) -> list[str]:
         return self._layers
+
+    def ratio_step(
+        self, ratio: float, max_layer_ratio: float, *, scope: str = "global", step: float = 0.01
+    ) -> BlockStep:
+        """How many blocks `ratio` removes, and the range of ratios that remove as many.
+
+        Read off the plan's own `select` at every multiple of `step` below 1 (no model
+        change; the selection of one ratio depends on the blocks' count and the cap only).
+
+        Args:
+            ratio: Share of the removable blocks, in [0, 1).
+            max_layer_ratio: The config's cap (`PruneConfig.max_layer_ratio`).
+            scope: The config's scope (both remove the same count from one set of blocks).
+            step: Grid of ratios the range is read on (0.01: ratios with two decimals).
+
+        Returns:
+            The `BlockStep`; `low` <= `ratio` <= `high` up to `step`.
+
+        Raises:
+            ValueError: A ratio outside [0, 1) or a step outside (0, 1).
+        """
+        if not 0.0 <= ratio < 1.0 or not 0.0 < step < 1.0:
+            raise ValueError(f"ratio in [0, 1) and step in (0, 1) expected, got {ratio}, {step}")
+
+        def removed(r: float) -> int:
+            return len(self.select(r, {}, scope, max_layer_ratio).get(self.UNIT, []))
+
+        # The grid's counts are the same on every slider move: read once per setting.
+        key = (max_layer_ratio, scope, step)
+        steps = self._ratio_steps
+        if key not in steps:
+            grid = [round(j * step, 10) for j in range(math.ceil(1.0 / step - 1e-9))]
+            steps[key] = [(r, removed(r)) for r in grid]
+        k = removed(ratio)
+        same = [r for r, n in steps[key] if n == k] or [ratio]
+        return BlockStep(
+            ratio=ratio,
+            removed=k,
+            removable=len(self.blocks),
+            low=min(same),
+            high=max(same),
+            most=k >= max(n for _, n in steps[key]),
+        )
 
     def work_modules(self) -> list[str]:
         return list(self.blocks)
