@@ -22,12 +22,14 @@ from pruning_core.latency import (
 )
 from pruning_core.layers import example_input
 from pruning_core.plots import latency_figure
+from ui.choices import plan_of, saves_zeros
 from ui.loaders import shared_model
 from ui.session import PrunedModel
 from ui.widgets import data_table
 
 __all__ = [
     "applied_latency_panel",
+    "applied_model_kind",
     "dense_latency",
     "dense_latency_panel",
     "latency_cache",
@@ -36,6 +38,23 @@ __all__ = [
 
 # The measurements are taken on the CPU: the app's server is a CPU machine for a class.
 DEVICE = "cpu"
+
+# What the applied model's latency can show, by what pruning made of the model.
+MASKED_KIND = (
+    "Your model keeps its full-size tensors with zeros in them: dense kernels still multiply "
+    "every zero, so expect no measurable difference from dense; only sparse kernels (CSR on "
+    "CPU at high sparsity, 2:4 on recent NVIDIA GPUs) can skip them."
+)
+SHRUNK_KIND = (
+    "Your model is physically smaller: the removed {what} are gone from its tensors, so dense "
+    "kernels do less work; the time drops as far as that work was a large share of it."
+)
+FACTORISED_KIND = (
+    "Your model is factorised, not masked: it has no zeros; each factorised layer is two "
+    "thinner dense layers, a smaller dense model on the same kernels. It is faster only where "
+    "rank x (in + out) is well below in x out, enough to pay for the extra layer call."
+)
+_SHRUNK_WHAT = {"channel": "channels", "head": "attention heads", "block": "residual blocks"}
 
 
 @st.cache_resource
@@ -89,6 +108,19 @@ def dense_latency_panel(model_ref: str) -> None:
     )
 
 
+def applied_model_kind(granularity: str) -> str:
+    """What timing the applied model can show, in one or two sentences, by what the pruning
+    of `granularity` made of it: zeros in full-size tensors (single weights, N:M), a
+    physically smaller model (channels, heads, blocks) or a factorised one (low rank: no
+    zeros, two thinner dense layers per factorised layer)."""
+    plan = plan_of(granularity)
+    if not plan.structured:
+        return MASKED_KIND
+    if not saves_zeros(granularity):
+        return FACTORISED_KIND
+    return SHRUNK_KIND.format(what=_SHRUNK_WHAT.get(plan.name, "structures"))
+
+
 def applied_latency_panel(pm: PrunedModel | None) -> None:
     """Dense against the session's applied model, timed on demand with the protocol: the
     medians, the p10-p90 range and the verdict (`timing.compare`), or why a backend was not
@@ -115,11 +147,9 @@ def applied_latency_panel(pm: PrunedModel | None) -> None:
 
         with st.spinner("Timing dense and applied models..."):
             got = cache.measure(context, run, refresh=True)
+    kind = applied_model_kind(pm.config.granularity)
     if got is None:
-        st.caption(
-            "Not measured yet: zeros alone make nothing faster on dense kernels; a physically "
-            "shrunk model can be."
-        )
+        st.caption(f"Not measured yet. {kind}")
         return
     df = got.table
     ok = df[df["status"] == "ok"]
@@ -137,4 +167,4 @@ def applied_latency_panel(pm: PrunedModel | None) -> None:
     )
     for _, row in df[df["status"] != "ok"].iterrows():
         st.caption(f"Not timed: **{row['backend']}**: {row['reason']}.")
-    st.caption(f"{df.attrs.get('protocol', '')}; {got.when()}.")
+    st.caption(f"{df.attrs.get('protocol', '')}; {got.when()}. {kind}")
