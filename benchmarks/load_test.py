@@ -486,6 +486,31 @@ def nice_browser(nice: int) -> str:
     return f"Chromium's autogroup at nice {nice}" if done else "no Chromium process found"
 
 
+def tree_cpu_ticks(pid: int) -> int:
+    """CPU ticks used so far by `pid` and its descendants."""
+    table = _proc_table()
+    return sum(table[p][1] for p in _descendants(pid, table))
+
+
+async def settle(
+    pid: int, below: float = 0.15, quiet_s: float = 2.0, at_most: float = 90.0
+) -> float:
+    """Wait until the server tree has used less than `below` of a core for `quiet_s` seconds
+    in a row (its start-up warm-up done: `ui.prewarm`), at most `at_most` seconds; returns the
+    seconds waited. A class arrives at a server that was started before the lesson."""
+    hz = os.sysconf("SC_CLK_TCK")
+    t0 = time.monotonic()
+    quiet, last = 0.0, tree_cpu_ticks(pid)
+    while time.monotonic() - t0 < at_most:
+        await asyncio.sleep(0.5)
+        now = tree_cpu_ticks(pid)
+        quiet = quiet + 0.5 if (now - last) / hz / 0.5 < below else 0.0
+        last = now
+        if quiet >= quiet_s:
+            break
+    return time.monotonic() - t0
+
+
 def tree_rss(pid: int) -> int:
     """RSS bytes of `pid` and its descendants."""
     table = _proc_table()
@@ -1336,6 +1361,7 @@ async def run_level(
                 (r["ms"] for r in warm.records if r["kind"] == "first_page"), None
             )
             level["warmup_errors"] = warm.errors
+            level["settle_s"] = round(await settle(server.proc.pid), 1)
             sampler = Sampler(server.proc.pid, server.url)
             stop = asyncio.Event()
             sampling = asyncio.create_task(sampler.run(stop))
@@ -1655,8 +1681,9 @@ def render_section(doc: dict[str, Any]) -> str:
         f"{doc['machine']['loadavg_start']}, at end {doc['machine']['loadavg_end']}; "
         f"Chromium {doc['machine'].get('chromium', '?')}, Streamlit {doc['machine']['streamlit']}",
         f"- each level: a fresh server (`python -m pruning_core app --host 127.0.0.1`, its own "
-        f"PRUNING_LAB_HOME, the job runner's default settings), opened once to warm it, then the "
-        f"students; {doc['settings']['moves']} global slider moves "
+        f"PRUNING_LAB_HOME, the job runner's default settings), opened once to warm it, left to "
+        "settle (its start-up warm-up of the sample models done: under 0.15 core for 2 s, at "
+        f"most 90 s), then the students; {doc['settings']['moves']} global slider moves "
         f"({doc['settings']['solo_moves']} per model with one student) and "
         f"{doc['settings']['layer_moves']} moves of one layer's slider each, think time "
         f"{doc['settings']['think'][0]}-{doc['settings']['think'][1]} s, arrivals spread over "
@@ -1715,6 +1742,7 @@ def render_section(doc: dict[str, Any]) -> str:
         "cold first page after the server started (s)",
         lambda lv: _fmt(lv.get("cold_first_page_ms"), 1000, 2),
     )
+    row("then settled in (s)", lambda lv: _fmt(lv.get("settle_s"), 1, 1))
     row("first page interactive (s)", lambda lv: _pp(lv["summary"]["first_page_ms"], 1000, 2))
     row("page switch (s)", lambda lv: _pp(lv["summary"]["page_switch_ms"], 1000, 2))
     row("pick a model, rerun done (s)", lambda lv: _pp(lv["summary"]["pick_model_ms"], 1000, 2))
