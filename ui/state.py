@@ -350,12 +350,24 @@ class Lane:
     Sessions run in threads of one process on a few cores: many forward passes at once only
     slow each other and every session's redraws. In one lane they go one after the other, and
     a holder that sees others waiting can stop early (the estimate keeps its first step).
+
+    While sessions queue, the lane also rests after each turn for `rest` times as long as the
+    turn took, so estimates take at most 1 / (1 + rest) of one core's time and the redraws of
+    a busy class get the rest (30 students: the estimates' back-to-back forward passes held
+    one of the two cores). A lone user never waits for a rest.
+
+    Args:
+        rest: Rest after a turn, as a multiple of the turn's time, when others wait (>= 0).
+        clock: Time source (seconds), replaceable in tests.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rest: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rest = max(0.0, float(rest))
+        self._clock = clock
         self._lock = threading.Lock()
         self._count = threading.Lock()
         self._waiting = 0
+        self._open_at = 0.0
 
     @property
     def waiting(self) -> int:
@@ -364,21 +376,33 @@ class Lane:
 
     @contextmanager
     def turn(self, give_up: Callable[[], bool], poll_s: float = 0.05) -> Iterator[bool]:
-        """Wait for the lane; yields True while holding it, False when `give_up()` turned
-        True first (checked every `poll_s` seconds: the user moved on)."""
+        """Wait for the lane (and its rest); yields True while holding it, False when
+        `give_up()` turned True first (checked every `poll_s` seconds: the user moved on)."""
         with self._count:
             self._waiting += 1
         got = False
         try:
             while not got and not give_up():
                 got = self._lock.acquire(timeout=poll_s)
+                while got and (wait := self._open_at - self._clock()) > 0:
+                    if give_up():
+                        self._lock.release()
+                        got = False
+                        break
+                    time.sleep(min(wait, poll_s))
+                if not got and give_up():
+                    break
         finally:
             with self._count:
                 self._waiting -= 1
+        start = self._clock()
         try:
             yield got
         finally:
             if got:
+                with self._count:
+                    if self._waiting > 0:
+                        self._open_at = self._clock() + (self._clock() - start) * self.rest
                 self._lock.release()
 
 
