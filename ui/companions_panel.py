@@ -1,5 +1,6 @@
 """The Trade-offs page's "Companions: one view" tab: dense, unstructured, channel (or head), low
-rank, pruned + int8, int8 and dynamic gating of the current model, each measured in eager
+rank, pruned + int8, int8 and dynamic gating (a magnitude gate, and a learned gate trained for
+the fine-tune epochs) of the current model, each measured in eager
 PyTorch and ONNX Runtime (`pruning_core.companions`), as a background job whose result is kept
 in the session (slot `companions`) for the page and the Export page's report.
 
@@ -30,7 +31,12 @@ from pruning_core.layers import trainable_copy
 from pruning_core.models import LoadedModel
 from pruning_core.plots_companions import RUNTIME_LABELS, companions_figure
 from ui.jobs_panel import measurement_panel, measurement_result, start_button
-from ui.texts_companions import COMPANIONS_EXPLAINED, LOWRANK_EXPLAINED, MASKED_SIZE_EXPLAINED
+from ui.texts_companions import (
+    COMPANIONS_EXPLAINED,
+    LEARNED_GATE_ONE_VIEW,
+    LOWRANK_EXPLAINED,
+    MASKED_SIZE_EXPLAINED,
+)
 from ui.texts_dynamic import DYNAMIC_EXPLAINED, DYNAMIC_NO_SPEEDUP
 from ui.texts_runtime import QUANT_EXPLAINED, RUNTIMES_EXPLAINED
 from ui.tradeoff_jobs import Measurement, frame_result
@@ -152,10 +158,11 @@ def companions_panel(
     """
     st.markdown(
         "Pruning has companions: **low rank** factorises layers, **int8** quantization stores "
-        "8-bit numbers, **dynamic gating** picks channels per image, and a model can run "
-        "eagerly in **PyTorch** or exported to **ONNX Runtime**. Here each is built from your "
-        "current model and measured now: accuracy against size and against latency, with the "
-        "Pareto front."
+        "8-bit numbers, **dynamic gating** picks channels per image (a data-free magnitude "
+        "gate; a learned gate trained for the fine-tune epochs when there are any), and a model "
+        "can run eagerly in **PyTorch** or exported to **ONNX Runtime**. Here each is built from "
+        "your current model and measured now: accuracy against size and against latency, with "
+        "the Pareto front."
     )
     _restore()
     n_val = data.num_examples("val")
@@ -182,7 +189,13 @@ def companions_panel(
     c5.number_input(
         "Fine-tune epochs", 0, 3, key="tradeoff_comp_epochs",
         help="After unstructured, channel and low-rank pruning (0: compare before any "
-        "fine-tune). int8 of the pruned model uses the fine-tuned one.",
+        "fine-tune). int8 of the pruned model uses the fine-tuned one. The learned gate is "
+        "trained (gates and network) for as many epochs with the fine-tune loop, and is "
+        "measured only from 1 epoch: untrained, it picks what the magnitude gate picks. Each "
+        "epoch adds a training per trained variant; the learned gate's costs about as much as "
+        "the unstructured fine-tune's (the gated network computes every channel): on "
+        "shapes-resnet its one epoch took 4 minutes, and its whole point 11, on a 2-core CPU "
+        "busy with other work.",
     )  # fmt: skip
     images = st.session_state["tradeoff_comp_images"]
     # The whole split by default; a count kept from a larger dataset is clamped to this one's.
@@ -269,5 +282,5 @@ def _explanations() -> None:
     with st.expander("What these are"):
         for text in (COMPANIONS_EXPLAINED, MASKED_SIZE_EXPLAINED, LOWRANK_EXPLAINED,
                      QUANT_EXPLAINED, RUNTIMES_EXPLAINED, DYNAMIC_EXPLAINED,
-                     DYNAMIC_NO_SPEEDUP):  # fmt: skip
+                     LEARNED_GATE_ONE_VIEW, DYNAMIC_NO_SPEEDUP):  # fmt: skip
             st.markdown(text)

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
-__all__ = ["COMPANIONS_EXPLAINED", "LOWRANK_EXPLAINED", "MASKED_SIZE_EXPLAINED"]
+__all__ = [
+    "COMPANIONS_EXPLAINED",
+    "LEARNED_GATE_ONE_VIEW",
+    "LOWRANK_EXPLAINED",
+    "MASKED_SIZE_EXPLAINED",
+]
 
 LOWRANK_EXPLAINED = (
     "**Low rank.** Instead of removing weights, low-rank factorisation rewrites a layer as two "
@@ -30,4 +35,15 @@ MASKED_SIZE_EXPLAINED = (
     "and its parameters are the non-zero ones; the saved file and the ONNX graph keep the "
     "zeros and are as large as dense. Dense kernels multiply the zeros too, which is why its "
     "latency matches dense."
+)
+
+LEARNED_GATE_ONE_VIEW = (
+    "**Two gates, one budget.** Both gated points compute, per image, as many channels as make "
+    "the average MACs equal the channel-pruned model's: the magnitude gate picks them from the "
+    "size of the layer's input with nothing trained, while the learned gate (feature boosting "
+    "and suppression, Gao et al. 2019) has a small predictor per layer that is trained, with "
+    "the network, for the same fine-tune epochs as the pruned models, so it appears only when "
+    "fine-tune epochs is 1 or more. It is trained here for this budget; gates trained on the "
+    "Inspect page are not reused, as they are trained at that panel's keep share with the "
+    "network frozen."
 )
