@@ -49,12 +49,14 @@ def serve_app(tmp_path: Path) -> Iterator[Callable[[float], str]]:
         pytest.skip(f"cannot bind a port on 127.0.0.1: {e}")
     from benchmarks.load_test import Server
 
-    # No file watcher: it would walk the whole checkout (the virtual environment included).
+    # No file watcher: it would walk the whole checkout (the virtual environment included). No
+    # start-up warm-up of every sample model (ui.prewarm): these tests use the default model,
+    # and on CI's 2 cores the other models' baselines and timings only slow the test's steps.
     server = Server(
         home=tmp_path / "home",
         log=tmp_path / "server.log",
         code=Path(__file__).resolve().parents[1],
-        env={"STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"},
+        env={"STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none", "PRUNING_LAB_PREWARM": "0"},
     )
 
     def start(timeout: float) -> str:
