@@ -157,6 +157,43 @@ class EstimateCache:
             return len(self._entries)
 
 
+# MAC counts of dense models, shared by every preview of the same model object and structure:
+# each is a forward pass under torch's FlopCounterMode (tens to hundreds of ms), and a class of
+# students opening Prune on the shared sample model would count the same numbers once each.
+_COUNTS: OrderedDict[tuple[Any, ...], tuple[int, dict[str, int], dict[str, int]]] = OrderedDict()
+_COUNTS_LOCK = threading.Lock()
+_COUNTS_KEPT = 32
+
+
+def _dense_counts(
+    base: LoadedModel, copy: nn.Module, work: tuple[str, ...]
+) -> tuple[int, dict[str, int], dict[str, int]]:
+    """(MACs per image, per-layer MACs, MACs each of `work` does outside its layers) of the
+    dense `copy` of `base`, counted once per base model object, structure (every module's type
+    and every parameter's shape: an in-place change that alters the work changes the key),
+    input spec and `work`."""
+    structure = tuple(
+        (n, type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
+        for n, m in base.model.named_modules()
+    )
+    key = (id(base.model), structure, base.spec, work)
+    with _COUNTS_LOCK:
+        hit = _COUNTS.get(key)
+        if hit is not None:
+            _COUNTS.move_to_end(key)
+            return hit[0], dict(hit[1]), dict(hit[2])
+    got = (
+        count_macs(copy, base.spec),
+        layer_macs(copy, base.spec),
+        own_macs(copy, base.spec, work),
+    )
+    with _COUNTS_LOCK:
+        _COUNTS[key] = got
+        while len(_COUNTS) > _COUNTS_KEPT:
+            _COUNTS.popitem(last=False)
+    return got[0], dict(got[1]), dict(got[2])
+
+
 class SliderPreview:
     """Slider engine for one (model, dataset, criterion, granularity) in one session.
 
@@ -221,11 +258,11 @@ class SliderPreview:
         self.params_total = sum(self._sizes)
         self._dense_nonzero = self._nonzero_per_param()
         self.params_nonzero_dense = int(self._dense_nonzero.sum())
-        self.macs_dense = count_macs(self.model, base.spec)
-        self.layer_macs = layer_macs(self.model, base.spec)
         # Work no weight layer owns (attention's query-key and attention-value products) goes
         # with removed heads and blocks too: the applied model's count (`count_macs`) drops.
-        self.own_macs = own_macs(self.model, base.spec, self.engine.plan.work_modules())
+        self.macs_dense, self.layer_macs, self.own_macs = _dense_counts(
+            base, self.model, tuple(self.engine.plan.work_modules())
+        )
         self._estimates = estimates if estimates is not None else EstimateCache()
         self.build_seconds = time.perf_counter() - t0
 
