@@ -39,4 +39,9 @@ def test_page_runs_standalone_and_reports_mismatch(tmp_path: Path) -> None:
     at.session_state["dataset_ref"] = f"folder:{tmp_path}"
     at.run()
     assert not at.exception
-    assert any("do not fit" in e.value for e in at.error)
+    # The engine's reason, as it gave it (not a guess that the pair is a mismatch).
+    assert any(
+        e.value.startswith("Cannot use digits-cnn on folder:")
+        and "has 3 classes but the model predicts 10" in e.value
+        for e in at.error
+    )

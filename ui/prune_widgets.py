@@ -345,16 +345,21 @@ def bn_estimate_caption(
     slot.caption(f"{word} BN recalibration: {other.accuracy or 0.0:.1%} on {other.n_eval} images")
 
 
-def estimate_metric(slot: Any, stats: PreviewStats, dense: float, *, busy: bool = False) -> None:
+def estimate_metric(
+    slot: Any, stats: PreviewStats, dense: float, *, busy: bool = False, final: bool = False
+) -> None:
     """The Prune page's accuracy estimate in `slot`: top-1 on `stats.n_eval` images, its 95%
     interval, and the change from the dense model on the same images (`dense`); `busy`: it
-    stops at these images because other sessions wait for the server's estimate lane."""
+    stops at these images because other sessions wait for the server's estimate lane; `final`:
+    these are all the images asked for (or all the split has)."""
     acc = stats.accuracy or 0.0
     lo, hi = stats.accuracy_interval or (acc, acc)
     more = (
         "The server is busy with other students' estimates, so this one stops here; move the "
         "slider back to refine it when it is quieter."
         if busy
+        else ""
+        if final
         else "More images follow while you leave the sliders."
     )
     slot.metric(
@@ -548,8 +553,13 @@ def preview_panel(
                 step,
                 dense_estimate(model_ref, dataset_ref, step.n_eval),
                 busy=busy,
+                final=step.n_eval >= last,
             )
             estimated = True
+            if busy:
+                # The comparison with/without BN recalibration needs the rest of the turn: not
+                # now (else its caption would wait on "…" until the next move).
+                bn_slot.empty()
             if newer_run_waiting() or busy:
                 break
         else:

@@ -87,14 +87,20 @@ def _architecture_search() -> None:
             )  # fmt: skip
 
 
+def cannot_use(model_ref: str, dataset_ref: str, error: UserError) -> str:
+    """One line for a model and dataset the pages cannot use: the reason as the engine gave it
+    (a corrupt file, a missing one, shapes that do not fit), not a guess at which."""
+    return f"Cannot use {model_ref} on {dataset_ref}: {error}"
+
+
 def baseline_or_stop(model_ref: str, dataset_ref: str) -> dict[str, Any]:
-    """The dense model's measured baseline (`ui.loaders.baseline`); when the model and the
-    dataset do not fit together, says so and stops the page, and when the model was trained
+    """The dense model's measured baseline (`ui.loaders.baseline`); when the model or the
+    dataset cannot be used (`cannot_use`), says why and stops the page, and when the model was trained
     on another dataset, says so in one line (`pairing.mismatch`)."""
     try:
         base = baseline(model_ref, dataset_ref)
     except UserError as e:
-        st.error(f"This model and dataset do not fit together: {e}")
+        st.error(cannot_use(model_ref, dataset_ref, e))
         st.stop()
     why = mismatch(model_ref, dataset_ref)
     if why:
@@ -104,12 +110,12 @@ def baseline_or_stop(model_ref: str, dataset_ref: str) -> dict[str, Any]:
 
 def model_and_data_or_stop(model_ref: str, dataset_ref: str) -> tuple[LoadedModel, DataBundle]:
     """The shared model and dataset, checked to fit together without measuring anything;
-    when they do not fit, says so and stops the page."""
+    when they cannot be used (`cannot_use`), says why and stops the page."""
     try:
         loaded, data = shared_model(model_ref), shared_data(dataset_ref)
         data.check_spec(loaded.spec)
     except UserError as e:
-        st.error(f"This model and dataset do not fit together: {e}")
+        st.error(cannot_use(model_ref, dataset_ref, e))
         st.stop()
     return loaded, data
 
