@@ -71,8 +71,8 @@ def test_not_given_the_granularitys_default_applies(  # type: ignore[no-untyped-
 
 
 BAD = [
-    (["--warmup", "0.6"], r"warm-up share must be in [0, 0.5], got '0.6'"),
-    (["--warmup", "-0.1"], "warm-up share must be in [0, 0.5]"),
+    (["--warmup", "1"], r"warm-up share must be in [0, 1)"),
+    (["--warmup", "-0.1"], "warm-up share must be in [0, 1)"),
     (["--warmup", "nan"], "warm-up share must be a finite number"),
     (["--warmup", "ten"], "warm-up share must be a number"),
     (["--min-steps-per-epoch", "-1"], "minimum steps per epoch must be in [0, 1000000]"),

@@ -12,7 +12,6 @@ from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, ProgressReport
 from pruning_core.recipe import SETTING_CHECKS
 from pruning_core.train import DEFAULT_FINETUNE, STRUCTURED_FINETUNE, Progress
-from pruning_core.validate import Range
 
 __all__ = [
     "WARMUP",
@@ -24,9 +23,8 @@ __all__ = [
     "stderr_progress",
 ]
 
-# `--warmup`: a rate still rising past half of the steps leaves the fine-tune little time at it,
-# so the command line takes [0, 0.5]; a recipe file is checked as the TrainConfig is, [0, 1).
-WARMUP = Range(lo=0, hi=0.5, label="warm-up share")
+# `--warmup`: checked as a recipe file's `warmup` is (and `TrainConfig`), [0, 1): one range.
+WARMUP = SETTING_CHECKS["warmup"]
 
 
 def add_model_args(
@@ -73,7 +71,7 @@ def add_step_args(p: argparse.ArgumentParser, *, structured: bool, fill: bool) -
         metavar="SHARE",
         default=ft.warmup if fill else None,
         help="fine-tune warm-up: share of the optimizer steps over which the learning rate "
-        f"rises linearly from 0, in [0, 0.5] (default {ft.warmup:g}{also(f'{st.warmup:g}')})",
+        f"rises linearly from 0, in [0, 1) (default {ft.warmup:g}{also(f'{st.warmup:g}')})",
     )
     p.add_argument(
         "--min-steps-per-epoch",
