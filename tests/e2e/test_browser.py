@@ -70,6 +70,7 @@ def _no_exceptions(page: Any, where: str) -> None:
 
 def test_pick_prune_finetune_tradeoffs(browser: Any, app_url: str) -> None:
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx.set_default_timeout(LONG)  # clicks and fills too, not only the explicit waits
     page = ctx.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -146,6 +147,7 @@ def test_state_survives_page_changes_while_jobs_run(browser: Any, app_url: str) 
     """Leave Trade-offs right after starting a sweep, while a fine-tune runs, visit other pages
     and come back: selection, applied model, settings and both results are there."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx.set_default_timeout(LONG)  # clicks and fills too, not only the explicit waits
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
