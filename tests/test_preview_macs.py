@@ -8,12 +8,13 @@ import functools
 
 import pytest
 import torch
+from sample_pairs import REFUSED, SAMPLES
 from torch import nn
 
 from pruning_core.data import load_dataset
 from pruning_core.errors import UserError
 from pruning_core.layers import trainable_copy
-from pruning_core.models import LoadedModel, list_models
+from pruning_core.models import LoadedModel
 from pruning_core.models import load_model as _load_model
 from pruning_core.prune import PruneConfig, prune_
 from pruning_core.slider import SliderPreview
@@ -22,15 +23,7 @@ from pruning_core.stats import count_macs, model_stats, own_macs
 
 torch.set_num_threads(1)
 
-SAMPLES = {m.name: m.default_dataset for m in list_models() if m.sample}
 GRANULARITIES = ["unstructured", "2:4", "channel", "head", "block", "lowrank", "lowrank-energy"]
-REFUSED = {
-    ("digits-mlp", "head"),
-    ("digits-mlp", "block"),
-    ("digits-cnn", "head"),
-    ("digits-cnn", "block"),
-    ("shapes-resnet", "head"),
-}
 # Two positions per pair: 0.7 removes 2 of shapes-vit's 4 blocks and 11 of its 16 heads.
 RATIOS = (0.3, 0.7)
 

@@ -5,29 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sample_pairs import REFUSED, SAMPLES
 
 from pruning_core.data import load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.layers import trainable_copy
-from pruning_core.models import list_models, load_model
+from pruning_core.models import load_model
 from pruning_core.plans import list_granularities
 from pruning_core.prune import PruneConfig, prune_
 from pruning_core.slider import SliderPreview
 
 torch.set_num_threads(1)
 
-SAMPLES = {m.name: m.default_dataset for m in list_models() if m.sample}
 STRUCTURED = [p.name for p in list_granularities() if p.structured]
-# Where a structured granularity does not apply to a sample model (no attention layers, no
-# residual blocks); every other pair must preview and apply.
-REFUSED = {
-    ("digits-mlp", "head"),
-    ("digits-mlp", "block"),
-    ("digits-cnn", "head"),
-    ("digits-cnn", "block"),
-    ("shapes-resnet", "head"),
-}
 N_IMAGES = 96
 
 
