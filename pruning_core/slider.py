@@ -50,9 +50,16 @@ __all__ = [
 ]
 
 HIST_BINS = 60
-# The first accuracy estimate uses this many images (fast, with a wide interval); more follow
-# in doubling chunks up to the number asked for, each shown as it lands.
+# The first accuracy estimate uses at most this many images (fast, with a wide interval); more
+# follow in doubling chunks up to the number asked for, each shown as it lands.
 ESTIMATE_FIRST = 100
+# On a slow model the first step is cut to about this much forward pass (seconds), from the
+# throughput the preview's earlier steps measured, but never below ESTIMATE_FIRST_MIN images:
+# a first number soon after the charts matters more on a slider than a narrow first interval
+# (shapes-resnet, one core: 100 images ~0.12 s, the whole estimate shown 0.4 s after the
+# preview; later steps refine it as before).
+ESTIMATE_FIRST_SECONDS = 0.05
+ESTIMATE_FIRST_MIN = 25
 # Estimates kept per preview, by slider position (moving back to one costs nothing).
 ESTIMATES_KEPT = 64
 # The mask picture's largest grid; bigger weights are averaged into cells.
@@ -264,6 +271,8 @@ class SliderPreview:
             base, self.model, tuple(self.engine.plan.work_modules())
         )
         self._estimates = estimates if estimates is not None else EstimateCache()
+        # Seconds per image of this preview's last estimate step (None: none measured yet).
+        self._seconds_per_image: float | None = None
         self.build_seconds = time.perf_counter() - t0
 
     def _restore(self) -> None:
@@ -409,12 +418,12 @@ class SliderPreview:
         stats: PreviewStats,
         n_eval: int,
         *,
-        first: int = ESTIMATE_FIRST,
+        first: int | None = None,
         recalibrate_bn: bool | None = None,
     ) -> Iterator[PreviewStats]:
         """The accuracy estimate, refined in steps: yields `stats` filled on the first `first`
-        validation images, then on twice as many, ... up to `n_eval` (each step evaluates only
-        the images it adds). A page shows each step as it lands and stops when the user moves
+        validation images (default `first_step_images()`), then on twice as many, ... up to
+        `n_eval` (each step evaluates only the images it adds). A page shows each step as it lands and stops when the user moves
         on; the last step equals `evaluate(model, data, spec, limit=n_eval)`.
 
         Structured plans first re-estimate BatchNorm statistics as Apply does
@@ -427,7 +436,7 @@ class SliderPreview:
         Args:
             stats: What `update` returned for the current position (filled in place).
             n_eval: Validation images of the final step (fewer when the split is smaller).
-            first: Images of the first step.
+            first: Images of the first step (None: `first_step_images()`).
             recalibrate_bn: Re-estimate BatchNorm statistics first (None: the config's
                 `recalibrate_bn`).
 
@@ -445,10 +454,13 @@ class SliderPreview:
             return
         self._settle(recal)
         x, y = self.data.tensors("val", self.spec, int(n_eval))
+        first = self.first_step_images() if first is None else int(first)
         correct, done = 0, 0
         while done < len(y):
             end = min(len(y), max(first, 2 * done))
+            t_step = time.perf_counter()
             logits = predict_logits(self.model, x[done:end])
+            self._seconds_per_image = (time.perf_counter() - t_step) / (end - done)
             correct += int((logits.argmax(1) == y[done:end]).sum())
             done = end
             stats.accuracy, stats.n_eval = correct / done, done
@@ -457,6 +469,15 @@ class SliderPreview:
             yield stats
         if stats.position:
             self._estimates.put(key, (stats.accuracy, stats.n_eval, stats.accuracy_interval))
+
+    def first_step_images(self) -> int:
+        """Images of the estimate's first step: `ESTIMATE_FIRST`, or fewer (at least
+        `ESTIMATE_FIRST_MIN`) when this preview's last step measured that many would take
+        longer than `ESTIMATE_FIRST_SECONDS` of forward pass."""
+        if not self._seconds_per_image:
+            return ESTIMATE_FIRST
+        fit = int(ESTIMATE_FIRST_SECONDS / self._seconds_per_image)
+        return max(ESTIMATE_FIRST_MIN, min(ESTIMATE_FIRST, fit))
 
     def layer_weight(self, name: str) -> torch.Tensor:
         """The working copy's (masked) weight of a layer."""

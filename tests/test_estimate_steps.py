@@ -84,3 +84,28 @@ def test_previews_sharing_an_estimate_cache_evaluate_a_position_once() -> None:
     assert len(shared) == 2
     assert len(list(two.estimate_steps(two.update(0.4), 200, first=50))) > 1
     assert len(alone._estimates) == 1
+
+
+def test_a_slow_model_gets_a_smaller_first_step_and_the_same_final_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pruning_core.slider as slider
+
+    base, data = load_model("digits-cnn"), load_dataset("digits")
+    preview = SliderPreview(base, PruneConfig(criterion="magnitude"), data)
+    assert preview.first_step_images() == slider.ESTIMATE_FIRST  # nothing measured yet
+    list(preview.estimate_steps(preview.update(0.5), 200))
+    measured = preview._seconds_per_image
+    assert measured is not None and measured > 0
+    # As if the model were slow: its first step then takes about ESTIMATE_FIRST_SECONDS.
+    monkeypatch.setattr(slider, "ESTIMATE_FIRST_SECONDS", 40 * measured)
+    first = preview.first_step_images()
+    assert slider.ESTIMATE_FIRST_MIN <= first < slider.ESTIMATE_FIRST
+    # Each step fills the same stats in place: read them as they land.
+    seen = [(s.n_eval, s.accuracy) for s in preview.estimate_steps(preview.update(0.7), 200)]
+    assert seen[0][0] == first and seen[-1][0] == 200
+    full = evaluate(preview.model, preview.data, preview.spec, limit=200)
+    assert seen[-1][1] == pytest.approx(full.accuracy, abs=1e-12)
+    # Never below the floor, however slow.
+    monkeypatch.setattr(slider, "ESTIMATE_FIRST_SECONDS", 0.0)
+    assert preview.first_step_images() == slider.ESTIMATE_FIRST_MIN

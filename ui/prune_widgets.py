@@ -536,7 +536,7 @@ def preview_panel(
     lane = estimate_lane()
     last = min(int(n_est), preview.data.num_examples("val"))
     # Else the next run, asked for, estimates. One session's estimate at a time across the
-    # server; shown after the first 100 images, then refined while nobody waits for the lane;
+    # server; shown after its first step's images, then refined while nobody waits for the lane;
     # stopped when the user moves on.
     # With the estimate off there is nothing to wait for: never queue behind others' estimates.
     lane_turn = lane.turn(newer_run_waiting) if estimate_on else nullcontext(False)
