@@ -55,18 +55,26 @@ def percent_axis(values: Iterable[float], *, max_ticks: int = 6) -> dict[str, An
         max_ticks: About how many ticks to aim for.
 
     Returns:
-        Plotly axis settings: `tickformat`, `dtick`, `tick0` (empty when there is no value).
+        Plotly axis settings: `tickformat`, `dtick`, `tick0` (empty when there is no value), and
+        `range` when the values span less than one step.
     """
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not xs:
         return {}
-    span = max(xs) - min(xs)
+    lo, hi = min(xs), max(xs)
+    span = hi - lo
     # A flat series still gets a readable step: a tenth of a point around its value.
     raw = max(span / max(max_ticks - 1, 1), 1e-3)
     exp = math.floor(math.log10(raw))
     step = next(m * 10.0**exp for m in (1, 2, 5, 10) if m * 10.0**exp >= raw)
     decimals = max(0, -math.floor(math.log10(step * 100) + 1e-9))
-    return {"tickformat": f".{decimals}%", "dtick": step, "tick0": 0}
+    axis: dict[str, Any] = {"tickformat": f".{decimals}%", "dtick": step, "tick0": 0}
+    if span < step:
+        # Plotly autoranges a flat series to its value +- 1: at this step that is 2,000 tick
+        # labels, each measured by the browser (a fine-tune curve with equal epoch accuracies
+        # froze the Trade-offs tab for 90 s). A range of a few steps around the data instead.
+        axis["range"] = [lo - 2 * step, hi + 2 * step]
+    return axis
 
 
 # Tick mantissas per decade on a log axis, sparsest first: the densest set that keeps the axis
@@ -864,7 +872,7 @@ def strategies_figure(
         xaxis={"title": "how the per-layer ratios were chosen (same measured budget)",
                "type": "category"},
         yaxis={"title": "top-1 accuracy (validation split; axis not from 0)",
-               "range": [max(lo - pad, 0.0), min(hi + pad, 1.0)], **percent_axis(vals)},
+               **percent_axis(vals), "range": [max(lo - pad, 0.0), min(hi + pad, 1.0)]},
         height=440,
         margin=_MARGIN_SUBTITLED,
         legend={"orientation": "h", "y": -0.25},

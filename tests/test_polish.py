@@ -38,6 +38,26 @@ def test_percent_ticks_never_repeat_a_label(values: list[float]) -> None:
     assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
 
 
+@pytest.mark.parametrize("values", [[0.9749], [0.9749, 0.9749], [0.5, 0.5004], [0.0, 0.0]])
+def test_a_flat_percent_axis_has_a_range_of_a_few_ticks(values: list[float]) -> None:
+    # Plotly would autorange a flat series to +-1 around it: thousands of ticks at this step,
+    # each label measured in the browser (a 90 s freeze of the page).
+    axis = plots.percent_axis(values)
+    lo, hi = axis["range"]
+    assert lo <= min(values) and hi >= max(values)
+    assert 3 <= (hi - lo) / axis["dtick"] <= 8
+    labels = _labels(axis, lo, hi)
+    assert len(set(labels)) == len(labels) >= 3
+
+
+def test_a_spread_percent_axis_leaves_the_range_to_plotly() -> None:
+    assert "range" not in plots.percent_axis([0.1, 0.97])
+    # A flat run curve gets the bounded axis in the figure the page draws.
+    curve = pd.DataFrame({"step": [250, 500], "accuracy": [0.9749, 0.9749], "loss": [0.1, 0.1]})
+    y = plots.runs_curves_figure({"#1 finetune": curve}).layout.yaxis
+    assert y.range is not None and (y.range[1] - y.range[0]) / y.dtick <= 8
+
+
 def test_report_accuracy_axis_on_a_narrow_range() -> None:
     df = pd.DataFrame({"method": ["m", "m"], "sparsity": [0.5, 0.9], "accuracy": [0.985, 0.981],
                        "finetuned_accuracy": [0.988, 0.983], "dense_accuracy": [0.9889] * 2})  # fmt: skip
