@@ -797,6 +797,8 @@ def _base_config(
 
 def _check_fits(cfg: PruneConfig, b: Budget) -> None:
     """Refuse budgets the granularity cannot meet by construction."""
+    if cfg.plan.no_budget_search:
+        raise UserError(f"{cfg.granularity}: {cfg.plan.no_budget_search}")
     if cfg.fixed_ratio:
         raise UserError(
             f"{cfg.granularity} fixes the share removed; a budget needs a granularity with "
@@ -1525,7 +1527,8 @@ def search(
         and accuracy (before fine-tuning), and for latency the final timing with p10/p90.
 
     Raises:
-        UserError: A bad budget; N:M granularity (its share is fixed); a size or latency budget
+        UserError: A bad budget; N:M granularity (its share is fixed) or low rank (no search
+            over ranks); a size or latency budget
             with unstructured pruning (zeros make neither the file nor dense kernels smaller);
             a budget the ratios tried cannot reach (naming the least reachable cost).
     """
@@ -1567,7 +1570,9 @@ def search(
         met = measured <= target * (1 + 1e-9)
     acc = _accuracy(pruned, data, spec, dev, eval_limit)
     report(Report(1.0, f"budget search done: measured accuracy {acc:.4f}"))
-    predicted_acc = dense_acc - found.predicted_drop
+    # The units' drops are summed as if independent, and the sum can pass the dense accuracy;
+    # an accuracy is never negative.
+    predicted_acc = max(0.0, dense_acc - found.predicted_drop)
     notes = found.notes + more
     if acc < predicted_acc - 0.05:
         notes.append(

@@ -152,6 +152,14 @@ def test_a_refused_budget_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pruning_core.budget.QUANTITIES == ("macs", "params", "size", "latency")
 
 
+@pytest.mark.parametrize("granularity", ["lowrank", "lowrank-energy"])
+def test_low_rank_says_why_there_is_no_budget_search(granularity: str) -> None:
+    at = _page("digits-cnn", granularity)
+    _clean(at)
+    assert not any(b.key == "budget_search" for b in at.button)  # nothing to click and crash
+    assert any("No budget search here" in c.value for c in at.caption)
+
+
 def test_bn_switch_changes_the_estimate_of_a_model_with_batchnorm() -> None:
     at = AppTest.from_file(PAGE, default_timeout=300)
     at.session_state["model_ref"] = "shapes-resnet"

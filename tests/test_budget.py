@@ -124,6 +124,11 @@ def test_budgets_a_granularity_cannot_meet_are_refused(cnn, digits) -> None:  # 
             search(cnn, digits, text, granularity="unstructured")
     with pytest.raises(UserError, match="fixes the share removed"):
         search(cnn, digits, "macs=0.5", granularity="2:4")
+    # Low rank has ratios but no search over them: refused in one line, not an internal error.
+    for lowrank in ("lowrank", "lowrank-energy"):
+        with pytest.raises(UserError, match="not low-rank factorisation") as e:
+            search(cnn, digits, "macs=0.5", granularity=lowrank)
+        assert "\n" not in str(e.value)
 
 
 def test_saved_bytes_is_the_weights_file_size(cnn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -213,6 +213,9 @@ def budget_panel(
         if preview.engine.plan.fixed_ratio:
             st.caption("This granularity removes a fixed share everywhere: nothing to search.")
             return
+        if preview.engine.plan.no_budget_search:
+            st.caption(f"No budget search here: {preview.engine.plan.no_budget_search}.")
+            return
         try:
             budget = _budget_inputs(preview, model_ref)
         except UserError as e:

@@ -205,6 +205,8 @@ class Plan:
     per_layer: ClassVar[bool] = True
     # The granularity itself fixes the share removed (N:M): the ratio slider does not apply.
     fixed_ratio: ClassVar[bool] = False
+    # Why `budget.search` cannot search this granularity's ratios (None: it can).
+    no_budget_search: ClassVar[str | None] = None
     # What the unit names are, for the app's per-layer table ("layer", "channel group"...).
     unit_word: ClassVar[str] = "layer"
 

@@ -242,6 +242,13 @@ class LowRankPlan(Plan):
     score_kind = "weights"
     structured = True
     unit_word = "layer"
+    # The search prunes from sensitivity curves through `prune_` without this plan's
+    # factorisation state: choose the rank ratio on the slider (its preview shows the cost).
+    no_budget_search = (
+        "a budget search covers pruning (unstructured, channel, head or block), not low-rank "
+        "factorisation: set the rank ratio (--ratio, or the Prune page's slider, whose preview "
+        "shows the MACs and parameters it leaves)"
+    )
 
     def __init__(
         self, model: nn.Module, config: PlanConfig, *, spec: InputSpec | None, data: Any = None
