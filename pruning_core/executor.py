@@ -222,25 +222,50 @@ class InProcess(_Closing):
 CONNECT_SECONDS = 5.0
 
 
+# HTTP/2's client preface and an empty SETTINGS frame (RFC 9113, section 3.4): a Ray head
+# (its GCS, or the Ray Client server for ray://) is a gRPC server, which must answer with a
+# SETTINGS frame of its own.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_H2_SETTINGS = 0x04
+
+
 def _check_reachable(address: str) -> None:
-    """Refuse in seconds a `HOST:PORT` or `ray://HOST:PORT` where nothing accepts a TCP
-    connection (`auto` and other forms are left to Ray).
+    """Refuse in seconds a `HOST:PORT` or `ray://HOST:PORT` where no Ray cluster answers:
+    nothing accepts a TCP connection, or what accepts it does not answer HTTP/2's preface as a
+    gRPC server does (a web server, or a port that never replies: `ray.init` would retry there
+    for many minutes). `auto` and other forms are left to Ray.
 
     Raises:
-        UserError: Nothing answers there.
+        UserError: Nothing, or something other than a gRPC server, answers there.
     """
     rest = address.split("://", 1)[-1]
     host, sep, port = rest.rpartition(":")
     if not sep or not host or not port.isdigit():
         return
+    hint = "start one with `ray start --head`, or leave --address out for a local runtime"
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS) as s:
+            s.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = s.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except TimeoutError:
+        raise UserError(
+            f"no Ray cluster answers at {address} (something accepts connections there but did "
+            f"not reply within {CONNECT_SECONDS:g} s): {hint}"
+        ) from None
     except OSError as e:
         raise UserError(
-            f"no Ray cluster answers at {address} ({first_line(e, 80)}): start one with "
-            "`ray start --head`, or leave --address out for a local runtime"
+            f"no Ray cluster answers at {address} ({first_line(e, 80)}): {hint}"
         ) from None
+    if len(head) < 9 or head[3] != _H2_SETTINGS:
+        raise UserError(
+            f"no Ray cluster answers at {address}: what listens there is not a gRPC server "
+            f"(it answered {head[:16]!r}); {hint}"
+        )
 
 
 def _call(fn: TaskFn, shared: Any, task: Any) -> Any:

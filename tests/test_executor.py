@@ -144,6 +144,59 @@ def test_an_address_where_nothing_listens_is_refused_at_once() -> None:
     assert not ray.is_initialized()
 
 
+def _listener(reply: bytes | None) -> tuple[socket.socket, threading.Thread]:
+    """A 127.0.0.1 server that reads the client's first bytes and answers `reply` (None:
+    never answers)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.recv(64)
+            if reply is not None:
+                conn.sendall(reply)
+            threading.Timer(8.0, conn.close).start()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t
+
+
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        (b"HTTP/1.0 400 Bad request\r\n\r\n", "not a gRPC server"),  # a web server
+        (None, "did not reply within"),  # accepts and stays silent
+    ],
+)
+def test_a_listener_that_is_not_a_ray_cluster_is_refused_in_seconds(
+    monkeypatch: pytest.MonkeyPatch, reply: bytes | None, says: str
+) -> None:
+    import pruning_core.executor as ex
+
+    monkeypatch.setattr(ex, "CONNECT_SECONDS", 1.0)
+    srv, _ = _listener(reply)
+    port = srv.getsockname()[1]
+    try:
+        start = time.perf_counter()
+        with pytest.raises(UserError, match=says) as err:
+            ex._check_reachable(f"127.0.0.1:{port}")
+        assert time.perf_counter() - start < 5 and "\n" not in str(err.value)
+        # An HTTP/2 server answers the preface with a SETTINGS frame: that passes the check.
+    finally:
+        srv.close()
+    h2, _ = _listener(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    try:
+        ex._check_reachable(f"ray://127.0.0.1:{h2.getsockname()[1]}")
+    finally:
+        h2.close()
+
+
 def test_ray_missing_is_one_line(monkeypatch: pytest.MonkeyPatch, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     for make in (lambda: get_executor("ray"), RayExecutor):
