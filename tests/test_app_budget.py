@@ -152,6 +152,22 @@ def test_a_refused_budget_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pruning_core.budget.QUANTITIES == ("macs", "params", "size", "latency")
 
 
+@pytest.mark.usefixtures("fast")
+def test_a_kept_result_says_when_the_settings_changed_since() -> None:
+    at = _page("digits-mlp", "channel")
+    at.button(key="budget_search").click().run()
+    _clean(at)
+    assert not [i for i in at.info if "earlier settings" in i.value]
+    at.session_state["budget_share"] = 0.2  # another budget than the one searched
+    at.run()
+    stale = [i.value for i in at.info if "earlier settings" in i.value]
+    assert len(stale) == 1 and "Search" in stale[0], stale
+    assert at.success  # the kept result is still shown, under the hint
+    at.session_state["budget_share"] = at.session_state["_budget_result"][1].budget.value
+    at.run()
+    assert not [i for i in at.info if "earlier settings" in i.value]
+
+
 @pytest.mark.parametrize("granularity", ["lowrank", "lowrank-energy"])
 def test_low_rank_says_why_there_is_no_budget_search(granularity: str) -> None:
     at = _page("digits-cnn", granularity)

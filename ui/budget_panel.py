@@ -229,9 +229,22 @@ def budget_panel(
             except UserError as e:
                 st.error(f"Budget search failed: {e}")
                 return
-            st.session_state[_RESULT] = (_selection(preview, model_ref, dataset_ref), result)
+            st.session_state[_RESULT] = (
+                _selection(preview, model_ref, dataset_ref),
+                result,
+                recalibrate_bn,
+            )
         if result is None:
             return
-        _show(result, preview, recalibrate_bn)
+        kept = st.session_state.get(_RESULT)
+        recal_used = bool(kept[2]) if isinstance(kept, tuple) and len(kept) > 2 else recalibrate_bn
+        if result.budget != budget or recal_used != recalibrate_bn:
+            # A kept result read as current would answer a question nobody asks any more.
+            st.info(
+                f"This result is for the earlier settings ({result.budget.describe(result.dense_cost)}"
+                f", BatchNorm {'recalibrated' if recal_used else 'not recalibrated'}): click "
+                "**Search** for the settings above."
+            )
+        _show(result, preview, recal_used)
         if st.button("Take into sliders", key="budget_take"):
             _take(result, preview)
