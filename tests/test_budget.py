@@ -18,6 +18,7 @@ from pruning_core.budget import (
     DEFAULT_RECOVERY_STEPS,
     Budget,
     baseline_for_budget,
+    format_cost,
     measure_cost,
     parse_budget,
     saved_bytes,
@@ -360,6 +361,10 @@ def test_latency_budget_reports_p10_p90(cnn, digits) -> None:  # type: ignore[no
     assert lat is not None and lat.p10_ms <= lat.median_ms <= lat.p90_ms
     assert lat.target_ms == pytest.approx(0.8 * lat.dense_median_ms)
     assert r.measured_cost == lat.median_ms and r.met == lat.met
+    # One dense everywhere: the line "latency <= T (0.8 of dense D)" names the dense and the
+    # target the verdict used, not the search's first timing of dense.
+    assert r.dense_cost == lat.dense_median_ms and r.target_cost == pytest.approx(lat.target_ms)
+    assert f"of dense {format_cost('latency', lat.dense_median_ms)}" in r.summary()["budget"]
     # Missed targets are retried and say so; met ones need no note.
     assert r.met or any("timed" in n for n in r.notes)
 
