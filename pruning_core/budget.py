@@ -1528,9 +1528,9 @@ def search(
 
     Raises:
         UserError: A bad budget; N:M granularity (its share is fixed) or low rank (no search
-            over ranks); a size or latency budget
-            with unstructured pruning (zeros make neither the file nor dense kernels smaller);
-            a budget the ratios tried cannot reach (naming the least reachable cost).
+            over ranks); a size or latency budget with unstructured pruning (zeros make neither
+            the file nor dense kernels smaller); a budget the ratios tried cannot reach (naming
+            the least reachable cost).
     """
     net, spec = _unpack(model, spec)
     data.check_spec(spec)

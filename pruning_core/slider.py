@@ -423,8 +423,9 @@ class SliderPreview:
     ) -> Iterator[PreviewStats]:
         """The accuracy estimate, refined in steps: yields `stats` filled on the first `first`
         validation images (default `first_step_images()`), then on twice as many, ... up to
-        `n_eval` (each step evaluates only the images it adds). A page shows each step as it lands and stops when the user moves
-        on; the last step equals `evaluate(model, data, spec, limit=n_eval)`.
+        `n_eval` (each step evaluates only the images it adds). A page shows each step as it
+        lands and stops when the user moves on; the last step equals
+        `evaluate(model, data, spec, limit=n_eval)`.
 
         Structured plans first re-estimate BatchNorm statistics as Apply does
         (`prune.settle_structured`; with `recalibrate_bn` off the dense statistics stay, as
