@@ -240,9 +240,10 @@ def budget_panel(
         recal_used = bool(kept[2]) if isinstance(kept, tuple) and len(kept) > 2 else recalibrate_bn
         if result.budget != budget or recal_used != recalibrate_bn:
             # A kept result read as current would answer a question nobody asks any more.
+            searched = result.budget.describe(result.dense_cost)
+            bn = "recalibrated" if recal_used else "not recalibrated"
             st.info(
-                f"This result is for the earlier settings ({result.budget.describe(result.dense_cost)}"
-                f", BatchNorm {'recalibrated' if recal_used else 'not recalibrated'}): click "
+                f"This result is for the earlier settings ({searched}, BatchNorm {bn}): click "
                 "**Search** for the settings above."
             )
         _show(result, preview, recal_used)
