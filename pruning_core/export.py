@@ -691,11 +691,10 @@ def pruning_report(
             and `n_val` say how it was measured.
     """
     from pruning_core import plots
+    from pruning_core.per_class import change_from_records, change_headline
 
     m = dict(metrics)
     if per_class is None and isinstance(m.get("per_class"), list) and m["per_class"]:
-        from pruning_core.per_class import change_from_records
-
         per_class = change_from_records(m["per_class"])
     figures: list[tuple[Any, str]] = []
     acc_df = sweep if sweep is not None and len(sweep) else _stage_frame(m)
@@ -726,14 +725,12 @@ def pruning_report(
         if "loss" in cdf:
             figures.append((plots.training_curves_figure(cdf), "Fine-tuning curve."))
     if per_class is not None and len(per_class):
-        worst = per_class.iloc[0]
         figures.append((
             plots.per_class_change_figure(per_class, subtitle=f"validation split of "
                                           f"{m.get('dataset')}, pruned model against dense"),
             f"Which classes pay for pruning (Hooker et al. 2019, \"What do compressed deep neural "
-            f"networks forget?\"): accuracy change per class in points, worst first. Class "
-            f"{worst['class']} changed most, {worst['change']:+.2f} points over {int(worst['n'])} "
-            "images; small classes move in steps of 100/n points.",
+            f"networks forget?\"): accuracy change per class in points, worst first. "
+            f"{change_headline(per_class)}; small classes move in steps of 100/n points.",
         ))  # fmt: skip
     if companions is not None and len(companions):
         from pruning_core.plots_companions import companions_figure

@@ -26,6 +26,7 @@ __all__ = [
     "CHANGE_COLUMNS",
     "PER_CLASS_COLUMNS",
     "change_from_records",
+    "change_headline",
     "change_records",
     "per_class_accuracy",
     "per_class_change",
@@ -119,6 +120,30 @@ def per_class_change(dense: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame:
         dense_accuracy=dense_acc, pruned_accuracy=pruned_acc, change=100 * (pruned_acc - dense_acc)
     )
     return out
+
+
+def change_headline(df: pd.DataFrame) -> str:
+    """One sentence on a `per_class_change` frame (sorted by change, ascending): the class that
+    lost most, or, when none lost, that none did and which gained most.
+
+    Returns:
+        E.g. "Class 3 lost most: -4.17 points over 36 images" or "No class lost accuracy; class
+        8 gained most: +2.86 points over 35 images" ("" for an empty frame).
+    """
+    if not len(df):
+        return ""
+    worst, best = df.iloc[0], df.iloc[-1]
+    if float(worst["change"]) < 0:
+        return (
+            f"Class {worst['class']} lost most: {float(worst['change']):+.2f} points over "
+            f"{int(worst['n'])} images"
+        )
+    if float(best["change"]) > 0:
+        return (
+            f"No class lost accuracy; class {best['class']} gained most: "
+            f"{float(best['change']):+.2f} points over {int(best['n'])} images"
+        )
+    return "No class changed accuracy"
 
 
 def change_records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 
@@ -85,7 +86,7 @@ def test_frames_of_different_splits_are_refused(cnn, digits) -> None:
 
 def test_the_report_has_a_per_class_section(cnn, digits) -> None:
     from pruning_core.export import pruning_report
-    from pruning_core.per_class import change_records
+    from pruning_core.per_class import change_headline, change_records
 
     dense = per_class_accuracy(cnn.model, digits, cnn.spec)
     m = copy.deepcopy(cnn.model)
@@ -93,12 +94,37 @@ def test_the_report_has_a_per_class_section(cnn, digits) -> None:
     change = per_class_change(dense, per_class_accuracy(m, digits, cnn.spec))
     metrics = {"model": "digits-cnn", "dataset": "digits", "method": "magnitude",
                "granularity": "unstructured", "sparsity": 0.9}  # fmt: skip
-    worst = str(change["class"].iloc[0])
+    headline = change_headline(change)
+    assert headline.startswith(("Class ", "No class "))
     for page in (
         pruning_report(metrics, per_class=change),
         pruning_report({**metrics, "per_class": change_records(change)}),  # as a run keeps it
     ):
         assert "Per-class accuracy change against dense" in page
         assert "Hooker et al. 2019" in page
-        assert f"Class {worst} changed most" in page
+        assert headline in page
     assert "Per-class" not in pruning_report(metrics)
+
+
+def test_change_headline_names_the_loser_or_says_none_lost() -> None:
+    from pruning_core.per_class import change_headline
+
+    def frame(changes: list[float]) -> pd.DataFrame:
+        df = pd.DataFrame(
+            {
+                "class": [str(i) for i in range(len(changes))],
+                "change": changes,
+                "n": [36] * len(changes),
+            }
+        )
+        return df.sort_values("change").reset_index(drop=True)
+
+    assert (
+        change_headline(frame([0.0, -4.17, 2.86]))
+        == "Class 1 lost most: -4.17 points over 36 images"
+    )
+    # No class lost: the worst row's +0.00 is not "changed most" (the report said so).
+    gained = change_headline(frame([0.0, 0.0, 2.86]))
+    assert gained == "No class lost accuracy; class 2 gained most: +2.86 points over 36 images"
+    assert change_headline(frame([0.0, 0.0])) == "No class changed accuracy"
+    assert change_headline(frame([])) == ""

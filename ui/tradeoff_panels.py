@@ -15,6 +15,7 @@ from pruning_core.data import DataBundle
 from pruning_core.errors import UserError
 from pruning_core.export import csv_bytes, pruning_report
 from pruning_core.models import LoadedModel
+from pruning_core.per_class import change_headline
 from pruning_core.store import RunStore
 from pruning_core.strategies import STRATEGY_LABELS
 from ui.choices import criterion_choices, criterion_label, granularity_label, plan_of
@@ -369,9 +370,9 @@ def per_class_panel(
     st.plotly_chart(plots.per_class_change_figure(df, subtitle=sub), key="tradeoff_perclass_chart")
     worst = df.iloc[0]
     st.caption(
-        f"Class {worst['class']} pays most: {worst['change']:+.2f} points against "
-        f"{float(a.get('change', 0)):+.2f} overall. A class of n images moves in steps of "
-        f"100/n points ({100 / max(int(worst['n']), 1):.1f} here), so small gaps are noise."
+        f"{change_headline(df)}, against {float(a.get('change', 0)):+.2f} overall. A class of n "
+        f"images moves in steps of 100/n points ({100 / max(int(worst['n']), 1):.1f} here), so "
+        "small gaps are noise."
     )
     data_table(df, key="tradeoff_perclass_table")
     report = session_cached(
