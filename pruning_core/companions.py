@@ -735,6 +735,9 @@ def _rows_of(
     figure, the table and the report say which int8 was measured from the result itself."""
     out = []
     label = VARIANT_LABELS[b.variant]
+    if b.variant == "channel" and b.extra.get("granularity") == "head":
+        # The structured variant of a model with attention removes heads, not channels.
+        label = "head (shrunk)"
     if b.variant in ("int8", "prune_int8"):
         label = f"{label} ({int8_mode})"
     for runtime in RUNTIMES:

@@ -125,6 +125,9 @@ def test_pruned_rows_are_smaller_than_dense(cnn: pd.DataFrame, vit: pd.DataFrame
                 assert r["params"] < dense["params"], (variant, runtime)
                 assert r["size_bytes"] < dense["size_bytes"] * 1.1, (variant, runtime)
             assert _row(df, variant, "eager")["size_bytes"] < dense["size_bytes"]
+    # The structured variant says what it removed: channels of the CNN, heads of the ViT.
+    assert _row(cnn, "channel", "eager")["label"] == "channel (shrunk)"
+    assert _row(vit, "channel", "eager")["label"] == "head (shrunk)"
     # Unstructured: non-zero parameters and the sparse size, stated as such.
     u = _row(cnn, "unstructured", "eager")
     assert u["params_kind"] == "non-zero" and "sparse" in u["size_kind"]
