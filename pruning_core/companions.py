@@ -101,6 +101,7 @@ __all__ = [
     "RUNTIMES",
     "VARIANT_LABELS",
     "CompanionConfig",
+    "variant_label",
     "companion_summary",
     "compare_companions",
 ]
@@ -118,6 +119,32 @@ VARIANT_LABELS = {
     "dynamic": "dynamic gating (magnitude)",
     "dynamic_learned": "dynamic gating (learned)",
 }
+
+
+def variant_label(variant: str, *, attention: bool = False, int8_mode: str | None = None) -> str:
+    """The words for one variant, the same in the picker, the figure, the table and the report.
+
+    Args:
+        variant: One of `COMPANION_VARIANTS`.
+        attention: The model has attention: its structured variant removes heads, so it reads
+            "head (shrunk)", not "channel (shrunk)".
+        int8_mode: `static` or `dynamic`: named after an int8 variant's label, so a result says
+            which int8 was measured (None: not named, as in a picker before a run).
+
+    Returns:
+        The label, e.g. "pruned + int8 (static)".
+
+    Raises:
+        KeyError: An unknown variant.
+    """
+    label = VARIANT_LABELS[variant]
+    if variant == "channel" and attention:
+        label = "head (shrunk)"
+    if int8_mode and variant in ("int8", "prune_int8"):
+        label = f"{label} ({int8_mode})"
+    return label
+
+
 # The gated variants: the whole network kept, channels chosen per image, no ONNX Runtime row.
 _DYNAMIC_VARIANTS = ("dynamic", "dynamic_learned")
 RUNTIMES = ("eager", "onnxruntime")
@@ -302,7 +329,8 @@ def compare_companions(
                 cancelled = True
                 built[v] = _Built(v, status="cancelled", reason="cancelled before it was measured")
                 continue
-            report(f"{VARIANT_LABELS[v]}: building and measuring accuracy")
+            label = variant_label(v, attention=granularity == "head")
+            report(f"{label}: building and measuring accuracy")
             if v == "dense":
                 b = _dense(dense, spec)
             else:
@@ -318,7 +346,7 @@ def compare_companions(
             if v == "dense":
                 dense_acc = b.eager_accuracy if b.eager_accuracy is not None else math.nan
             done += 1
-            report(f"{VARIANT_LABELS[v]}: accuracy measured")
+            report(f"{label}: accuracy measured")
         timings: dict[tuple[str, str], dict[str, Any]] = {}
         if cancel is not None and cancel.is_set():
             cancelled = True
@@ -734,12 +762,9 @@ def _rows_of(
     not when the run was cancelled first). An int8 variant's label names its mode, so the
     figure, the table and the report say which int8 was measured from the result itself."""
     out = []
-    label = VARIANT_LABELS[b.variant]
-    if b.variant == "channel" and b.extra.get("granularity") == "head":
-        # The structured variant of a model with attention removes heads, not channels.
-        label = "head (shrunk)"
-    if b.variant in ("int8", "prune_int8"):
-        label = f"{label} ({int8_mode})"
+    label = variant_label(
+        b.variant, attention=b.extra.get("granularity") == "head", int8_mode=int8_mode
+    )
     for runtime in RUNTIMES:
         row: dict[str, Any] = {
             "variant": b.variant, "label": label, "runtime": runtime,

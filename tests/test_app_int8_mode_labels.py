@@ -64,3 +64,19 @@ def test_quantize_runs_the_mode_selected_when_clicked_and_shows_the_result_s() -
     assert "dynamic int8" in title and "static" not in title
     cli = next(c.value for c in at.caption if "pruning-lab quantize" in c.value)
     assert "--mode dynamic" in cli
+
+
+def test_variant_picker_says_head_for_a_model_with_attention() -> None:
+    # The picker, the figure and the table take their words from one function: the ViT's
+    # structured variant removes heads, and the picker must not offer "channel (shrunk)".
+    at = AppTest.from_file(str(ROOT / "pages" / "5_tradeoffs.py"), default_timeout=180)
+    at.session_state["model_ref"] = "shapes-vit"
+    at.session_state["dataset_ref"] = "shapes"
+    at.run()
+    assert not at.exception, at.exception
+    options = list(at.multiselect(key="tradeoff_comp_variants").options)
+    assert "head (shrunk)" in options and "channel (shrunk)" not in options, options
+
+    at = AppTest.from_file(str(ROOT / "pages" / "5_tradeoffs.py"), default_timeout=180).run()
+    options = list(at.multiselect(key="tradeoff_comp_variants").options)
+    assert "channel (shrunk)" in options and "head (shrunk)" not in options, options

@@ -16,12 +16,13 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from pruning_core.attention import has_attention
 from pruning_core.companions import (
     COMPANION_VARIANTS,
-    VARIANT_LABELS,
     CompanionConfig,
     companion_summary,
     compare_companions,
+    variant_label,
 )
 from pruning_core.data import DataBundle
 from pruning_core.export import csv_bytes
@@ -207,7 +208,8 @@ def companions_panel(
     )  # fmt: skip
     st.multiselect(
         "Variants (dense is always measured)", list(COMPANION_VARIANTS[1:]),
-        key="tradeoff_comp_variants", format_func=VARIANT_LABELS.__getitem__,
+        key="tradeoff_comp_variants",
+        format_func=lambda v: variant_label(v, attention=has_attention(loaded.model)),
     )  # fmt: skip
     _keep()
     start_button(
