@@ -101,9 +101,9 @@ __all__ = [
     "RUNTIMES",
     "VARIANT_LABELS",
     "CompanionConfig",
-    "variant_label",
     "companion_summary",
     "compare_companions",
+    "variant_label",
 ]
 
 COMPANION_VARIANTS = ("dense", "unstructured", "channel", "lowrank", "prune_int8", "int8",

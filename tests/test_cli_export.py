@@ -77,6 +77,44 @@ def test_report(cli, pruned_dir: Path, tmp_path: Path) -> None:  # type: ignore[
     assert "Latency" in page and "Model card" in page
 
 
+def test_report_has_per_class_and_companions_against_the_dense_original(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path
+) -> None:
+    # As the app's report: which classes pay (against the trained original, on its dataset)
+    # and, when asked, the companions of the original measured in both runtimes.
+    base = load_model("digits-mlp")
+    m = copy.deepcopy(base.model)
+    prune_(m, PruneConfig(method="magnitude", granularity="unstructured", ratio=0.9),
+           spec=base.spec)  # fmt: skip
+    d = tmp_path / "p"
+    meta = {"arch": "digits-mlp", "arch_kwargs": base.arch_kwargs,
+            "spec": base.spec.to_dict(), "dataset": "digits"}  # fmt: skip
+    save_model_dir(d, m, meta)
+    write_json(d / "metrics.json", {"model": "digits-mlp", "dataset": "digits"})
+    out = tmp_path / "r.html"
+    code, stdout, err = cli("export", "--pruned", str(d), "--format", "report", "--out",
+                            str(out), "--batch-size", "4", "--companions", "--json")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["sections"] == {"per_class": True, "companions": True}
+    page = out.read_text()
+    assert "Which classes pay for pruning" in page
+    assert "Companion trade-offs" in page and "low rank" in page and "ONNX Runtime" in page
+    assert "companions" in err  # progress on stderr
+
+    # An original that cannot be loaded: no per-class section, and the report says why.
+    write_json(d / "metrics.json", {"model": "no-such-model", "dataset": "digits"})
+    out2 = tmp_path / "r2.html"
+    code, stdout, err = cli("export", "--pruned", str(d), "--format", "report", "--out",
+                            str(out2), "--batch-size", "4", "--json")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["sections"]["per_class"] is False
+    assert "not loadable" in doc["notes"][0]
+    assert "not loadable" in out2.read_text()
+    assert "Which classes pay" not in out2.read_text()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -34,7 +34,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--pruned", required=True, type=Path, help="a model directory (from prune)")
     p.add_argument("--format", required=True, choices=["onnx", "checkpoint", "report"])
     p.add_argument("--out", required=True, type=Path, help="output file (.onnx, .zip, .html)")
-    p.add_argument("--dataset", help="images for the ONNX check (default: the model's dataset)")
+    p.add_argument(
+        "--dataset",
+        help="onnx: images for the check; report: the validation split of the per-class "
+        "section and the companions (default: the model's bundled dataset)",
+    )
+    p.add_argument(
+        "--companions",
+        action="store_true",
+        help="report: also build and measure the companions of the dense original, as the "
+        "Trade-offs page's one view (unstructured, channel or head, low rank, int8, dynamic "
+        "gating; eager and ONNX Runtime): from seconds to about a minute on the sample models",
+    )
     p.add_argument(
         "--sweep", type=Path, help="report: a sweep CSV to plot (from pruning-lab sweep)"
     )
@@ -119,10 +130,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
             "files": sorted(["model.safetensors", "model.json", *files]),
         }
     if args.format == "onnx":
-        # A dataset named inside the folder is only followed when it is a bundled registry set:
-        # a file must not make the tool walk other folders or download anything.
-        named = metrics.get("dataset") or loaded.meta.get("dataset")
-        ds = args.dataset or (named if is_offline_dataset(named) else None)
+        ds = _dataset_ref(args, loaded, metrics)
         check = export.export_onnx(
             loaded.model,
             loaded.spec,
@@ -132,6 +140,51 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
         )
         return {"format": "onnx", "out": str(out), **check.to_dict()}
     return _report(args, loaded, metrics)
+
+
+def _dataset_ref(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> str | None:
+    # A dataset named inside the folder is only followed when it is a bundled registry set: a
+    # file must not make the tool walk other folders or download anything.
+    named = metrics.get("dataset") or loaded.meta.get("dataset")
+    return args.dataset or (named if is_offline_dataset(named) else None)
+
+
+def _against_dense(
+    args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]
+) -> tuple[Any, Any, list[str]]:
+    """The per-class change against the dense original and the companions of it (when asked),
+    with a sentence for each section that cannot be made and why."""
+    from pruning_core.cli.common import stderr_progress
+    from pruning_core.cli.measure import dense_original
+    from pruning_core.data import load_dataset
+    from pruning_core.per_class import per_class_accuracy, per_class_change
+
+    notes: list[str] = []
+    original = dense_original(loaded)
+    ref = _dataset_ref(args, loaded, metrics)
+    if original is None or ref is None:
+        why = (
+            "the trained unpruned original is not loadable (a per-class change against an "
+            "untrained network would mean nothing)"
+            if original is None
+            else "no dataset (give --dataset)"
+        )
+        notes.append(f"No per-class section{' or companions' * args.companions}: {why}.")
+        return None, None, notes
+    data = load_dataset(ref)
+    data.check_spec(loaded.spec)
+    per_class = per_class_change(
+        per_class_accuracy(original.model, data, original.spec),
+        per_class_accuracy(loaded.model, data, loaded.spec),
+    )
+    companions = None
+    if args.companions:
+        from pruning_core.companions import compare_companions
+
+        companions = compare_companions(
+            original, data, progress=stderr_progress("companions", getattr(args, "quiet", False))
+        )
+    return per_class, companions, notes
 
 
 def _report(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +220,7 @@ def _report(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> d
     )
     note = f"{lat.attrs['protocol']}; dense = {how}"
     card = export.model_card(str(metrics.get("model") or ""))
+    per_class, companions, notes = _against_dense(args, loaded, metrics)
     page = export.pruning_report(
         metrics,
         title=f"Pruning report: {metrics.get('model')}",
@@ -174,6 +228,9 @@ def _report(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> d
         latency=lat,
         latency_note=note,
         model_card=card,
+        notes=notes,
+        **({"per_class": per_class} if per_class is not None else {}),
+        companions=companions,
     )
     export.write_bytes(args.out, page.encode("utf-8"))
     return {
@@ -181,4 +238,9 @@ def _report(args: argparse.Namespace, loaded: Any, metrics: dict[str, Any]) -> d
         "out": str(args.out),
         "bytes": len(page.encode()),
         "self_contained": export.is_self_contained(page),
+        "sections": {
+            "per_class": per_class is not None or bool(metrics.get("per_class")),
+            "companions": companions is not None,
+        },
+        **({"notes": notes} if notes else {}),
     }

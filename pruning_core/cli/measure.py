@@ -38,7 +38,15 @@ from pruning_core.errors import UserError
 from pruning_core.timing import PROTOCOL, LatencyProtocol
 from pruning_core.validate import BATCH, BINS, SMALL_COUNT, THREADS, Range
 
-__all__ = ["bench_protocol", "cmd_bench", "cmd_inspect", "dense_reference", "records", "register"]
+__all__ = [
+    "bench_protocol",
+    "cmd_bench",
+    "cmd_inspect",
+    "dense_original",
+    "dense_reference",
+    "records",
+    "register",
+]
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -185,19 +193,14 @@ def dense_reference(loaded: Any) -> tuple[nn.Module | None, str]:
     Returns:
         (model or None, description). None when the model has no known architecture.
     """
-    from pruning_core.models import get_entry, load_model
+    from pruning_core.models import get_entry
 
     meta = loaded.meta or {}
     if loaded.arch is None:
         return None, "no architecture known: dense = the model itself"
-    origin = _origin(loaded)
-    if origin and origin != loaded.source:
-        try:
-            cand = load_model(origin)
-            if cand.arch == loaded.arch and not cand.meta.get("surgery", {}).get("attrs"):
-                return cand.model, f"the unpruned original '{origin}'"
-        except (UserError, OSError, RuntimeError):
-            pass
+    original = dense_original(loaded)
+    if original is not None:
+        return original.model, f"the unpruned original '{_origin(loaded)}'"
     if not meta:
         return None, "a registry model: dense = the model itself"
     kwargs = meta.get("arch_kwargs") or loaded.arch_kwargs
@@ -207,6 +210,27 @@ def dense_reference(loaded: Any) -> tuple[nn.Module | None, str]:
         fresh,
         f"'{loaded.arch}' built fresh at full width (original not loadable; same dense work)",
     )
+
+
+def dense_original(loaded: Any) -> Any:
+    """The trained, unpruned model a pruned directory came from, when it can be loaded.
+
+    Returns:
+        Its `LoadedModel` (the name its metrics or recipe give, of the same architecture and
+        with no surgery), or None: no origin named, not loadable, or not the same network.
+    """
+    from pruning_core.models import load_model
+
+    origin = _origin(loaded)
+    if not origin or origin == loaded.source or loaded.arch is None:
+        return None
+    try:
+        cand = load_model(origin)
+    except (UserError, OSError, RuntimeError):
+        return None
+    if cand.arch != loaded.arch or cand.meta.get("surgery", {}).get("attrs"):
+        return None
+    return cand
 
 
 def _origin(loaded: Any) -> str | None:
