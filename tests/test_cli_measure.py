@@ -99,3 +99,26 @@ def test_bad_input_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) 
     assert main([*argv, "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+
+
+def test_bench_refuses_an_int8_folder_of_another_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An int8 folder is checked as a pruned one is: another network, or another input, is
+    # one line before anything runs (it was an internal RuntimeError inside the timing).
+    q = tmp_path / "mlp8"
+    assert main(["quantize", "digits-mlp", "--mode", "dynamic", "--out", str(q),
+                 "--val-limit", "32", "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    for other in ("digits-cnn", "shapes-resnet"):
+        argv = ["bench", "--model", other, "--pruned", str(q), "--backends", "onnxruntime"]
+        assert main([*argv, "--json"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "'digits-mlp' model but --model" in err, err
+    argv = ["bench", "--model", "digits-mlp", "--pruned", str(q), "--backends",
+            "dense,onnxruntime", "--repeats", "3", "--warmup", "1", "--json"]  # fmt: skip
+    code, doc = _run(capsys, *argv)
+    assert code == 0 and isinstance(doc, dict)
+    assert {r["backend"]: r["status"] for r in doc["backends"]} == {
+        "dense": "ok", "onnxruntime": "ok",
+    }  # fmt: skip

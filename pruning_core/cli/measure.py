@@ -297,16 +297,20 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         dense_loaded, _ = resolve(args)
         if is_quantized_dir(args.pruned):
             q = load_quantized(args.pruned, threads=args.threads)
-            pruned, spec = q, q.spec
+            pruned, spec, arch = q, q.spec, q.meta.get("arch")
         else:
             pruned_loaded = load_model(args.pruned)
-            if (dense_loaded.arch and pruned_loaded.arch
-                    and dense_loaded.arch != pruned_loaded.arch):  # fmt: skip
-                raise UserError(
-                    f"--pruned is a '{pruned_loaded.arch}' model but --model is "
-                    f"'{dense_loaded.arch}'"
-                )
-            pruned, spec = pruned_loaded.model, pruned_loaded.spec
+            pruned, spec, arch = pruned_loaded.model, pruned_loaded.spec, pruned_loaded.arch
+        # Both kinds of --pruned folder are checked alike before anything runs: a model of
+        # another network (or input) would fail inside the timing with an internal error.
+        if dense_loaded.arch and isinstance(arch, str) and arch and dense_loaded.arch != arch:
+            raise UserError(f"--pruned is a '{arch}' model but --model is '{dense_loaded.arch}'")
+        if (spec.channels, spec.size) != (dense_loaded.spec.channels, dense_loaded.spec.size):
+            raise UserError(
+                f"--pruned takes {spec.channels}x{spec.size}x{spec.size} images but --model "
+                f"'{args.model}' takes {dense_loaded.spec.channels}x{dense_loaded.spec.size}x"
+                f"{dense_loaded.spec.size}: give the model it was pruned from"
+            )
         dense: nn.Module | None = dense_loaded.model
         dense_note = f"--model '{args.model}'"
     elif is_quantized_dir(args.model):
