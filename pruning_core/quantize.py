@@ -79,6 +79,7 @@ __all__ = [
     "QuantizeResult",
     "QuantizedModel",
     "accuracy_within_int8_tolerance",
+    "int8_verdict",
     "is_quantized_dir",
     "load_quantized",
     "quantize",
@@ -107,6 +108,39 @@ def accuracy_within_int8_tolerance(int8_accuracy: float, float_accuracy: float) 
     return abs(int8_accuracy - float_accuracy) <= INT8_ACCURACY_TOLERANCE + 1e-9
 
 
+def int8_verdict(a: Mapping[str, Any]) -> tuple[bool, str]:
+    """The one-line verdict of a quantize result against the stated tolerance.
+
+    The same words in the app (Export page) and the CLI (`pruning-lab quantize`).
+
+    Args:
+        a: `float_accuracy`, `int8_accuracy`, `top1_agreement`, `max_abs_diff`,
+            `logit_scale`, `within_tolerance`, `n_compared` (a `QuantizeResult.to_dict()`
+            or the app job's attrs).
+
+    Returns:
+        (within the tolerance, the sentence).
+    """
+    change = 100 * (float(a["int8_accuracy"]) - float(a["float_accuracy"]))
+    agree, diff = float(a["top1_agreement"]), float(a["max_abs_diff"])
+    scale = float(a["logit_scale"])
+    checks = [
+        (accuracy_within_int8_tolerance(float(a["int8_accuracy"]), float(a["float_accuracy"])),
+         f"accuracy {change:+.2f} points (allowed ±{100 * INT8_ACCURACY_TOLERANCE:g})"),
+        (agree >= INT8_MIN_AGREEMENT,
+         f"same top-1 class on {agree:.1%} of {int(a['n_compared'])} images "
+         f"(at least {INT8_MIN_AGREEMENT:.0%})"),
+        (diff <= INT8_LOGIT_RTOL * scale,
+         f"largest logit difference {diff:.3g}, {diff / scale:.1%} of the largest float logit "
+         f"(at most {INT8_LOGIT_RTOL:.0%})"),
+    ]  # fmt: skip
+    ok = bool(a.get("within_tolerance")) and all(c for c, _ in checks)
+    if ok:
+        return True, "Within the stated int8 tolerance: " + "; ".join(t for _, t in checks) + "."
+    failed = [t for c, t in checks if not c]
+    return False, "Outside the stated int8 tolerance: " + "; ".join(failed) + "."
+
+
 _MAX_META_BYTES = 1 << 20
 _MAX_ONNX_BYTES = 2 << 30
 
@@ -123,7 +157,8 @@ class QuantizeConfig:
         activation_type: `uint8` (default, U8S8: ONNX Runtime's fast x86 path) or `int8`
             (S8S8), for `static`.
         val_limit: Evaluate on only the first `val_limit` validation images (None: all).
-        compare_images: Validation images on which the int8 and float logits are compared.
+        compare_images: Validation images on which the int8 and float logits are compared
+            (at most `val_limit` of them).
 
     Raises:
         UserError: An unknown mode or activation type, or a count out of range.
@@ -423,7 +458,9 @@ def quantize(
     out = Path(out)
     check_output_dir(out)
     data.check_spec(spec)
-    x_val, _ = data.tensors("val", spec, limit=config.compare_images)
+    # The logits are compared on images the accuracy also counts: never more than val_limit.
+    n_compare = min(config.compare_images, config.val_limit or config.compare_images)
+    x_val, _ = data.tensors("val", spec, limit=n_compare)
     if not len(x_val):
         raise UserError(f"dataset {data.name} has no validation images to measure int8 accuracy")
     with tempfile.TemporaryDirectory(prefix="pruning-lab-int8-") as tmp:

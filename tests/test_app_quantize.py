@@ -14,8 +14,7 @@ import torch
 from apptest_helpers import find_chart
 from streamlit.testing.v1 import AppTest
 
-from pruning_core.quantize import INT8_ACCURACY_TOLERANCE, load_quantized
-from ui.quantize_panel import int8_verdict
+from pruning_core.quantize import INT8_ACCURACY_TOLERANCE, int8_verdict, load_quantized
 from ui.texts_runtime import QUANT_EXPLAINED
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -164,3 +164,24 @@ def test_a_change_of_exactly_the_tolerance_in_whole_images_is_within() -> None:
     assert accuracy_within_int8_tolerance(177 / 200, 173 / 200)
     assert accuracy_within_int8_tolerance(173 / 200, 177 / 200)
     assert not accuracy_within_int8_tolerance(178 / 200, 173 / 200)
+
+
+def test_cli_warns_outside_the_tolerance_and_compares_within_val_limit(
+    cli: Callable[..., tuple[int, str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tolerance no int8 model meets (logits must not move at all): the folder is still
+    # written, but the CLI says so, in the app's words, on stderr and in the JSON.
+    import pruning_core.quantize as q
+
+    monkeypatch.setattr(q, "INT8_LOGIT_RTOL", 0.0)
+    out = tmp_path / "q"
+    code, stdout, stderr = cli("quantize", "digits-mlp", "--mode", "dynamic", "--out", str(out),
+                               "--val-limit", "100", "--json")  # fmt: skip
+    assert code == 0
+    doc = json.loads(stdout)
+    assert doc["within_tolerance"] is False
+    assert doc["verdict"].startswith("Outside the stated int8 tolerance: largest logit")
+    assert stderr.startswith("warning: ") and "Outside the stated int8 tolerance" in stderr
+    # --val-limit bounds every comparison: the logits are compared on the images counted.
+    assert doc["n_val"] == 100 and doc["n_compared"] == 100
+    assert load_quantized(out).mode == "dynamic"

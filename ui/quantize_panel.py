@@ -36,12 +36,10 @@ from pruning_core.ort import to_ort
 from pruning_core.plots_runtime import int8_figure
 from pruning_core.quantize import (
     INT8_ACCURACY_TOLERANCE,
-    INT8_LOGIT_RTOL,
-    INT8_MIN_AGREEMENT,
     QUANT_META_FILE,
     QUANT_ONNX_FILE,
     QuantizeConfig,
-    accuracy_within_int8_tolerance,
+    int8_verdict,
     quantize,
 )
 from pruning_core.spec import InputSpec
@@ -53,7 +51,6 @@ from ui.tradeoff_jobs import Measurement
 __all__ = [
     "QUANT_BATCHES",
     "SLOT",
-    "int8_verdict",
     "quantize_job",
     "quantize_panel",
     "zip_quantized",
@@ -162,36 +159,6 @@ def quantize_job(
 
     settings = {"mode": mode, "source": source, "val_limit": val_limit}
     return Measurement(run, f"int8 {mode} quantization", settings)
-
-
-def int8_verdict(a: Mapping[str, Any]) -> tuple[bool, str]:
-    """The one-line verdict of a quantize result against the stated tolerance.
-
-    Args:
-        a: The job's attrs (`float_accuracy`, `int8_accuracy`, `top1_agreement`,
-            `max_abs_diff`, `logit_scale`, `within_tolerance`, `n_compared`).
-
-    Returns:
-        (within the tolerance, the sentence).
-    """
-    change = 100 * (float(a["int8_accuracy"]) - float(a["float_accuracy"]))
-    agree, diff = float(a["top1_agreement"]), float(a["max_abs_diff"])
-    scale = float(a["logit_scale"])
-    checks = [
-        (accuracy_within_int8_tolerance(float(a["int8_accuracy"]), float(a["float_accuracy"])),
-         f"accuracy {change:+.2f} points (allowed ±{100 * INT8_ACCURACY_TOLERANCE:g})"),
-        (agree >= INT8_MIN_AGREEMENT,
-         f"same top-1 class on {agree:.1%} of {int(a['n_compared'])} images "
-         f"(at least {INT8_MIN_AGREEMENT:.0%})"),
-        (diff <= INT8_LOGIT_RTOL * scale,
-         f"largest logit difference {diff:.3g}, {diff / scale:.1%} of the largest float logit "
-         f"(at most {INT8_LOGIT_RTOL:.0%})"),
-    ]  # fmt: skip
-    ok = bool(a.get("within_tolerance")) and all(c for c, _ in checks)
-    if ok:
-        return True, "Within the stated int8 tolerance: " + "; ".join(t for _, t in checks) + "."
-    failed = [t for c, t in checks if not c]
-    return False, "Outside the stated int8 tolerance: " + "; ".join(failed) + "."
 
 
 def _start(build: Any, selection: tuple[str, str]) -> None:

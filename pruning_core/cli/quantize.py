@@ -10,6 +10,7 @@ folder that Pruning Lab did not write (`fsio.check_output_dir`).
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,10 @@ def _dataset_ref(args: argparse.Namespace, meta: dict[str, Any]) -> str:
 
 def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     """Quantize, measure, write; returns what was measured."""
+    from pruning_core.cli.common import warn_mismatch
     from pruning_core.data import load_dataset
     from pruning_core.models import load_model
-    from pruning_core.quantize import QuantizeConfig, is_quantized_dir, quantize
+    from pruning_core.quantize import QuantizeConfig, int8_verdict, is_quantized_dir, quantize
 
     check_output_dir(args.out)  # before any model is loaded: never over someone's own folder
     if is_quantized_dir(args.model):
@@ -103,6 +105,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     ds = _dataset_ref(args, meta)
     data = load_dataset(ds)
     data.check_spec(loaded.spec)
+    if args.dataset:
+        warn_mismatch(args.model, ds)
     extra = {
         "arch": loaded.arch,
         "arch_kwargs": meta.get("arch_kwargs") or loaded.arch_kwargs,
@@ -111,10 +115,16 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     result = quantize(
         loaded.model, loaded.spec, data, args.out, config, source=args.model, extra_meta=extra
     )
+    ok, verdict = int8_verdict({**result.to_dict(), "int8_accuracy": result.accuracy})
+    if not ok:
+        # Written all the same (the user may still want it), but never silently: the app says
+        # the same sentence in a warning box.
+        warnings.warn(f"{args.out}: {verdict}", stacklevel=1)
     return {
         "model": args.model,
         "dataset": ds,
         **result.to_dict(),
+        "verdict": verdict,
         "tolerance": (
             "int8 top-1 within 2 points of float, agreement >= 0.95, max |logit diff| <= 0.25 "
             "x max |float logit|"
