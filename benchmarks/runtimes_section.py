@@ -29,7 +29,7 @@ import torch
 
 from benchmarks.run import Ctx, Section, Target
 
-__all__ = ["RUNTIME_BATCHES", "RUNTIME_MODELS", "section_runtimes"]
+__all__ = ["RUNTIME_BATCHES", "RUNTIME_MODELS", "int8_vs_float_note", "section_runtimes"]
 
 RUNTIME_BATCHES = (1, 32)
 # model -> (dataset, granularity that shrinks it at ratio 0.5)
@@ -102,6 +102,7 @@ def section_runtimes(ctx: Ctx) -> Section:
             )
             sec.notes += notes
             eager_acc: dict[str, float] = {}
+            float_ort: dict[str, Any] = {}
             for label, model in models.items():
                 int8 = isinstance(model, QuantizedModel)
                 acc: dict[str, float | None] = {"eager": None}
@@ -111,14 +112,16 @@ def section_runtimes(ctx: Ctx) -> Section:
                     acc["eager"] = eager_acc[label] = evaluate(model, data, spec,
                                                                limit=limit).accuracy  # fmt: skip
                     ort_model = to_ort(model, data.tensors("val", spec, limit=8)[0], spec=spec)
+                    float_ort[label] = ort_model
+                source = "dense" if label == "int8 static" else label.removesuffix(" + int8 static")
                 acc["onnxruntime"] = evaluate(ort_model, data, spec, device=cpu,
                                               limit=limit).accuracy  # fmt: skip
                 for b in RUNTIME_BATCHES:
                     x = torch.randn(b, spec.channels, spec.size, spec.size,
                                     generator=torch.Generator().manual_seed(ctx.seed))  # fmt: skip
                     sec.rows += _timed(name, label, model, models["dense"], ort_model, x,
-                                       protocol, acc)  # fmt: skip
-                source = "dense" if label == "int8 static" else label.removesuffix(" + int8 static")
+                                       protocol, acc,
+                                       float_ort.get(source) if int8 else None)  # fmt: skip
                 if int8 and acc["onnxruntime"] is not None and source in eager_acc:
                     sec.targets.append(Target(
                         f"{name} {label}: |accuracy through ONNX Runtime - float {source}| "
@@ -126,6 +129,7 @@ def section_runtimes(ctx: Ctx) -> Section:
                         abs(acc["onnxruntime"] - eager_acc[source]), INT8_ACCURACY_TOLERANCE,
                         "<=", "acc",
                     ))  # fmt: skip
+    sec.notes.append(int8_vs_float_note(sec.rows))
     sec.notes.append(
         f"Latency: {protocol.describe(device='cpu')}; every model is timed in the same "
         "interleaved rounds as the dense model run eagerly (`benchmark_backends`; "
@@ -133,7 +137,11 @@ def section_runtimes(ctx: Ctx) -> Section:
         "ONNX Runtime with intra_op_num_threads 1, sequential execution, all graph "
         "optimisations. One run on a shared 2-core machine: medians move with its load, p10 is "
         "the least disturbed call (p10_speedup: dense p10 / this p10). Speed is claimed only "
-        "where the p10-p90 ranges are apart (vs_dense_eager)."
+        "where the p10-p90 ranges are apart (vs_dense_eager). An int8 model is also timed "
+        "against its float source in ONNX Runtime, the two in interleaved rounds of their own "
+        "(float_ort_ms and int8_ort_ms, medians of those rounds; vs_float_onnxruntime): int8 is not always the faster way to "
+        "run a model in ONNX Runtime (quantize and dequantize nodes around every layer cost "
+        "more than small matrix products save)."
     )
     sec.notes.append(
         "Why runtimes differ: ONNX Runtime folds BatchNorm into convolutions, fuses operators and "
@@ -152,6 +160,20 @@ def section_runtimes(ctx: Ctx) -> Section:
     return sec
 
 
+def int8_vs_float_note(rows: list[dict[str, Any]]) -> str:
+    """One sentence per model from the rows: is int8 faster than float in ONNX Runtime?"""
+    said = [
+        f"{r['model']} {r['variant']} at batch {r['batch']}: {r['int8_ort_ms']:.3g} ms against "
+        f"{r['float_ort_ms']:.3g} ms float ({r['vs_float_onnxruntime']})"
+        for r in rows
+        if r.get("vs_float_onnxruntime")
+    ]
+    return (
+        "int8 against its float source, both in ONNX Runtime: " + "; ".join(said) + ". Where "
+        "int8 is not faster, the float model in ONNX Runtime is the faster deployment."
+    )
+
+
 def _timed(
     name: str,
     label: str,
@@ -161,12 +183,15 @@ def _timed(
     x: torch.Tensor,
     protocol: Any,
     acc: dict[str, float | None],
+    float_ort: Any = None,
 ) -> list[dict[str, Any]]:
     """The eager and ONNX Runtime rows of one model at one batch, each against the dense model
     run eagerly in the same interleaved rounds (`benchmark_backends`), so a load spike of the
-    shared machine hits the reference and the model alike."""
-    from pruning_core.latency import benchmark_backends
+    shared machine hits the reference and the model alike. An int8 model's ONNX Runtime row is
+    also timed against `float_ort` (its float source in ONNX Runtime) in rounds of their own."""
+    from pruning_core.latency import benchmark_backends, time_interleaved
     from pruning_core.quantize import QuantizedModel
+    from pruning_core.timing import compare
 
     if label == "dense":
         df = benchmark_backends(model, x, backends=("dense", "onnxruntime"), protocol=protocol,
@@ -199,5 +224,18 @@ def _timed(
             speedup_vs_dense_eager=ref["median_ms"] / r["median_ms"],
             p10_speedup=ref["p10_ms"] / r["p10_ms"], reason=r["reason"],
         )  # fmt: skip
+        if runtime == "onnxruntime" and float_ort is not None and r["status"] == "ok":
+            assert isinstance(model, QuantizedModel)
+            runners = {
+                "float": (float_ort.with_settings(threads=protocol.threads, device="cpu"), x),
+                "int8": (model.with_settings(threads=protocol.threads, device="cpu"), x),
+            }
+            with torch.inference_mode():
+                lat = time_interleaved(runners, protocol=protocol)
+            rec.update(
+                float_ort_ms=lat["float"].median_ms,
+                int8_ort_ms=lat["int8"].median_ms,
+                vs_float_onnxruntime=compare(lat["float"], lat["int8"]).text,
+            )
         out.append(rec)
     return out
