@@ -133,7 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "(set PRUNING_LAB_DEBUG=1 for a traceback)\n"
             )
             return 1
-    for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+    # The tool's own warnings (UserWarning) are sentences for the user; a library's keep their
+    # category, which says where they come from.
+    said = (str(w.message) if w.category is UserWarning else f"{w.category.__name__}: {w.message}"
+            for w in caught)  # fmt: skip
+    for message in dict.fromkeys(said):
         if debug or not getattr(args, "quiet", False):
             sys.stderr.write(f"warning: {message.splitlines()[0]}\n")
     if text is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pruning_core.checkpoint import save_model_dir
-from pruning_core.cli.common import add_model_args, resolve, stderr_progress
+from pruning_core.cli.common import add_model_args, resolve, stderr_progress, warn_mismatch
 from pruning_core.data import list_datasets, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
@@ -126,7 +126,21 @@ def cmd_datasets(args: argparse.Namespace) -> Any:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.device import resolve_device
+    from pruning_core.quantize import is_quantized_dir, load_quantized
 
+    if is_quantized_dir(args.model):
+        # An int8 folder (from `quantize`) runs only in ONNX Runtime, on the CPU: measured
+        # through the runtime that runs it, as `quantize` measured it.
+        import torch
+
+        q = load_quantized(args.model)
+        int8_data = load_dataset(args.dataset)
+        int8_data.check_spec(q.spec)
+        warn_mismatch(args.model, args.dataset)
+        res = evaluate(q, int8_data, q.spec, split=args.split, device=torch.device("cpu"),
+                       limit=args.limit)  # fmt: skip
+        return {"model": args.model, "dataset": args.dataset, "split": args.split,
+                "runtime": f"ONNX Runtime (int8 {q.mode}, CPU)", **res.to_dict()}  # fmt: skip
     loaded, data = resolve(args)
     assert data is not None
     device = resolve_device(args.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from pruning_core.checkpoint import CHECKPOINT_SUFFIXES
 from pruning_core.data import DataBundle, load_dataset
@@ -21,6 +22,7 @@ __all__ = [
     "granularity_name",
     "resolve",
     "stderr_progress",
+    "warn_mismatch",
 ]
 
 # `--warmup`: checked as a recipe file's `warmup` is (and `TrainConfig`), [0, 1): one range.
@@ -96,7 +98,17 @@ def resolve(args: argparse.Namespace) -> tuple[LoadedModel, DataBundle | None]:
     )
     if data is not None:
         data.check_spec(loaded.spec)
+        warn_mismatch(args.model, args.dataset)
     return loaded, data
+
+
+def warn_mismatch(model_ref: str, dataset_ref: str) -> None:
+    """Warn (once, after the command's output) when the dataset is not the model's own."""
+    from pruning_core.pairing import dataset_mismatch
+
+    note = dataset_mismatch(str(model_ref), str(dataset_ref))
+    if note:
+        warnings.warn(note, stacklevel=2)
 
 
 def criterion_name(text: str) -> str:

@@ -1,0 +1,77 @@
+"""Which dataset goes with a model, for the app and the CLI alike.
+
+A model's *home* dataset is the registry's `default_dataset` for a named model, or the
+`dataset` its folder names (`model.json` of sample models, `train` and `prune` outputs and
+prepared architectures; `quantized.json` of an int8 folder). Unknown homes (a bare checkpoint,
+a library architecture) are never flagged. A dataset of the same class count feeds any model
+(images are resized and converted), so a mismatch is a warning, not an error: the accuracy
+of a model on data it was not trained for says little about pruning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pruning_core.checkpoint import META_FILE
+from pruning_core.errors import UserError
+from pruning_core.models import get_entry
+
+__all__ = ["dataset_mismatch", "home_dataset"]
+
+
+def home_dataset(model_ref: str) -> str | None:
+    """The dataset `model_ref` was trained or built for, or None when nothing says.
+
+    Args:
+        model_ref: A registry name, a model folder or an int8 folder (a checkpoint file or a
+            library architecture has no known home).
+
+    Returns:
+        The dataset reference its registry entry or folder names, or None. Never raises: an
+        unreadable folder or an unknown name has no known home.
+    """
+    from pruning_core.quantize import QUANT_META_FILE
+
+    path = Path(model_ref)
+    if path.is_dir():
+        for name in (META_FILE, QUANT_META_FILE):
+            try:
+                meta = json.loads((path / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            named = meta.get("dataset") if isinstance(meta, dict) else None
+            return named if isinstance(named, str) and named else None
+        return None
+    if path.exists() or ":" in model_ref:  # a checkpoint file or a library architecture
+        return None
+    try:
+        return get_entry(model_ref).default_dataset
+    except UserError:
+        return None
+
+
+def dataset_mismatch(model_ref: str, dataset_ref: str) -> str | None:
+    """One line when `dataset_ref` is not the dataset the model was trained for, else None.
+
+    Args:
+        model_ref: As `home_dataset` takes it.
+        dataset_ref: The dataset reference given (a registry name, `idx:DIR`, ...).
+
+    Returns:
+        The sentence, only when both the home and `dataset_ref` are registry datasets and
+        differ (a path is never flagged: it may hold the very data of a registry name).
+    """
+    from pruning_core.data import list_datasets
+
+    home = home_dataset(model_ref)
+    names = {d.name for d in list_datasets()}
+    # Only two different registry names are surely different data: `idx:DIR` may well be
+    # the MNIST a `mnist` model was trained on, and a folder's path may be written two ways.
+    if home is None or home == dataset_ref or home not in names or dataset_ref not in names:
+        return None
+    name = Path(model_ref).name if Path(model_ref).is_dir() else model_ref
+    return (
+        f"{name} was trained on {home}, not on {dataset_ref}: its accuracy here says little "
+        f"about pruning (pick {home}, or fine-tune it on {dataset_ref} first)."
+    )

@@ -1,0 +1,59 @@
+"""The CLI says when a model is measured on a dataset it was not trained for (the app's words,
+`pruning_core.pairing`), and reopens an int8 folder for `evaluate` through ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pruning_core.pairing import dataset_mismatch, home_dataset
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+def test_mismatch_only_between_two_registry_datasets() -> None:
+    assert dataset_mismatch("digits-mlp", "digits") is None
+    said = dataset_mismatch("shapes-resnet", "digits")
+    assert said is not None and said.startswith("shapes-resnet was trained on shapes, not on")
+    # A path may hold the very data of the registry name: never flagged.
+    assert dataset_mismatch("lenet5", "idx:../shared/data/mnist") is None
+    assert dataset_mismatch("no-such-model", "digits") is None
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pruning_core.cli import main
+
+    out = tmp_path_factory.mktemp("q") / "mlp8"
+    assert main(["quantize", "digits-mlp", "--mode", "dynamic", "--out", str(out),
+                 "--val-limit", "64", "--json"]) == 0  # fmt: skip
+    return out
+
+
+def test_evaluate_warns_on_another_dataset(cli: Cli, int8_dir: Path) -> None:
+    code, out, err = cli("evaluate", "--model", "digits-mlp", "--dataset", "shapes",
+                         "--limit", "32", "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["n"] == 32
+    assert err.strip() == f"warning: {dataset_mismatch('digits-mlp', 'shapes')}"
+    code, out, err = cli("evaluate", "--model", "digits-mlp", "--dataset", "digits",
+                         "--limit", "32", "--json")  # fmt: skip
+    assert code == 0 and err == ""
+    # An int8 folder names its home in quantized.json, and is flagged alike.
+    assert home_dataset(str(int8_dir)) == "digits"
+    code, _, err = cli("evaluate", "--model", str(int8_dir), "--dataset", "shapes", "--limit",
+                       "16")  # fmt: skip
+    assert code == 0 and "mlp8 was trained on digits, not on shapes" in err
+
+
+def test_evaluate_reopens_an_int8_folder_through_onnx_runtime(cli: Cli, int8_dir: Path) -> None:
+    code, out, err = cli("evaluate", "--model", str(int8_dir), "--dataset", "digits",
+                         "--limit", "64", "--json")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["runtime"] == "ONNX Runtime (int8 dynamic, CPU)" and doc["n"] == 64
+    # The same number `quantize` measured on the same images, through the same runtime.
+    measured = json.loads((int8_dir / "quantized.json").read_text())["measured"]
+    assert doc["accuracy"] == pytest.approx(measured["int8_accuracy"], abs=1e-9)
