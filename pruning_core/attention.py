@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,9 @@ __all__ = [
     "attention_modules",
     "convertible_attention",
     "has_attention",
+    "head_cols",
     "head_count",
+    "head_rows",
     "head_structured_linears",
     "head_structured_parents",
     "opaque_attention_layers",
@@ -132,15 +134,43 @@ def as_attention(m: nn.Module) -> Attention:
     return new.to(qkv.weight.device)
 
 
+def _linear_like(m: Any) -> bool:
+    from pruning_core.layers import LowRankLinear
+
+    return isinstance(m, nn.Linear | LowRankLinear)
+
+
+def head_rows(m: Any) -> tuple[str, nn.Linear]:
+    """The Linear whose output rows are an attention layer's heads' q, k and v, and its name
+    relative to the attention: `qkv`, or `qkv.1` (the output factor) when low rank."""
+    from pruning_core.layers import LowRankLinear
+
+    if isinstance(m.qkv, LowRankLinear):
+        return "qkv.1", cast(nn.Linear, m.qkv[1])
+    return "qkv", m.qkv
+
+
+def head_cols(m: Any) -> tuple[str, nn.Linear]:
+    """The Linear whose input columns are an attention layer's heads' outputs, and its name
+    relative to the attention: `proj`, or `proj.0` (the input factor) when low rank."""
+    from pruning_core.layers import LowRankLinear
+
+    if isinstance(m.proj, LowRankLinear):
+        return "proj.0", cast(nn.Linear, m.proj[0])
+    return "proj", m.proj
+
+
 def attention_modules(model: nn.Module) -> list[tuple[str, Any]]:
-    """Attention layers with `num_heads`, `head_dim` and Linear `qkv`/`proj`."""
+    """Attention layers with `num_heads`, `head_dim` and `qkv`/`proj` that are Linear or
+    low-rank Linear (`layers.LowRankLinear`: a factorised model keeps its heads)."""
     out = []
     for n, m in model.named_modules():
-        qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+        qkv: Any = getattr(m, "qkv", None)
+        proj: Any = getattr(m, "proj", None)
         h, d = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
         if (
-            isinstance(qkv, nn.Linear)
-            and isinstance(proj, nn.Linear)
+            _linear_like(qkv)
+            and _linear_like(proj)
             and isinstance(h, int)
             and isinstance(d, int)
             and qkv.out_features == 3 * h * d

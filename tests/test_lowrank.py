@@ -218,6 +218,44 @@ def test_combined_with_channel_pruning_both_ways(tmp_path: Path) -> None:
         torch.testing.assert_close(back.model(x), lr.eval()(x), rtol=0, atol=0)
 
 
+def test_combined_with_head_pruning_both_ways(tmp_path: Path) -> None:
+    lm = load_model("shapes-vit")
+    x = _x(lm.spec.channels, lm.spec.size)
+    heads = {n: m.num_heads for n, m in lm.model.named_modules() if hasattr(m, "num_heads")}
+    # Low rank first, then heads: a factorised qkv loses its output factor's rows and a
+    # factorised proj its input factor's columns; the bottlenecks keep their rank.
+    lr = copy.deepcopy(lm.model)
+    prune_(lr, PruneConfig(granularity="lowrank", ratio=0.6), spec=lm.spec)
+    attn = {n: m for n, m in lr.named_modules() if n in heads}
+    assert all(isinstance(m.qkv, LowRankLinear) for m in attn.values())
+    ranks = {n: (m.qkv.rank, m.proj.rank) for n, m in attn.items()}
+    before = count_params(lr)
+    # The masked preview is the function of the shrunk model.
+    preview = copy.deepcopy(lr)
+    prune_(
+        preview, PruneConfig(granularity="head", ratio=0.5, structured_mode="mask"), spec=lm.spec
+    )
+    prune_(lr, PruneConfig(granularity="head", ratio=0.5), spec=lm.spec)
+    assert {n: m.num_heads for n, m in attn.items()} == {n: h // 2 for n, h in heads.items()}
+    assert {n: (m.qkv.rank, m.proj.rank) for n, m in attn.items()} == ranks
+    assert count_params(lr) < before
+    with torch.no_grad():
+        torch.testing.assert_close(lr.eval()(x), preview.eval()(x), rtol=1e-5, atol=1e-5)
+    back = _save(lm, lr, tmp_path / "lr-head")
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(x), lr(x), rtol=0, atol=0)
+    # Heads first, then low rank on the reopened folder.
+    hd = copy.deepcopy(lm.model)
+    prune_(hd, PruneConfig(granularity="head", ratio=0.5), spec=lm.spec)
+    hd_back = _save(lm, hd, tmp_path / "head")
+    both = copy.deepcopy(hd_back.model)
+    prune_(both, PruneConfig(granularity="lowrank", ratio=0.6), spec=lm.spec)
+    assert count_params(both) < count_params(hd)
+    back = _save(lm, both, tmp_path / "head-lr")
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(x), both.eval()(x), rtol=0, atol=0)
+
+
 def test_surgery_records_are_checked() -> None:
     where = "DIR/model.json"
     ok = check_surgery({"lowrank": {"fc": {"in": 4, "rank": 2, "out": 3}}}, where)

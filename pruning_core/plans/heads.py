@@ -2,7 +2,9 @@
 
 Heads of attention modules with `num_heads`, `head_dim` and Linear `qkv`/`proj` (the sample
 ViT's `Attention`, `models.architectures.SelfAttention`): rows of `qkv`, columns of `proj`, and
-`num_heads` updated. A head's score is the sum of the criterion's scores of its query, key and
+`num_heads` updated. A low-rank `qkv`/`proj` (`layers.LowRankLinear`, after low-rank
+factorisation) loses the rows of its output factor and the columns of its input factor: the
+bottlenecks keep their rank. A head's score is the sum of the criterion's scores of its query, key and
 value rows (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"). torchvision ViTs'
 `nn.MultiheadAttention` is first swapped, exactly, for the same attention with its own
 `qkv`/`proj` (`SelfAttention`), since MHA cannot shrink.
@@ -21,7 +23,9 @@ from pruning_core.attention import (
     attention_modules,
     convertible_attention,
     has_attention,
+    head_cols,
     head_count,
+    head_rows,
 )
 from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError
@@ -99,9 +103,10 @@ class HeadPlan(GroupPlan):
             n: m for n, m in found if not ({n, f"{n}.qkv", f"{n}.proj"} & skip)
         }
         self.units = [
-            Unit(n, int(m.num_heads), members=(f"{n}.qkv", f"{n}.proj"), roundable=False)
+            Unit(n, int(m.num_heads), members=(f"{n}.{head_rows(m)[0]}", f"{n}.{head_cols(m)[0]}"),
+                 roundable=False)
             for n, m in self.attn.items()
-        ]
+        ]  # fmt: skip
         if not self.units:
             raise UserError("every attention layer is in the ignore list: nothing to prune")
         self._check_weights()
@@ -122,16 +127,16 @@ class HeadPlan(GroupPlan):
         scores: Mapping[str, torch.Tensor] | None = None,
         zeros_first: bool = True,
     ) -> None:
-        layers = {f"{n}.qkv": m.qkv for n, m in self.attn.items()}
+        layers = {f"{n}.{head_rows(m)[0]}": head_rows(m)[1] for n, m in self.attn.items()}
         channel = criterion.channel_scores(self.model, layers, data, spec)
         for u in self.units:
             m = self.attn[u.name]
-            s = channel[f"{u.name}.qkv"].view(3, m.num_heads, m.head_dim)
+            s = channel[f"{u.name}.{head_rows(m)[0]}"].view(3, m.num_heads, m.head_dim)
             u.scores = s.sum(dim=(0, 2)).float()
         self._check_scores()
 
     def layers(self) -> list[str]:
-        return [f"{n}.{p}" for n in self.attn for p in ("qkv", "proj")]
+        return [f"{n}.{f(m)[0]}" for n, m in self.attn.items() for f in (head_rows, head_cols)]
 
     def work_modules(self) -> list[str]:
         return list(self.attn)
@@ -158,7 +163,7 @@ class HeadPlan(GroupPlan):
             m = self.attn[name]
             keep = [k for k in range(m.num_heads) if k not in set(heads)]
             rows, cols = self._rows_cols(m, keep)
-            qkv, proj = m.qkv, m.proj
+            qkv, proj = head_rows(m)[1], head_cols(m)[1]
             qkv.weight = nn.Parameter(
                 qkv.weight[rows.to(qkv.weight.device)].clone(), qkv.weight.requires_grad
             )
@@ -181,16 +186,17 @@ class HeadPlan(GroupPlan):
         for name, heads in selection.items():
             m = self.attn[name]
             rows, cols = self._rows_cols(m, heads)
-            mq = torch.ones(m.qkv.weight.shape, dtype=torch.bool)
+            (qn, qkv), (pn, proj) = head_rows(m), head_cols(m)
+            mq = torch.ones(qkv.weight.shape, dtype=torch.bool)
             mq[rows] = False
-            mp = torch.ones(m.proj.weight.shape, dtype=torch.bool)
+            mp = torch.ones(proj.weight.shape, dtype=torch.bool)
             mp[:, cols] = False
-            out[f"{name}.qkv"], out[f"{name}.proj"] = mq, mp
+            out[f"{name}.{qn}"], out[f"{name}.{pn}"] = mq, mp
             if apply:
                 # Zero q, k, v (and their biases) of a removed head: its output is then exactly 0,
                 # as if it were gone.
-                m.qkv.weight[rows.to(m.qkv.weight.device)] = 0.0
-                if m.qkv.bias is not None:
-                    m.qkv.bias[rows.to(m.qkv.bias.device)] = 0.0
-                m.proj.weight[:, cols.to(m.proj.weight.device)] = 0.0
+                qkv.weight[rows.to(qkv.weight.device)] = 0.0
+                if qkv.bias is not None:
+                    qkv.bias[rows.to(qkv.bias.device)] = 0.0
+                proj.weight[:, cols.to(proj.weight.device)] = 0.0
         return out
