@@ -352,6 +352,15 @@ class Recipe:
             UserError: A missing model, dataset, criterion or granularity, or any invalid value.
         """
         s = dict(s)
+        if not s.get("method") and s.get("granularity"):
+            # A granularity that takes one criterion (low rank: singular values are magnitudes)
+            # needs no --method.
+            from pruning_core.prune import list_methods
+
+            g = get_plan(str(s["granularity"]))[0].name
+            fit = [m.name for m in list_methods() if g in m.granularities]
+            if len(fit) == 1:
+                s["method"] = fit[0]
         for k in ("model", "dataset", "method", "granularity"):
             if not s.get(k):
                 raise UserError(f"--{k} is required (or --recipe FILE)")

@@ -119,3 +119,16 @@ def test_subprocess_ratio_one_exits_2_without_traceback(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_low_rank_needs_no_method(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Low rank takes one criterion (a component's magnitude is its singular value): --method
+    # may be left out; a granularity that takes many still needs one, in one line.
+    code, out, err = cli("prune", "--model", "digits-mlp", "--dataset", "digits", "--granularity",
+                         "lowrank", "--ratio", "0.5", "--out", str(tmp_path / "lr"), "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["method"] == "magnitude"
+    code, out, err = cli("prune", "--model", "digits-mlp", "--dataset", "digits", "--granularity",
+                         "channel", "--ratio", "0.5", "--out", str(tmp_path / "ch"))  # fmt: skip
+    assert code == 2 and err.strip() == "error: --method is required (or --recipe FILE)"
+    assert not (tmp_path / "ch").exists()

@@ -185,3 +185,17 @@ def test_cli_warns_outside_the_tolerance_and_compares_within_val_limit(
     # --val-limit bounds every comparison: the logits are compared on the images counted.
     assert doc["n_val"] == 100 and doc["n_compared"] == 100
     assert load_quantized(out).mode == "dynamic"
+
+
+@pytest.mark.parametrize("option", [["--calib-batches", "8"], ["--activation-type", "int8"]])
+def test_cli_refuses_calibration_settings_for_dynamic(
+    cli: Callable[..., tuple[int, str, str]], tmp_path: Path, option: list[str]
+) -> None:
+    out = tmp_path / "q"
+    code, stdout, stderr = cli("quantize", "digits-mlp", "--mode", "dynamic", "--out", str(out),
+                               *option)  # fmt: skip
+    assert code == 2 and stdout == "" and not out.exists()
+    assert (
+        stderr.strip() == f"error: {option[0]} applies to --mode static only (dynamic needs "
+        "no calibration)"
+    )

@@ -44,7 +44,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calib-batches",
         type=Range(integer=True, lo=1, hi=1000),
-        default=4,
+        default=None,
         help="static: calibration batches of 128 images (default 4)",
     )
     p.add_argument(
@@ -53,7 +53,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--activation-type",
         choices=["uint8", "int8"],
-        default="uint8",
+        default=None,
         help="static: activation type (uint8: ONNX Runtime's fast x86 path, the default)",
     )
     p.add_argument(
@@ -89,11 +89,17 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     check_output_dir(args.out)  # before any model is loaded: never over someone's own folder
     if is_quantized_dir(args.model):
         raise UserError(f"{args.model} is already an int8 model; quantize its float original")
+    static_only = {"--calib-batches": args.calib_batches, "--activation-type": args.activation_type}
+    given = [k for k, v in static_only.items() if v is not None]
+    if args.mode == "dynamic" and given:
+        # Dynamic quantization measures activation ranges on each call: a calibration setting
+        # would be silently ignored.
+        raise UserError(f"{given[0]} applies to --mode static only (dynamic needs no calibration)")
     config = QuantizeConfig(
         mode=args.mode,
-        calib_batches=args.calib_batches,
+        calib_batches=args.calib_batches or QuantizeConfig.calib_batches,
         per_channel=not args.per_tensor,
-        activation_type=args.activation_type,
+        activation_type=args.activation_type or QuantizeConfig.activation_type,
         val_limit=args.val_limit,
     )
     loaded = load_model(args.model)
