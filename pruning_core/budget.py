@@ -326,6 +326,10 @@ def parse_budget(text: str) -> Budget:
             f"budget {shown(text, 60)!r}: unknown quantity {shown(quantity, 30)!r} (choose from "
             f"{', '.join(QUANTITIES)})"
         )
+    if not raw:
+        raise UserError(f"budget {shown(text, 60)!r}: no value after '=' ({_EXAMPLE})")
+    if raw.startswith("-") and _VALUE.match(raw[1:]):
+        raise UserError(f"budget {shown(text, 60)!r}: the value must be > 0")
     m = _VALUE.match(raw)
     if m is None:
         raise UserError(
@@ -336,8 +340,15 @@ def parse_budget(text: str) -> Budget:
     if not math.isfinite(number) or number <= 0:
         raise UserError(f"budget {shown(text, 60)!r}: the value must be > 0")
     kw: dict[str, Any] = {}
-    for opt in options:
-        key, _, val = (s.strip() for s in opt.partition("="))
+    for opt in (o for o in options if o):  # a trailing comma is no option
+        key, eq, val = (s.strip() for s in opt.partition("="))
+        if not eq:
+            # "params=1,000": a thousands separator reads as an option.
+            raise UserError(
+                f"budget {shown(text, 60)!r}: {shown(opt, 20)!r} after a comma is not an option "
+                "NAME=VALUE (write numbers without thousands separators: params=1000 or "
+                "params=1K)"
+            )
         if quantity != "latency":
             raise UserError(
                 f"budget {shown(text, 60)!r}: {shown(key, 20)!r} applies to latency budgets only"
@@ -578,6 +589,9 @@ class BudgetResult:
                 f"dense {lat.dense_median_ms:.2f} ms (p10 {lat.dense_p10_ms:.2f}, p90 "
                 f"{lat.dense_p90_ms:.2f}), target {lat.target_ms:.2f} ms; {lat.protocol}"
             )
+        if self.notes:
+            # Which candidate won and why: the app shows these notes under its result too.
+            out["budget notes"] = "; ".join(self.notes)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -1457,15 +1471,18 @@ def _choose(
         })  # fmt: skip
     names, chosen = unique[best]
     words = "; ".join(
-        f"{r['candidate']} {r['calib_accuracy']:.4f} -> {r['recovered_accuracy']:.4f}"
+        # Names hold commas ("searched, cap 0.9"): quoted, and the same selection found by
+        # several names said once.
+        f'"{ns[0]}"' + (" (= " + ", ".join(f'"{n}"' for n in ns[1:]) + ")" if len(ns) > 1 else "")
+        + f" {r['calib_accuracy']:.4f} -> {r['recovered_accuracy']:.4f}"
         + ("" if r["eligible"] else " (below the baselines before recovery)")
-        for r in rows
-    )
+        for r, (ns, _) in zip(rows, unique, strict=True)
+    )  # fmt: skip
     note = (
         f"chosen after a short recovery ({recovery.steps} steps, Adam {recovery.lr:g} with "
         f"cosine decay, batch {recovery.batch_size}, BatchNorm re-estimated) of "
         f"{len(unique)} candidates meeting the budget, by calibration accuracy: {words}; "
-        f"chosen: {names[0]}"
+        f'chosen: "{names[0]}"'
     )
     return dataclasses.replace(chosen, notes=[*chosen.notes, note], candidates=rows,
                                retarget=None)  # fmt: skip

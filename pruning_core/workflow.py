@@ -31,7 +31,7 @@ from pruning_core.models import LoadedModel, get_entry, load_model
 from pruning_core.recipe import Recipe
 from pruning_core.schedules import ScheduleResult, run_schedule
 from pruning_core.spec import InputSpec
-from pruning_core.stats import count_macs, count_params, size_bytes
+from pruning_core.stats import count_macs, count_params, model_stats, size_bytes
 from pruning_core.train import Progress
 
 __all__ = ["Measures", "RecipeResult", "measure", "run_recipe"]
@@ -46,12 +46,15 @@ class Measures:
         params: Non-zero parameters.
         macs: Multiply-accumulates per image (dense kernels).
         size_bytes: Size of the weights stored densely.
+        macs_effective: The MACs on non-zero weights (`stats.model_stats`: what a sparse
+            kernel does; below `macs` only when weights are zero), or None when not counted.
     """
 
     accuracy: float | None
     params: int
     macs: int
     size_bytes: int
+    macs_effective: int | None = None
 
 
 def measure(model: nn.Module, data: DataBundle | None, spec: InputSpec) -> Measures:
@@ -68,6 +71,7 @@ def measure(model: nn.Module, data: DataBundle | None, spec: InputSpec) -> Measu
         params=count_params(model, nonzero=True),
         macs=count_macs(model, spec),
         size_bytes=size_bytes(model),
+        macs_effective=round(model_stats(model, spec)["macs_effective"]),
     )
 
 
@@ -114,6 +118,7 @@ class RecipeResult:
 
         Keys: model, arch, dataset, method and criterion (the same name), granularity, scope,
         target_ratio, sparsity, layer_sparsity, params/macs/size_bytes before and after,
+        macs_effective_after (the MACs on non-zero weights),
         dense/pruned/regularized/finetuned/final accuracy (and `accuracy`, the final one),
         finetune_kept_epoch (the epoch the last fine-tune handed back with
         `TrainConfig.keep_best`, 0 = its starting weights; None without), schedule, curve,
@@ -135,6 +140,7 @@ class RecipeResult:
             "params_after": self.after.params,
             "macs_before": self.dense.macs,
             "macs_after": self.after.macs,
+            "macs_effective_after": self.after.macs_effective,
             "dense_accuracy": self.dense.accuracy,
             "pruned_accuracy": s.pruned_accuracy,
             "regularized_accuracy": s.regularized_accuracy,

@@ -75,6 +75,10 @@ def test_parse_budget_reads_shares_and_amounts(
     assert parse_budget(b.text()) == b  # the text form round-trips
 
 
+def test_parse_budget_ignores_a_trailing_comma() -> None:
+    assert parse_budget("macs=0.5,") == parse_budget("macs=0.5")
+
+
 def test_parse_budget_latency_options() -> None:
     b = parse_budget("latency=0.6,batch=8,threads=2")
     assert (b.batch_size, b.threads) == (8, 2)
@@ -88,9 +92,10 @@ def test_parse_budget_latency_options() -> None:
         ("", "QUANTITY=VALUE"),
         ("macs", "QUANTITY=VALUE"),
         ("flops=0.5", "unknown quantity"),
-        ("macs=", "not a number"),
+        ("macs=", "no value after '='"),
         ("macs=abc", "not a number"),
-        ("macs=-0.5", "not a number"),
+        ("macs=-0.5", "must be > 0"),
+        ("params=1,000", "without thousands separators"),
         ("macs=0", "> 0"),
         ("macs=150%", "at most 100%"),
         ("macs=2MB", "not a unit of macs"),
@@ -389,6 +394,9 @@ def test_cli_prune_budget_writes_searched_ratios_into_the_recipe(cli, tmp_path: 
     code, stdout, err = cli(*args, "--budget", "macs=0.5", "--out", str(tmp_path / "b"))
     assert code == 0, err
     assert "predicted" in stdout and "measured" in stdout and "budget accuracy" in stdout
+    # Which candidate won is printed, not only kept in metrics.json.
+    chosen = next(c for c in found["candidates"] if c["chosen"])["candidate"].split(" = ")[0]
+    assert f'chosen: "{chosen}"' in stdout and "budget notes:" in stdout
 
     code, _, err = cli(
         *args, "--budget", "macs=0.5", "--ratio", "0.3", "--out", str(tmp_path / "c")
@@ -396,3 +404,17 @@ def test_cli_prune_budget_writes_searched_ratios_into_the_recipe(cli, tmp_path: 
     assert code == 2 and "without --ratio" in err
     code, _, err = cli(*args, "--budget", "macs=2MB", "--out", str(tmp_path / "d"))
     assert code == 2 and "not a unit of macs" in err and err.count("\n") == 1
+
+
+def test_cli_unstructured_budget_says_which_macs_it_counts(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Masked zeros leave the dense MACs as they are; the budget counts the MACs on non-zero
+    # weights. Both are printed, each named, so "17,024 -> 17,024" never sits under "met".
+    code, stdout, err = cli("prune", "--model", "digits-mlp", "--dataset", "digits", "--method",
+                            "magnitude", "--granularity", "unstructured", "--budget", "macs=0.5",
+                            "--out", str(tmp_path / "u"), "--quiet")  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "u" / "metrics.json").read_text())
+    eff = metrics["macs_effective_after"]
+    assert eff == metrics["budget"]["measured_cost"] < metrics["macs_after"]
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("macs:"))
+    assert f"-> {metrics['macs_after']:,} on dense kernels; {eff:,} on non-zero weights" in line

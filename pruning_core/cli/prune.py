@@ -266,8 +266,18 @@ def _summary(m: dict[str, Any], out: Path) -> dict[str, Any]:
         f"fine-tuned {pct(m['finetuned_accuracy'])}",
         "fine-tune": finetune_outcome(m) or "-",
         "params": f"{m['params_before']:,} -> {m['params_after']:,} non-zero",
-        "macs": f"{m['macs_before']:,} -> {m['macs_after']:,}",
+        "macs": _macs_words(m),
         "notes": "; ".join(m["notes"]) or "-",
         "out": str(out),
         "seconds": round(m["seconds"], 1),
     }
+
+
+def _macs_words(m: dict[str, Any]) -> str:
+    """MACs before -> after; for masked zeros also the MACs on non-zero weights, the number a
+    MACs budget counts (dense kernels still do the first)."""
+    words = f"{m['macs_before']:,} -> {m['macs_after']:,}"
+    eff = m.get("macs_effective_after")
+    if isinstance(eff, int | float) and eff < m["macs_after"]:
+        words += f" on dense kernels; {eff:,.0f} on non-zero weights (what a sparse kernel does)"
+    return words
