@@ -44,11 +44,14 @@ def _selection(preview: SliderPreview, model_ref: str, dataset_ref: str) -> tupl
     return (model_ref, dataset_ref, c.method, c.granularity)
 
 
-def budget_result(preview: SliderPreview, model_ref: str, dataset_ref: str) -> BudgetResult | None:
-    """The session's last budget search, if it was made for this selection."""
+def budget_result(
+    preview: SliderPreview, model_ref: str, dataset_ref: str
+) -> tuple[BudgetResult, bool] | None:
+    """The session's last budget search, if it was made for this selection, and whether it
+    recalibrated BatchNorm (the switch as it was at its Search)."""
     kept = st.session_state.get(_RESULT)
     if isinstance(kept, tuple) and kept[0] == _selection(preview, model_ref, dataset_ref):
-        return kept[1]
+        return kept[1], bool(kept[2])
     return None
 
 
@@ -203,7 +206,8 @@ def budget_panel(
 ) -> None:
     """The "Fit a budget" expander: inputs, Search (with a progress bar), the result and
     "Take into sliders"."""
-    result = budget_result(preview, model_ref, dataset_ref)
+    kept = budget_result(preview, model_ref, dataset_ref)
+    result, recal_used = kept if kept is not None else (None, recalibrate_bn)
     with st.expander("Fit a budget", expanded=result is not None):
         st.caption(
             "Say what the pruned model may cost; per-layer ratios (blocks: which blocks) that "
@@ -234,10 +238,9 @@ def budget_panel(
                 result,
                 recalibrate_bn,
             )
+            recal_used = recalibrate_bn
         if result is None:
             return
-        kept = st.session_state.get(_RESULT)
-        recal_used = bool(kept[2]) if isinstance(kept, tuple) and len(kept) > 2 else recalibrate_bn
         if result.budget != budget or recal_used != recalibrate_bn:
             # A kept result read as current would answer a question nobody asks any more.
             searched = result.budget.describe(result.dense_cost)
