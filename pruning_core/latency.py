@@ -55,6 +55,7 @@ __all__ = [
     "ALL_BACKENDS",
     "LATENCY_BACKENDS",
     "LATENCY_BACKEND_HELP",
+    "NOISY_SPREAD",
     "NO_DIFFERENCE",
     "ORT_BACKEND",
     "PROTOCOL",
@@ -68,6 +69,7 @@ __all__ = [
     "benchmark_backends",
     "check_backends",
     "compare",
+    "is_noisy",
     "measure_batches",
     "measure_latency",
     "time_interleaved",
@@ -141,6 +143,27 @@ def measure_batches(
     return out
 
 
+NOISY_SPREAD = 1.5
+"""p90 / p10 above which a timing is too disturbed to keep for others (`is_noisy`)."""
+
+
+def is_noisy(table: pd.DataFrame, spread: float = NOISY_SPREAD) -> bool:
+    """Whether any row of a timing table was disturbed: its p90 more than `spread` times its
+    p10 (calls of the same work on a quiet machine stay within a few tens of percent).
+
+    Args:
+        table: Rows with `p10_ms` and `p90_ms` (e.g. `measure_batches`' output).
+        spread: The largest p90 / p10 of an undisturbed timing.
+
+    Returns:
+        True when a row's ratio exceeds `spread` (or a row has no positive p10).
+    """
+    for p10, p90 in zip(table["p10_ms"], table["p90_ms"], strict=True):
+        if not (float(p10) > 0 and float(p90) <= spread * float(p10)):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Measured:
     """A measurement and when it was taken.
@@ -200,6 +223,15 @@ class MeasurementCache:
             del self._entries[context]
             hit = None
         return hit
+
+    def discard(self, context: Hashable) -> bool:
+        """Forget the measurement of `context` (the next `measure` times anew).
+
+        Returns:
+            True when one was kept.
+        """
+        with self._lock:
+            return self._entries.pop(context, None) is not None
 
     def measure(
         self, context: Hashable, fn: Callable[[], pd.DataFrame], *, refresh: bool = False

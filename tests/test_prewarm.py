@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 import pytest
 
+from pruning_core import latency
 from pruning_core.models import list_models
 from ui import prewarm as pw
 from ui.latency_panel import dense_context, latency_cache
@@ -36,7 +38,11 @@ def test_off_switch_and_a_runtime_that_never_comes(monkeypatch: pytest.MonkeyPat
     assert asked and time.monotonic() - t0 < 5
 
 
-def test_prewarm_leaves_the_latency_a_page_reads_and_skips_a_broken_target() -> None:
+def test_prewarm_leaves_the_latency_a_page_reads_and_skips_a_broken_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A quiet machine's timing (CI's may be disturbed: that case is the next test's).
+    monkeypatch.setattr(latency, "is_noisy", lambda table: False)
     lines = pw.prewarm([("digits-mlp", "digits"), ("no-such-model", "digits")])
     assert lines[0].startswith("prewarm digits-mlp on digits: ") and lines[0].endswith(" s")
     assert "no-such-model" in lines[1] and "skipped" in lines[1]
@@ -45,3 +51,19 @@ def test_prewarm_leaves_the_latency_a_page_reads_and_skips_a_broken_target() -> 
     # A second warm-up (or the page) reuses it: the same measurement object.
     pw.prewarm([("digits-mlp", "digits")])
     assert latency_cache().get(dense_context("digits-mlp")) is kept
+
+
+def test_a_disturbed_timing_is_not_kept_for_the_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(latency, "is_noisy", lambda table: True)
+    latency_cache().discard(dense_context("digits-mlp"))
+    lines = pw.prewarm([("digits-mlp", "digits")])
+    assert lines[0].endswith("(latency disturbed, p90 > 1.5 x p10: not kept)")
+    assert latency_cache().get(dense_context("digits-mlp")) is None
+
+
+def test_is_noisy_reads_the_p10_p90_spread() -> None:
+    quiet = pd.DataFrame({"p10_ms": [1.0, 10.0], "p90_ms": [1.2, 14.9]})
+    assert not latency.is_noisy(quiet)
+    assert latency.is_noisy(quiet.assign(p90_ms=[1.2, 15.1]))
+    assert latency.is_noisy(pd.DataFrame({"p10_ms": [0.0], "p90_ms": [0.0]}))
+    assert not latency.is_noisy(quiet.assign(p90_ms=[1.2, 15.1]), spread=2.0)

@@ -9,7 +9,8 @@ busiest minute of the lesson, with every student's redraws waiting behind it (th
 server fills the same caches the pages read (`ui.loaders.baseline`,
 `ui.latency_panel.measure_dense_latency`) for every bundled sample model with its home dataset,
 on one torch thread. The latency is then taken on a machine nobody uses yet, and kept as long
-as any measurement (`MeasurementCache.max_age_s`). It runs at the pages' priority, not the
+as any measurement (`MeasurementCache.max_age_s`); a timing disturbed all the same (p90 above
+1.5 x p10, `latency.is_noisy`) is not kept, and the first page that needs it times it again. It runs at the pages' priority, not the
 jobs' lower one: a page that needs the same value waits on its cache's lock for this thread,
 and a starved holder would make every such page wait (priority inversion: with the warm-up at
 niceness 10, 30 arriving students saw model picks of 28 s at p95).
@@ -70,7 +71,8 @@ def prewarm(
     Returns:
         One line per target: what was warmed and in how many seconds, or why not.
     """
-    from ui.latency_panel import measure_dense_latency
+    from pruning_core.latency import is_noisy
+    from ui.latency_panel import dense_context, latency_cache, measure_dense_latency
     from ui.loaders import baseline
 
     done = []
@@ -78,11 +80,17 @@ def prewarm(
         t0 = time.perf_counter()
         try:
             baseline(model_ref, dataset_ref)
-            measure_dense_latency(model_ref)
+            got = measure_dense_latency(model_ref)
         except Exception as e:  # a broken sample must not take the server down
             line = f"prewarm {model_ref} on {dataset_ref}: skipped ({type(e).__name__}: {e})"
         else:
             line = f"prewarm {model_ref} on {dataset_ref}: {time.perf_counter() - t0:.1f} s"
+            if is_noisy(got.table):
+                # Timed while the machine was busy (a first page, another server starting):
+                # kept, it would be shown to every student for ten minutes. The first page
+                # that needs it times it again.
+                latency_cache().discard(dense_context(model_ref))
+                line += " (latency disturbed, p90 > 1.5 x p10: not kept)"
         log(line)
         done.append(line)
     return done
