@@ -57,13 +57,13 @@ def test_a_disturbed_timing_is_not_kept_for_the_class(monkeypatch: pytest.Monkey
     monkeypatch.setattr(latency, "is_noisy", lambda table: True)
     latency_cache().discard(dense_context("digits-mlp"))
     lines = pw.prewarm([("digits-mlp", "digits")])
-    assert lines[0].endswith("(latency disturbed, p90 > 1.5 x p10: not kept)")
+    assert lines[0].endswith("(latency disturbed, p90 > 3 x p10: not kept)")
     assert latency_cache().get(dense_context("digits-mlp")) is None
 
 
 def test_is_noisy_reads_the_p10_p90_spread() -> None:
-    quiet = pd.DataFrame({"p10_ms": [1.0, 10.0], "p90_ms": [1.2, 14.9]})
+    quiet = pd.DataFrame({"p10_ms": [1.0, 10.0], "p90_ms": [1.2, 29.9]})
     assert not latency.is_noisy(quiet)
-    assert latency.is_noisy(quiet.assign(p90_ms=[1.2, 15.1]))
+    assert latency.is_noisy(quiet.assign(p90_ms=[1.2, 30.1]))
     assert latency.is_noisy(pd.DataFrame({"p10_ms": [0.0], "p90_ms": [0.0]}))
-    assert not latency.is_noisy(quiet.assign(p90_ms=[1.2, 15.1]), spread=2.0)
+    assert not latency.is_noisy(quiet.assign(p90_ms=[1.2, 30.1]), spread=4.0)

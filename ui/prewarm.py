@@ -10,10 +10,11 @@ server fills the same caches the pages read (`ui.loaders.baseline`,
 `ui.latency_panel.measure_dense_latency`) for every bundled sample model with its home dataset,
 on one torch thread. The latency is then taken on a machine nobody uses yet, and kept as long
 as any measurement (`MeasurementCache.max_age_s`); a timing disturbed all the same (p90 above
-1.5 x p10, `latency.is_noisy`) is not kept, and the first page that needs it times it again. It runs at the pages' priority, not the
-jobs' lower one: a page that needs the same value waits on its cache's lock for this thread,
-and a starved holder would make every such page wait (priority inversion: with the warm-up at
-niceness 10, 30 arriving students saw model picks of 28 s at p95).
+3 x p10, `latency.is_noisy`) is not kept, and the first page that needs it times it again. It
+runs at the pages' priority, not the jobs' lower one: a page that needs the same value waits on
+its cache's lock for this thread, and a starved holder would make every such page wait
+(priority inversion: with the warm-up at niceness 10, 30 arriving students saw model picks of
+28 s at p95).
 
 `PRUNING_LAB_PREWARM=0` turns it off (e.g. a server for one user who wants its first second).
 """
@@ -90,7 +91,7 @@ def prewarm(
                 # kept, it would be shown to every student for ten minutes. The first page
                 # that needs it times it again.
                 latency_cache().discard(dense_context(model_ref))
-                line += " (latency disturbed, p90 > 1.5 x p10: not kept)"
+                line += " (latency disturbed, p90 > 3 x p10: not kept)"
         log(line)
         done.append(line)
     return done
