@@ -7,8 +7,10 @@ A leaf module (standard library only), used by every part of Pruning Lab that wr
 - `output_dir(target)`: a folder is built beside its target and swapped into place in one
   atomic step (Linux `renameat2(RENAME_EXCHANGE)`), so there is no moment where neither the old
   nor the new folder exists. An existing folder is replaced only when Pruning Lab wrote it,
-  recognised by the marker file `OUTPUT_MARKER` with its exact contents; any other non-empty
-  folder is refused, before any work starts when the caller uses `check_output_dir` up front.
+  recognised by the marker file `OUTPUT_MARKER` (written last, listing the folder's names), and
+  nothing was added or changed in it since (`added_since_written`: a user's notes beside a run
+  are theirs); any other non-empty folder is refused, before any work starts when the caller
+  uses `check_output_dir` up front.
 - Temporary names carry the writer's process id (`.NAME.pl-tmp-PID-XXXX`), so the next run
   removes what a killed run left (`clean_stale`) without touching the work of a live one.
 - `check_writable_dir` probes a folder for real (creating and removing an empty folder), so an
@@ -38,7 +40,9 @@ from pruning_core.errors import UserError, shown
 
 __all__ = [
     "OUTPUT_MARKER",
+    "added_since_written",
     "atomic_path",
+    "check_not_source",
     "check_output_dir",
     "check_output_file",
     "check_writable_dir",
@@ -266,17 +270,78 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(text)
 
 
-def is_tool_output(directory: Path) -> bool:
-    """True when `directory` is a folder that Pruning Lab wrote (it holds the exact marker)."""
+def _marker_doc(directory: Path) -> dict[str, Any] | None:
+    """The marker of a folder Pruning Lab wrote: its document, or None when there is none."""
     marker = Path(directory) / OUTPUT_MARKER
     try:
         st = os.lstat(marker)
         # A symbolic or hard link to another output's marker must not make a folder replaceable.
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size >= 4096:
-            return False
-        return marker.read_text() == _MARKER_TEXT
-    except (OSError, UnicodeDecodeError):
-        return False
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size >= 65536:
+            return None
+        text = marker.read_text()
+        if text == _MARKER_TEXT:
+            return dict(_MARKER_DOC)  # written before markers listed their folder's names
+        doc = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(doc, dict) or {k: doc.get(k) for k in _MARKER_DOC if k != "v"} != {
+        k: v for k, v in _MARKER_DOC.items() if k != "v"
+    }:
+        return None
+    names = doc.get("files")
+    if (
+        doc.get("v") != 2
+        or not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+    ):
+        return None
+    return doc
+
+
+def is_tool_output(directory: Path) -> bool:
+    """True when `directory` is a folder that Pruning Lab wrote (it holds the marker)."""
+    return _marker_doc(directory) is not None
+
+
+def added_since_written(directory: Path, limit: int = 10000) -> list[str]:
+    """What a user put in or changed in a folder Pruning Lab wrote, since it wrote it.
+
+    The marker, written last, lists the folder's names (older markers list none): an entry it
+    does not list, or any file or folder inside changed after the marker, is someone's work
+    (notes added beside a run, an edited file) that replacing the folder would destroy.
+
+    Args:
+        directory: A folder with the marker (`is_tool_output`).
+        limit: Entries looked at, at most (an output folder holds a few files).
+
+    Returns:
+        Their paths relative to `directory`, sorted (empty: the folder is as written).
+    """
+    root = Path(directory)
+    doc = _marker_doc(root)
+    if doc is None:
+        return []
+    try:
+        written = os.lstat(root / OUTPUT_MARKER).st_mtime_ns
+    except OSError:
+        return []
+    listed = set(doc.get("files") or []) | {OUTPUT_MARKER}
+    found: list[str] = []
+    seen = 0
+    for here, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            seen += 1
+            rel = os.path.relpath(os.path.join(here, name), root)
+            try:
+                changed = os.lstat(os.path.join(here, name)).st_mtime_ns > written
+            except OSError:
+                changed = False
+            top = here == str(root)
+            if (top and "files" in doc and name not in listed) or changed:
+                found.append(rel)
+        if seen > limit:
+            break
+    return sorted(found)
 
 
 # The longest file name (in bytes) POSIX file systems accept.
@@ -351,7 +416,30 @@ def check_output_dir(target: Path, what: str = "--out") -> None:
                 f"{what} {target} is a folder not written by pruning-lab; it is left as it is: "
                 "choose a new or empty folder"
             )
+        added = added_since_written(target) if not empty else []
+        if added:
+            more = f" and {len(added) - 3} more" if len(added) > 3 else ""
+            raise UserError(
+                f"{what} {target} was written by pruning-lab but holds work added or changed "
+                f"since ({', '.join(shown(a) for a in added[:3])}{more}); it is left as it is: "
+                "move that work out or choose a new folder"
+            )
     check_writable_dir(target.parent if target.exists() else target, what)
+
+
+def check_not_source(source: Path | str, target: Path | str, what: str = "--out") -> None:
+    """Refuse to write an output over the folder its input comes from.
+
+    Raises:
+        UserError: `target` is the folder `source` names (or holds it): the result would
+            replace the model it starts from.
+    """
+    src, out = Path(os.path.realpath(source)), Path(os.path.realpath(target))
+    if Path(source).exists() and (src == out or out in src.parents):
+        raise UserError(
+            f"{what} {target} is where the model {source} is read from; its result would "
+            "replace it: choose another folder"
+        )
 
 
 def check_output_file(target: Path, what: str = "--out", suffixes: tuple[str, ...] = ()) -> None:
@@ -442,7 +530,10 @@ def output_dir(target: Path, what: str = "--out") -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        (tmp / OUTPUT_MARKER).write_text(_MARKER_TEXT)
+        # Written last, listing what the folder holds: what is not listed later is someone's.
+        names = sorted(p.name for p in tmp.iterdir())
+        doc = {**_MARKER_DOC, "v": 2, "files": names}
+        (tmp / OUTPUT_MARKER).write_text(json.dumps(doc, sort_keys=True) + "\n")
         check_output_dir(target, what)
         try:
             _swap_into_place(tmp, target)

@@ -3,7 +3,10 @@ unwritable or forbidden `--out` is refused before any work starts (docs/RELIABIL
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from pruning_core import fsio
 from pruning_core.errors import UserError
 from pruning_core.fsio import (
     OUTPUT_MARKER,
+    added_since_written,
     check_output_dir,
     clean_stale,
     is_tool_output,
@@ -32,8 +36,10 @@ def _user_folder(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 # Folders a user may own that happen to look like outputs (or not at all).
@@ -221,3 +227,62 @@ def test_store_artifact_folders_use_the_same_rule(tmp_path: Path) -> None:
     with pytest.raises(UserError), store.artifact_dir(run, "model") as tmp:
         (tmp / "m.txt").write_text("x")
     assert (target / "precious.txt").read_text() == "mine"
+
+
+def test_work_added_to_an_output_folder_is_never_replaced(tmp_path: Path) -> None:
+    # A folder pruning-lab wrote, then used: notes beside the run, a subfolder, an edited file.
+    target = tmp_path / "out"
+    with output_dir(target) as tmp:
+        (tmp / "model.json").write_text("{}")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.txt").write_text("a")
+    assert added_since_written(target) == []
+    for add in ("my-notes.txt", "mysub/f.txt", "sub/b.txt"):
+        path = target / add
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine")
+        before = _snapshot(target)
+        with pytest.raises(UserError, match="added or changed since") as e:
+            check_output_dir(target)
+        assert add.split("/")[0] in str(e.value) and "\n" not in str(e.value)
+        with pytest.raises(UserError), output_dir(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+        assert _snapshot(target) == before  # nothing of it touched
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+        shutil.rmtree(target)
+        with output_dir(target) as tmp:
+            (tmp / "model.json").write_text("{}")
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "a.txt").write_text("a")
+    # An edited file of the run is someone's work too.
+    time.sleep(0.01)
+    (target / "model.json").write_text('{"edited": true}')
+    assert added_since_written(target) == ["model.json"]
+
+
+def test_a_folder_from_an_older_marker_is_checked_by_time(tmp_path: Path) -> None:
+    # Markers written before they listed names: what changed after the marker is someone's.
+    target = tmp_path / "old"
+    target.mkdir()
+    (target / "metrics.json").write_text("{}")
+    time.sleep(0.01)
+    (target / OUTPUT_MARKER).write_text(
+        json.dumps({"v": 1, "what": "output folder, replaced on request",
+                    "written_by": "pruning-lab"}, sort_keys=True) + "\n"
+    )  # fmt: skip
+    assert is_tool_output(target) and added_since_written(target) == []
+    check_output_dir(target)
+    time.sleep(0.01)
+    (target / "notes.txt").write_text("mine")
+    assert added_since_written(target) == ["notes.txt"]
+
+
+def test_prune_never_writes_over_the_model_it_reads(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "run"
+    code, _, err = cli(*PRUNE, "--out", str(out))
+    assert code == 0, err
+    before = _snapshot(out)
+    args = [a if a != "digits-mlp" else str(out) for a in PRUNE]
+    code, stdout, err = cli(*args, "--out", str(out))
+    assert code == 2 and stdout == "" and "is where the model" in err and err.count("\n") == 1
+    assert _snapshot(out) == before

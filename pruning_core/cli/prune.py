@@ -20,7 +20,7 @@ from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.executor import RayExecutor, check_executor, get_executor, list_executors
 from pruning_core.export import finetune_outcome
-from pruning_core.fsio import check_output_dir
+from pruning_core.fsio import check_not_source, check_output_dir
 from pruning_core.plans import list_granularities
 from pruning_core.prune import list_methods
 from pruning_core.recipe import RECIPE_KEYS, Recipe
@@ -194,6 +194,12 @@ def _recipe(args: argparse.Namespace) -> Recipe:
     )
     if not getattr(args, "recalibrate_bn", True):
         recipe = dataclasses.replace(recipe, prune=recipe.prune.replace(recalibrate_bn=False))
+    if getattr(args, "budget", None) is not None and recipe.schedule.kind != "oneshot":
+        # The search measures the one-shot result; a schedule prunes in steps to ratios the
+        # search never measured, and "met" would describe another model.
+        raise UserError(
+            f"--budget searches one-shot ratios: give it without --schedule {recipe.schedule.kind}"
+        )
     return recipe
 
 
@@ -221,6 +227,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     # Everything that can be checked without the model is checked before it is loaded.
     executor, address = _executor(args)
     check_output_dir(args.out)
+    check_not_source(recipe.model, args.out)
     resolve_device(recipe.finetune.device)
     ns = argparse.Namespace(
         model=recipe.model, arch=recipe.arch, trust_pickle=args.trust_pickle, dataset=recipe.dataset

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pruning_core.errors import UserError
-from pruning_core.fsio import check_output_dir
+from pruning_core.fsio import check_not_source, check_output_dir
 from pruning_core.validate import Range
 
 __all__ = ["cmd_quantize", "register"]
@@ -87,6 +87,7 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.quantize import QuantizeConfig, int8_verdict, is_quantized_dir, quantize
 
     check_output_dir(args.out)  # before any model is loaded: never over someone's own folder
+    check_not_source(args.model, args.out)
     if is_quantized_dir(args.model):
         raise UserError(f"{args.model} is already an int8 model; quantize its float original")
     static_only = {"--calib-batches": args.calib_batches, "--activation-type": args.activation_type}
