@@ -1597,6 +1597,22 @@ def search(
             "units pruned together lose more than the sum of their separate drops (the "
             "prediction's independence assumption); fine-tuning recovers much of it"
         )
+    chance = 1.0 / max(data.num_classes, 1)
+    if acc <= 1.5 * chance:
+        # Nothing recovers from here cheaply; a latency budget has no uniform or global
+        # candidate to fall back on, and a disturbed dense timing makes its target too tight.
+        notes.append(
+            f"the result is at chance accuracy ({acc:.1%}; chance {chance:.0%}): this budget "
+            "is too tight for this granularity"
+            + (", or the dense timing was disturbed (re-run on a quiet machine)"
+               if b.quantity == "latency" else "")
+            + "; loosen it or prune another way"
+        )  # fmt: skip
+    if found.predicted_share < 0:
+        notes.append(
+            "the additive prediction of the cost went below zero (it adds savings that overlap): "
+            "shown as 0; the measured cost decides"
+        )
     if given.structured_mode != cfg.structured_mode:
         notes.append("costs are the shrunk model's; the config applies them in mask mode")
     dense_cost = meter.dense
@@ -1617,7 +1633,7 @@ def search(
         config=found.config.replace(structured_mode=given.structured_mode),
         dense_cost=dense_cost,
         target_cost=target,
-        predicted_cost=found.predicted_share * dense_cost,
+        predicted_cost=max(0.0, found.predicted_share) * dense_cost,
         measured_cost=measured,
         dense_accuracy=dense_acc,
         predicted_accuracy=predicted_acc,

@@ -181,3 +181,22 @@ def test_a_moved_per_layer_slider_is_not_sent_back_to_the_browser() -> None:
     at.slider(key="prune_ratio").set_value(0.6).run()
     fc2 = next(s for s in at.slider if str(s.key).endswith("_fc2"))
     assert fc2.value == 0.6 and fc2.proto.set_value
+
+
+def test_overrides_of_one_granularity_do_not_carry_to_another() -> None:
+    # digits-mlp's units are fc1 and fc2 under unstructured and channel pruning alike: a share
+    # of weights set (or suggested) for one is not a share of channels for the other.
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.session_state["prune_layers_open"] = True
+    at.run()
+    fc1 = next(s for s in at.slider if str(s.key).endswith("_fc1"))
+    fc1.set_value(0.9).run()
+    assert at.session_state["prune_overrides"] == {"fc1": 0.9}
+    at.selectbox(key="prune_granularity").set_value("channel").run()
+    assert not at.exception
+    assert not at.session_state["prune_overrides"]
+    assert not any(s.value == 0.9 for s in at.slider if str(s.key).startswith("prune_unit_"))
+    # Back to unstructured: nothing comes back either (the user set it for the other one).
+    at.selectbox(key="prune_granularity").set_value("unstructured").run()
+    assert not at.session_state["prune_overrides"]

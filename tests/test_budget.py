@@ -404,6 +404,10 @@ def test_cli_prune_budget_writes_searched_ratios_into_the_recipe(cli, tmp_path: 
     assert code == 2 and "without --ratio" in err
     code, _, err = cli(*args, "--budget", "macs=2MB", "--out", str(tmp_path / "d"))
     assert code == 2 and "not a unit of macs" in err and err.count("\n") == 1
+    # A schedule would prune to ratios the search never measured: "met" would be untrue.
+    code, _, err = cli(*args, "--budget", "macs=0.5", "--schedule", "agp", "--steps", "3",
+                       "--out", str(tmp_path / "e"))  # fmt: skip
+    assert code == 2 and "one-shot" in err and not (tmp_path / "e").exists()
 
 
 def test_cli_unstructured_budget_says_which_macs_it_counts(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -50,6 +50,9 @@ _OVERRIDES = "prune_overrides"
 LAYERS_OPEN = "prune_layers_open"
 _NOTE = "prune_suggestion_note"
 _VERSION = "_prune_editor_version"
+# The (model, granularity) the overrides were set for: ratios of one granularity are not
+# another's (a channel share is not a share of weights), even where the unit names coincide.
+_OWNER = "_prune_overrides_for"
 # The value each per-layer slider was last given by the page (a different one: the user's).
 _GIVEN = "_prune_unit_given"
 # The global ratio the per-layer sliders were last drawn with (a run where it changed was a
@@ -73,6 +76,14 @@ def overrides_editor(
     plan = preview.engine.plan
     blocks = block_names(preview)
     units = blocks or preview.unit_names
+    owner = (model_ref, preview.config.granularity)
+    if st.session_state.get(_OWNER) != owner:
+        if st.session_state.get(_OWNER) is not None:
+            st.session_state[_OVERRIDES] = {}
+            st.session_state.pop(_NOTE, None)
+            # New widget keys: the per-layer sliders must not keep the old granularity's values.
+            st.session_state[_VERSION] = st.session_state.get(_VERSION, 0) + 1
+        st.session_state[_OWNER] = owner
     overrides: dict[str, float] = {
         k: v for k, v in st.session_state.get(_OVERRIDES, {}).items() if k in units
     }
