@@ -239,7 +239,15 @@ def apply_surgery(
                 )
             if isinstance(old, int):
                 old_widths.add(old)
-            setattr(mod, a, tuple(v) if isinstance(v, list | tuple) else v)
+            try:
+                setattr(mod, a, tuple(v) if isinstance(v, list | tuple) else v)
+            except AttributeError:
+                # A width read from children (a low-rank pair's `in_features`): not settable,
+                # so the record contradicts the module it names (a hand-edited model.json).
+                raise UserError(
+                    f"{what}.{a}: {type(mod).__name__} {path!r} takes its {a} from its layers; "
+                    "the record does not match the module it names"
+                ) from None
     free = surgery.get("free")
     # Parameters and buffers take the saved shapes; values come from load_state_dict next.
     for name, mod in model.named_modules():

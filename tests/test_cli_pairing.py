@@ -57,3 +57,56 @@ def test_evaluate_reopens_an_int8_folder_through_onnx_runtime(cli: Cli, int8_dir
     # The same number `quantize` measured on the same images, through the same runtime.
     measured = json.loads((int8_dir / "quantized.json").read_text())["measured"]
     assert doc["accuracy"] == pytest.approx(measured["int8_accuracy"], abs=1e-9)
+
+
+def test_an_int8_folder_records_the_models_own_dataset_and_full_source(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Calibrated on another dataset (warned): the folder's home is still the model's own, so
+    # later commands warn on the right dataset; a folder source is recorded by its full path.
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("prune", "--model", "digits-mlp", "--dataset", "digits", "--granularity",
+                       "lowrank", "--ratio", "0.3", "--out", "lr", "--quiet")  # fmt: skip
+    assert code == 0, err
+    code, _, err = cli("quantize", "lr", "--mode", "dynamic", "--dataset", "shapes",
+                       "--val-limit", "16", "--out", "q", "--json")  # fmt: skip
+    assert code == 0 and "lr was trained on digits, not on shapes" in err
+    meta = json.loads((tmp_path / "q" / "quantized.json").read_text())
+    assert meta["dataset"] == "digits" and meta["calibration_dataset"] == "shapes"
+    assert meta["source"] == str((tmp_path / "lr").resolve())
+    assert home_dataset(str(tmp_path / "q")) == "digits"
+    # Read from elsewhere, the dense reference is still the model it came from.
+    monkeypatch.chdir(tmp_path.parent)
+    code, out, err = cli("bench", "--model", str(tmp_path / "q"), "--backends",
+                         "dense,onnxruntime", "--repeats", "3", "--warmup", "1", "--json")  # fmt: skip
+    assert code == 0, err
+    assert "quantized from" in json.loads(out)["dense_reference"]
+
+
+def test_an_int8_folder_is_named_as_such_where_a_float_model_is_needed(
+    cli: Cli, int8_dir: Path, tmp_path: Path
+) -> None:
+    for args in (
+        ["prune", "--model", str(int8_dir), "--dataset", "digits", "--granularity", "lowrank",
+         "--ratio", "0.5", "--out", str(tmp_path / "p")],
+        ["export", "--pruned", str(int8_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+        ["bench", "--model", str(int8_dir), "--pruned", str(int8_dir)],
+    ):  # fmt: skip
+        code, out, err = cli(*args)
+        assert code == 2 and out == "" and err.count("\n") == 1, (args, err)
+        assert "is an int8 model (from pruning-lab quantize)" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_bench_refuses_an_int8_folder_that_names_no_architecture(
+    cli: Cli, int8_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    q = tmp_path / "q"
+    shutil.copytree(int8_dir, q)
+    meta = json.loads((q / "quantized.json").read_text())
+    meta.pop("arch")
+    (q / "quantized.json").write_text(json.dumps(meta))
+    code, _, err = cli("bench", "--model", "digits-mlp", "--pruned", str(q))
+    assert code == 2 and "names no architecture" in err and err.count("\n") == 1

@@ -271,6 +271,11 @@ def test_surgery_records_are_checked() -> None:
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(UserError, match="ungrouped Conv2d"):
         apply_surgery(grouped, {"lowrank": {"0": {"in": 4, "rank": 2, "out": 4}}}, {}, where=where)
+    # A hand-edited record that also sets a width a low-rank pair reads from its layers.
+    model = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4))
+    both = {"lowrank": {"1": {"in": 6, "rank": 2, "out": 4}}, "attrs": {"1": {"in_features": 5}}}
+    with pytest.raises(UserError, match="takes its in_features from its layers"):
+        apply_surgery(model, both, {}, where=where)
     assert math.isclose(break_even_rank(10, 40), 7)
 
 

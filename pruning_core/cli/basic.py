@@ -139,8 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         warn_mismatch(args.model, args.dataset)
         res = evaluate(q, int8_data, q.spec, split=args.split, device=torch.device("cpu"),
                        limit=args.limit)  # fmt: skip
-        return {"model": args.model, "dataset": args.dataset, "split": args.split,
-                "runtime": f"ONNX Runtime (int8 {q.mode}, CPU)", **res.to_dict()}  # fmt: skip
+        return _evaluated(args, res.to_dict(), runtime=f"ONNX Runtime (int8 {q.mode}, CPU)")
     loaded, data = resolve(args)
     assert data is not None
     device = resolve_device(args.device)
@@ -152,7 +151,14 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         device=device,
         limit=args.limit,
     )
-    return {"model": args.model, "dataset": args.dataset, "split": args.split, **res.to_dict()}
+    return _evaluated(args, res.to_dict())
+
+
+def _evaluated(args: argparse.Namespace, res: dict[str, Any], **more: str) -> dict[str, Any]:
+    """What `evaluate` prints: the confusion matrix only in --json (as text it is n x n lines)."""
+    if not getattr(args, "json", False):
+        res = {k: v for k, v in res.items() if k != "confusion"}
+    return {"model": args.model, "dataset": args.dataset, "split": args.split, **more, **res}
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:

@@ -71,6 +71,13 @@ def _load(directory: Path) -> Any:
 
     if not directory.is_dir():
         raise UserError(f"--pruned {directory}: no such directory")
+    from pruning_core.quantize import is_quantized_dir
+
+    if is_quantized_dir(directory):
+        raise UserError(
+            f"--pruned {directory} is an int8 model (from pruning-lab quantize): it is exported "
+            "already (its model.onnx); export its float original"
+        )
     if not is_model_dir(directory):
         raise UserError(
             f"--pruned {directory} is not a model directory (needs model.safetensors and model.json)"
@@ -154,7 +161,7 @@ def _against_dense(
 ) -> tuple[Any, Any, list[str]]:
     """The per-class change against the dense original and the companions of it (when asked),
     with a sentence for each section that cannot be made and why."""
-    from pruning_core.cli.common import stderr_progress
+    from pruning_core.cli.common import stderr_progress, warn_mismatch
     from pruning_core.cli.measure import dense_original
     from pruning_core.data import load_dataset
     from pruning_core.per_class import per_class_accuracy, per_class_change
@@ -173,6 +180,7 @@ def _against_dense(
         return None, None, notes
     data = load_dataset(ref)
     data.check_spec(loaded.spec)
+    warn_mismatch(str(args.pruned), ref)
     per_class = per_class_change(
         per_class_accuracy(original.model, data, original.spec),
         per_class_accuracy(loaded.model, data, loaded.spec),

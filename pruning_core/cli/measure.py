@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -273,10 +274,18 @@ def _int8_dense(q: Any) -> tuple[nn.Module | None, str]:
     from pruning_core.models import load_model
 
     src = q.meta.get("source")
+    arch = q.meta.get("arch")
     if isinstance(src, str) and src:
+        # A relative folder name was relative to where `quantize` ran, which is unknown now:
+        # only a registry name or an absolute path names the same model from anywhere.
+        if not Path(src).is_absolute() and (os.sep in src or Path(src).exists()):
+            return None, (
+                f"the float original '{src}' was named relative to another folder: no eager "
+                "dense reference (quantize again to record its full path)"
+            )
         try:
             cand = load_model(src)
-            if cand.spec == q.spec:
+            if cand.spec == q.spec and (not arch or cand.arch == arch):
                 return cand.model, f"the float model it was quantized from, '{src}'"
         except (UserError, OSError, RuntimeError):
             pass
@@ -305,6 +314,11 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         # another network (or input) would fail inside the timing with an internal error.
         if dense_loaded.arch and isinstance(arch, str) and arch and dense_loaded.arch != arch:
             raise UserError(f"--pruned is a '{arch}' model but --model is '{dense_loaded.arch}'")
+        if dense_loaded.arch and not (isinstance(arch, str) and arch):
+            raise UserError(
+                f"--pruned {args.pruned} names no architecture, so it cannot be checked to be a "
+                f"'{dense_loaded.arch}' model: time it alone (bench --model {args.pruned})"
+            )
         if (spec.channels, spec.size) != (dense_loaded.spec.channels, dense_loaded.spec.size):
             raise UserError(
                 f"--pruned takes {spec.channels}x{spec.size}x{spec.size} images but --model "

@@ -36,7 +36,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument("model", help="registry name or model directory (e.g. a pruned output)")
-    p.add_argument("--mode", choices=["dynamic", "static"], default="static")
+    p.add_argument(
+        "--mode",
+        choices=["dynamic", "static"],
+        default="static",
+        help="static (default): calibrated on the calibration split; dynamic: no data",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (new, empty, or ours)")
     p.add_argument(
         "--dataset", help="calibration and validation data (default: the model's own dataset)"
@@ -117,10 +122,15 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     extra = {
         "arch": loaded.arch,
         "arch_kwargs": meta.get("arch_kwargs") or loaded.arch_kwargs,
-        "dataset": ds,
+        # The model's own dataset (what `evaluate` and `bench` compare against), not the one it
+        # was calibrated on when --dataset names another.
+        "dataset": meta.get("dataset") or ds,
+        "calibration_dataset": ds,
     }
+    # A folder is recorded by its absolute path: the int8 folder is read from anywhere later.
+    source = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     result = quantize(
-        loaded.model, loaded.spec, data, args.out, config, source=args.model, extra_meta=extra
+        loaded.model, loaded.spec, data, args.out, config, source=source, extra_meta=extra
     )
     ok, verdict = int8_verdict({**result.to_dict(), "int8_accuracy": result.accuracy})
     if not ok:

@@ -506,6 +506,13 @@ def load_model(
             ref,
         )
     if path.is_dir():
+        from pruning_core.quantize import is_quantized_dir
+
+        if is_quantized_dir(path):
+            raise UserError(
+                f"{path} is an int8 model (from pruning-lab quantize): it runs only in ONNX "
+                "Runtime; evaluate and bench take it, anything else its float original"
+            )
         if not (path / MODEL_FILE).exists():
             raise UserError(f"{path} holds no {MODEL_FILE}: not a model directory")
         return _load_model_dir(path, ref)
