@@ -337,8 +337,16 @@ def parse_budget(text: str) -> Budget:
             f"unit ({_EXAMPLE})"
         )
     number, unit = float(m.group(1)), m.group(2).lower()
-    if not math.isfinite(number) or number <= 0:
+    if not math.isfinite(number):
+        raise UserError(f"budget {shown(text, 60)!r}: {shown(raw, 30)!r} is too large a number")
+    if number <= 0:
         raise UserError(f"budget {shown(text, 60)!r}: the value must be > 0")
+    if unit == "" and quantity in ("macs", "params") and 1 < number < 1000:
+        # "macs=50" may mean 50% or 50 MACs; no network is that small, so it is a slip.
+        raise UserError(
+            f"budget {shown(text, 60)!r}: a share is written 0.5 or 50%, an amount with a size "
+            f"({quantity}=50K, {quantity}=2M) or as a count of at least 1000"
+        )
     kw: dict[str, Any] = {}
     for opt in (o for o in options if o):  # a trailing comma is no option
         key, eq, val = (s.strip() for s in opt.partition("="))
@@ -348,6 +356,11 @@ def parse_budget(text: str) -> Budget:
                 f"budget {shown(text, 60)!r}: {shown(opt, 20)!r} after a comma is not an option "
                 "NAME=VALUE (write numbers without thousands separators: params=1000 or "
                 "params=1K)"
+            )
+        if key.lower() in QUANTITIES:
+            raise UserError(
+                f"budget {shown(text, 60)!r}: a budget sets one quantity (give one of "
+                f"{quantity} and {shown(key, 20)})"
             )
         if quantity != "latency":
             raise UserError(
@@ -1596,6 +1609,11 @@ def search(
             f"measured accuracy {100 * (predicted_acc - acc):.1f} points below the prediction: "
             "units pruned together lose more than the sum of their separate drops (the "
             "prediction's independence assumption); fine-tuning recovers much of it"
+        )
+    if b.quantity != "latency" and meter.dense <= target * (1 + 1e-9):
+        notes.append(
+            f"the dense model already meets this budget ({format_cost(b.quantity, meter.dense)} "
+            f"<= {format_cost(b.quantity, target)}): nothing needed pruning"
         )
     chance = 1.0 / max(data.num_classes, 1)
     if acc <= 1.5 * chance:

@@ -869,7 +869,7 @@ def strategies_figure(
         title=_titled(title, subtitle),
         template=TEMPLATE,
         barmode="group",
-        xaxis={"title": "how the per-layer ratios were chosen (same measured budget)",
+        xaxis={"title": "how the per-layer ratios were chosen (each meets the same budget)",
                "type": "category"},
         yaxis={"title": "top-1 accuracy (validation split; axis not from 0)",
                **percent_axis(vals), "range": [max(lo - pad, 0.0), min(hi + pad, 1.0)]},

@@ -256,8 +256,9 @@ def _strategies_words(df: pd.DataFrame) -> str:
     lead = float(best[col] - order[col].iloc[1]) if len(df) > 1 else 0.0
     return (
         f"Best {when}: {best['label']}, {best[col]:.2%} ({100 * lead:+.2f} points over the next). "
-        "Every strategy meets the same measured budget; differences of a few tenths of a point "
-        "are within the spread of one fine-tune (seeds), so rerun before concluding."
+        "Every strategy meets the same budget, each at its own measured cost (the table's: a "
+        "cheaper one had less to work with); differences of a few tenths of a point are "
+        "within the spread of one fine-tune (seeds), so rerun before concluding."
     )
 
 
