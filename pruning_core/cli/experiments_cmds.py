@@ -98,8 +98,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Prune each unit alone over several ratios (a layer; a channel group of "
         "layers coupled by residual additions or concatenations; an attention layer; a residual "
         "block, removed whole), record the accuracy drop, and suggest per-unit ratios reaching "
-        "--target-sparsity with the least predicted loss (checked against a uniform ratio at "
-        "the same sparsity; not for blocks, which take one ratio). The points run in this "
+        "--target-sparsity with the least predicted loss (checked against the uniform ratio "
+        "--target-sparsity in every unit; not for blocks, which take one ratio). For channels "
+        "and heads the target is a share of each unit's elements, weighted by size: removing "
+        "a channel also removes the next layer's inputs, so the measured weight sparsity of "
+        "both is higher than the target. The points run in this "
         "process or, with --executor ray, on a Ray cluster.",
     )
     add_model_args(p)
@@ -326,6 +329,7 @@ def _suggest(
         predicted_drop,
         suggest_ratios,
     )
+    from pruning_core.plans import get_plan
 
     target = args.target_sparsity
     if target is None:
@@ -350,6 +354,16 @@ def _suggest(
         "uniform_predicted_drop": predicted_drop(df, uniform),
         "measured_on": "val",
         **check,
+        **(
+            {
+                "note": "target and ratios are shares of channels (or heads); sparsity and "
+                "uniform_sparsity are the measured shares of weights, higher since a removed "
+                "channel takes the next layer's inputs with it: suggested and uniform differ in "
+                "cost too, compare them by it"
+            }
+            if get_plan(args.granularity)[0].structured
+            else {}
+        ),
     }
 
 
