@@ -36,10 +36,13 @@ __all__ = [
     "CHECKPOINT_SUFFIXES",
     "META_FILE",
     "MODEL_FILE",
+    "QUANT_META_FILE",
+    "QUANT_ONNX_FILE",
     "check_loaded_finite",
     "check_state_dict",
     "check_tensors",
     "dtype_kind",
+    "is_quantized_dir",
     "load_state",
     "nonfinite_count",
     "read_model_dir",
@@ -54,6 +57,16 @@ MODEL_FILE = "model.safetensors"
 # Checkpoint files by suffix (anything else is a registry name or a model folder).
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 META_FILE = "model.json"
+# An int8 folder (`quantize.quantize`): the graph and what was measured. Named here, beside the
+# float model folder's files, so that loaders can tell the two apart without importing ONNX.
+QUANT_ONNX_FILE = "model.onnx"
+QUANT_META_FILE = "quantized.json"
+
+
+def is_quantized_dir(directory: Path | str) -> bool:
+    """True when `directory` holds a quantized model (`model.onnx` and `quantized.json`)."""
+    d = Path(directory)
+    return (d / QUANT_ONNX_FILE).is_file() and (d / QUANT_META_FILE).is_file()
 
 
 def dtype_kind(dtype: torch.dtype) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pruning_core.checkpoint import META_FILE
+from pruning_core.checkpoint import META_FILE, QUANT_META_FILE
 from pruning_core.errors import UserError
 from pruning_core.models import get_entry
 
@@ -31,8 +31,6 @@ def home_dataset(model_ref: str) -> str | None:
         The dataset reference its registry entry or folder names, or None. Never raises: an
         unreadable folder or an unknown name has no known home.
     """
-    from pruning_core.quantize import QUANT_META_FILE
-
     path = Path(model_ref)
     if path.is_dir():
         for name in (META_FILE, QUANT_META_FILE):

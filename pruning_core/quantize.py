@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from pruning_core.calibration import calibration_batches
+from pruning_core.checkpoint import QUANT_META_FILE, QUANT_ONNX_FILE, is_quantized_dir
 from pruning_core.errors import UserError, first_line, shown
 from pruning_core.evaluate import EvalResult, evaluate, predict_logits
 from pruning_core.fsio import check_output_dir, output_dir, write_json
@@ -90,8 +91,6 @@ __all__ = [
 QUANT_MODES = ("dynamic", "static")
 QUANT_FORMAT = "pruning-lab-int8-onnx"
 QUANT_VERSION = 1
-QUANT_ONNX_FILE = "model.onnx"
-QUANT_META_FILE = "quantized.json"
 ACTIVATION_TYPES = ("uint8", "int8")
 # The stated tolerance of an int8 model against its float original (see the module docstring).
 INT8_ACCURACY_TOLERANCE = 0.02
@@ -555,12 +554,6 @@ def save_quantized(out: Path, graph: bytes, meta: Mapping[str, Any]) -> Path:
         (tmp / QUANT_ONNX_FILE).write_bytes(graph)
         write_json(tmp / QUANT_META_FILE, doc)
     return Path(out)
-
-
-def is_quantized_dir(directory: Path | str) -> bool:
-    """True when `directory` holds a quantized model (`model.onnx` and `quantized.json`)."""
-    d = Path(directory)
-    return (d / QUANT_ONNX_FILE).is_file() and (d / QUANT_META_FILE).is_file()
 
 
 def load_quantized(

@@ -25,6 +25,7 @@ from pruning_core.checkpoint import (
     check_loaded_finite,
     check_state_dict,
     check_tensors,
+    is_quantized_dir,
     load_state,
     read_model_meta,
     read_model_state,
@@ -506,8 +507,6 @@ def load_model(
             ref,
         )
     if path.is_dir():
-        from pruning_core.quantize import is_quantized_dir
-
         if is_quantized_dir(path):
             raise UserError(
                 f"{path} is an int8 model (from pruning-lab quantize): it runs only in ONNX "
