@@ -39,6 +39,19 @@ def _int(s: str) -> int:
     return int(s.replace(",", ""))
 
 
+def _mlp_with_layers_open() -> AppTest:
+    """The Prune page on digits-mlp (units fc1, fc2) with the per-layer sliders drawn."""
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.session_state["prune_layers_open"] = True
+    return at.run()
+
+
+def _unit(at: AppTest, name: str) -> Any:
+    """The per-layer slider of unit `name`."""
+    return next(s for s in at.slider if str(s.key).endswith(f"_{name}"))
+
+
 def test_slider_moves_the_live_preview() -> None:
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     assert not at.exception
@@ -88,10 +101,7 @@ def test_structured_preview_then_apply_shrinks_the_session_model() -> None:
 
 
 def test_suggest_from_sensitivity_fills_the_per_layer_table() -> None:
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state["model_ref"] = "digits-mlp"
-    at.session_state["prune_layers_open"] = True  # Suggest is inside the per-layer expander
-    at.run()
+    at = _mlp_with_layers_open()  # Suggest is inside the per-layer expander
     at.slider(key="prune_ratio").set_value(0.6).run()
     at.button(key="prune_suggest").click().run()
     assert not at.exception
@@ -124,7 +134,7 @@ def test_per_layer_sliders_override_one_unit_and_follow_the_global_ratio() -> No
     units = [s for s in at.slider if str(s.key).startswith("prune_unit_")]
     assert len(units) == 2 and all(abs(s.value - 0.5) < 1e-9 for s in units)  # fc1, fc2
     before = _metric(at, "Sparsity")
-    fc1 = next(s for s in units if s.key.endswith("_fc1"))
+    fc1 = _unit(at, "fc1")
     fc1.set_value(0.9).run()
     assert not at.exception
     assert at.session_state["prune_overrides"] == {"fc1": 0.9}
@@ -144,10 +154,7 @@ def test_a_global_move_with_stale_per_layer_values_sets_no_override() -> None:
     """Two quick presses on the global slider: the second run gets the per-layer sliders as the
     browser still showed them before the first run's values arrived; they follow the global
     ratio, not become overrides (seen in Chromium: every slider froze at 0.50)."""
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state["model_ref"] = "digits-mlp"
-    at.session_state["prune_layers_open"] = True
-    at.run()
+    at = _mlp_with_layers_open()
     at.slider(key="prune_ratio").set_value(0.55).run()
     units = [s for s in at.slider if str(s.key).startswith("prune_unit_")]
     assert len(units) == 2 and all(abs(s.value - 0.55) < 1e-9 for s in units)
@@ -160,7 +167,7 @@ def test_a_global_move_with_stale_per_layer_values_sets_no_override() -> None:
     values = [s.value for s in at.slider if str(s.key).startswith("prune_unit_")]
     assert values == [0.6, 0.6]
     # A per-layer move afterwards (global unchanged) is still the user's override.
-    fc1 = next(s for s in at.slider if str(s.key).endswith("_fc1"))
+    fc1 = _unit(at, "fc1")
     fc1.set_value(0.2).run()
     assert at.session_state["prune_overrides"] == {"fc1": 0.2}
 
@@ -168,29 +175,23 @@ def test_a_global_move_with_stale_per_layer_values_sets_no_override() -> None:
 def test_a_moved_per_layer_slider_is_not_sent_back_to_the_browser() -> None:
     """The page sets no value on a slider the user is moving (a value set by the page is sent
     with `set_value` and snaps the browser's slider back while arrow presses go on)."""
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state["model_ref"] = "digits-mlp"
-    at.session_state["prune_layers_open"] = True
-    at.run()
-    fc1 = next(s for s in at.slider if str(s.key).endswith("_fc1"))
+    at = _mlp_with_layers_open()
+    fc1 = _unit(at, "fc1")
     fc1.set_value(0.45).run()
     assert not at.exception
-    fc1 = next(s for s in at.slider if str(s.key).endswith("_fc1"))
+    fc1 = _unit(at, "fc1")
     assert fc1.value == 0.45 and not fc1.proto.set_value
     # A slider that follows a global move is set by the page (and shows the new ratio).
     at.slider(key="prune_ratio").set_value(0.6).run()
-    fc2 = next(s for s in at.slider if str(s.key).endswith("_fc2"))
+    fc2 = _unit(at, "fc2")
     assert fc2.value == 0.6 and fc2.proto.set_value
 
 
 def test_overrides_of_one_granularity_do_not_carry_to_another() -> None:
     # digits-mlp's units are fc1 and fc2 under unstructured and channel pruning alike: a share
     # of weights set (or suggested) for one is not a share of channels for the other.
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state["model_ref"] = "digits-mlp"
-    at.session_state["prune_layers_open"] = True
-    at.run()
-    fc1 = next(s for s in at.slider if str(s.key).endswith("_fc1"))
+    at = _mlp_with_layers_open()
+    fc1 = _unit(at, "fc1")
     fc1.set_value(0.9).run()
     assert at.session_state["prune_overrides"] == {"fc1": 0.9}
     at.selectbox(key="prune_granularity").set_value("channel").run()

@@ -206,10 +206,11 @@ def companions_panel(
         help=f"Accuracy is measured on the first N validation images ({n_val:,}: the whole "
         "split).",
     )  # fmt: skip
+    attention = has_attention(loaded.model)  # once, not once per option
     st.multiselect(
         "Variants (dense is always measured)", list(COMPANION_VARIANTS[1:]),
         key="tradeoff_comp_variants",
-        format_func=lambda v: variant_label(v, attention=has_attention(loaded.model)),
+        format_func=lambda v: variant_label(v, attention=attention),
     )  # fmt: skip
     _keep()
     start_button(

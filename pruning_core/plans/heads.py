@@ -4,10 +4,10 @@ Heads of attention modules with `num_heads`, `head_dim` and Linear `qkv`/`proj` 
 ViT's `Attention`, `models.architectures.SelfAttention`): rows of `qkv`, columns of `proj`, and
 `num_heads` updated. A low-rank `qkv`/`proj` (`layers.LowRankLinear`, after low-rank
 factorisation) loses the rows of its output factor and the columns of its input factor: the
-bottlenecks keep their rank. A head's score is the sum of the criterion's scores of its query, key and
-value rows (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"). torchvision ViTs'
-`nn.MultiheadAttention` is first swapped, exactly, for the same attention with its own
-`qkv`/`proj` (`SelfAttention`), since MHA cannot shrink.
+bottlenecks keep their rank. A head's score is the sum of the criterion's scores of its query,
+key and value rows (Michel et al. 2019, "Are Sixteen Heads Really Better than One?").
+torchvision ViTs' `nn.MultiheadAttention` is first swapped, exactly, for the same attention
+with its own `qkv`/`proj` (`SelfAttention`), since MHA cannot shrink.
 """
 
 from __future__ import annotations
