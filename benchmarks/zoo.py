@@ -64,11 +64,14 @@ TIMM = [
 ARCHS = [f"torchvision:{a}" for a in TORCHVISION] + [f"timm:{a}" for a in TIMM]
 # The granularities and ratios of the issue (2:4 has its own fixed ratio).
 GRANULARITIES = {"unstructured": 0.5, "2:4": 0.5, "channel": 0.3, "head": 0.5, "block": 0.3}
-# What CI runs (tests/test_zoo_matrix.py): one of each kind of difficulty, a few minutes.
+# What CI runs (tests/test_zoo_matrix.py): the four difficulties whose outcome it asserts, under
+# two minutes on 2 cores (the CI suite must stay under 15): auxiliary heads and concatenation
+# (googlenet), module versions and depthwise convs (mnasnet), channel shuffle (shufflenet, a
+# refusal) and attention heads (deit). The rest (squeeze-excitation, channels-last LayerNorm,
+# attention with BatchNorm...) run in the full matrix, `python -m benchmarks.zoo`.
 CI_SUBSET = [
     "torchvision:googlenet", "torchvision:mnasnet0_5", "torchvision:shufflenet_v2_x0_5",
-    "torchvision:squeezenet1_0", "timm:mobilenetv3_small_050", "timm:convnext_atto",
-    "timm:deit_tiny_patch16_224", "timm:levit_128s",
+    "timm:deit_tiny_patch16_224",
 ]  # fmt: skip
 CLASSES, PER_CLASS, SIDE = 4, 5, 32
 REOPEN_ATOL = 1e-5
