@@ -1429,6 +1429,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"python {m.get('python')}, torch {m.get('torch')}; CUDA: {m.get('cuda') or 'none'}",
         f"- load average (1/5/15 min) at start {m.get('loadavg_start')}, at end {m.get('loadavg_end')}"
         " — the machine is shared, so timings are ratios measured side by side in one run",
+        "- sparsity columns: the share of all Linear/Conv weights zero or removed "
+        "(`pruning_core.terms.SPARSITY_MEANS`); sections run before 2026-12-01 counted only the "
+        "pruned layers' weights (a little higher for unstructured, higher for channels)",
         "",
         "## Targets (DESIGN section 7)",
         "",

@@ -51,7 +51,7 @@ else:
     sp = float(pm.result.get("sparsity", 0.0))
     st.success(
         f"Exporting your **{pm.stage}** model: `{pm.model_ref}` {pm.config.method} "
-        f"{pm.config.granularity}, {sp:.1%} of the pruned layers' weights removed; accuracy "
+        f"{pm.config.granularity}, sparsity {sp:.1%}; accuracy "
         f"{(pm.accuracy or 0):.2%} on all {base['n']} validation images (dense {base['accuracy']:.2%})."
     )
 stem = export_stem(model_ref, pm)

@@ -161,7 +161,7 @@ def sweep(
 
     Returns:
         One row per point with the columns of `SWEEP_COLUMNS` plus `dense_accuracy`: method,
-        granularity, ratio, sparsity (measured over pruned layers), accuracy (pruned, before
+        granularity, ratio, sparsity (measured, `terms.SPARSITY_MEANS`), accuracy (pruned, before
         fine-tune), finetuned_accuracy, params_nonzero, macs, seconds.
 
     Raises:
@@ -728,9 +728,9 @@ def lower_hull(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarra
 def suggest_ratios(
     sens_df: pd.DataFrame,
     layer_sizes: Mapping[str, int],
-    target_sparsity: float,
+    target_ratio: float,
 ) -> dict[str, float]:
-    """Per-layer ratios reaching `target_sparsity` overall with the least predicted loss.
+    """Per-layer ratios reaching `target_ratio` overall with the least predicted loss.
 
     Each layer's measured drop curve (linear between measured ratios, from 0 at ratio 0) is
     replaced by its lower convex hull; hull segments from every layer are then taken in order of
@@ -741,16 +741,18 @@ def suggest_ratios(
     Args:
         sens_df: Output of `sensitivity` (columns layer, ratio, drop).
         layer_sizes: Weights per layer; the layers to assign (each needs sensitivity rows).
-        target_sparsity: Share of all weights of these layers to remove, in [0, 1).
+        target_ratio: Share of all weights (or units) of these layers to remove, in [0, 1): a
+            ratio, as the global slider and `--ratio` count it (the model's sparsity is then
+            that of a uniform ratio, `terms.SPARSITY_MEANS`).
 
     Returns:
-        {layer: ratio}, with sum(ratio * size) / sum(size) == target_sparsity (to rounding).
+        {layer: ratio}, with sum(ratio * size) / sum(size) == target_ratio (to rounding).
 
     Raises:
         UserError: Target outside [0, 1), a layer without sensitivity rows, or a target beyond
             what the measured ratios reach (measure larger ratios).
     """
-    target = _check_ratios([target_sparsity], "target sparsity")[0]
+    target = _check_ratios([target_ratio], "target ratio")[0]
     if not layer_sizes:
         raise UserError("no layers to assign ratios to")
     missing = [n for n in layer_sizes if not (sens_df["layer"] == n).any()]
@@ -769,7 +771,7 @@ def suggest_ratios(
             segments.append((slope, xs[b], layer, xs[a], xs[b]))
     if need > reach + 1e-9:
         raise UserError(
-            f"target sparsity {target:g} needs larger ratios than measured (the measured ratios "
+            f"target ratio {target:g} needs larger ratios than measured (the measured ratios "
             f"reach at most {reach / total:.3f} overall); measure up to a higher ratio"
         )
     segments.sort(key=lambda s: s[0])
@@ -807,7 +809,7 @@ def check_suggestion(
     limit: int | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Measure suggested per-layer ratios against a uniform ratio at the same overall sparsity.
+    """Measure suggested per-layer ratios against a uniform ratio at the same overall ratio.
 
     Both are applied to copies (the model is not modified) and evaluated before any fine-tune,
     so the comparison is measured rather than predicted.
@@ -824,9 +826,10 @@ def check_suggestion(
         device: Where to evaluate.
 
     Returns:
-        {"target_sparsity", "sparsity", "accuracy", "uniform_ratio", "uniform_sparsity",
-        "uniform_accuracy", "base_accuracy"}; `target_sparsity` is the size-weighted mean of
-        `ratios` and the uniform ratio applied to every layer.
+        {"target_ratio", "sparsity", "accuracy", "uniform_ratio", "uniform_sparsity",
+        "uniform_accuracy", "base_accuracy"}; `target_ratio` is the size-weighted mean of
+        `ratios` and the uniform ratio applied to every layer; `sparsity` and
+        `uniform_sparsity` are measured (`terms.SPARSITY_MEANS`).
     """
     if not ratios:
         raise UserError("no suggested ratios to check")
@@ -843,13 +846,11 @@ def check_suggestion(
         method=method, granularity=granularity, ratio=0.0,
         layer_ratios=tuple((n, target) for n in ratios),
     )  # fmt: skip
-    out: dict[str, Any] = {"target_sparsity": target, "uniform_ratio": target}
+    out: dict[str, Any] = {"target_ratio": target, "uniform_ratio": target}
     for key, cfg in (("", suggested), ("uniform_", uniform)):
         m = _fresh(model)
         res = prune_(m, cfg, data=data, spec=spec)
-        out[f"{key}sparsity"] = (
-            sum(res.layer_sparsity.get(n, 0.0) * sizes[n] for n in sizes) / total
-        )
+        out[f"{key}sparsity"] = res.sparsity
         m.to(dev)
         out[f"{key}accuracy"] = evaluate(
             m, data, spec, split=split, device=dev, limit=limit

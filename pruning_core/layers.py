@@ -30,6 +30,7 @@ from pruning_core.errors import UserError
 from pruning_core.spec import InputSpec
 
 __all__ = [
+    "COUNTED_LAYERS",
     "LOW_RANK_LAYERS",
     "WEIGHT_LAYERS",
     "LowRankConv2d",
@@ -38,6 +39,7 @@ __all__ = [
     "check_finite",
     "check_model_finite",
     "classifier_name",
+    "counted_weights",
     "eval_mode",
     "example_input",
     "following_batchnorm",
@@ -47,6 +49,7 @@ __all__ = [
     "low_rank_like",
     "main_logits",
     "matches_pattern",
+    "model_sparsity",
     "module_stack",
     "output_layers",
     "resolve_ignore",
@@ -58,6 +61,35 @@ __all__ = [
 
 # The layers whose weights criteria score and masks prune.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+# The layers whose weights a model's sparsity, parameter and MAC tables count.
+COUNTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def counted_weights(model: nn.Module) -> dict[str, int]:
+    """Elements of each Linear/Conv weight (`COUNTED_LAYERS`), by layer name: the denominator of
+    `terms.SPARSITY_MEANS`. Take it before shrinking a model, so the share is of the model pruned."""
+    out: dict[str, int] = {}
+    for n, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, COUNTED_LAYERS) and isinstance(w, torch.Tensor):
+            out[n] = int(w.numel())
+    return out
+
+
+def model_sparsity(removed: Mapping[str, float], sizes: Mapping[str, int]) -> float:
+    """Sparsity as `terms.SPARSITY_MEANS` defines it.
+
+    Args:
+        removed: Layer name -> share of its weight that is zero or removed (0-1); names not in
+            `sizes` (BatchNorm, a factorised pair's parent) are not counted.
+        sizes: `counted_weights` of the model as it was before pruning.
+
+    Returns:
+        Removed weights over all of `sizes` (0 for a model without Linear/Conv layers).
+    """
+    total = sum(sizes.values())
+    gone = sum(removed.get(n, 0.0) * k for n, k in sizes.items())
+    return gone / total if total else 0.0
 
 
 def is_weight_layer(m: nn.Module) -> bool:

@@ -12,6 +12,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from pruning_core.terms import SPARSITY_AXIS
+
 __all__ = [
     "REPORT_TEMPLATE",
     "TEMPLATE",
@@ -576,8 +578,7 @@ def accuracy_sparsity_figure(
     fig.update_layout(
         title=_titled(title, subtitle),
         template=TEMPLATE,
-        xaxis={"title": "sparsity (measured share of zero weights in pruned layers)",
-               "tickformat": ".0%"},
+        xaxis={"title": SPARSITY_AXIS, "tickformat": ".0%"},
         yaxis={"title": "top-1 accuracy (validation split)", **percent_axis(_accuracies(df))},
         height=420,
         margin=_MARGIN_SUBTITLED,
@@ -603,7 +604,7 @@ def _log_ticks(df: pd.DataFrame) -> dict[str, Any]:
 
 def latency_sparsity_figure(
     df: pd.DataFrame,
-    title: str = "Latency vs sparsity by backend",
+    title: str = "Latency vs pruning ratio by backend",
     subtitle: str = "",
 ) -> go.Figure:
     """Median latency (p10-p90 bars) against the pruning ratio, one trace per backend that ran.
@@ -634,7 +635,7 @@ def latency_sparsity_figure(
     fig.update_layout(
         title=_titled(title, subtitle),
         template=TEMPLATE,
-        xaxis={"title": "share removed (weights; channels for the shrunk model)",
+        xaxis={"title": "pruning ratio (share of the pruned layers' weights; channels when shrunk)",
                "tickformat": ".0%"},
         # Log scale: backends differ by factors, and a busy machine's p90 spikes would
         # otherwise flatten every median to the floor.

@@ -24,7 +24,13 @@ from torch import nn
 from pruning_core.calibration import DEFAULT_CALIB_BATCHES, recalibrate_batchnorm
 from pruning_core.criteria import CRITERIA, Criterion, get_criterion
 from pruning_core.errors import UserError
-from pruning_core.layers import check_model_finite, is_weight_layer, weight_of
+from pruning_core.layers import (
+    check_model_finite,
+    counted_weights,
+    is_weight_layer,
+    model_sparsity,
+    weight_of,
+)
 from pruning_core.plans import Plan, check_ratio, get_plan, list_granularities
 from pruning_core.plans.masks import apply_masks_, mask_sparsity, parse_nm
 from pruning_core.spec import InputSpec
@@ -316,8 +322,12 @@ class PruneResult:
     Attributes:
         masks: Layer name -> bool keep-mask shaped like its weight (unstructured, N:M, and
             structured mask mode; empty for physical shrinking).
-        layer_sparsity: Measured share of zeros (or removed) per pruned layer.
-        sparsity: Measured share of zero weights over the pruned layers.
+        layer_sparsity: Measured share of zeros (or removed) per pruned layer; low rank: the
+            share of its rank removed.
+        sparsity: Measured sparsity of the model as pruned: zero or removed Linear/Conv
+            weights over all of the model's before pruning (`terms.SPARSITY_MEANS`, the one
+            definition for every granularity; below the ratio where layers are kept dense,
+            above it for channels, which take the next layer's inputs too).
         removed: Structured: removed channel/head/block indices per layer.
         seconds: Wall time.
         notes: Things the user should know (layers skipped and why).
@@ -453,17 +463,18 @@ StructuredPreview = Preview
 
 
 def measured_sparsity(model: nn.Module, layers: Sequence[str]) -> tuple[float, dict[str, float]]:
-    """Measured share of exactly-zero weights over `layers`, and per layer."""
+    """Measured sparsity of `model` from the exact zeros of `layers` (the pruned ones).
+
+    Returns:
+        The model's sparsity as `terms.SPARSITY_MEANS` defines it (zeros of `layers` over all
+        of its Linear/Conv weights), and each layer's share of exactly-zero weights.
+    """
     mods = dict(model.named_modules())
     per: dict[str, float] = {}
-    zeros = total = 0
     for n in layers:
         w = mods[n].weight
-        z = w.numel() - int(torch.count_nonzero(w.detach()))
-        per[n] = z / max(w.numel(), 1)
-        zeros += z
-        total += w.numel()
-    return zeros / max(total, 1), per
+        per[n] = (w.numel() - int(torch.count_nonzero(w.detach()))) / max(w.numel(), 1)
+    return model_sparsity(per, counted_weights(model)), per
 
 
 def zero_masks(model: nn.Module) -> dict[str, torch.Tensor]:

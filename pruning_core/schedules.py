@@ -53,7 +53,8 @@ DYNAMIC_DEFAULT_UPDATES = 10
 
 
 def schedule_ratio(kind: str, t: int, n: int, final: float, initial: float = 0.0) -> float:
-    """Target sparsity after step `t` of `n` (t = 1..n).
+    """Target ratio after step `t` of `n` (t = 1..n): the s_t of Zhu & Gupta 2017, a share of the
+    pruned layers, not of the whole model (`terms.SPARSITY_MEANS`).
 
     Args:
         kind: `oneshot` (the final ratio at once), `linear`, `agp` (cubic) or `dynamic`

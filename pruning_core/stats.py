@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pruning_core.layers import LOW_RANK_LAYERS, weight_of, zero_forward
+from pruning_core.layers import COUNTED_LAYERS, LOW_RANK_LAYERS, weight_of, zero_forward
 from pruning_core.spec import InputSpec
 
 __all__ = [
@@ -65,7 +65,7 @@ DEFAULT_BINS = 60
 # Activation histograms are binned from a random sample of at most this many values per layer.
 ACT_SAMPLE = 1 << 16
 
-_WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_WEIGHT_TYPES = COUNTED_LAYERS
 
 
 def count_params(model: nn.Module, *, nonzero: bool = False) -> int:

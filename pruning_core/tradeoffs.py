@@ -68,8 +68,7 @@ def latency_vs_sparsity(
     Returns:
         The rows of `benchmark_backends` (backend, status, reason, median_ms, p10_ms, p90_ms,
         speedup, vs_dense, batch_size, threads, device, ...) with `ratio` and `sparsity`
-        (measured share of zero weights in the pruned layers, or share of channels removed for
-        `structured`). `attrs`: cancelled, batch_size, device, threads and `protocol` (the
+        (measured, `terms.SPARSITY_MEANS`). `attrs`: cancelled, batch_size, device, threads and `protocol` (the
         settings in words).
     """
     ratios = [float(r) for r in ratios]

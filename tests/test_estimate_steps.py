@@ -51,6 +51,42 @@ def test_a_position_seen_before_is_not_evaluated_again(preview: SliderPreview) -
     assert len(list(preview.estimate_steps(other, 200, first=100))) == 2
 
 
+def test_a_step_runs_in_chunks_and_stops_between_them(
+    preview: SliderPreview, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user who moves on waits for one chunk of forward pass, not for the rest of a step."""
+    import pruning_core.slider as slider
+
+    calls: list[int] = []
+    real = slider.predict_logits
+
+    def counting(model, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(x))
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(slider, "predict_logits", counting)
+    stats = preview.update(0.7)
+    list(preview.estimate_steps(stats, 40, first=40))  # measures this model's throughput
+    # Chunks of ~10 images: a step of 40 images is then several forward passes...
+    monkeypatch.setattr(slider, "ESTIMATE_CHUNK_SECONDS", 10 * preview._seconds_per_image)
+    stats = preview.update(0.75)
+    calls.clear()
+    seen = [s.n_eval for s in preview.estimate_steps(stats, 80, first=20)]
+    assert seen == [20, 40, 80]
+    assert len(calls) > len(seen) and max(calls) < 40
+    full = evaluate(preview.model, preview.data, preview.spec, limit=80)
+    assert stats.accuracy == pytest.approx(full.accuracy, abs=1e-12)
+    # ...and a stop between two chunks ends the estimate at the last step shown.
+    stats = preview.update(0.85)
+    moved: list[bool] = []
+    calls.clear()
+    steps = preview.estimate_steps(stats, 80, first=20, stop=lambda: bool(moved))
+    assert next(steps).n_eval == 20
+    moved.append(True)  # the user moves on while the next step computes
+    assert list(steps) == []
+    assert stats.n_eval == 20 and sum(calls) < 80  # the rest was never evaluated
+
+
 @pytest.mark.parametrize(("correct", "n"), [(0, 10), (10, 10), (93, 100), (450, 500), (1, 3)])
 def test_wilson_interval_holds_the_proportion_and_stays_in_bounds(correct: int, n: int) -> None:
     lo, hi = wilson_interval(correct, n)

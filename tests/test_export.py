@@ -148,7 +148,7 @@ def test_report_is_self_contained(dense: LoadedModel) -> None:
     assert page.count('class="plotly-graph-div"') == 3  # accuracy, latency, per-layer
     # plotly.js itself is inlined exactly once.
     assert page.count("plotly.js v") >= 1 and len(page) > 1_000_000
-    assert "Accuracy vs sparsity" in page and "Latency vs sparsity" in page
+    assert "Accuracy vs sparsity" in page and "Latency vs pruning ratio" in page
     assert "95.00%" in page  # the fine-tuned accuracy headline
     assert "Model card" in page
     # Text from the user (model names) is escaped.

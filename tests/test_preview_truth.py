@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from sample_pairs import REFUSED, SAMPLES
+from torch import nn
 
 from pruning_core.data import load_dataset
 from pruning_core.errors import UserError
@@ -46,7 +47,9 @@ def test_preview_accuracy_equals_applied_accuracy(model_ref: str, granularity: s
     assert granularity.startswith("lowrank") or stats.sparsity > 0
 
     applied = trainable_copy(loaded.model)
-    prune_(applied, config, data=data, spec=loaded.spec, scores=preview.engine)
+    res = prune_(applied, config, data=data, spec=loaded.spec, scores=preview.engine)
+    # One definition of sparsity: the preview's number is the applied model's (CLI, report).
+    assert res.sparsity == pytest.approx(stats.sparsity, abs=1e-9)
     dense_params = sum(p.numel() for p in loaded.model.parameters())
     assert sum(p.numel() for p in applied.parameters()) < dense_params  # really shrunk
     assert evaluate(applied, data, loaded.spec, limit=N_IMAGES).accuracy == stats.accuracy
@@ -56,3 +59,24 @@ def test_preview_accuracy_equals_applied_accuracy(model_ref: str, granularity: s
     with torch.no_grad():
         masked, shrunk = preview.model.eval()(xb), applied.eval()(xb)
     torch.testing.assert_close(masked, shrunk, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "2:4"])
+@pytest.mark.parametrize("model_ref", ["digits-cnn", "shapes-resnet"])
+def test_zeros_sparsity_is_one_number_in_preview_engine_and_model(
+    model_ref: str, granularity: str
+) -> None:
+    """Unstructured and N:M keep the classifier dense: the model's sparsity is then below the
+    ratio, and the preview, `prune_` and a count of the model's zeros all say the same."""
+    loaded = load_model(model_ref)
+    config = PruneConfig(criterion="magnitude", granularity=granularity, ratio=0.5)
+    preview = SliderPreview(loaded, config, None)
+    stats = preview.update(0.5)
+    applied = trainable_copy(loaded.model)
+    res = prune_(applied, config, spec=loaded.spec)
+    weights = [m.weight for m in applied.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    counted = zeros / sum(w.numel() for w in weights)
+    assert res.sparsity == pytest.approx(counted, abs=1e-9)
+    assert stats.sparsity == pytest.approx(res.sparsity, abs=1e-9)
+    assert res.sparsity < 0.5  # the dense classifier counts too

@@ -74,7 +74,7 @@ def _outcome(job: Job, snap: dict[str, Any], points: int, dense_accuracy: float)
             summary = (
                 f"Done in {snap['elapsed']:.0f} s. Validation accuracy {acc:.2%} after "
                 f"fine-tuning (dense {dense_accuracy:.2%}); sparsity "
-                f"{metrics.get('sparsity', 0):.1%} of the pruned layers. "
+                f"{metrics.get('sparsity', 0):.1%}. "
             )
             change = finetune_change(metrics)
             outcome = finetune_outcome(metrics) or ""

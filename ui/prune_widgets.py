@@ -18,6 +18,7 @@ from pruning_core.errors import UserError
 from pruning_core.plans.blocks import BlockPlan
 from pruning_core.plots import histogram_figure, layer_sparsity_figure, mask_figure
 from pruning_core.slider import PreviewStats, SliderPreview, mask_grid, mask_is_averaged
+from pruning_core.terms import SPARSITY_MEANS
 from ui.actions import (
     MAX_UNIT_RATIO,
     SENSITIVITY_IMAGES,
@@ -457,14 +458,13 @@ def preview_panel(
         f"dense kernel still does all {preview.macs_dense:,}).",
     )
     m[2].metric(
-        "Sparsity" if zeros else "Weights removed",
+        "Sparsity",
         f"{stats.sparsity:.1%}",
         help=(
-            "Share of zero weights over all Linear/Conv layers, the classifier included "
-            "(biases and BatchNorm not counted)."
+            f"The {SPARSITY_MEANS}, as every page, the CLI and the report count it."
             if zeros
-            else "Share of the Linear/Conv weights, the classifier included, that the applied "
-            "model will not have (counted from its shapes: the preview sets no weight to zero)."
+            else f"Sparsity: the {SPARSITY_MEANS}, counted from the applied model's shapes (the "
+            "preview sets no weight to zero)."
         ),
     )
     # Filled last: the charts show first, the estimate (a forward pass) follows.
@@ -553,7 +553,9 @@ def preview_panel(
     lane_turn = lane.turn(newer_run_waiting) if estimate_on else nullcontext(False)
     with lane_turn as turn:
         steps = (
-            preview.estimate_steps(stats, int(n_est), recalibrate_bn=recalibrate_bn)
+            preview.estimate_steps(
+                stats, int(n_est), recalibrate_bn=recalibrate_bn, stop=newer_run_waiting
+            )
             if turn
             else iter(())
         )
@@ -574,7 +576,8 @@ def preview_panel(
             if newer_run_waiting() or busy:
                 break
         else:
-            if estimated:
+            # The steps also end early, between chunks, when the user moved on.
+            if estimated and not newer_run_waiting():
                 bn_estimate_caption(bn_slot, preview, stats, int(n_est), recalibrate_bn)
     if estimated:
         timing_slot.caption(_timing(preview, stats, with_estimate=True))

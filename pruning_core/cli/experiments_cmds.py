@@ -40,9 +40,9 @@ from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.train import DEFAULT_FINETUNE as FT
 from pruning_core.validate import POSITIVE_INT, RATIO
 
-__all__ = ["DEFAULT_TARGET_SPARSITY", "cmd_sensitivity", "cmd_sweep", "parse_ratios", "register"]
+__all__ = ["DEFAULT_TARGET_RATIO", "cmd_sensitivity", "cmd_sweep", "parse_ratios", "register"]
 
-DEFAULT_TARGET_SPARSITY = 0.8
+DEFAULT_TARGET_RATIO = 0.8
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -98,11 +98,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Prune each unit alone over several ratios (a layer; a channel group of "
         "layers coupled by residual additions or concatenations; an attention layer; a residual "
         "block, removed whole), record the accuracy drop, and suggest per-unit ratios reaching "
-        "--target-sparsity with the least predicted loss (checked against the uniform ratio "
-        "--target-sparsity in every unit; not for blocks, which take one ratio). For channels "
-        "and heads the target is a share of each unit's elements, weighted by size: removing "
-        "a channel also removes the next layer's inputs, so the measured weight sparsity of "
-        "both is higher than the target. The points run in this "
+        "--target-ratio with the least predicted loss (checked against the uniform ratio "
+        "--target-ratio in every unit; not for blocks, which take one ratio). The target is a "
+        "ratio as --ratio counts it, a share of the units' weights (for channels and heads, of "
+        "their elements), weighted by size; the measured sparsity of both, a share of all "
+        "Linear/Conv weights, is printed beside it. The points run in this "
         "process or, with --executor ray, on a Ray cluster.",
     )
     add_model_args(p)
@@ -118,10 +118,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         + ", ".join(g.example for g in list_granularities() if not g.fixed_ratio),
     )
     p.add_argument(
+        "--target-ratio",
         "--target-sparsity",
+        dest="target_ratio",
         type=RATIO,
-        help=f"overall sparsity to suggest ratios for (default {DEFAULT_TARGET_SPARSITY}, "
-        "or the largest measured ratio if smaller)",
+        help=f"overall ratio to suggest per-unit ratios for, as --ratio counts it (default "
+        f"{DEFAULT_TARGET_RATIO}, or the largest measured ratio if smaller; --target-sparsity "
+        "is its former name)",
     )
     p.add_argument("--limit", type=POSITIVE_INT, help="evaluate on the first N images of the split")
     p.add_argument(
@@ -256,9 +259,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
 
     _check_out(args.out)
     ratios = parse_ratios(args.ratios, "--ratios")
-    if args.target_sparsity is not None and args.target_sparsity > max(ratios):
+    if args.target_ratio is not None and args.target_ratio > max(ratios):
         raise UserError(
-            f"--target-sparsity {args.target_sparsity} is above the largest measured ratio "
+            f"--target-ratio {args.target_ratio} is above the largest measured ratio "
             f"{max(ratios)}; add a larger value to --ratios"
         )
     config = PruneConfig(
@@ -322,7 +325,7 @@ def _suggest(
     ratios: list[float],
     units: list[str],
 ) -> dict[str, Any]:
-    """Per-unit ratios for the target sparsity, predicted and measured against uniform."""
+    """Per-unit ratios for the target ratio, predicted and measured against uniform."""
     from pruning_core.experiments import (
         check_suggestion,
         layer_sizes,
@@ -331,9 +334,9 @@ def _suggest(
     )
     from pruning_core.plans import get_plan
 
-    target = args.target_sparsity
+    target = args.target_ratio
     if target is None:
-        target = min(DEFAULT_TARGET_SPARSITY, max(ratios))
+        target = min(DEFAULT_TARGET_RATIO, max(ratios))
     sizes = layer_sizes(loaded.model, units)
     suggested = suggest_ratios(df, sizes, target)
     uniform = dict.fromkeys(sizes, target)
@@ -348,7 +351,7 @@ def _suggest(
         device=args.device,
     )
     return {
-        "target_sparsity": target,
+        "target_ratio": target,
         "ratios": suggested,
         "predicted_drop": predicted_drop(df, suggested),
         "uniform_predicted_drop": predicted_drop(df, uniform),
@@ -356,10 +359,10 @@ def _suggest(
         **check,
         **(
             {
-                "note": "target and ratios are shares of channels (or heads); sparsity and "
-                "uniform_sparsity are the measured shares of weights, higher since a removed "
-                "channel takes the next layer's inputs with it: suggested and uniform differ in "
-                "cost too, compare them by it"
+                "note": "target_ratio and ratios are shares of channels (or heads); sparsity "
+                "and uniform_sparsity are measured shares of all Linear/Conv weights, which a "
+                "removed channel takes from the next layer too: suggested and uniform differ in "
+                "cost, compare them by it"
             }
             if get_plan(args.granularity)[0].structured
             else {}

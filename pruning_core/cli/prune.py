@@ -273,7 +273,9 @@ def _summary(m: dict[str, Any], out: Path) -> dict[str, Any]:
         return "-" if v is None else f"{100 * v:.2f}%"
 
     return {
-        "pruned": f"{m['model']} on {m['dataset']}: {m['method']} {m['granularity']} to {pct(m['sparsity'])} sparsity",
+        "pruned": f"{m['model']} on {m['dataset']}: {m['method']} {m['granularity']}, "
+        + (f"ratio {r:g} -> " if isinstance(r := m.get("target_ratio"), int | float) else "")
+        + f"sparsity {pct(m['sparsity'])} of all Linear/Conv weights",
         "accuracy": f"dense {pct(m['dense_accuracy'])}, pruned {pct(m['pruned_accuracy'])}, "
         f"fine-tuned {pct(m['finetuned_accuracy'])}",
         "fine-tune": finetune_outcome(m) or "-",

@@ -25,7 +25,14 @@ import torch
 from torch import nn
 
 from pruning_core.errors import UserError, first_line
-from pruning_core.layers import check_finite, eval_mode, example_input, module_stack
+from pruning_core.layers import (
+    check_finite,
+    counted_weights,
+    eval_mode,
+    example_input,
+    model_sparsity,
+    module_stack,
+)
 from pruning_core.plans.base import Applied, Plan, Unit, layer_cap
 from pruning_core.plans.guess import guess_spec
 from pruning_core.spec import InputSpec
@@ -94,6 +101,7 @@ class GroupPlan(Plan):
         if model is not self.model:
             raise ValueError("a structured plan applies to the model it was built for")
         before = self.weight_sizes()
+        counted = counted_weights(model)
         masks: dict[str, torch.Tensor] = {}
         if physical:
             self._shrink_or_undo(selection)
@@ -104,14 +112,10 @@ class GroupPlan(Plan):
             layer_sparsity = {
                 n: float(1 - m.float().mean()) for n, m in masks.items() if n in before
             }
-        # Sparsity over every layer the granularity can touch (not only the changed ones), so a
-        # small ratio reads as a small number.
-        total = sum(before.values())
-        gone = sum(layer_sparsity.get(n, 0.0) * before[n] for n in before)
         return Applied(
             masks=masks,
             layer_sparsity={n: v for n, v in layer_sparsity.items() if v > 0},
-            sparsity=gone / total if total else 0.0,
+            sparsity=model_sparsity(layer_sparsity, counted),
             removed=self.removed_report(selection),
         )
 

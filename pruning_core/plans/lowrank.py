@@ -49,6 +49,7 @@ from pruning_core.layers import (
     LowRankConv2d,
     LowRankLinear,
     check_finite,
+    counted_weights,
     is_weight_layer,
     matches_pattern,
     resolve_ignore,
@@ -491,6 +492,7 @@ class LowRankPlan(Plan):
         per: dict[str, float] = {}
         removed: dict[str, list[int]] = {}
         before = after = 0
+        counted = sum(counted_weights(model).values())
         for u in self.units:
             k = len(selection.get(u.name, ()))
             lay = self._layers[u.name]
@@ -515,6 +517,9 @@ class LowRankPlan(Plan):
                 set_submodule(model, u.name, _pair(module, *low_rank_factors(*svd, rank)))
             else:
                 _write_rank(module, *svd, rank)
+        # The weights the factorised layers no longer have, over the whole model's (one
+        # definition of sparsity, `terms.SPARSITY_MEANS`); per layer, the share of its rank removed.
         return Applied(
-            masks={}, layer_sparsity=per, sparsity=1.0 - after / max(before, 1), removed=removed
-        )
+            masks={}, layer_sparsity=per, sparsity=(before - after) / max(counted, 1),
+            removed=removed,
+        )  # fmt: skip

@@ -23,7 +23,14 @@ from torch import nn
 
 from pruning_core.criteria import Criterion
 from pruning_core.errors import UserError
-from pruning_core.layers import check_finite, is_weight_layer, matches_pattern, resolve_ignore
+from pruning_core.layers import (
+    check_finite,
+    counted_weights,
+    is_weight_layer,
+    matches_pattern,
+    model_sparsity,
+    resolve_ignore,
+)
 from pruning_core.layers import weight_of as _weight_of
 from pruning_core.plans.base import Applied, Plan, PlanConfig, Unit, layer_cap, register_granularity
 from pruning_core.spec import InputSpec
@@ -276,14 +283,12 @@ class UnstructuredPlan(Plan):
         apply_masks_(model, masks)
         mods = dict(model.named_modules())
         per: dict[str, float] = {}
-        zeros = total = 0
         for n in masks:
             w = _weight_of(mods[n])
-            z = w.numel() - int(torch.count_nonzero(w.detach()))
-            per[n] = z / max(w.numel(), 1)
-            zeros += z
-            total += w.numel()
-        return Applied(masks=masks, layer_sparsity=per, sparsity=zeros / max(total, 1))
+            per[n] = (w.numel() - int(torch.count_nonzero(w.detach()))) / max(w.numel(), 1)
+        return Applied(
+            masks=masks, layer_sparsity=per, sparsity=model_sparsity(per, counted_weights(model))
+        )
 
 
 @register_granularity
