@@ -32,7 +32,7 @@ from ui.choices import (
 from ui.latency_panel import applied_latency_panel
 from ui.prune_widgets import committed_panel, overrides_editor, preview_panel, ratio_note
 from ui.session import pruned
-from ui.state import init_state, keep, selection
+from ui.state import init_state, keep, selection, yield_to_newer_run
 from ui.texts import CRITERIA_EXPLAINED
 from ui.texts_companions import LOWRANK_EXPLAINED
 from ui.widgets import baseline_or_stop, explain
@@ -140,6 +140,7 @@ def live_preview(
     except UserError as e:
         st.error(f"These blocks cannot be removed: {e}")
         st.stop()
+    yield_to_newer_run()  # the slider moved again meanwhile: draw that position instead
     try:
         stats = chosen.update(ratio, overrides or None, scope)
     except UserError as e:

@@ -16,7 +16,7 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import ThreadState
 
 import ui.state
 from benchmarks.ws_client import FRAGMENT_OK, AppClient, run_sync
-from ui.state import newer_run_waiting
+from ui.state import newer_run_waiting, yield_to_newer_run
 
 
 def _waiting(
@@ -56,6 +56,46 @@ def test_newer_run_waiting_counts_this_fragment_or_the_whole_page(
     page = ScriptRequests()
     page.request_rerun(RerunData())
     assert _waiting(monkeypatch, page, "f1") and _waiting(monkeypatch, page, None)
+
+
+def test_a_fragment_run_yields_to_the_newer_move_a_page_run_is_left_to_streamlit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reruns: list[str] = []
+
+    class RerunError(Exception):
+        pass
+
+    def rerun(scope: str = "app") -> None:
+        reruns.append(scope)
+        raise RerunError  # as st.rerun ends the run
+
+    monkeypatch.setattr(ui.state.st, "rerun", rerun)
+
+    def call(requests: ScriptRequests, fragments: list[str] | None) -> bool:
+        ctx = SimpleNamespace(script_requests=requests, fragment_ids_this_run=fragments)
+        monkeypatch.setattr(ui.state, "get_script_run_ctx", lambda **_: ctx)
+
+        def in_run() -> bool:
+            ThreadState.initialize(fragment_id="f1" if fragments else None)
+            try:
+                yield_to_newer_run()
+            except RerunError:
+                return True
+            return False
+
+        return contextvars.copy_context().run(in_run)
+
+    idle = ScriptRequests()
+    assert not call(idle, ["f1"]) and reruns == []  # nothing newer: the run goes on
+    moved = ScriptRequests()
+    moved.request_rerun(RerunData(fragment_id="f1"))  # the slider moved again meanwhile
+    assert call(moved, ["f1"]) and reruns == ["fragment"]  # joins it, scoped to the fragment
+    # In a whole-page run Streamlit stops at the next call by itself (and a fragment-scoped
+    # rerun is not allowed there).
+    page = ScriptRequests()
+    page.request_rerun(RerunData())
+    assert not call(page, None) and reruns == ["fragment"]
 
 
 async def _move_then_leave(url: str) -> dict[str, Any]:

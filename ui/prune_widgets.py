@@ -31,7 +31,7 @@ from ui.actions import (
 from ui.caches import dense_estimate
 from ui.choices import preview_note, saves_zeros
 from ui.session import PrunedModel, clear_pruned
-from ui.state import estimate_lane, keep, newer_run_waiting
+from ui.state import estimate_lane, keep, newer_run_waiting, yield_to_newer_run
 from ui.texts import ZEROS_NO_SPEEDUP
 from ui.widgets import explain
 
@@ -497,6 +497,8 @@ def preview_panel(
             bn_slot.caption(f"{'without' if recalibrate_bn else 'with'} BN recalibration: …")
     for note in stats.notes:
         st.caption(f"Note: {note}")
+    # The charts are most of a move's work: not for a position the user has already left.
+    yield_to_newer_run()
 
     left, right = st.columns([1.1, 1])
     with left:

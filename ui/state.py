@@ -343,6 +343,23 @@ def newer_run_waiting() -> bool:
         return False
 
 
+def yield_to_newer_run() -> None:
+    """End this fragment run now when the user has already asked for the next one (the slider
+    moved again while this run computes), so the next position is drawn without waiting for
+    this one's preview and charts (under a class's load that wait was the slider's p95).
+
+    `st.rerun(scope="fragment")` joins the waiting request, which keeps its widget values (the
+    newest), and Streamlit starts it at once; a run stopped for a rerun clears nothing, so the
+    page keeps showing this run's elements until the next run redraws them. A whole-page run
+    needs nothing: Streamlit stops it at its next call by itself.
+    """
+    ctx = get_script_run_ctx(suppress_warning=True)
+    if ctx is None or not getattr(ctx, "fragment_ids_this_run", None):
+        return
+    if newer_run_waiting():
+        st.rerun(scope="fragment")
+
+
 class Lane:
     """Work that one session of the server does at a time (the slider's accuracy estimate),
     with the count of sessions waiting for their turn.
