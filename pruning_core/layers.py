@@ -49,6 +49,7 @@ __all__ = [
     "low_rank_like",
     "main_logits",
     "matches_pattern",
+    "measured_model_sparsity",
     "model_sparsity",
     "module_stack",
     "output_layers",
@@ -90,6 +91,29 @@ def model_sparsity(removed: Mapping[str, float], sizes: Mapping[str, int]) -> fl
     total = sum(sizes.values())
     gone = sum(removed.get(n, 0.0) * k for n, k in sizes.items())
     return gone / total if total else 0.0
+
+
+def measured_model_sparsity(model: nn.Module, before: Mapping[str, int]) -> float:
+    """Sparsity of `model` as it is now (`terms.SPARSITY_MEANS`), counted from its weights: every
+    exact zero of its Linear/Conv weights plus the weights it no longer has, over `before`.
+
+    Zeros an earlier run left count too, so a chained run (unstructured, then channels) reports
+    what the model is, not only its last step.
+
+    Args:
+        model: The pruned model (shrunk or masked).
+        before: `counted_weights` of the model before this pruning.
+
+    Returns:
+        A share in [0, 1] (0 for a model without Linear/Conv layers).
+    """
+    total = sum(before.values())
+    if not total:
+        return 0.0
+    mods = dict(model.named_modules())
+    now = counted_weights(model)
+    zeros = sum(k - int(torch.count_nonzero(mods[n].weight.detach())) for n, k in now.items())
+    return min(1.0, (zeros + max(total - sum(now.values()), 0)) / total)
 
 
 def is_weight_layer(m: nn.Module) -> bool:

@@ -28,7 +28,7 @@ from pruning_core.layers import (
     check_model_finite,
     counted_weights,
     is_weight_layer,
-    model_sparsity,
+    measured_model_sparsity,
     weight_of,
 )
 from pruning_core.plans import Plan, check_ratio, get_plan, list_granularities
@@ -466,15 +466,15 @@ def measured_sparsity(model: nn.Module, layers: Sequence[str]) -> tuple[float, d
     """Measured sparsity of `model` from the exact zeros of `layers` (the pruned ones).
 
     Returns:
-        The model's sparsity as `terms.SPARSITY_MEANS` defines it (zeros of `layers` over all
-        of its Linear/Conv weights), and each layer's share of exactly-zero weights.
+        The model's sparsity as `terms.SPARSITY_MEANS` defines it (every exact zero of its
+        Linear/Conv weights over all of them), and each of `layers`' share of exact zeros.
     """
     mods = dict(model.named_modules())
     per: dict[str, float] = {}
     for n in layers:
         w = mods[n].weight
         per[n] = (w.numel() - int(torch.count_nonzero(w.detach()))) / max(w.numel(), 1)
-    return model_sparsity(per, counted_weights(model)), per
+    return measured_model_sparsity(model, counted_weights(model)), per
 
 
 def zero_masks(model: nn.Module) -> dict[str, torch.Tensor]:

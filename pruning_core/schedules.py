@@ -33,6 +33,7 @@ from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
 from pruning_core.evaluate import EvalResult, evaluate
+from pruning_core.layers import counted_weights, measured_model_sparsity
 from pruning_core.prune import (
     Preview,
     PruneConfig,
@@ -304,15 +305,14 @@ def _cycles(
     per_fit = _steps_per_fit(data, tc)
     total = per_fit * n
     shrinking = config.structured and config.structured_mode == "physical"
-    kept = 1.0
+    original = counted_weights(model)
     for t in range(1, n + 1):
         kind = schedule.kind if n > 1 else "oneshot"
         cfg = _step_config(config, kind, t, n, schedule.initial_ratio)
         res = prune_(model, cfg, data=data, spec=spec)
         if shrinking:
             # Each step's share is of what was left: report the share of the original.
-            kept *= 1.0 - res.sparsity
-            res.sparsity = 1.0 - kept
+            res.sparsity = measured_model_sparsity(model, original)
         row: dict[str, Any] = {
             "step": t,
             "target_ratio": schedule_ratio(

@@ -353,8 +353,8 @@ class SliderPreview:
                 cut = name in masks and nz < dense_nz
             macs -= self.layer_macs.get(name, 0) * sparsity
             sizes[name] = w.numel()
-            if cut:
-                removed[name] = sparsity
+            # Every zero counts, an earlier run's too (`layers.measured_model_sparsity`).
+            removed[name] = sparsity
             rows.append(
                 {
                     "layer": name,

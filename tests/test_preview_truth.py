@@ -11,7 +11,7 @@ from torch import nn
 from pruning_core.data import load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
-from pruning_core.layers import trainable_copy
+from pruning_core.layers import counted_weights, trainable_copy
 from pruning_core.models import load_model
 from pruning_core.plans import list_granularities
 from pruning_core.prune import PruneConfig, prune_
@@ -80,3 +80,19 @@ def test_zeros_sparsity_is_one_number_in_preview_engine_and_model(
     assert res.sparsity == pytest.approx(counted, abs=1e-9)
     assert stats.sparsity == pytest.approx(res.sparsity, abs=1e-9)
     assert res.sparsity < 0.5  # the dense classifier counts too
+
+
+def test_a_chained_run_reports_the_models_sparsity_not_only_its_last_step() -> None:
+    """Unstructured, then channels: the second run's sparsity counts the zeros the first left
+    in the weights it kept, with the weights it removed (`terms.SPARSITY_MEANS`)."""
+    loaded = load_model("digits-cnn")
+    model = trainable_copy(loaded.model)
+    first = prune_(model, PruneConfig(ratio=0.5), spec=loaded.spec)
+    before = counted_weights(model)
+    second = prune_(model, PruneConfig(granularity="channel", ratio=0.3), spec=loaded.spec)
+    mods, now = dict(model.named_modules()), counted_weights(model)
+    assert sum(now.values()) < sum(before.values())  # channels really went
+    zeros = sum(k - int(torch.count_nonzero(mods[n].weight)) for n, k in now.items())
+    removed = sum(before.values()) - sum(now.values())
+    assert second.sparsity == pytest.approx((zeros + removed) / sum(before.values()), abs=1e-9)
+    assert second.sparsity > first.sparsity > 0.4

@@ -30,7 +30,7 @@ from pruning_core.layers import (
     counted_weights,
     eval_mode,
     example_input,
-    model_sparsity,
+    measured_model_sparsity,
     module_stack,
 )
 from pruning_core.plans.base import Applied, Plan, Unit, layer_cap
@@ -115,7 +115,7 @@ class GroupPlan(Plan):
         return Applied(
             masks=masks,
             layer_sparsity={n: v for n, v in layer_sparsity.items() if v > 0},
-            sparsity=model_sparsity(layer_sparsity, counted),
+            sparsity=measured_model_sparsity(model, counted),
             removed=self.removed_report(selection),
         )
 

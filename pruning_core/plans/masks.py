@@ -28,7 +28,7 @@ from pruning_core.layers import (
     counted_weights,
     is_weight_layer,
     matches_pattern,
-    model_sparsity,
+    measured_model_sparsity,
     resolve_ignore,
 )
 from pruning_core.layers import weight_of as _weight_of
@@ -287,7 +287,9 @@ class UnstructuredPlan(Plan):
             w = _weight_of(mods[n])
             per[n] = (w.numel() - int(torch.count_nonzero(w.detach()))) / max(w.numel(), 1)
         return Applied(
-            masks=masks, layer_sparsity=per, sparsity=model_sparsity(per, counted_weights(model))
+            masks=masks,
+            layer_sparsity=per,
+            sparsity=measured_model_sparsity(model, counted_weights(model)),
         )
 
 
