@@ -5,7 +5,6 @@ Used by the app, the HTML report and notebooks alike: no Streamlit, no I/O, no m
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -236,33 +235,20 @@ def per_class_figure(
 _BEFORE, _AFTER, _DENSE = "#9DB4D0", "#E45756", "#BAB0AC"
 
 
-@functools.cache
-def _template_spec() -> dict[str, Any]:
-    """`TEMPLATE` as plotly.js takes it (it knows no template names; plotly's validation
-    expands the name, and `_figure` skips validation)."""
-    import plotly.io as pio
-
-    spec: dict[str, Any] = pio.templates[TEMPLATE].to_plotly_json()
-    return spec
-
-
 def _figure(traces: list[dict[str, Any]], *, title: str, **layout: Any) -> go.Figure:
-    """A figure from plain trace and layout dicts, taken as they are (plotly's `_validate=False`,
-    the flag its own code uses for figures built from known-good dicts).
+    """A figure from plain trace and layout dicts, validated once by plotly's constructor.
 
-    The figures redrawn on every slider move are built this way. Validating them was half the
-    server's CPU for the three figures of a move (shapes-resnet: 13.8 ms validated, 6.9 ms
-    not), and a class runs them for every student's move; `add_trace` and `update_layout` with
-    keyword paths cost ~3x more again. Tests build each such figure with validation and check
-    that it changes nothing (`tests/test_preview_figures.py`).
+    The figures redrawn on every slider move are built this way: `add_trace` and
+    `update_layout` with keyword paths validate piece by piece (magic-underscore paths split and
+    checked per key), ~3x the CPU of one constructor call, and a server with a class on it runs
+    three such figures per move.
 
     Args:
         traces: Plotly trace dicts (each with its `type`), drawn in order.
         title: Figure title.
         **layout: Other layout settings as plotly's nested dicts (no underscore paths).
     """
-    spec = {"title": {"text": title}, "template": _template_spec(), **layout}
-    return go.Figure(data=traces, layout=spec, _validate=False)
+    return go.Figure(data=traces, layout={"title": {"text": title}, "template": TEMPLATE, **layout})
 
 
 def layer_sparsity_figure(

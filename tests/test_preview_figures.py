@@ -66,36 +66,3 @@ def test_mask_picture_keeps_the_grid_and_its_labels() -> None:
     assert fig.layout.yaxis.autorange == "reversed"
     assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "output channel"
     assert fig.layout.title.text == "conv1: mask"
-
-
-def test_plotly_validation_would_change_nothing_in_the_slider_figures() -> None:
-    """The slider's figures skip plotly's validation (server CPU): each, validated, is the same
-    figure, so nothing invalid or unexpanded (a template name) reaches the browser."""
-    import json
-
-    import plotly.graph_objects as go
-    import plotly.io as pio
-
-    layers = pd.DataFrame(
-        {"layer": ["a", "b"], "sparsity": [0.5, 0.0], "params": [10, 20], "pruned": [True, False]}
-    )
-    hist = pd.DataFrame(
-        {
-            "series": ["before", "before", "after (kept weights)"],
-            "left": [-1.0, 0.0, -1.0],
-            "right": [0.0, 1.0, 0.0],
-            "count": [3, 4, 1],
-        }
-    )
-    grid = pd.DataFrame(np.eye(3), index=[0, 1, 2], columns=[0, 4, 8])
-    for fig in (
-        layer_sparsity_figure(layers, "t"),
-        histogram_figure(hist, "h", "weight value"),
-        mask_figure(grid, "m"),
-    ):
-        raw = fig.to_dict()
-        validated = go.Figure(raw).to_dict()
-        assert json.loads(pio.to_json(raw, validate=False)) == json.loads(
-            pio.to_json(validated, validate=False)
-        )
-        assert isinstance(raw["layout"]["template"], dict)  # plotly.js knows no names
