@@ -75,7 +75,11 @@ SWEEP_COLUMNS = (
     "params_nonzero", "macs", "seconds",
 )  # fmt: skip
 # `members` came later than the others: readers of older CSV files may not find it.
-SENSITIVITY_COLUMNS = ("layer", "ratio", "accuracy", "drop", "params", "sparsity", "members")
+# `layer_sparsity`: the unit's own share removed (as metrics.json's per-layer key), not the
+# model's sparsity (`terms.SPARSITY_MEANS`).
+SENSITIVITY_COLUMNS = (
+    "layer", "ratio", "accuracy", "drop", "params", "layer_sparsity", "members",
+)  # fmt: skip
 DEFAULT_SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)
 
 
@@ -452,7 +456,7 @@ def sensitivity(
         p, (acc, sp) = points[i], acc_sp
         rows.append(
             {"layer": p.unit, "ratio": p.ratio, "accuracy": acc, "drop": base_acc - acc,
-             "params": sizes[p.unit], "sparsity": sp, "members": members[p.unit]}
+             "params": sizes[p.unit], "layer_sparsity": sp, "members": members[p.unit]}
         )  # fmt: skip
     df = pd.DataFrame(rows, columns=list(SENSITIVITY_COLUMNS))
     df.attrs.update(base_accuracy=base_acc, method=method, granularity=granularity, split=split,

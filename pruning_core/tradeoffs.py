@@ -120,7 +120,8 @@ def latency_vs_sparsity(
 
 
 def _shrunk(base: nn.Module, spec: InputSpec, ratio: float) -> tuple[nn.Module | None, float, str]:
-    """A physically channel-pruned copy, the measured share of channels removed, or why not."""
+    """A physically channel-pruned copy, its measured sparsity (`terms.SPARSITY_MEANS`), or why
+    not."""
     m = copy.deepcopy(base).cpu()
     try:
         res = prune_(m, PruneConfig(method="magnitude", granularity="channel", ratio=ratio),

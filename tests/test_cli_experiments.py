@@ -42,7 +42,7 @@ def test_sensitivity_json_and_csv(tmp_path: Path, capsys: pytest.CaptureFixture[
     doc = json.loads(stdout)  # exactly one JSON document
     assert doc["layers"] == ["conv1", "conv2", "fc1"]
     assert len(doc["rows"]) == 3 * 2
-    assert set(doc["rows"][0]) == {"layer", "ratio", "accuracy", "drop", "params", "sparsity"}
+    assert set(doc["rows"][0]) == {"layer", "ratio", "accuracy", "drop", "params", "layer_sparsity"}
     csv = pd.read_csv(out)
     assert len(csv) == 6 and list(csv["layer"]) == [r["layer"] for r in doc["rows"]]
     sug = doc["suggestion"]
@@ -53,6 +53,8 @@ def test_sensitivity_json_and_csv(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert 0.79 < sug["sparsity"] < 0.8
     assert sug["accuracy"] > sug["uniform_accuracy"]  # measured, on the validation split
     assert "%" in err  # progress went to stderr, not stdout
+    # The former flag name is taken, and said to be a ratio, not the model's sparsity.
+    assert "warning: --target-sparsity is now --target-ratio" in err
 
 
 def test_sweep_json_and_record(
@@ -88,6 +90,8 @@ def test_sweep_json_and_record(
         ["sweep", "--granularity", "diagonal"],
         ["sensitivity", "--target-sparsity", "1.2"],
         ["sensitivity", "--ratios", "0.5", "--target-sparsity", "0.9"],
+        ["sensitivity", "--ratios", "0.5", "--target-ratio", "0.9"],
+        ["sensitivity", "--target-ratio", "0.5", "--target-sparsity", "0.5"],
         ["sensitivity", "--granularity", "2:4"],
         ["sensitivity", "--model", "no-such-model"],
     ],

@@ -87,7 +87,7 @@ def test_coupled_convs_are_one_channel_unit(resnet) -> None:  # type: ignore[no-
         "layer1.0.conv1",  # inside a block, nothing is added to it: a unit of its own
         "layer2.0.conv2,layer2.0.shortcut.0,layer2.1.conv2",
     ]
-    assert list(df["sparsity"]) == [0.5, 0.5, 0.5]
+    assert list(df["layer_sparsity"]) == [0.5, 0.5, 0.5]
     # The point is what pruning the group does: prune_ with that ratio on the unit.
     model = copy.deepcopy(loaded.model)
     config = PruneConfig(
@@ -105,7 +105,7 @@ def test_block_sensitivity_removes_one_block_at_a_time(resnet) -> None:  # type:
     loaded, data = resnet
     df = E.sensitivity(loaded, data, ratios=[0.5], granularity="block", limit=100, device="cpu")
     assert list(df["layer"]) == ["layer1.0", "layer1.1", "layer2.1", "layer3.1"]
-    assert (df["ratio"] == 1.0).all() and (df["sparsity"] == 1.0).all()
+    assert (df["ratio"] == 1.0).all() and (df["layer_sparsity"] == 1.0).all()
     assert df["members"][0] == "layer1.0.conv1,layer1.0.conv2"
     assert df["params"][0] == 2 * 16 * 16 * 9
     assert (df["drop"] > 0).any()

@@ -132,7 +132,7 @@ def test_sensitivity_rows(cnn, digits) -> None:
     base = df.attrs["base_accuracy"]
     assert base > 0.95
     assert ((base - df["accuracy"] - df["drop"]).abs() < 1e-12).all()
-    assert (df["sparsity"] - df["ratio"]).abs().max() < 0.01
+    assert (df["layer_sparsity"] - df["ratio"]).abs().max() < 0.01
     assert df.set_index("layer")["params"].to_dict() == {
         "conv1": 288,
         "conv2": 18432,

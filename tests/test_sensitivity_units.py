@@ -31,8 +31,10 @@ def test_channel_sensitivity_of_a_frozen_model_equals_the_trainable_one() -> Non
         limit=60,
     )
     assert list(got["layer"]) == ["conv1", "conv2", "fc1"]  # the classifier stays
-    assert got[["layer", "accuracy", "sparsity"]].equals(want[["layer", "accuracy", "sparsity"]])
-    assert (got["sparsity"] == 0.5).all()
+    assert got[["layer", "accuracy", "layer_sparsity"]].equals(
+        want[["layer", "accuracy", "layer_sparsity"]]
+    )
+    assert (got["layer_sparsity"] == 0.5).all()
 
 
 def test_head_sensitivity_counts_each_attention_layer() -> None:
@@ -46,5 +48,5 @@ def test_head_sensitivity_counts_each_attention_layer() -> None:
         assert params == qkv.numel() + proj.numel()
     assert layer_sizes(loaded.model, names) == dict(zip(names, df["params"], strict=True))
     heads = mods[names[0]].num_heads
-    assert (df["sparsity"] == (heads // 2) / heads).all()
+    assert (df["layer_sparsity"] == (heads // 2) / heads).all()
     assert (df["accuracy"] < df.attrs["base_accuracy"] + 1e-9).any()

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +120,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--target-ratio",
-        "--target-sparsity",
-        dest="target_ratio",
         type=RATIO,
         help=f"overall ratio to suggest per-unit ratios for, as --ratio counts it (default "
-        f"{DEFAULT_TARGET_RATIO}, or the largest measured ratio if smaller; --target-sparsity "
-        "is its former name)",
+        f"{DEFAULT_TARGET_RATIO}, or the largest measured ratio if smaller)",
     )
+    # Its former name, still taken, with a warning that it is a ratio, not the model's sparsity.
+    p.add_argument("--target-sparsity", dest="target_sparsity", type=RATIO, help=argparse.SUPPRESS)
     p.add_argument("--limit", type=POSITIVE_INT, help="evaluate on the first N images of the split")
     p.add_argument(
         "--split",
@@ -259,6 +259,16 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
 
     _check_out(args.out)
     ratios = parse_ratios(args.ratios, "--ratios")
+    if args.target_sparsity is not None:
+        if args.target_ratio is not None:
+            raise UserError("give --target-ratio only (--target-sparsity is its former name)")
+        args.target_ratio = args.target_sparsity
+        warnings.warn(
+            f"--target-sparsity is now --target-ratio: {args.target_ratio:g} is taken as a ratio "
+            "of the units' weights; the model's sparsity, which also counts the layers kept "
+            "dense, is printed as 'sparsity'",
+            stacklevel=2,
+        )
     if args.target_ratio is not None and args.target_ratio > max(ratios):
         raise UserError(
             f"--target-ratio {args.target_ratio} is above the largest measured ratio "

@@ -105,13 +105,17 @@ class GroupPlan(Plan):
         masks: dict[str, torch.Tensor] = {}
         if physical:
             self._shrink_or_undo(selection)
-            after = self.weight_sizes(list(before))
-            layer_sparsity = {n: 1.0 - after.get(n, 0) / before[n] for n in before if before[n]}
         else:
             masks = self.masks(selection, apply=True)
-            layer_sparsity = {
-                n: float(1 - m.float().mean()) for n, m in masks.items() if n in before
-            }
+        # Per layer as for the model: removed weights and the zeros the rest holds (an earlier
+        # run's too), over the layer's weights before.
+        mods = dict(model.named_modules())
+        layer_sparsity: dict[str, float] = {}
+        for n, k in before.items():
+            w = getattr(mods.get(n), "weight", None)
+            nonzero = int(torch.count_nonzero(w.detach())) if isinstance(w, torch.Tensor) else 0
+            if k:
+                layer_sparsity[n] = 1.0 - nonzero / k
         return Applied(
             masks=masks,
             layer_sparsity={n: v for n, v in layer_sparsity.items() if v > 0},
