@@ -95,6 +95,11 @@ def test_structured_preview_then_apply_shrinks_the_session_model() -> None:
     assert committed.summary["params"] < 151_306  # physically smaller than dense digits-cnn
     assert committed.masks == {}
     assert "pruned" in at.success[0].value
+    # The history names the ratio as one, beside the sparsity the preview showed.
+    preview_sparsity = _metric(at, "Sparsity")
+    assert "channel, ratio 0.50" in at.success[0].value
+    assert f"sparsity {committed.result['sparsity']:.1%}" in at.success[0].value
+    assert f"{committed.result['sparsity']:.1%}" == preview_sparsity
     # Reset goes back to the dense model.
     at.button(key="prune_reset").click().run()
     assert "prune_committed" not in at.session_state

@@ -134,3 +134,16 @@ def test_low_rank_needs_no_method(cli, tmp_path: Path) -> None:  # type: ignore[
                          "channel", "--ratio", "0.5", "--out", str(tmp_path / "ch"))  # fmt: skip
     assert code == 2 and err.strip() == "error: --method is required (or --recipe FILE)"
     assert not (tmp_path / "ch").exists()
+
+
+def test_a_pruned_folder_pruned_again_calls_its_accuracy_the_inputs(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    args = ["--dataset", "digits", "--method", "magnitude", "--granularity", "unstructured",
+            "--quiet"]  # fmt: skip
+    code, first, err = cli("prune", "--model", "digits-mlp", *args, "--ratio", "0.5",
+                           "--out", str(tmp_path / "a"))  # fmt: skip
+    assert code == 0, err
+    code, second, err = cli("prune", "--model", str(tmp_path / "a"), *args, "--ratio", "0.7",
+                            "--out", str(tmp_path / "b"))  # fmt: skip
+    assert code == 0, err
+    assert "accuracy: dense " in first and "of all Linear/Conv weights" in first
+    assert "accuracy: input " in second and "dense" not in second.split("accuracy:")[1][:20]

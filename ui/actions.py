@@ -111,19 +111,24 @@ def apply_pruning(
         result=result.to_dict(),
         summary=summary,
         accuracy=ev.accuracy,
-        note=_apply_note(config, scope, bool(overrides)),
+        note=_apply_note(config, scope, bool(overrides), result.sparsity),
     )
 
 
-def _apply_note(config: PruneConfig, scope: str, overrides: bool) -> str:
-    """The history's words for an Apply ("50% magnitude channel, global scope"); a granularity
-    that takes no criterion (low rank: singular values) or whose scope changes nothing
-    (low rank by energy) is not said to have used one."""
+def _apply_note(config: PruneConfig, scope: str, overrides: bool, sparsity: float) -> str:
+    """The history's words for an Apply ("magnitude channel, ratio 0.50, global scope: sparsity
+    74.2%"); a granularity that takes no criterion (low rank: singular values) or whose scope
+    changes nothing (low rank by energy) is not said to have used one. The ratio is named as
+    such: beside the sparsity metric a bare "90%" read as the sparsity (86.6%)."""
     g = config.granularity
     method = f"{config.method} " if scored_by_criterion(g) else ""
     how = [*(["per-layer overrides"] if overrides else []),
            *([f"{scope} scope"] if scope_applies(g) else [])]  # fmt: skip
-    return f"{config.effective_ratio:.0%} {method}{g}" + "".join(f", {h}" for h in how)
+    return (
+        f"{method}{g}, ratio {config.effective_ratio:.2f}"
+        + "".join(f", {h}" for h in how)
+        + f": sparsity {sparsity:.1%}"
+    )
 
 
 def suggest_unavailable(preview: SliderPreview) -> str | None:

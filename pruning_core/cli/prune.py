@@ -23,7 +23,7 @@ from pruning_core.executor import RayExecutor, check_executor, get_executor, lis
 from pruning_core.export import finetune_outcome
 from pruning_core.fsio import check_not_source, check_output_dir
 from pruning_core.plans import list_granularities
-from pruning_core.prune import list_methods
+from pruning_core.prune import list_methods, zero_masks
 from pruning_core.recipe import RECIPE_KEYS, Recipe
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.regularize import REGULARIZERS
@@ -250,6 +250,9 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
         search_s = time.perf_counter() - t0
         # The searched ratios become the recipe's: `prune --recipe` repeats them, no search.
         recipe = dataclasses.replace(recipe, prune=found.config)
+    # A pruned folder read again (shrunk, or holding zeros): its accuracy is the input's, not
+    # a dense model's.
+    before = "input" if loaded.meta.get("surgery") or zero_masks(loaded.model) else "dense"
     result = run_recipe(
         recipe, model=loaded, data=data, progress=stderr_progress("fine-tune", args.quiet)
     )
@@ -258,7 +261,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     metrics = result.save(args.out)
     if args.json:
         return {**metrics, "out": str(args.out)}
-    summary = _summary(metrics, args.out)
+    summary = _summary(metrics, args.out, before=before)
     if found is not None:
         # Predicted against measured, beside the run's accuracy line.
         at = list(summary).index("accuracy") + 1
@@ -268,7 +271,7 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def _summary(m: dict[str, Any], out: Path) -> dict[str, Any]:
+def _summary(m: dict[str, Any], out: Path, before: str = "dense") -> dict[str, Any]:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -276,7 +279,7 @@ def _summary(m: dict[str, Any], out: Path) -> dict[str, Any]:
         "pruned": f"{m['model']} on {m['dataset']}: {m['method']} {m['granularity']}, "
         + (f"ratio {r:g} -> " if isinstance(r := m.get("target_ratio"), int | float) else "")
         + f"sparsity {pct(m['sparsity'])} of all Linear/Conv weights",
-        "accuracy": f"dense {pct(m['dense_accuracy'])}, pruned {pct(m['pruned_accuracy'])}, "
+        "accuracy": f"{before} {pct(m['dense_accuracy'])}, pruned {pct(m['pruned_accuracy'])}, "
         f"fine-tuned {pct(m['finetuned_accuracy'])}",
         "fine-tune": finetune_outcome(m) or "-",
         "params": f"{m['params_before']:,} -> {m['params_after']:,} non-zero",
