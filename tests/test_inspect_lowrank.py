@@ -66,7 +66,7 @@ def test_inspect_shows_the_rank_kept_after_low_rank() -> None:
     assert not at.exception, at.exception
     # The history names no criterion low rank did not use (it ranks by singular values).
     banner = next(i.value for i in at.info if "Showing your" in i.value)
-    assert "60% lowrank, global scope" in banner and "magnitude" not in banner
+    assert "lowrank, ratio 0.60, global scope" in banner and "magnitude" not in banner
     # No map of zeros reading 0% everywhere: a note says why, the rank bars say what was kept.
     assert find_chart(at, "inspect_heatmap") is None
     assert any("no map of zeros" in i.value for i in at.info)
