@@ -58,6 +58,7 @@ __all__ = [
     "trainable_copy",
     "weight_of",
     "zero_forward",
+    "zero_shares",
 ]
 
 # The layers whose weights criteria score and masks prune.
@@ -91,6 +92,20 @@ def model_sparsity(removed: Mapping[str, float], sizes: Mapping[str, int]) -> fl
     total = sum(sizes.values())
     gone = sum(removed.get(n, 0.0) * k for n, k in sizes.items())
     return gone / total if total else 0.0
+
+
+def zero_shares(model: nn.Module, names: Iterable[str]) -> dict[str, float]:
+    """Each named layer's share of exactly-zero weights (0-1), by name.
+
+    Raises:
+        KeyError: A name that is not a module of `model`.
+    """
+    mods = dict(model.named_modules())
+    out: dict[str, float] = {}
+    for n in names:
+        w = weight_of(mods[n]).detach()
+        out[n] = (w.numel() - int(torch.count_nonzero(w))) / max(w.numel(), 1)
+    return out
 
 
 def measured_model_sparsity(model: nn.Module, before: Mapping[str, int]) -> float:

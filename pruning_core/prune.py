@@ -30,6 +30,7 @@ from pruning_core.layers import (
     is_weight_layer,
     measured_model_sparsity,
     weight_of,
+    zero_shares,
 )
 from pruning_core.plans import Plan, check_ratio, get_plan, list_granularities
 from pruning_core.plans.masks import apply_masks_, mask_sparsity, parse_nm
@@ -469,12 +470,7 @@ def measured_sparsity(model: nn.Module, layers: Sequence[str]) -> tuple[float, d
         The model's sparsity as `terms.SPARSITY_MEANS` defines it (every exact zero of its
         Linear/Conv weights over all of them), and each of `layers`' share of exact zeros.
     """
-    mods = dict(model.named_modules())
-    per: dict[str, float] = {}
-    for n in layers:
-        w = mods[n].weight
-        per[n] = (w.numel() - int(torch.count_nonzero(w.detach()))) / max(w.numel(), 1)
-    return measured_model_sparsity(model, counted_weights(model)), per
+    return measured_model_sparsity(model, counted_weights(model)), zero_shares(model, layers)
 
 
 def zero_masks(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -311,7 +311,7 @@ def _cycles(
         cfg = _step_config(config, kind, t, n, schedule.initial_ratio)
         res = prune_(model, cfg, data=data, spec=spec)
         if shrinking:
-            # Each step's share is of what was left: report the share of the original.
+            # A step's own count is against what it started from: report the original's.
             res.sparsity = measured_model_sparsity(model, original)
         row: dict[str, Any] = {
             "step": t,

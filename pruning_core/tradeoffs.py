@@ -68,8 +68,8 @@ def latency_vs_sparsity(
     Returns:
         The rows of `benchmark_backends` (backend, status, reason, median_ms, p10_ms, p90_ms,
         speedup, vs_dense, batch_size, threads, device, ...) with `ratio` and `sparsity`
-        (measured, `terms.SPARSITY_MEANS`). `attrs`: cancelled, batch_size, device, threads and `protocol` (the
-        settings in words).
+        (measured, `terms.SPARSITY_MEANS`). `attrs`: cancelled, batch_size, device, threads and
+        `protocol` (the settings in words).
     """
     ratios = [float(r) for r in ratios]
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):

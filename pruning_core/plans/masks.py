@@ -30,6 +30,7 @@ from pruning_core.layers import (
     matches_pattern,
     measured_model_sparsity,
     resolve_ignore,
+    zero_shares,
 )
 from pruning_core.layers import weight_of as _weight_of
 from pruning_core.plans.base import Applied, Plan, PlanConfig, Unit, layer_cap, register_granularity
@@ -281,14 +282,9 @@ class UnstructuredPlan(Plan):
     def apply(self, model: nn.Module, selection: Mapping[str, Any], *, physical: bool) -> Applied:
         masks = dict(selection)
         apply_masks_(model, masks)
-        mods = dict(model.named_modules())
-        per: dict[str, float] = {}
-        for n in masks:
-            w = _weight_of(mods[n])
-            per[n] = (w.numel() - int(torch.count_nonzero(w.detach()))) / max(w.numel(), 1)
         return Applied(
             masks=masks,
-            layer_sparsity=per,
+            layer_sparsity=zero_shares(model, masks),
             sparsity=measured_model_sparsity(model, counted_weights(model)),
         )
 
