@@ -54,6 +54,7 @@ with c1:
         "Granularity",
         granularity_choices(),
         key="prune_granularity",
+        persist_state="session",
         format_func=granularity_label,
         help="What is removed:\n" + granularities_help(),
     )
@@ -69,6 +70,7 @@ with c2:
         "Criterion",
         options,
         key="prune_method",
+        persist_state="session",
         format_func=partial(criterion_label, granularity=granularity),
         help="How importance is scored; the least important go first.\n"
         + criteria_help(options, granularity),
@@ -82,6 +84,7 @@ with c3:
         "Scope",
         list(SCOPES),
         key="prune_scope",
+        persist_state="session",
         format_func=partial(scope_label, granularity),
         help=scope_help(granularity),
         disabled=not scope_applies(granularity),
@@ -97,6 +100,7 @@ except UserError as e:
 recalibrate_bn = st.toggle(
     "BatchNorm recalibration",
     key="prune_bn_recal",
+    persist_state="session",
     disabled=not plan.structured,
     help="After structured pruning, re-estimate BatchNorm running statistics on calibration "
     "images (no gradient steps); the estimate and Apply follow this switch. Unstructured and "
@@ -126,6 +130,7 @@ def live_preview(
         max_value=0.95,
         step=0.05,
         key="prune_ratio",
+        persist_state="session",
         disabled=plan.fixed_ratio,
         help=ratio_help(granularity),
     )

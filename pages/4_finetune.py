@@ -64,6 +64,7 @@ with c1:
         "Schedule",
         list(SCHEDULES),
         key="ft_schedule",
+        persist_state="session",
         format_func=lambda s: SCHEDULE_LABELS.get(s, s),
         help="When pruning happens relative to fine-tuning.",
     )
@@ -73,6 +74,7 @@ with c1:
         min_value=1,
         max_value=20,
         key="ft_steps",
+        persist_state="session",
         disabled=schedule == "oneshot",
         help="Linear/AGP: prune -> fine-tune cycles (each fine-tunes for the epochs below). "
         "Dynamic: how many times the masks are recomputed during fine-tuning.",
@@ -83,20 +85,25 @@ with c2:
         min_value=1,
         max_value=100,
         key="ft_epochs",
+        persist_state="session",
         help="Passes over the training split.",
     )
     lr = st.select_slider(
         "Learning rate",
         options=sorted({1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, FT.lr}),
         key="ft_lr",
+        persist_state="session",
         format_func=lambda v: f"{v:g}",
         help="Peak learning rate (cosine decay to zero). Fine-tuning wants smaller steps than "
         "training from scratch; SGD usually needs ~10x Adam's.",
     )
-    optimizer = st.selectbox("Optimizer", list(OPTIMIZERS), key="ft_optimizer")
+    optimizer = st.selectbox(
+        "Optimizer", list(OPTIMIZERS), key="ft_optimizer", persist_state="session"
+    )
     keep_best = st.toggle(
         "Keep the best epoch",
         key="ft_keep_best",
+        persist_state="session",
         help="Validation accuracy is measured before the first epoch and after each one; the "
         "weights of the best are handed back, the pruned model's own included (on a tie, the "
         "earlier). Off: the last epoch's weights, better or worse.",
@@ -112,6 +119,7 @@ with c3:
     distill = st.toggle(
         "Distillation from the dense model",
         key="ft_distill",
+        persist_state="session",
         help="The dense model is the teacher: the pruned student also learns to match its "
         "softened outputs (Hinton et al. 2015), which often recovers accuracy faster.",
     )
@@ -121,6 +129,7 @@ with c3:
         1.0,
         step=0.05,
         key="ft_distill_weight",
+        persist_state="session",
         disabled=not distill,
         help="Share of the loss from the teacher's soft targets.",
     )
@@ -130,6 +139,7 @@ with c3:
         10.0,
         step=0.5,
         key="ft_temperature",
+        persist_state="session",
         disabled=not distill,
         help="Higher = softer targets, more of the teacher's 'dark knowledge' about which "
         "wrong classes are nearly right.",
@@ -138,6 +148,7 @@ with c3:
         "Regularisation",
         [NO_REGULARIZER, *REGULARIZERS],
         key="ft_reg",
+        persist_state="session",
         format_func=lambda r: REG_LABELS.get(r, r),
         help="A sparsity penalty trained in before pruning.",
     )
@@ -146,6 +157,7 @@ with c3:
         "Strength",
         options=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2],
         key="ft_reg_strength",
+        persist_state="session",
         format_func=lambda v: f"{v:g}",
         disabled=reg == NO_REGULARIZER,
     )

@@ -74,6 +74,7 @@ with tab_acc:
         "Methods",
         criterion_choices(),
         key="tradeoff_methods",
+        persist_state="session",
         help="Criteria that score the weights; random is the baseline any criterion must "
         "beat.\n" + criteria_help(),
     )
@@ -81,12 +82,14 @@ with tab_acc:
         "Granularity",
         granularity_choices(),
         key="tradeoff_granularity",
+        persist_state="session",
         format_func=granularity_label,
         help=granularities_help(),
     )
     c3.text_input(
         "Ratios",
         key="tradeoff_ratios",
+        persist_state="session",
         help="Shares of weights removed, comma-separated (N:M patterns fix their own share).",
     )
     c4.number_input(
@@ -94,6 +97,7 @@ with tab_acc:
         0,
         5,
         key="tradeoff_ft_epochs",
+        persist_state="session",
         help="0 measures pruning alone. 1 epoch usually recovers most of the loss at moderate "
         "sparsity: that is the prune-then-retrain recipe. Each point is fine-tuned with the "
         "default fine-tune, which keeps its best epoch by validation accuracy (the pruned "
@@ -140,16 +144,22 @@ with tab_lat:
         "matrix kernels for Linear layers). **2:4** sparse kernels need a CUDA GPU."
     )
     c1, c2, c3 = st.columns(3)
-    c1.selectbox("Batch size", [1, 8, 32, 128], key="tradeoff_lat_batch")
+    c1.selectbox("Batch size", [1, 8, 32, 128], key="tradeoff_lat_batch", persist_state="session")
     cores = os.cpu_count() or 1
     c2.number_input(
         "CPU threads",
         1,
         cores,
         key="tradeoff_lat_threads",
+        persist_state="session",
         help="torch intra-op threads while timing; fewer threads make sparse kernels look better.",
     )
-    c3.text_input("Ratios", key="tradeoff_lat_ratios", help="Shares removed, comma-separated.")
+    c3.text_input(
+        "Ratios",
+        key="tradeoff_lat_ratios",
+        persist_state="session",
+        help="Shares removed, comma-separated.",
+    )
     start_button(
         "Measure latency", "latency", lambda: latency_job(
             loaded.model, spec, parse_ratios(st.session_state["tradeoff_lat_ratios"]),
@@ -191,8 +201,13 @@ with tab_sens:
     )
     c1, c2 = st.columns(2)
     # Sensitivity prunes single weights of one layer at a time.
-    c1.selectbox("Criterion", criterion_choices(UnstructuredPlan.name), key="tradeoff_sens_method")
-    c2.text_input("Ratios", key="tradeoff_sens_ratios")
+    c1.selectbox(
+        "Criterion",
+        criterion_choices(UnstructuredPlan.name),
+        key="tradeoff_sens_method",
+        persist_state="session",
+    )
+    c2.text_input("Ratios", key="tradeoff_sens_ratios", persist_state="session")
     start_button(
         "Measure sensitivity", "sensitivity", lambda: sensitivity_job(
             loaded.model, spec, data, parse_ratios(st.session_state["tradeoff_sens_ratios"]),

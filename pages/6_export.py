@@ -149,7 +149,7 @@ if recipe is None:
     st.caption("No recipe yet: a recipe describes a pruning run, and nothing is pruned.")
 else:
     fmt = st.radio(
-        "Format", ["json", "yaml"], key="export_recipe_format", horizontal=True,
+        "Format", ["json", "yaml"], key="export_recipe_format", persist_state="session", horizontal=True,
         help="Both are read by `pruning-lab prune --recipe FILE`.",
     )  # fmt: skip
     text = export_recipe_text(pm, fmt) if pm is not None else ""

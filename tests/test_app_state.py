@@ -162,3 +162,44 @@ def test_a_reloaded_tab_takes_over_its_session_and_only_its_own() -> None:
     assert other.session_state["model_ref"] == DEFAULTS["model_ref"]
     assert "prune_committed" not in other.session_state
     assert other.query_params["session"] != token
+
+
+def _kept_widget_calls() -> list[tuple[str, str, str | None]]:
+    """(file, key, persist_state) of every widget call in pages/ and ui/ keyed by a `KEEP` key."""
+    import ast
+
+    found = []
+    for path in [*ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            kw = {k.arg: k.value for k in node.keywords if k.arg}
+            key = kw.get("key")
+            if isinstance(key, ast.Constant) and key.value in KEEP:
+                persist = kw.get("persist_state")
+                value = persist.value if isinstance(persist, ast.Constant) else None
+                found.append((path.name, str(key.value), value))
+    return found
+
+
+def test_every_kept_widget_persists_for_the_session() -> None:
+    calls = _kept_widget_calls()
+    assert {key for _, key, _ in calls} == set(KEEP), "a kept key without its widget call"
+    missing = [(f, k) for f, k, persist in calls if persist != "session"]
+    assert not missing, missing
+
+
+def test_a_rerun_does_not_push_kept_values_to_the_browser() -> None:
+    # A value set from code reaches the browser as the widget's new value ("set_value") and
+    # overwrites what the user is typing while that run is on its way; only a real change may.
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.run()
+    at.switch_page("pages/5_tradeoffs.py").run()
+    at.text_input(key="tradeoff_ratios").set_value("0.3, 0.8").run()
+    at.run()  # a rerun that changes nothing (a button elsewhere, a polling fragment)
+    assert not at.exception
+    for key in ("tradeoff_ratios", "tradeoff_ft_epochs"):
+        widget = at.text_input(key=key) if key == "tradeoff_ratios" else at.number_input(key=key)
+        assert not widget.proto.set_value, key
+    assert at.text_input(key="tradeoff_ratios").value == "0.3, 0.8"

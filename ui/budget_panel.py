@@ -78,6 +78,7 @@ def _budget_inputs(preview: SliderPreview, model_ref: str) -> Budget:
         "Quantity",
         list(QUANTITIES),
         key="budget_quantity",
+        persist_state="session",
         format_func=QUANTITY_LABELS.__getitem__,
         help="What the pruned model may cost, measured on this machine: MACs per image (the "
         "shrunk model's; unstructured: what a sparse kernel would do), non-zero parameters, "
@@ -86,6 +87,7 @@ def _budget_inputs(preview: SliderPreview, model_ref: str) -> Budget:
     relative = c2.toggle(
         "Relative to dense",
         key="budget_relative",
+        persist_state="session",
         help="On: a share of the dense model's cost. Off: an amount.",
     )
     if relative:
@@ -95,21 +97,33 @@ def _budget_inputs(preview: SliderPreview, model_ref: str) -> Budget:
             max_value=1.0,
             step=0.05,
             key="budget_share",
+            persist_state="session",
             format="%.2f",
         )
         scale = 1.0
     else:
         label, scale = _UNITS[quantity]
         value = c3.number_input(
-            f"Allowed ({label})", min_value=0.001, step=0.1, key="budget_amount", format="%.3f"
+            f"Allowed ({label})",
+            min_value=0.001,
+            step=0.1,
+            key="budget_amount",
+            persist_state="session",
+            format="%.3f",
         )
         c3.caption(_dense_text(preview, model_ref, quantity))
     batch = threads = None
     if quantity == "latency":
         l1, l2, l3 = st.columns([1, 1, 2])
-        batch = l1.number_input("Batch size", min_value=1, max_value=4096, key="budget_batch")
+        batch = l1.number_input(
+            "Batch size", min_value=1, max_value=4096, key="budget_batch", persist_state="session"
+        )
         threads = l2.number_input(
-            "CPU threads", min_value=1, max_value=max(os.cpu_count() or 1, 1), key="budget_threads"
+            "CPU threads",
+            min_value=1,
+            max_value=max(os.cpu_count() or 1, 1),
+            key="budget_threads",
+            persist_state="session",
         )
         l3.caption(
             f"Timed here with the latency protocol: batch {int(batch)}, {int(threads)} "

@@ -476,12 +476,14 @@ def preview_panel(
     estimate_on = e1.toggle(
         "Accuracy estimate on every move",
         key="prune_estimate",
+        persist_state="session",
         help="Evaluates the masked copy on the first validation images after each move.",
     )
     n_est = e2.select_slider(
         "Images for the estimate",
         options=[100, 200, 500, 1000, 2000],
         key="prune_estimate_n",
+        persist_state="session",
         disabled=not estimate_on,
         help="More images: a steadier estimate, a slower redraw.",
     )
@@ -519,7 +521,7 @@ def preview_panel(
             st.session_state["prune_layer"] = next(
                 (n for n in layers if n in stats.masks), layers[0] if layers else None
             )
-        layer = st.selectbox("Layer to look at", layers, key="prune_layer")
+        layer = st.selectbox("Layer to look at", layers, key="prune_layer", persist_state="session")
         if layer is not None:
             view = preview.layer_view(stats, layer)
             st.plotly_chart(

@@ -214,7 +214,7 @@ def quantize_panel(
     with left:
         mode = st.radio(
             "Mode", list(_MODE_LABELS), format_func=_MODE_LABELS.__getitem__,
-            key="export_quant_mode", horizontal=True,
+            key="export_quant_mode", persist_state="session", horizontal=True,
             help="Static fixes every activation's int8 range once on the calibration split (512 "
             "images) and runs int8 kernels throughout; dynamic quantizes weights only ahead of "
             "time and measures activation ranges on every call (no data needed; slow for "

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import streamlit as st
-from streamlit.errors import StreamlitAPIException
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequestType
 from streamlit.runtime.scriptrunner_utils.script_run_context import (
@@ -96,17 +95,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-# Widget keys whose values must survive a visit to a page that does not draw the widget.
-# Streamlit forgets the state of widgets not rendered in a run, and re-assigning the key at the
-# top of each run is not enough: while Streamlit knows a key belongs to a widget, it files the
-# value under the widget's id when it compacts the state before the next run, and drops it as
-# stale after a run that does not draw the widget. A fragment run (Trade-offs and Fine-tune poll
-# their jobs in fragments, which do not call `init_state`) followed by a run that draws nothing
-# lost values that way, and an old value left under the key itself (the default) came back in
-# their place: model, dataset and settings fell back to their defaults after leaving Trade-offs
-# while a sweep ran. So `init_state` also keeps each value under `_KEPT`, a plain key no widget
-# owns (Streamlit never drops those), brings back a value that vanished from there, and takes
-# the key away from its widget before re-assigning it, so no stale value stays under the key.
+# Widget keys whose values must survive a visit to a page that does not draw the widget. Each
+# such widget is drawn with `persist_state="session"`: Streamlit then keeps its value while
+# other pages run, fragment runs included (without it, model, dataset and settings fell back to
+# their defaults after leaving Trade-offs while a sweep ran; a test checks every one passes it).
+# `init_state` also copies the values under `_KEPT`, a plain key no widget owns, which a
+# reloaded tab takes over (`RESUMED`) and which brings back a value Streamlit lost. It never
+# re-assigns a drawn widget's key on every run: Streamlit sends a value set from code to the
+# browser as the widget's new value, which overwrote what a user typed while a run was on its
+# way (the Trade-offs epochs went back to 1 under load).
 KEEP: tuple[str, ...] = (
     "model_ref",
     "dataset_ref",
@@ -150,18 +147,6 @@ KEEP: tuple[str, ...] = (
     "export_quant_mode",
 )
 _KEPT = "_kept_settings"
-
-
-def _hold(key: str, value: Any) -> None:
-    """Keep `value` under `key` as a plain session value until its widget is drawn again."""
-    try:
-        st.session_state[key] = value
-    except StreamlitAPIException:
-        return  # the widget is drawn in this run: Streamlit keeps its value itself
-    # Deleting forgets the widget's claim on the key (its id, and any old value left under
-    # the key), so Streamlit stores the value under the key until the widget takes it up.
-    del st.session_state[key]
-    st.session_state[key] = value
 
 
 # Plain keys a reloaded tab takes over besides `KEEP` (the fine-tune job's bookkeeping is
@@ -264,8 +249,9 @@ def leave_pages_folder_mode(*, restart: bool = True) -> None:
 
 
 def init_state() -> None:
-    """Set every default key that is missing and hold the widget values of `KEEP` (safe to
-    call on every run, and many times in one); a reloaded tab takes over its last state.
+    """Set every default key that is missing (from `_KEPT` where a value was lost) and copy the
+    values of `KEEP` there (safe to call on every run, and many times in one); a reloaded tab
+    takes over its last state.
     Every page calls this first, so it also gives the script run (a thread of its own) the
     server's page thread count (`pruning_core.jobs.use_page_threads`), and the server's first
     run, if Streamlit ran a page alone, starts again through app.py
@@ -287,7 +273,6 @@ def init_state() -> None:
             kept[key] = st.session_state[key]
         except KeyError:  # a widget state Streamlit lists but can no longer read
             kept.setdefault(key, DEFAULTS[key])
-        _hold(key, kept[key])
     remember(token)
 
 

@@ -89,7 +89,11 @@ def compare_runs_panel(limit: int = 100) -> None:
         wanted = (with_curve or list(labels))[:2]
     st.session_state["tradeoff_compare"] = wanted
     chosen = st.multiselect(
-        "Runs to compare", list(labels), key="tradeoff_compare", format_func=labels.__getitem__
+        "Runs to compare",
+        list(labels),
+        key="tradeoff_compare",
+        persist_state="session",
+        format_func=labels.__getitem__,
     )
     if not chosen:
         return

@@ -34,6 +34,7 @@ def model_and_data_picker() -> tuple[str, str]:
         "Model",
         models,
         key="model_ref",
+        persist_state="session",
         format_func=lambda n: labels.get(n) or architectures.describe(n) or n,
         on_change=architectures.on_model_change,
         help="Sample models are trained and ship with the app; torchvision and timm "
@@ -43,6 +44,7 @@ def model_and_data_picker() -> tuple[str, str]:
         "Dataset",
         datasets,
         key="dataset_ref",
+        persist_state="session",
         on_change=architectures.on_dataset_change,
         help="digits and shapes work offline; the others download once or read a local copy.",
     )
