@@ -45,7 +45,7 @@ from pruning_core.prune import (
     prune_,
 )
 from pruning_core.spec import InputSpec
-from pruning_core.train import Progress, TrainConfig, TrainResult, fit
+from pruning_core.train import Progress, TrainConfig, TrainResult, fit, planned_steps
 
 __all__ = ["SCHEDULES", "Schedule", "ScheduleResult", "run_schedule", "schedule_ratio"]
 
@@ -186,7 +186,8 @@ def _offset_progress(
 
 
 def _steps_per_fit(data: DataBundle, tc: TrainConfig) -> int:
-    return math.ceil(data.num_examples("train") / tc.batch_size) * tc.epochs
+    # `fit`'s own count: a small split trains at a smaller batch (`min_steps_per_epoch`).
+    return planned_steps(tc, data.num_examples("train"))
 
 
 def run_schedule(

@@ -42,6 +42,7 @@ __all__ = [
     "epoch_batch_size",
     "fit",
     "make_optimizer",
+    "planned_steps",
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -265,6 +266,12 @@ def epoch_batch_size(config: TrainConfig, examples: int) -> int:
     return max(1, min(config.batch_size, examples // config.min_steps_per_epoch))
 
 
+def planned_steps(config: TrainConfig, examples: int) -> int:
+    """Optimizer steps `fit` takes for `config` on a training split of `examples` images
+    (at `epoch_batch_size`, the last batch of an epoch possibly smaller)."""
+    return math.ceil(examples / epoch_batch_size(config, examples)) * config.epochs
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer `fit` uses for `cfg` over the model's trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -394,8 +401,7 @@ def fit(
         teacher.to(device).eval()
     opt = make_optimizer(model, config)
     batch_size = epoch_batch_size(config, data.num_examples("train"))
-    steps_per_epoch = math.ceil(data.num_examples("train") / batch_size)
-    total = steps_per_epoch * config.epochs
+    total = planned_steps(config, data.num_examples("train"))
     sched = _lr_scheduler(opt, config, total)
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

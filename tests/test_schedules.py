@@ -116,3 +116,15 @@ def test_cancel_stops_and_says_so(digits) -> None:  # type: ignore[no-untyped-de
     res = run_schedule(mlp(), PruneConfig(ratio=0.5), "linear", 3, TrainConfig(epochs=1, device="cpu"),
                        digits, SPEC, cancel=cancel)  # fmt: skip
     assert res.cancelled and len(res.curve) == 1
+
+
+@pytest.mark.parametrize("kind", ["oneshot", "linear"])
+def test_progress_counts_the_steps_fit_takes(kind: str, digits) -> None:  # type: ignore[no-untyped-def]
+    # A small split trains at a smaller batch (min_steps_per_epoch): the schedule's total must
+    # be fit's, or the bar sits at 100% while steps go on (it read "step 360/90").
+    tc = TrainConfig(epochs=1, batch_size=256, min_steps_per_epoch=40, lr=3e-3, device="cpu")
+    seen = []
+    res = run_schedule(mlp(), PruneConfig(ratio=0.5), kind, 2, tc, digits, SPEC, seen.append)
+    steps = [p for p in seen if p.val_accuracy is None]
+    assert steps and all(p.step <= p.total_steps for p in steps)
+    assert steps[-1].step == steps[-1].total_steps == sum(r.steps for r in res.train)
