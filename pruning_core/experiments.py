@@ -48,6 +48,7 @@ from pruning_core.prune import (
     PruneConfig,
     PruneResult,
     hold_masks,
+    method_phrase,
     prune_,
     settle_structured,
 )
@@ -261,7 +262,7 @@ def sweep(
                 progress(
                     Report(
                         done / total,
-                        f"{method} {cfg.granularity} ratio {r:g}: sparsity {res.sparsity:.3f}, "
+                        f"{method_phrase(method, cfg.granularity)} ratio {r:g}: sparsity {res.sparsity:.3f}, "
                         f"accuracy {row['accuracy']:.4f}{ft}",
                     )
                 )

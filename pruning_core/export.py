@@ -36,6 +36,7 @@ from pruning_core.errors import UserError, brief, shown
 from pruning_core.fsio import OUTPUT_MARKER, atomic_path, output_dir, to_jsonable, write_json
 from pruning_core.layers import main_logits
 from pruning_core.models import get_entry
+from pruning_core.prune import method_phrase
 from pruning_core.spec import InputSpec
 from pruning_core.validate import number
 
@@ -759,7 +760,11 @@ def pruning_report(
         kpis["Non-zero params"] = f"{m['params_before']:,} → {m['params_after']:,}"
     if m.get("macs_before") and m.get("macs_after") is not None:
         kpis["MACs / image"] = f"{m['macs_before']:,} → {m['macs_after']:,}"
-    how = f"{m.get('method')} {m.get('granularity')}" if m.get("method") else "dense, not pruned"
+    how = (
+        method_phrase(m.get("method"), m.get("granularity"))
+        if m.get("method")
+        else "dense, not pruned"
+    )
     subtitle = f"{m.get('model')} on {m.get('dataset')}: {how}"
     tables = []
     if sweep is not None and len(sweep):

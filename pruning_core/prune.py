@@ -51,6 +51,7 @@ __all__ = [
     "list_methods",
     "mask_sparsity",
     "measured_sparsity",
+    "method_phrase",
     "parse_nm",
     "prunable_layers",
     "prune_",
@@ -314,6 +315,27 @@ def list_methods() -> list[MethodInfo]:
         )
         for c in CRITERIA.values()
     ]
+
+
+def method_phrase(method: str | None, granularity: str | None) -> str:
+    """How a run's criterion and granularity read in one line ("magnitude channel").
+
+    A granularity that takes one criterion only (low rank: singular values are its magnitudes)
+    is named alone ("lowrank"): its criterion says nothing a user chose.
+
+    Args:
+        method: The criterion's registry name (None: not recorded).
+        granularity: The granularity as given ("channel", "2:4", "lowrank", ...).
+    """
+    if not granularity:
+        return str(method or "")
+    try:
+        plan = get_plan(granularity)[0].name
+    except UserError:
+        return f"{method} {granularity}" if method else granularity
+    if len([m for m in list_methods() if plan in m.granularities]) == 1:
+        return granularity
+    return f"{method} {granularity}" if method else granularity
 
 
 @dataclass

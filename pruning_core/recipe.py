@@ -349,7 +349,8 @@ class Recipe:
         asked (`finetune_epochs`).
 
         Raises:
-            UserError: A missing model, dataset, criterion or granularity, or any invalid value.
+            UserError: A missing model, criterion or granularity, a missing dataset where the
+                model names none (`pairing.home_dataset`), or any invalid value.
         """
         s = dict(s)
         if not s.get("method") and s.get("granularity"):
@@ -361,9 +362,15 @@ class Recipe:
             fit = [m.name for m in list_methods() if g in m.granularities]
             if len(fit) == 1:
                 s["method"] = fit[0]
-        for k in ("model", "dataset", "method", "granularity"):
+        if s.get("model") and not s.get("dataset"):
+            # The dataset the model was trained for (its registry entry or folder names it).
+            from pruning_core.pairing import home_dataset
+
+            s["dataset"] = home_dataset(str(s["model"]))
+        for k, flag in (("model", "model"), ("dataset", "dataset"), ("method", "criterion"),
+                        ("granularity", "granularity")):  # fmt: skip
             if not s.get(k):
-                raise UserError(f"--{k} is required (or --recipe FILE)")
+                raise UserError(f"--{flag} is required (or --recipe FILE)")
         layer_ratios: dict[str, Any] = dict(s.get("layer_ratios") or {})
         if s.get("ratios_file"):
             # A recipe carries the ratios file's content, not its path; a file given now wins.

@@ -83,14 +83,14 @@ def test_pruned_dir_prunes_again_with_nm_and_a_ratios_file(cli, tmp_path: Path) 
         (["--method", "magnitude", "--granularity", "unstructured", "--ratio", "1.0"], "ratio"),
         (["--method", "magnitude", "--granularity", "unstructured", "--ratio", "-0.5"], "ratio"),
         (["--method", "magnitude", "--granularity", "unstructured", "--ratio", "nan"], "ratio"),
-        (["--method", "nope", "--granularity", "unstructured", "--ratio", "0.5"], "unknown method"),
+        (["--method", "nope", "--granularity", "unstructured", "--ratio", "0.5"], "unknown criterion"),
         (["--method", "magnitude", "--granularity", "head", "--ratio", "0.5"], "attention"),
         (
             ["--method", "bn-scale", "--granularity", "unstructured", "--ratio", "0.5"],
             "does not support",
         ),
         (["--method", "magnitude", "--granularity", "unstructured"], "--ratio"),
-        (["--granularity", "unstructured", "--ratio", "0.5"], "--method"),
+        (["--granularity", "unstructured", "--ratio", "0.5"], "--criterion"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(cli, tmp_path: Path, args: list[str], match: str) -> None:  # type: ignore[no-untyped-def]
@@ -123,17 +123,33 @@ def test_subprocess_ratio_one_exits_2_without_traceback(tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_low_rank_needs_no_method(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    # Low rank takes one criterion (a component's magnitude is its singular value): --method
-    # may be left out; a granularity that takes many still needs one, in one line.
-    code, out, err = cli("prune", "--model", "digits-mlp", "--dataset", "digits", "--granularity",
-                         "lowrank", "--ratio", "0.5", "--out", str(tmp_path / "lr"), "--json")  # fmt: skip
+def test_low_rank_needs_no_criterion_and_a_named_model_no_dataset(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Low rank takes one criterion (a component's magnitude is its singular value): --criterion
+    # may be left out, and the line names the granularity alone; the model names its dataset.
+    code, out, err = cli("prune", "--model", "digits-mlp", "--granularity", "lowrank",
+                         "--ratio", "0.5", "--out", str(tmp_path / "lr"))  # fmt: skip
     assert code == 0, err
-    assert json.loads(out)["method"] == "magnitude"
-    code, out, err = cli("prune", "--model", "digits-mlp", "--dataset", "digits", "--granularity",
-                         "channel", "--ratio", "0.5", "--out", str(tmp_path / "ch"))  # fmt: skip
-    assert code == 2 and err.strip() == "error: --method is required (or --recipe FILE)"
+    assert "digits-mlp on digits: lowrank, ratio 0.5" in out
+    metrics = json.loads((tmp_path / "lr" / "metrics.json").read_text(encoding="utf-8"))
+    assert (metrics["method"], metrics["dataset"]) == ("magnitude", "digits")
+    # A granularity that takes many criteria still needs one, in one line.
+    code, out, err = cli("prune", "--model", "digits-mlp", "--granularity", "channel",
+                         "--ratio", "0.5", "--out", str(tmp_path / "ch"))  # fmt: skip
+    assert code == 2 and err.strip() == "error: --criterion is required (or --recipe FILE)"
     assert not (tmp_path / "ch").exists()
+    # A pruned folder names the dataset it was pruned on: pruning it again needs no --dataset.
+    code, out, err = cli("prune", "--model", str(tmp_path / "lr"), "--criterion", "magnitude",
+                         "--granularity", "unstructured", "--ratio", "0.3",
+                         "--out", str(tmp_path / "b"))  # fmt: skip
+    assert code == 0, err
+    assert "on digits: magnitude unstructured, ratio 0.3" in out
+    # A checkpoint file names no dataset: the flag is still asked for, in one line.
+    ckpt = tmp_path / "m.pt"
+    torch.save(load_model("digits-mlp").model.state_dict(), ckpt)
+    code, out, err = cli("prune", "--model", str(ckpt), "--arch", "digits-mlp", "--criterion",
+                         "magnitude", "--granularity", "unstructured", "--ratio", "0.3",
+                         "--out", str(tmp_path / "c"))  # fmt: skip
+    assert code == 2 and err.strip() == "error: --dataset is required (or --recipe FILE)"
 
 
 def test_a_pruned_folder_pruned_again_calls_its_accuracy_the_inputs(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -147,3 +163,9 @@ def test_a_pruned_folder_pruned_again_calls_its_accuracy_the_inputs(cli, tmp_pat
     assert code == 0, err
     assert "accuracy: dense " in first and "of all Linear/Conv weights" in first
     assert "accuracy: input " in second and "dense" not in second.split("accuracy:")[1][:20]
+    # `evaluate` says the sparsity of what it evaluates: the same count as `prune`'s.
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text(encoding="utf-8"))
+    code, out, err = cli("evaluate", "--model", str(tmp_path / "b"), "--dataset", "digits",
+                         "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["sparsity"] == pytest.approx(metrics["sparsity"], abs=1e-6)

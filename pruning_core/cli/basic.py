@@ -151,7 +151,21 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         device=device,
         limit=args.limit,
     )
-    return _evaluated(args, res.to_dict())
+    return _evaluated(args, {**_sparsity(loaded.model, loaded.meta), **res.to_dict()})
+
+
+def _sparsity(model: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """The model's sparsity (`terms.SPARSITY_MEANS`) and where it comes from: its exact zeros,
+    counted now; a shrunk model no longer has the weights it lost, so its folder's figure from
+    pruning time is it."""
+    from pruning_core.layers import counted_weights, measured_model_sparsity
+
+    recorded = (meta.get("pruned") or {}).get("sparsity")
+    if meta.get("surgery") and isinstance(recorded, int | float):
+        return {"sparsity": round(float(recorded), 6), "sparsity_from": "the folder's record "
+                "from pruning (a shrunk model no longer holds the removed weights)"}  # fmt: skip
+    counted = measured_model_sparsity(model, counted_weights(model))
+    return {"sparsity": round(counted, 6), "sparsity_from": "exact zeros of the weights"}
 
 
 def _evaluated(args: argparse.Namespace, res: dict[str, Any], **more: str) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def criterion_name(text: str) -> str:
 
     if text not in CRITERIA:
         raise argparse.ArgumentTypeError(
-            f"unknown method '{text}' (choose from {', '.join(CRITERIA)})"
+            f"unknown criterion '{text}' (choose from {', '.join(CRITERIA)})"
         )
     return text
 

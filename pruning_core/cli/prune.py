@@ -22,8 +22,9 @@ from pruning_core.errors import UserError
 from pruning_core.executor import RayExecutor, check_executor, get_executor, list_executors
 from pruning_core.export import finetune_outcome
 from pruning_core.fsio import check_not_source, check_output_dir
+from pruning_core.layers import counted_weights, measured_model_sparsity
 from pruning_core.plans import list_granularities
-from pruning_core.prune import list_methods, zero_masks
+from pruning_core.prune import list_methods, method_phrase
 from pruning_core.recipe import RECIPE_KEYS, Recipe
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.regularize import REGULARIZERS
@@ -252,7 +253,8 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
         recipe = dataclasses.replace(recipe, prune=found.config)
     # A pruned folder read again (shrunk, or holding zeros): its accuracy is the input's, not
     # a dense model's.
-    before = "input" if loaded.meta.get("surgery") or zero_masks(loaded.model) else "dense"
+    has_zeros = measured_model_sparsity(loaded.model, counted_weights(loaded.model)) > 0
+    before = "input" if loaded.meta.get("surgery") or has_zeros else "dense"
     result = run_recipe(
         recipe, model=loaded, data=data, progress=stderr_progress("fine-tune", args.quiet)
     )
@@ -276,7 +278,7 @@ def _summary(m: dict[str, Any], out: Path, before: str = "dense") -> dict[str, A
         return "-" if v is None else f"{100 * v:.2f}%"
 
     return {
-        "pruned": f"{m['model']} on {m['dataset']}: {m['method']} {m['granularity']}, "
+        "pruned": f"{m['model']} on {m['dataset']}: {method_phrase(m['method'], m['granularity'])}, "
         + (f"ratio {r:g} -> " if isinstance(r := m.get("target_ratio"), int | float) else "")
         + f"sparsity {pct(m['sparsity'])} of all Linear/Conv weights",
         "accuracy": f"{before} {pct(m['dense_accuracy'])}, pruned {pct(m['pruned_accuracy'])}, "

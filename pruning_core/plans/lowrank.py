@@ -297,10 +297,15 @@ class LowRankPlan(Plan):
             n: 1.0 - min(lay.break_even, lay.rank) / lay.rank for n, lay in self._layers.items()
         }
         lo, hi = min(share, key=share.__getitem__), max(share, key=share.__getitem__)
+        if lo == hi:
+            least = f"{share[lo]:.0%} of the rank ({lo})"
+        elif f"{share[lo]:.0%}" == f"{share[hi]:.0%}":
+            least = f"{share[lo]:.0%} of the rank in every layer"
+        else:
+            least = f"{share[lo]:.0%} of the rank ({lo}) to {share[hi]:.0%} ({hi})"
         self.notes.append(
             "a layer is factorised only below its break-even rank (r x (in + out) < in x out); "
-            f"above it, it stays dense: that takes removing at least {share[lo]:.0%} of the rank "
-            f"({lo}) to {share[hi]:.0%} ({hi})"
+            f"above it, it stays dense: that takes removing at least {least}"
         )
 
     # -- the registry's questions ------------------------------------------------------------
