@@ -83,7 +83,10 @@ def test_pruned_dir_prunes_again_with_nm_and_a_ratios_file(cli, tmp_path: Path) 
         (["--method", "magnitude", "--granularity", "unstructured", "--ratio", "1.0"], "ratio"),
         (["--method", "magnitude", "--granularity", "unstructured", "--ratio", "-0.5"], "ratio"),
         (["--method", "magnitude", "--granularity", "unstructured", "--ratio", "nan"], "ratio"),
-        (["--method", "nope", "--granularity", "unstructured", "--ratio", "0.5"], "unknown criterion"),
+        (
+            ["--method", "nope", "--granularity", "unstructured", "--ratio", "0.5"],
+            "unknown criterion",
+        ),
         (["--method", "magnitude", "--granularity", "head", "--ratio", "0.5"], "attention"),
         (
             ["--method", "bn-scale", "--granularity", "unstructured", "--ratio", "0.5"],
