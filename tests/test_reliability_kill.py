@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,20 +36,32 @@ def _assert_complete(out: Path) -> None:
     load_model(str(out))  # reloads: nothing half-written
 
 
+@pytest.fixture(scope="module")
+def first_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `prune` output at ratio 0.5, made once: each kill starts from a copy of it."""
+    from pruning_core.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("first") / "out"
+    assert cli_main([*ARGS, "--ratio", "0.5", "--out", str(out)]) == 0
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("point", "expected"),
     [("train", 0.5), ("write", 0.5), ("before-swap", 0.5), ("after-swap", 0.7)],
 )
 def test_killed_prune_leaves_old_or_complete_new_output(
-    point: str, expected: float, cli, tmp_path: Path
+    point: str, expected: float, cli, tmp_path: Path, first_output: Path
 ) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
-    assert cli(*ARGS, "--ratio", "0.5", "--out", str(out))[0] == 0
+    shutil.copytree(first_output, out)  # an earlier run's output, as `prune` left it
     signal_file = tmp_path / "signal"
+    # Only the training point needs a fine-tune; the others pause where the files are written.
+    train = ["--finetune-epochs", "1"] if point == "train" else []
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "kill_driver.py"), point, str(signal_file), "--",
-         *ARGS, "--ratio", "0.7", "--finetune-epochs", "1", "--out", str(out)],
+         *ARGS, "--ratio", "0.7", *train, "--out", str(out)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
