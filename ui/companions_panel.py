@@ -32,6 +32,7 @@ from pruning_core.layers import trainable_copy
 from pruning_core.models import LoadedModel
 from pruning_core.plots_companions import RUNTIME_LABELS, companions_figure
 from ui.jobs_panel import measurement_panel, measurement_result, start_button
+from ui.state import keep_settings, restore_settings
 from ui.texts_companions import (
     COMPANIONS_EXPLAINED,
     LEARNED_GATE_ONE_VIEW,
@@ -93,20 +94,6 @@ def companions_job(loaded: LoadedModel, data: DataBundle, config: CompanionConfi
                        **config.to_dict()}, kind="sweep")  # fmt: skip
 
 
-def _restore() -> None:
-    kept = st.session_state.setdefault(_KEPT, {})
-    for key, default in _SETTINGS.items():
-        if key not in st.session_state:
-            st.session_state[key] = kept.get(key, default)
-
-
-def _keep() -> None:
-    kept = st.session_state.setdefault(_KEPT, {})
-    for key in _SETTINGS:
-        if key in st.session_state:
-            kept[key] = st.session_state[key]
-
-
 def companions_subtitle(attrs: dict[str, Any]) -> str:
     """What the figure shows was measured: protocol (threads, batch, device) and images."""
     n = attrs.get("n_val")
@@ -165,7 +152,7 @@ def companions_panel(
         "your current model and measured now: accuracy against size and against latency, with "
         "the Pareto front."
     )
-    _restore()
+    restore_settings(_KEPT, _SETTINGS)
     n_val = data.num_examples("val")
     c1, c2, c3, c4, c5, c6 = st.columns(6)
     c1.number_input(
@@ -212,7 +199,7 @@ def companions_panel(
         key="tradeoff_comp_variants",
         format_func=lambda v: variant_label(v, attention=attention),
     )  # fmt: skip
-    _keep()
+    keep_settings(_KEPT, _SETTINGS)
     start_button(
         "Measure all of them", SLOT, lambda: companions_job(loaded, data, _config(device, n_val)),
         selection, key="tradeoff_run_companions",

@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -299,6 +299,25 @@ def keep(*keys: str) -> None:
         if key in st.session_state:
             kept[key] = st.session_state[key]
     remember()
+
+
+def restore_settings(store: str, defaults: Mapping[str, Any]) -> None:
+    """Before a panel draws its widgets: each of `defaults`' keys missing from the session
+    takes the value last kept under `store` (`keep_settings`), else its default. For panels
+    with settings of their own besides `KEEP` (only set when missing: no value is pushed to a
+    drawn widget, see `KEEP`)."""
+    kept = st.session_state.setdefault(store, {})
+    for key, default in defaults.items():
+        if key not in st.session_state:
+            st.session_state[key] = kept.get(key, default)
+
+
+def keep_settings(store: str, keys: Iterable[str]) -> None:
+    """After a panel drew its widgets: keep their values under `store` for `restore_settings`."""
+    kept = st.session_state.setdefault(store, {})
+    for key in keys:
+        if key in st.session_state:
+            kept[key] = st.session_state[key]
 
 
 def newer_run_waiting() -> bool:

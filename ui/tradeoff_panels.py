@@ -20,7 +20,7 @@ from pruning_core.store import RunStore
 from pruning_core.strategies import STRATEGY_LABELS
 from ui.choices import criterion_choices, criterion_label, granularity_label, plan_of
 from ui.jobs_panel import job_runner, measurement_panel, measurement_result, start_button
-from ui.state import remember, session_cached
+from ui.state import keep_settings, remember, restore_settings, session_cached
 from ui.tradeoff_jobs import per_class_job, run_model_source, size_points, strategies_job
 from ui.widgets import data_table
 
@@ -146,20 +146,6 @@ _QUANTITY_LABELS = {
 }
 
 
-def _restore() -> None:
-    kept = st.session_state.setdefault(_KEPT, {})
-    for key, default in _SETTINGS.items():
-        if key not in st.session_state:
-            st.session_state[key] = kept.get(key, default)
-
-
-def _keep() -> None:
-    kept = st.session_state.setdefault(_KEPT, {})
-    for key in _SETTINGS:
-        if key in st.session_state:
-            kept[key] = st.session_state[key]
-
-
 def _ratio_granularities() -> list[str]:
     """Granularities with a ratio per unit (uniform and global differ only there)."""
     out = []
@@ -187,7 +173,7 @@ def strategies_panel(
         "least predicted loss). Each is pruned and fine-tuned the same way, and each run lands "
         "in the run store."
     )
-    _restore()
+    restore_settings(_KEPT, _SETTINGS)
     grans = _ratio_granularities()
     if st.session_state["tradeoff_strat_granularity"] not in grans:
         st.session_state["tradeoff_strat_granularity"] = grans[0]
@@ -216,7 +202,7 @@ def strategies_panel(
         help="The same default fine-tune after every strategy (0: compare before fine-tune "
         "only). It keeps its best epoch by validation accuracy.",
     )  # fmt: skip
-    _keep()
+    keep_settings(_KEPT, _SETTINGS)
     budget = f"{quantity}={float(share):g}"
     start_button(
         "Compare ratio strategies", "strategies", lambda: strategies_job(
@@ -338,7 +324,7 @@ def per_class_panel(
         "networks forget?*). Pick a run of this model and see each class's change against the "
         "dense model on the validation split."
     )
-    _restore()
+    restore_settings(_KEPT, _SETTINGS)
     runs = _matching_runs(selection)
     if not runs:
         st.info(
@@ -354,7 +340,7 @@ def per_class_panel(
         help="Ratio-strategy runs keep their per-class accuracies; a fine-tune run is run "
         "again from its recipe (same seed) to measure them.",
     )  # fmt: skip
-    _keep()
+    keep_settings(_KEPT, _SETTINGS)
     c2.button(
         "Per-class change", key="tradeoff_run_perclass", type="primary",
         on_click=_start_per_class, args=(int(run_id), loaded, data, selection, device),
