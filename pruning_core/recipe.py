@@ -370,7 +370,9 @@ class Recipe:
         for k, flag in (("model", "model"), ("dataset", "dataset"), ("method", "criterion"),
                         ("granularity", "granularity")):  # fmt: skip
             if not s.get(k):
-                raise UserError(f"--{flag} is required (or --recipe FILE)")
+                # A model folder whose model.json names no dataset (or cannot be read).
+                why = f": {s['model']} names no dataset" if k == "dataset" else ""
+                raise UserError(f"--{flag} is required (or --recipe FILE){why}")
         layer_ratios: dict[str, Any] = dict(s.get("layer_ratios") or {})
         if s.get("ratios_file"):
             # A recipe carries the ratios file's content, not its path; a file given now wins.

@@ -152,7 +152,10 @@ def test_low_rank_needs_no_criterion_and_a_named_model_no_dataset(cli, tmp_path:
     code, out, err = cli("prune", "--model", str(ckpt), "--arch", "digits-mlp", "--criterion",
                          "magnitude", "--granularity", "unstructured", "--ratio", "0.3",
                          "--out", str(tmp_path / "c"))  # fmt: skip
-    assert code == 2 and err.strip() == "error: --dataset is required (or --recipe FILE)"
+    assert code == 2
+    assert (
+        err.strip() == f"error: --dataset is required (or --recipe FILE): {ckpt} names no dataset"
+    )
 
 
 def test_a_pruned_folder_pruned_again_calls_its_accuracy_the_inputs(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -172,3 +175,27 @@ def test_a_pruned_folder_pruned_again_calls_its_accuracy_the_inputs(cli, tmp_pat
                          "--json")  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["sparsity"] == pytest.approx(metrics["sparsity"], abs=1e-6)
+
+
+def test_evaluate_counts_removed_weights_against_the_dense_architecture(
+    cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # Channels removed, then zeros on what is left: the second folder has lost more, and says so.
+    common = ["--criterion", "magnitude", "--ratio", "0.5", "--quiet"]
+    assert cli("prune", "--model", "digits-cnn", "--granularity", "channel", *common,
+               "--out", str(tmp_path / "c1"))[0] == 0  # fmt: skip
+    assert cli("prune", "--model", str(tmp_path / "c1"), "--granularity", "unstructured",
+               *common, "--out", str(tmp_path / "c2"))[0] == 0  # fmt: skip
+    dense = sum(w.numel() for n, w in load_model("digits-cnn").model.named_parameters()
+                if n.endswith("weight") and w.dim() > 1)  # fmt: skip
+    seen = []
+    for name in ("c1", "c2"):
+        code, out, err = cli("evaluate", "--model", str(tmp_path / name), "--dataset", "digits",
+                             "--json")  # fmt: skip
+        assert code == 0, err
+        model = load_model(str(tmp_path / name)).model
+        kept = sum(int(torch.count_nonzero(w)) for n, w in model.named_parameters()
+                   if n.endswith("weight") and w.dim() > 1)  # fmt: skip
+        seen.append(json.loads(out)["sparsity"])
+        assert seen[-1] == pytest.approx(1 - kept / dense, abs=1e-6)
+    assert seen[1] > seen[0]

@@ -16,7 +16,7 @@ from pruning_core.data import list_datasets, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.fsio import check_output_dir, output_dir, write_json
-from pruning_core.models import build_for_data, list_models, load_model
+from pruning_core.models import LoadedModel, build_for_data, list_models, load_model
 from pruning_core.prune import MaskEnforcer, hold_masks, measured_sparsity
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig, fit
@@ -151,21 +151,23 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         device=device,
         limit=args.limit,
     )
-    return _evaluated(args, {**_sparsity(loaded.model, loaded.meta), **res.to_dict()})
+    return _evaluated(args, {**_sparsity(loaded), **res.to_dict()})
 
 
-def _sparsity(model: Any, meta: dict[str, Any]) -> dict[str, Any]:
-    """The model's sparsity (`terms.SPARSITY_MEANS`) and where it comes from: its exact zeros,
-    counted now; a shrunk model no longer has the weights it lost, so its folder's figure from
-    pruning time is it."""
-    from pruning_core.layers import counted_weights, measured_model_sparsity
+def _sparsity(loaded: LoadedModel) -> dict[str, Any]:
+    """The model's sparsity (`terms.SPARSITY_MEANS`): its exact zeros and the weights it no
+    longer has, against the dense architecture it was built from (`dense_weight_counts`)."""
+    from pruning_core.layers import measured_model_sparsity
+    from pruning_core.models import dense_weight_counts
 
-    recorded = (meta.get("pruned") or {}).get("sparsity")
-    if meta.get("surgery") and isinstance(recorded, int | float):
-        return {"sparsity": round(float(recorded), 6), "sparsity_from": "the folder's record "
-                "from pruning (a shrunk model no longer holds the removed weights)"}  # fmt: skip
-    counted = measured_model_sparsity(model, counted_weights(model))
-    return {"sparsity": round(counted, 6), "sparsity_from": "exact zeros of the weights"}
+    dense = dense_weight_counts(loaded)
+    sparsity = measured_model_sparsity(loaded.model, dense)
+    arch = f"dense {loaded.arch}" if loaded.arch else "model"
+    return {
+        "sparsity": round(sparsity, 6),
+        "sparsity_from": f"exact zeros and removed weights of the {arch}'s "
+        f"{sum(dense.values()):,} Linear/Conv weights",
+    }
 
 
 def _evaluated(args: argparse.Namespace, res: dict[str, Any], **more: str) -> dict[str, Any]:

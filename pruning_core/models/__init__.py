@@ -44,6 +44,7 @@ __all__ = [
     "ModelEntry",
     "build_for_data",
     "create_model",
+    "dense_weight_counts",
     "get_entry",
     "input_size_for",
     "is_external",
@@ -462,6 +463,26 @@ class LoadedModel:
             "in_channels": self.spec.channels,
             "image_size": self.spec.size,
         }
+
+
+def dense_weight_counts(loaded: LoadedModel) -> dict[str, int]:
+    """`layers.counted_weights` of the dense architecture `loaded` was built from: the
+    denominator of its sparsity (`terms.SPARSITY_MEANS`), which a shrunk model's own weights
+    no longer give. Built on the meta device (no memory); the model's own counts where the
+    architecture is unknown (a trusted pickle) or cannot be built there.
+    """
+    from pruning_core.layers import counted_weights
+
+    if loaded.arch is not None and loaded.meta.get("surgery"):
+        kw = loaded.meta.get("arch_kwargs")
+        try:
+            entry = get_entry(loaded.arch)
+            return counted_weights(
+                V.build_skeleton(entry.builder, kw if isinstance(kw, dict) else loaded.arch_kwargs)
+            )
+        except Exception:
+            pass
+    return counted_weights(loaded.model)
 
 
 def load_model(
