@@ -90,7 +90,7 @@ layers = [n for n, _ in weight_layers(current.model)]
 if st.session_state.get("inspect_layer") not in layers:
     st.session_state["inspect_layer"] = layers[0]
 layer = st.selectbox("Layer", layers, key="inspect_layer", persist_state="session")
-log_y = st.toggle("Log count axis", key="inspect_log", value=False)
+log_y = st.toggle("Log count axis", key="inspect_log", persist_state="session")
 
 dense_mods = dict(dense.model.named_modules())
 cur_mods = dict(current.model.named_modules())

@@ -203,3 +203,38 @@ def test_a_rerun_does_not_push_kept_values_to_the_browser() -> None:
         widget = at.text_input(key=key) if key == "tradeoff_ratios" else at.number_input(key=key)
         assert not widget.proto.set_value, key
     assert at.text_input(key="tradeoff_ratios").value == "0.3, 0.8"
+
+
+def test_what_a_reloaded_tab_needs_is_resumed() -> None:
+    # The literal keys in `RESUMED` are these modules' own: a rename must not drop them.
+    from ui import companions_panel, prune_widgets, tradeoff_panels
+    from ui.state import RESUMED
+
+    wanted = {prune_widgets._OVERRIDES, prune_widgets._OWNER, prune_widgets._NOTE,
+              tradeoff_panels._KEPT, companions_panel._KEPT}  # fmt: skip
+    assert wanted <= set(RESUMED), sorted(wanted - set(RESUMED))
+
+
+def test_a_reloaded_tab_keeps_the_per_layer_ratios_and_panel_settings() -> None:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["model_ref"] = "digits-mlp"
+    at.run()
+    at.switch_page("pages/3_prune.py").run()
+    at.session_state["prune_overrides"] = {"fc2": 0.55}
+    at.switch_page("pages/5_tradeoffs.py").run()
+    at.number_input(key="tradeoff_strat_epochs").set_value(0).run()
+    at.switch_page("pages/2_inspect.py").run()
+    at.toggle(key="inspect_log").set_value(True).run()
+    assert not at.exception
+    token = at.query_params["session"]
+
+    again = AppTest.from_file(APP, default_timeout=120)
+    again.query_params["session"] = token
+    again.run()
+    again.switch_page("pages/2_inspect.py").run()
+    assert again.toggle(key="inspect_log").value is True
+    again.switch_page("pages/3_prune.py").run()
+    assert not again.exception
+    assert again.session_state["prune_overrides"] == {"fc2": 0.55}
+    again.switch_page("pages/5_tradeoffs.py").run()
+    assert again.number_input(key="tradeoff_strat_epochs").value == 0

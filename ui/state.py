@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "dataset_ref": "digits",
     # --- Inspect, Prune, Fine-tune (A1) ---
     "inspect_layer": None,
+    "inspect_log": False,
     "prune_method": _PRUNE.method,
     "prune_granularity": _PRUNE.granularity,
     "prune_scope": _PRUNE.scope,
@@ -108,6 +109,7 @@ KEEP: tuple[str, ...] = (
     "model_ref",
     "dataset_ref",
     "inspect_layer",
+    "inspect_log",
     "prune_method",
     "prune_granularity",
     "prune_scope",
@@ -166,6 +168,14 @@ RESUMED: tuple[str, ...] = (
     "prune_committed",
     "ft_job_id",
     "_ft_jobs",
+    # The Prune page's per-layer ratios and what they were set for (`ui.prune_widgets`): the
+    # applied model may have been built from them.
+    "prune_overrides",
+    "_prune_overrides_for",
+    "prune_suggestion_note",
+    # The settings kept by `keep_settings` (the strategies and companions panels).
+    "_tradeoff_strategy_settings",
+    "_tradeoff_companions_settings",
     *(f"tradeoff_{slot}_{what}" for slot in JOB_SLOTS
       for what in ("job", "for", "result", "error")),
 )  # fmt: skip
