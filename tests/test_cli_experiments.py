@@ -81,6 +81,18 @@ def test_sweep_json_and_record(
     assert Path(run.artifacts["csv"]).read_text() == out.read_text()
 
 
+def test_sweep_defaults_to_the_criteria_the_granularity_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Low rank takes magnitude only: the default pair must not fail on random.
+    code, stdout, err = _run(
+        capsys, "sweep", "--model", "digits-mlp", "--dataset", "digits", "--granularity",
+        "lowrank", "--ratios", "0.5", "--out", str(tmp_path / "lr.csv"), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert [r["method"] for r in json.loads(stdout)["rows"]] == ["magnitude"]
+
+
 @pytest.mark.parametrize(
     "extra",
     [

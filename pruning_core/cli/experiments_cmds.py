@@ -33,10 +33,10 @@ from pruning_core.executor import (
     list_executors,
 )
 from pruning_core.fsio import check_output_file
-from pruning_core.plans import list_granularities
+from pruning_core.plans import get_plan, list_granularities
 from pruning_core.plans.masks import UnstructuredPlan
 from pruning_core.progress import ProgressFn, ProgressReport
-from pruning_core.prune import PruneConfig
+from pruning_core.prune import PruneConfig, list_methods
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.train import DEFAULT_FINETUNE as FT
 from pruning_core.validate import POSITIVE_INT, RATIO
@@ -58,8 +58,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument(
         "--methods",
-        default=f"{Magnitude.name},{Random.name}",
-        help="comma-separated criteria (" + ", ".join(CRITERIA) + ")",
+        "--criteria",
+        dest="methods",
+        help="comma-separated criteria ("
+        + ", ".join(CRITERIA)
+        + f"; default {Magnitude.name},{Random.name}, those the granularity takes)",
     )
     p.add_argument("--ratios", default="0.5,0.7,0.9", help="comma-separated ratios in [0, 1)")
     p.add_argument(
@@ -203,7 +206,12 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.experiments import sweep, write_csv
 
     _check_out(args.out)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.methods is None:
+        # The default pair, less what the granularity cannot take (low rank: magnitude only).
+        methods = [m.name for m in list_methods() if m.name in (Magnitude.name, Random.name)
+                   and get_plan(args.granularity)[0].name in m.granularities]  # fmt: skip
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     ratios = parse_ratios(args.ratios, "--ratios")
     if not methods:
         raise UserError("--methods needs at least one criterion")
