@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pruning_core.checkpoint import META_FILE, QUANT_META_FILE
+from pruning_core.checkpoint import META_FILE, QUANT_META_FILE, read_model_meta
 from pruning_core.errors import UserError
 from pruning_core.models import get_entry
 
-__all__ = ["dataset_mismatch", "home_dataset"]
+__all__ = ["dataset_mismatch", "home_dataset", "no_home_reason"]
 
 
 def home_dataset(model_ref: str) -> str | None:
@@ -47,6 +47,22 @@ def home_dataset(model_ref: str) -> str | None:
         return get_entry(model_ref).default_dataset
     except UserError:
         return None
+
+
+def no_home_reason(model_ref: str) -> str:
+    """Why `model_ref` gives no dataset of its own, for a command that needs one.
+
+    Raises:
+        UserError: The model itself is the problem: an unknown name, or a folder whose
+            model.json is missing or unreadable (the loader's own message), which a "give
+            --dataset" would only hide.
+    """
+    path = Path(model_ref)
+    if path.is_dir() and not (path / QUANT_META_FILE).is_file():
+        read_model_meta(path)
+    elif not path.exists() and ":" not in model_ref:
+        get_entry(model_ref)
+    return f"{model_ref} names no dataset"
 
 
 def dataset_mismatch(model_ref: str, dataset_ref: str) -> str | None:

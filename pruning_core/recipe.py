@@ -364,15 +364,16 @@ class Recipe:
                 s["method"] = fit[0]
         if s.get("model") and not s.get("dataset"):
             # The dataset the model was trained for (its registry entry or folder names it).
-            from pruning_core.pairing import home_dataset
+            from pruning_core.pairing import home_dataset, no_home_reason
 
             s["dataset"] = home_dataset(str(s["model"]))
+            if not s["dataset"]:
+                why = no_home_reason(str(s["model"]))  # a broken model says so itself
+                raise UserError(f"--dataset is required (or --recipe FILE): {why}")
         for k, flag in (("model", "model"), ("dataset", "dataset"), ("method", "criterion"),
                         ("granularity", "granularity")):  # fmt: skip
             if not s.get(k):
-                # A model folder whose model.json names no dataset (or cannot be read).
-                why = f": {s['model']} names no dataset" if k == "dataset" else ""
-                raise UserError(f"--{flag} is required (or --recipe FILE){why}")
+                raise UserError(f"--{flag} is required (or --recipe FILE)")
         layer_ratios: dict[str, Any] = dict(s.get("layer_ratios") or {})
         if s.get("ratios_file"):
             # A recipe carries the ratios file's content, not its path; a file given now wins.

@@ -199,3 +199,19 @@ def test_evaluate_counts_removed_weights_against_the_dense_architecture(
         seen.append(json.loads(out)["sparsity"])
         assert seen[-1] == pytest.approx(1 - kept / dense, abs=1e-6)
     assert seen[1] > seen[0]
+
+
+def test_without_dataset_a_broken_model_says_what_is_wrong(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # "--dataset is required" would only hide the real problem: the model's own error comes.
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"")
+    (torn / "model.json").write_text('{"arch": "digits-mlp", ', encoding="utf-8")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["--criterion", "magnitude", "--granularity", "unstructured", "--ratio", "0.5"]
+    for model, words in ((torn, "corrupt model.json"), (empty, "is not a model directory"),
+                         (tmp_path / "nope", "unknown model")):  # fmt: skip
+        code, _, err = cli("prune", "--model", str(model), *args, "--out", str(tmp_path / "o"))
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()
