@@ -47,6 +47,7 @@ __all__ = [
     "ScoreCache",
     "StructuredPreview",
     "apply_masks_",
+    "criteria_for",
     "hold_masks",
     "list_methods",
     "mask_sparsity",
@@ -317,6 +318,16 @@ def list_methods() -> list[MethodInfo]:
     ]
 
 
+def criteria_for(granularity: str) -> list[str]:
+    """The registered criteria that `granularity` takes, in registry order.
+
+    Raises:
+        UserError: An unknown granularity.
+    """
+    plan = get_plan(granularity)[0].name
+    return [m.name for m in list_methods() if plan in m.granularities]
+
+
 def method_phrase(method: str | None, granularity: str | None) -> str:
     """How a run's criterion and granularity read in one line ("magnitude channel").
 
@@ -330,10 +341,10 @@ def method_phrase(method: str | None, granularity: str | None) -> str:
     if not granularity:
         return str(method or "")
     try:
-        plan = get_plan(granularity)[0].name
+        only_one = len(criteria_for(granularity)) == 1
     except UserError:
         return f"{method} {granularity}" if method else granularity
-    if len([m for m in list_methods() if plan in m.granularities]) == 1:
+    if only_one:
         return granularity
     return f"{method} {granularity}" if method else granularity
 

@@ -356,10 +356,9 @@ class Recipe:
         if not s.get("method") and s.get("granularity"):
             # A granularity that takes one criterion (low rank: singular values are magnitudes)
             # needs no --method.
-            from pruning_core.prune import list_methods
+            from pruning_core.prune import criteria_for
 
-            g = get_plan(str(s["granularity"]))[0].name
-            fit = [m.name for m in list_methods() if g in m.granularities]
+            fit = criteria_for(str(s["granularity"]))
             if len(fit) == 1:
                 s["method"] = fit[0]
         if s.get("model") and not s.get("dataset"):

@@ -33,10 +33,10 @@ from pruning_core.executor import (
     list_executors,
 )
 from pruning_core.fsio import check_output_file
-from pruning_core.plans import get_plan, list_granularities
+from pruning_core.plans import list_granularities
 from pruning_core.plans.masks import UnstructuredPlan
 from pruning_core.progress import ProgressFn, ProgressReport
-from pruning_core.prune import PruneConfig, list_methods
+from pruning_core.prune import PruneConfig, criteria_for
 from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.train import DEFAULT_FINETUNE as FT
 from pruning_core.validate import POSITIVE_INT, RATIO
@@ -208,8 +208,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     _check_out(args.out)
     if args.methods is None:
         # The default pair, less what the granularity cannot take (low rank: magnitude only).
-        methods = [m.name for m in list_methods() if m.name in (Magnitude.name, Random.name)
-                   and get_plan(args.granularity)[0].name in m.granularities]  # fmt: skip
+        methods = [m for m in criteria_for(args.granularity) if m in (Magnitude.name, Random.name)]
     else:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     ratios = parse_ratios(args.ratios, "--ratios")
