@@ -35,11 +35,16 @@ def test_every_setting_widget_is_kept() -> None:
     assert set(KEEP) <= set(DEFAULTS), sorted(set(KEEP) - set(DEFAULTS))
 
 
-def test_a_dropped_widget_value_comes_back() -> None:
+def _on_tradeoffs() -> AppTest:
+    """The whole app with digits-mlp picked, on the Trade-offs page."""
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["model_ref"] = "digits-mlp"
     at.run()
-    at.switch_page("pages/5_tradeoffs.py").run()
+    return at.switch_page("pages/5_tradeoffs.py").run()
+
+
+def test_a_dropped_widget_value_comes_back() -> None:
+    at = _on_tradeoffs()
     at.text_input(key="tradeoff_ratios").set_value("0.3, 0.8").run()
     at.number_input(key="tradeoff_ft_epochs").set_value(0).run()
     at.switch_page("pages/2_inspect.py").run()
@@ -192,16 +197,12 @@ def test_every_kept_widget_persists_for_the_session() -> None:
 def test_a_rerun_does_not_push_kept_values_to_the_browser() -> None:
     # A value set from code reaches the browser as the widget's new value ("set_value") and
     # overwrites what the user is typing while that run is on its way; only a real change may.
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["model_ref"] = "digits-mlp"
-    at.run()
-    at.switch_page("pages/5_tradeoffs.py").run()
+    at = _on_tradeoffs()
     at.text_input(key="tradeoff_ratios").set_value("0.3, 0.8").run()
     at.run()  # a rerun that changes nothing (a button elsewhere, a polling fragment)
     assert not at.exception
-    for key in ("tradeoff_ratios", "tradeoff_ft_epochs"):
-        widget = at.text_input(key=key) if key == "tradeoff_ratios" else at.number_input(key=key)
-        assert not widget.proto.set_value, key
+    assert not at.text_input(key="tradeoff_ratios").proto.set_value
+    assert not at.number_input(key="tradeoff_ft_epochs").proto.set_value
     assert at.text_input(key="tradeoff_ratios").value == "0.3, 0.8"
 
 
