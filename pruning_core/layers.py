@@ -53,6 +53,7 @@ __all__ = [
     "model_sparsity",
     "module_stack",
     "output_layers",
+    "rebased_sparsity",
     "resolve_ignore",
     "set_submodule",
     "trainable_copy",
@@ -129,6 +130,26 @@ def measured_model_sparsity(model: nn.Module, before: Mapping[str, int]) -> floa
     now = counted_weights(model)
     zeros = sum(k - int(torch.count_nonzero(mods[n].weight.detach())) for n, k in now.items())
     return min(1.0, (zeros + max(total - sum(now.values()), 0)) / total)
+
+
+def rebased_sparsity(sparsity: float, counted: int, dense: int) -> float:
+    """A sparsity counted against `counted` weights, restated against `dense` ones.
+
+    A run that starts from an already shrunk model counts its sparsity against the weights that
+    model still has; `terms.SPARSITY_MEANS` (and `evaluate`) count against the dense
+    architecture. The non-zero weights are the same either way: (1 - sparsity) * counted.
+
+    Args:
+        sparsity: Share in [0, 1] of `counted` weights zero or removed.
+        counted: Linear/Conv weights the share was taken of (the shrunk model's).
+        dense: Linear/Conv weights of the dense architecture (`models.dense_weight_counts`).
+
+    Returns:
+        The share of `dense` weights zero or removed, in [0, 1] (`sparsity` when a count is 0).
+    """
+    if counted <= 0 or dense <= 0:
+        return sparsity
+    return min(1.0, max(0.0, 1.0 - (1.0 - sparsity) * counted / dense))
 
 
 def is_weight_layer(m: nn.Module) -> bool:

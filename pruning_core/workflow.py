@@ -26,8 +26,8 @@ from pruning_core.data import DataBundle, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.fsio import output_dir, write_json
-from pruning_core.layers import in_model_order
-from pruning_core.models import LoadedModel, get_entry, load_model
+from pruning_core.layers import counted_weights, in_model_order, rebased_sparsity
+from pruning_core.models import LoadedModel, dense_weight_counts, get_entry, load_model
 from pruning_core.recipe import Recipe
 from pruning_core.schedules import ScheduleResult, run_schedule
 from pruning_core.spec import InputSpec
@@ -251,6 +251,9 @@ def run_recipe(
         regularizer(net)  # fails now (e.g. slim without BatchNorm), not after an epoch
     torch.manual_seed(recipe.seed)
     dense = measure(net, data, spec)
+    # A shrunk folder pruned again: the plans count against the weights it still has.
+    counted = sum(counted_weights(net).values())
+    dense_count = sum(dense_weight_counts(model).values())
     teacher = copy.deepcopy(net).eval() if recipe.finetune.distill_weight > 0 else None
     if teacher is not None:
         for p in teacher.parameters():
@@ -260,6 +263,12 @@ def run_recipe(
         progress=progress, cancel=cancel, teacher=teacher, regularizer=regularizer,
         keep_zeros="pruned" in model.meta,
     )  # fmt: skip
+    if result.curve and counted != dense_count:
+        # The model's sparsity is against its dense architecture, as `evaluate` counts it.
+        result.prune.sparsity = rebased_sparsity(result.prune.sparsity, counted, dense_count)
+        for row in result.curve:
+            if isinstance(row.get("sparsity"), float):
+                row["sparsity"] = rebased_sparsity(row["sparsity"], counted, dense_count)
     after = measure(net, None, spec)
     return RecipeResult(
         recipe=recipe,

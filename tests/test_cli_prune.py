@@ -215,3 +215,36 @@ def test_without_dataset_a_broken_model_says_what_is_wrong(cli, tmp_path: Path) 
         code, _, err = cli("prune", "--model", str(model), *args, "--out", str(tmp_path / "o"))
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("channel", "unstructured"),
+        ("channel", "channel"),
+        ("unstructured", "lowrank"),
+        ("channel", "lowrank"),
+    ],
+)
+def test_prune_and_evaluate_agree_on_a_folder_pruned_twice(
+    first: str, second: str, cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # prune's own line, metrics.json and model.json say what evaluate says: zeros and removed
+    # weights against the dense architecture, not against the shrunk folder it started from.
+    def prune(src: str, granularity: str, out: Path) -> dict[str, object]:
+        crit = [] if granularity == "lowrank" else ["--criterion", "magnitude"]
+        code, text, err = cli("prune", "--model", src, "--granularity", granularity, *crit,
+                              "--ratio", "0.4", "--json", "--out", str(out))  # fmt: skip
+        assert code == 0, err
+        return json.loads(text)
+
+    prune("digits-cnn", first, tmp_path / "a")
+    metrics = prune(str(tmp_path / "a"), second, tmp_path / "b")
+    code, out, err = cli("evaluate", "--model", str(tmp_path / "b"), "--dataset", "digits",
+                         "--json")  # fmt: skip
+    assert code == 0, err
+    measured = json.loads(out)["sparsity"]
+    assert metrics["sparsity"] == pytest.approx(measured, abs=1e-5)
+    meta = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert meta["pruned"]["sparsity"] == pytest.approx(measured, abs=1e-5)
+    assert metrics["curve"][-1]["sparsity"] == pytest.approx(measured, abs=1e-5)

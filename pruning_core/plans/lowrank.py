@@ -52,6 +52,7 @@ from pruning_core.layers import (
     counted_weights,
     is_weight_layer,
     matches_pattern,
+    measured_model_sparsity,
     resolve_ignore,
     set_submodule,
     weight_of,
@@ -497,7 +498,7 @@ class LowRankPlan(Plan):
         per: dict[str, float] = {}
         removed: dict[str, list[int]] = {}
         before = after = 0
-        counted = sum(counted_weights(model).values())
+        counted = counted_weights(model)
         for u in self.units:
             k = len(selection.get(u.name, ()))
             lay = self._layers[u.name]
@@ -522,9 +523,12 @@ class LowRankPlan(Plan):
                 set_submodule(model, u.name, _pair(module, *low_rank_factors(*svd, rank)))
             else:
                 _write_rank(module, *svd, rank)
-        # The weights the factorised layers no longer have, over the whole model's (one
-        # definition of sparsity, `terms.SPARSITY_MEANS`); per layer, the share of its rank removed.
-        return Applied(
-            masks={}, layer_sparsity=per, sparsity=(before - after) / max(counted, 1),
-            removed=removed,
-        )  # fmt: skip
+        # One definition of sparsity (`terms.SPARSITY_MEANS`): factorised, the model's zeros and
+        # the weights it no longer has, so an earlier run's zeros count too; approximated in
+        # place, the weights the factors would save. Per layer, the share of its rank removed.
+        sparsity = (
+            measured_model_sparsity(model, counted)
+            if physical
+            else (before - after) / max(sum(counted.values()), 1)
+        )
+        return Applied(masks={}, layer_sparsity=per, sparsity=sparsity, removed=removed)
