@@ -195,6 +195,9 @@ def test_app_takes_host_and_port_in_both_spellings() -> None:
     assert value(cmd("--server.headless", "true"), "--server.headless") == "true"
     assert value(cmd("--server.headless", "false"), "--server.headless") == "false"
     assert main(["app", "--server.port", "0"]) == 2
+    # Both names of one option: refused, not the last one taken silently.
+    assert main(["app", "--port", "8502", "--server.port", "8503"]) == 2
+    assert main(["app", "--host", "127.0.0.1", "--server.address", "0.0.0.0"]) == 2
     assert main(["app", "--host", "http://x y"]) == 2
 
 

@@ -106,6 +106,9 @@ def test_sweep_defaults_to_the_criteria_the_granularity_takes(
         ["sensitivity", "--target-ratio", "0.5", "--target-sparsity", "0.5"],
         ["sensitivity", "--granularity", "2:4"],
         ["sensitivity", "--model", "no-such-model"],
+        ["sweep", "--granularity", "2:4", "--ratios", "0.3"],
+        ["sweep", "--criteria", "magnitude", "--methods", "random"],
+        ["sensitivity", "--method", "magnitude", "--criterion", "random"],
     ],
 )
 def test_bad_input_exits_2(
@@ -137,3 +140,43 @@ def test_real_process_exit_status(tmp_path: Path) -> None:
     )  # fmt: skip
     assert p.returncode == 2, p.stderr
     assert p.stdout == "" and "Traceback" not in p.stderr
+
+
+def test_sweep_refuses_ratios_a_fixed_ratio_granularity_would_not_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 2:4 removes 2 of every 4 weights: asked for 0.3, rows at 0.5 would answer another question.
+    out = tmp_path / "nm.csv"
+    base = ["sweep", "--model", "digits-mlp", "--dataset", "digits", "--granularity", "2:4",
+            "--methods", "magnitude", "--out", str(out), "--json"]  # fmt: skip
+    code, stdout, err = _run(capsys, *base, "--ratios", "0.3,0.5")
+    assert (code, stdout) == (2, "") and not out.exists()
+    assert err == (
+        "error: --ratios 0.3: 2:4 granularity fixes the ratio at 0.5 (2 of every 4 weights "
+        "removed); leave --ratios out or give 0.5\n"
+    )
+    # Its own ratio, or none (the default grid is not something the user asked for), runs.
+    for extra in (["--ratios", "0.5"], []):
+        code, stdout, err = _run(capsys, *base, *extra)
+        assert code == 0, err
+        assert [r["ratio"] for r in json.loads(stdout)["rows"]] == [0.5]
+
+
+def test_two_names_of_one_option_are_refused_not_overridden(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.csv"
+    code, stdout, err = _run(
+        capsys, "sweep", "--model", "digits-mlp", "--dataset", "digits", "--criteria",
+        "magnitude", "--methods", "random", "--ratios", "0.5", "--out", str(out),
+    )  # fmt: skip
+    assert (code, stdout) == (2, "") and not out.exists()
+    assert err == (
+        "error: pruning-lab sweep: --criteria and --methods are two names of one option: give "
+        "only one\n"
+    )
+    # One name given twice is argparse's usual last-wins; either name alone still works.
+    args = build_parser().parse_args(
+        ["sweep", "--model", "m", "--dataset", "d", "--out", "o.csv", "--criteria", "random"]
+    )
+    assert args.methods == "random" and not hasattr(args, "_spellings_given")

@@ -93,6 +93,23 @@ def test_pruned_dir_prunes_again_with_nm_and_a_ratios_file(cli, tmp_path: Path) 
             "does not support",
         ),
         (["--method", "magnitude", "--granularity", "unstructured"], "--ratio"),
+        (
+            ["--method", "magnitude", "--granularity", "2:4", "--ratio", "0.3"],
+            "--ratio 0.3: 2:4 granularity fixes the ratio at 0.5",
+        ),
+        (
+            [
+                "--method",
+                "magnitude",
+                "--criterion",
+                "random",
+                "--granularity",
+                "unstructured",
+                "--ratio",
+                "0.5",
+            ],
+            "--method and --criterion are two names of one option: give only one",
+        ),
         (["--granularity", "unstructured", "--ratio", "0.5"], "--criterion"),
     ],
 )

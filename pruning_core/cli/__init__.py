@@ -24,12 +24,49 @@ __all__ = ["Handler", "build_parser", "main", "run"]
 _COMMAND_MODULES = ("basic", "prune", "measure", "experiments_cmds", "export", "quantize")
 
 
+# Where `_OneSpelling` notes which spelling of an option was given (removed after parsing).
+_SPELLINGS = "_spellings_given"
+
+
+class _OneSpelling(argparse.Action):
+    """Store an option that has several spellings (`--methods`/`--criteria`), refusing a
+    second spelling: argparse would keep whichever came last and drop the other silently."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given: dict[str, str] = namespace.__dict__.setdefault(_SPELLINGS, {})
+        first = given.setdefault(self.dest, str(option_string))
+        if first != option_string:
+            parser.error(f"{first} and {option_string} are two names of one option: give only one")
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad usage as one line and status 2."""
+    """argparse that reports bad usage as one line and status 2, and refuses an option given
+    under two of its names."""
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"error: {self.prog}: {message}\n")
         raise SystemExit(2)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """As argparse's; an option with several long names stores through `_OneSpelling`."""
+        names = [a for a in args if isinstance(a, str) and a.startswith("--")]
+        if len(names) > 1 and kwargs.get("action", "store") == "store":
+            kwargs["action"] = _OneSpelling
+        return super().add_argument(*args, **kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, rest = super().parse_known_args(args, namespace)
+        ns.__dict__.pop(_SPELLINGS, None)  # bookkeeping, not an option
+        return ns, rest
 
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]

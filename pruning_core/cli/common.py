@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
+from collections.abc import Sequence
 
 from pruning_core.checkpoint import CHECKPOINT_SUFFIXES
 from pruning_core.data import DataBundle, load_dataset
@@ -18,6 +20,7 @@ __all__ = [
     "WARMUP",
     "add_model_args",
     "add_step_args",
+    "check_fixed_ratio",
     "criterion_name",
     "granularity_name",
     "resolve",
@@ -130,6 +133,36 @@ def granularity_name(text: str) -> str:
         return get_plan(text)[1]
     except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def check_fixed_ratio(granularity: str, ratios: Sequence[float], flag: str) -> None:
+    """Refuse ratios a fixed-ratio granularity (N:M) would not use.
+
+    N:M removes N of every M weights whatever ratio is asked: taking `--ratio 0.3` and
+    writing a 2:4 result at 0.5 would hand back something other than what was asked, so the
+    command says so before any work (as an option that cannot apply is refused elsewhere).
+
+    Args:
+        granularity: The granularity given (`2:4`, `channel`, ...).
+        ratios: The ratios given on the command line (not defaults).
+        flag: The option's name, for the message (`--ratio`, `--ratios`).
+
+    Raises:
+        UserError: A ratio other than the granularity's own.
+    """
+    from pruning_core.plans import get_plan
+
+    plan, canonical = get_plan(granularity)
+    if not plan.fixed_ratio:
+        return
+    fixed = plan.effective_ratio(canonical, 0.0)
+    other = [r for r in ratios if not math.isclose(r, fixed, abs_tol=1e-9)]
+    if other:
+        raise UserError(
+            f"{flag} {other[0]:g}: {canonical} granularity fixes the ratio at {fixed:g} "
+            f"({canonical.replace(':', ' of every ')} weights removed); leave {flag} out or give "
+            f"{fixed:g}"
+        )
 
 
 def stderr_progress(label: str, quiet: bool = False) -> ProgressFn:

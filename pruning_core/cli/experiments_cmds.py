@@ -19,6 +19,7 @@ from typing import Any
 from pruning_core.cli.common import (
     add_model_args,
     add_step_args,
+    check_fixed_ratio,
     criterion_name,
     granularity_name,
     resolve,
@@ -41,9 +42,18 @@ from pruning_core.recipe import SETTING_CHECKS as C
 from pruning_core.train import DEFAULT_FINETUNE as FT
 from pruning_core.validate import POSITIVE_INT, RATIO
 
-__all__ = ["DEFAULT_TARGET_RATIO", "cmd_sensitivity", "cmd_sweep", "parse_ratios", "register"]
+__all__ = [
+    "DEFAULT_TARGET_RATIO",
+    "SWEEP_RATIOS",
+    "cmd_sensitivity",
+    "cmd_sweep",
+    "parse_ratios",
+    "register",
+]
 
 DEFAULT_TARGET_RATIO = 0.8
+# `sweep --ratios` when none are given.
+SWEEP_RATIOS = "0.5,0.7,0.9"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -64,7 +74,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         + ", ".join(CRITERIA)
         + f"; default {Magnitude.name},{Random.name}, those the granularity takes)",
     )
-    p.add_argument("--ratios", default="0.5,0.7,0.9", help="comma-separated ratios in [0, 1)")
+    p.add_argument(
+        "--ratios",
+        help=f"comma-separated ratios in [0, 1) (default {SWEEP_RATIOS}; N:M fixes its own, "
+        "N/M, and takes no other)",
+    )
     p.add_argument(
         "--granularity",
         default=UnstructuredPlan.name,
@@ -211,7 +225,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         methods = [m for m in criteria_for(args.granularity) if m in (Magnitude.name, Random.name)]
     else:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    ratios = parse_ratios(args.ratios, "--ratios")
+    ratios = parse_ratios(args.ratios or SWEEP_RATIOS, "--ratios")
+    if args.ratios is not None:
+        check_fixed_ratio(args.granularity, ratios, "--ratios")
     if not methods:
         raise UserError("--methods needs at least one criterion")
     for m in methods:

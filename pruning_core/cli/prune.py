@@ -12,6 +12,7 @@ from pruning_core.budget import BUDGET_HELP, Budget, parse_budget
 from pruning_core.budget import search as budget_search
 from pruning_core.cli.common import (
     add_step_args,
+    check_fixed_ratio,
     criterion_name,
     granularity_name,
     resolve,
@@ -67,7 +68,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help=f"importance criterion ({methods})",
     )
     p.add_argument("--granularity", type=granularity_name, help=granularities)
-    p.add_argument("--ratio", type=C["ratio"], help="share removed, in [0, 1) (N:M implies N/M)")
+    p.add_argument(
+        "--ratio",
+        type=C["ratio"],
+        help="share removed, in [0, 1) (N:M fixes it at N/M and takes no other)",
+    )
     budget_help = (
         f"instead of --ratio: {BUDGET_HELP}. Per-layer ratios (blocks: which blocks) that meet "
         "it with the least predicted accuracy loss are searched from measured sensitivity and "
@@ -194,6 +199,8 @@ def _recipe(args: argparse.Namespace) -> Recipe:
     recipe = (
         Recipe.read(args.recipe, given) if args.recipe is not None else Recipe.from_settings(given)
     )
+    if getattr(args, "ratio", None) is not None:
+        check_fixed_ratio(recipe.prune.granularity, [args.ratio], "--ratio")
     if not getattr(args, "recalibrate_bn", True):
         recipe = dataclasses.replace(recipe, prune=recipe.prune.replace(recalibrate_bn=False))
     if getattr(args, "budget", None) is not None and recipe.schedule.kind != "oneshot":
