@@ -47,6 +47,7 @@ from pruning_core.prune import (
     Preview,
     PruneConfig,
     PruneResult,
+    criteria_for,
     hold_masks,
     method_phrase,
     prune_,
@@ -64,6 +65,7 @@ __all__ = [
     "check_suggestion",
     "layer_sizes",
     "lower_hull",
+    "method_label",
     "predicted_drop",
     "sensitivity",
     "suggest_ratios",
@@ -82,6 +84,23 @@ SENSITIVITY_COLUMNS = (
     "layer", "ratio", "accuracy", "drop", "params", "layer_sparsity", "members",
 )  # fmt: skip
 DEFAULT_SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)
+
+
+def method_label(method: str, granularity: str) -> str:
+    """A sweep row's `method`: the criterion, or for a granularity that takes one criterion
+    only (low rank) the granularity alone, as `prune.method_phrase` names it ("lowrank"): its
+    criterion says nothing a user chose, and "magnitude" would read as magnitude pruning.
+
+    Args:
+        method: The criterion's registry name.
+        granularity: The granularity (`unstructured`, `lowrank`, ...); an unknown one keeps
+            the criterion's name.
+    """
+    try:
+        only_one = len(criteria_for(granularity)) == 1
+    except UserError:
+        return method
+    return granularity if only_one else method
 
 
 def _unpack(
@@ -165,8 +184,8 @@ def sweep(
         seed: Seed of the random criterion.
 
     Returns:
-        One row per point with the columns of `SWEEP_COLUMNS` plus `dense_accuracy`: method,
-        granularity, ratio, sparsity (measured, `terms.SPARSITY_MEANS`), accuracy (pruned, before
+        One row per point with the columns of `SWEEP_COLUMNS` plus `dense_accuracy`: method
+        (the criterion; `lowrank` for low rank, `method_label`), granularity, ratio, sparsity (measured, `terms.SPARSITY_MEANS`), accuracy (pruned, before
         fine-tune), finetuned_accuracy, params_nonzero, macs, seconds.
 
     Raises:
@@ -226,7 +245,7 @@ def sweep(
             seconds = time.perf_counter() - t0 + t_score
             t_score = 0.0
             row: dict[str, Any] = {
-                "method": method,
+                "method": method_label(method, cfg.granularity),
                 "granularity": cfg.granularity,
                 "ratio": r,
                 "sparsity": res.sparsity,

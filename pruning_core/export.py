@@ -567,7 +567,11 @@ def is_model_dir(directory: Path) -> bool:
 
 def _stage_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """A two-point accuracy-vs-sparsity frame (dense at 0, the run at its sparsity)."""
+    from pruning_core.experiments import method_label
+
     method = str(metrics.get("method") or "pruned")
+    if metrics.get("method") and isinstance(metrics.get("granularity"), str):
+        method = method_label(method, metrics["granularity"])
     dense = metrics.get("dense_accuracy")
     ft = metrics.get("finetuned_accuracy")
     rows = [
@@ -695,6 +699,12 @@ def pruning_report(
     from pruning_core.per_class import change_from_records, change_headline
 
     m = dict(metrics)
+    if sweep is not None and {"method", "granularity"} <= set(sweep.columns) and len(sweep):
+        # Named as `experiments.sweep` names them now, a CSV from before included.
+        from pruning_core.experiments import method_label
+
+        sweep = sweep.assign(method=[method_label(str(a), str(g)) for a, g in
+                                     zip(sweep["method"], sweep["granularity"], strict=True)])  # fmt: skip
     if per_class is None and isinstance(m.get("per_class"), list) and m["per_class"]:
         per_class = change_from_records(m["per_class"])
     figures: list[tuple[Any, str]] = []

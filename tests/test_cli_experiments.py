@@ -90,7 +90,10 @@ def test_sweep_defaults_to_the_criteria_the_granularity_takes(
         "lowrank", "--ratios", "0.5", "--out", str(tmp_path / "lr.csv"), "--json",
     )  # fmt: skip
     assert code == 0, err
-    assert [r["method"] for r in json.loads(stdout)["rows"]] == ["magnitude"]
+    # Named as `prune` names it ("lowrank"): low rank takes no criterion a user chose.
+    doc = json.loads(stdout)
+    assert [r["method"] for r in doc["rows"]] == ["lowrank"] and doc["methods"] == ["lowrank"]
+    assert list(pd.read_csv(tmp_path / "lr.csv")["method"]) == ["lowrank"]
 
 
 @pytest.mark.parametrize(

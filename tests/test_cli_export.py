@@ -148,3 +148,24 @@ def test_corrupt_weights_exit_2(cli, pruned_dir: Path, tmp_path: Path) -> None: 
                        str(tmp_path / "m.onnx"))  # fmt: skip
     assert code == 2 and "corrupt" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_report_names_low_rank_series_as_prune_does(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    d = tmp_path / "lr"
+    code, _, err = cli("prune", "--model", "digits-mlp", "--granularity", "lowrank", "--ratio",
+                       "0.5", "--out", str(d), "--quiet")  # fmt: skip
+    assert code == 0, err
+    # A sweep CSV written before sweeps named low rank "lowrank" is named as now, too.
+    old = tmp_path / "old.csv"
+    pd.DataFrame({"method": ["magnitude"], "granularity": ["lowrank"], "ratio": [0.5],
+                  "sparsity": [0.4], "accuracy": [0.9], "finetuned_accuracy": [float("nan")],
+                  "dense_accuracy": [0.95]}).to_csv(old, index=False)  # fmt: skip
+    for extra in ([], ["--sweep", str(old)]):
+        out = tmp_path / f"r{len(extra)}.html"
+        code, _, err = cli("export", "--pruned", str(d), "--format", "report", "--out",
+                           str(out), "--batch-size", "4", *extra)  # fmt: skip
+        assert code == 0, err
+        page = out.read_text()
+        assert '"name":"lowrank"' in page and '"name":"magnitude"' not in page, extra

@@ -220,3 +220,13 @@ def test_write_csv_atomic(tmp_path: Path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["x.csv"]  # no temp file left behind
     with pytest.raises(UserError, match="directory"):
         E.write_csv(df, tmp_path)
+
+
+def test_sweep_names_low_rank_alone_as_prune_does(cnn, digits) -> None:  # type: ignore[no-untyped-def]
+    from pruning_core.prune import method_phrase
+
+    df = E.sweep(cnn, digits, methods=["magnitude"], ratios=[0.5], granularity="lowrank",
+                 device="cpu", eval_limit=32)  # fmt: skip
+    assert list(df["method"]) == ["lowrank"] == [method_phrase("magnitude", "lowrank")]
+    assert E.method_label("magnitude", "channel") == "magnitude"  # a criterion chosen: kept
+    assert E.method_label("magnitude", "lowrank-energy") == "lowrank-energy"

@@ -34,7 +34,7 @@ from pruning_core.executor import (
     list_executors,
 )
 from pruning_core.fsio import check_output_file
-from pruning_core.plans import list_granularities
+from pruning_core.plans import get_plan, list_granularities
 from pruning_core.plans.masks import UnstructuredPlan
 from pruning_core.progress import ProgressFn, ProgressReport
 from pruning_core.prune import PruneConfig, criteria_for
@@ -217,7 +217,7 @@ def _plain(v: Any) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    from pruning_core.experiments import sweep, write_csv
+    from pruning_core.experiments import method_label, sweep, write_csv
 
     _check_out(args.out)
     if args.methods is None:
@@ -228,6 +228,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     ratios = parse_ratios(args.ratios or SWEEP_RATIOS, "--ratios")
     if args.ratios is not None:
         check_fixed_ratio(args.granularity, ratios, "--ratios")
+    plan, canonical = get_plan(args.granularity)
+    if plan.fixed_ratio:
+        ratios = [plan.effective_ratio(canonical, 0.0)]  # the one point it runs (N/M)
     if not methods:
         raise UserError("--methods needs at least one criterion")
     for m in methods:
@@ -265,7 +268,8 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "dataset": args.dataset,
         "granularity": args.granularity,
-        "methods": methods,
+        # As the rows name them (low rank: "lowrank", `experiments.method_label`).
+        "methods": list(dict.fromkeys(method_label(m, args.granularity) for m in methods)),
         "ratios": ratios,
         "finetune_epochs": args.finetune_epochs,
         "out": str(args.out),
