@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -47,10 +47,23 @@ from pruning_core.prune import (
 from pruning_core.spec import InputSpec
 from pruning_core.train import Progress, TrainConfig, TrainResult, fit, planned_steps
 
-__all__ = ["SCHEDULES", "Schedule", "ScheduleResult", "run_schedule", "schedule_ratio"]
+__all__ = [
+    "DYNAMIC_KEEP_BEST_NOTE",
+    "SCHEDULES",
+    "CycleProgress",
+    "Schedule",
+    "ScheduleResult",
+    "run_schedule",
+    "schedule_ratio",
+]
 
 SCHEDULES = ("oneshot", "linear", "agp", "dynamic")
 DYNAMIC_DEFAULT_UPDATES = 10
+# The dynamic schedule's note when the fine-tune asked for its best epoch (`TrainConfig.keep_best`).
+DYNAMIC_KEEP_BEST_NOTE = (
+    "keep-best does not apply to the dynamic schedule: it hands back its last epoch, since "
+    "earlier epochs' weights belong to masks it has moved on from"
+)
 
 
 def schedule_ratio(kind: str, t: int, n: int, final: float, initial: float = 0.0) -> float:
@@ -172,15 +185,51 @@ def _accuracy(
     return _measure(model, data, spec, device, limit).accuracy
 
 
+@dataclass(frozen=True)
+class CycleProgress(Progress):
+    """A fine-tune report from one prune -> fine-tune cycle of a linear or AGP schedule: its
+    epochs are the cycle's own (each cycle fine-tunes for the train config's epochs), so the
+    report also says which cycle it is, and the ratio that cycle pruned to.
+
+    Attributes:
+        cycle: The cycle, 1..cycles.
+        cycles: Cycles in all (`Schedule.steps`).
+        target_ratio: The ratio the cycle pruned to (`schedule_ratio`).
+    """
+
+    cycle: int = 1
+    cycles: int = 1
+    target_ratio: float = 0.0
+
+    @property
+    def where(self) -> str:
+        """`cycle 2/3 (ratio 0.6)`."""
+        return f"cycle {self.cycle}/{self.cycles} (ratio {self.target_ratio:.3g})"
+
+    @property
+    def message(self) -> str:
+        """`cycle 2/3 (ratio 0.6): epoch 1/2: loss 0.1234, val accuracy 0.9512`."""
+        return f"{self.where}: {super().message}"
+
+
 def _offset_progress(
-    progress: Callable[[Progress], None] | None, offset: int, total: int
+    progress: Callable[[Progress], None] | None,
+    offset: int,
+    total: int,
+    cycle: tuple[int, int, float] | None = None,
 ) -> Callable[[Progress], None] | None:
-    """Report fit's per-run steps as steps of the whole schedule."""
+    """Report fit's per-run steps as steps of the whole schedule; with `cycle` (t, n, target
+    ratio) as `CycleProgress` of cycle t of n."""
     if progress is None:
         return None
 
     def report(p: Progress) -> None:
-        progress(replace(p, step=offset + p.step, total_steps=total))
+        moved = replace(p, step=offset + p.step, total_steps=total)
+        if cycle is not None:
+            t, n, r = cycle
+            own = {f.name: getattr(moved, f.name) for f in fields(Progress)}
+            moved = CycleProgress(**own, cycle=t, cycles=n, target_ratio=r)
+        progress(moved)
 
     return report
 
@@ -326,7 +375,8 @@ def _cycles(
         pruned = _measure(model, data, spec, device, tc.val_limit)
         row["pruned_accuracy"] = result.pruned_accuracy = pruned.accuracy
         if tc.epochs > 0:
-            report = _offset_progress(progress, (t - 1) * per_fit, total)
+            cycle = (t, n, row["target_ratio"]) if n > 1 else None
+            report = _offset_progress(progress, (t - 1) * per_fit, total, cycle)
             hold = hold_masks(model, res.masks, keep_zeros=keep_zeros)
             with hold or contextlib.nullcontext():
                 tr = fit(
@@ -440,8 +490,11 @@ def _dynamic(
     final = {n: k.cpu() for n, k in state["masks"].items()}
     apply_masks_(model, final)
     sparsity, per = measured_sparsity(model, layers)
+    notes = list(res.notes)
+    if tc.keep_best:
+        notes.append(DYNAMIC_KEEP_BEST_NOTE)
     result.prune = PruneResult(
-        masks=final, layer_sparsity=per, sparsity=sparsity, seconds=res.seconds, notes=res.notes
+        masks=final, layer_sparsity=per, sparsity=sparsity, seconds=res.seconds, notes=notes
     )
     result.finetuned_accuracy = tr.final_accuracy
     result.cancelled = tr.cancelled

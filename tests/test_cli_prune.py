@@ -265,3 +265,27 @@ def test_prune_and_evaluate_agree_on_a_folder_pruned_twice(
     meta = json.loads((tmp_path / "b" / "model.json").read_text())
     assert meta["pruned"]["sparsity"] == pytest.approx(measured, abs=1e-5)
     assert metrics["curve"][-1]["sparsity"] == pytest.approx(measured, abs=1e-5)
+
+
+def test_schedules_say_their_cycle_and_what_keep_best_does(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    quick = ["prune", "--model", "digits-mlp", "--method", "magnitude", "--granularity",
+             "unstructured", "--ratio", "0.5", "--finetune-epochs", "1", "--batch-size", "256",
+             "--min-steps-per-epoch", "0"]  # fmt: skip
+    # A linear schedule's epochs are each cycle's own: the progress says which cycle it is in.
+    code, _, err = cli(*quick, "--schedule", "linear", "--steps", "2", "--out", str(tmp_path / "l"))
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("fine-tune")]
+    assert [ln.split(" epoch ")[0] for ln in lines] == [
+        "fine-tune cycle 1/2 (ratio 0.25)", "fine-tune cycle 2/2 (ratio 0.5)",
+    ]  # fmt: skip
+    # The dynamic schedule hands back its last epoch: with keep-best on (the default) it says so.
+    from pruning_core.schedules import DYNAMIC_KEEP_BEST_NOTE
+
+    for keep, said in (([], True), (["--no-keep-best"], False)):
+        out = tmp_path / f"d{len(keep)}"
+        code, stdout, err = cli(*quick, "--schedule", "dynamic", "--steps", "2", *keep,
+                                "--out", str(out))  # fmt: skip
+        assert code == 0, err
+        assert (DYNAMIC_KEEP_BEST_NOTE in stdout) is said
+        notes = json.loads((out / "metrics.json").read_text())["notes"]
+        assert (DYNAMIC_KEEP_BEST_NOTE in notes) is said

@@ -128,3 +128,28 @@ def test_progress_counts_the_steps_fit_takes(kind: str, digits) -> None:  # type
     steps = [p for p in seen if p.val_accuracy is None]
     assert steps and all(p.step <= p.total_steps for p in steps)
     assert steps[-1].step == steps[-1].total_steps == sum(r.steps for r in res.train)
+
+
+def test_cycle_progress_says_which_cycle(digits) -> None:  # type: ignore[no-untyped-def]
+    from pruning_core.schedules import CycleProgress
+
+    tc = TrainConfig(epochs=1, batch_size=256, min_steps_per_epoch=0, lr=3e-3, device="cpu")
+    seen = []
+    run_schedule(mlp(), PruneConfig(ratio=0.6), "linear", 2, tc, digits, SPEC, seen.append)
+    ends = [p for p in seen if p.val_accuracy is not None]
+    assert all(isinstance(p, CycleProgress) for p in seen)
+    assert [(p.cycle, p.cycles, p.target_ratio) for p in ends] == [(1, 2, 0.3), (2, 2, 0.6)]
+    assert ends[1].message.startswith("cycle 2/2 (ratio 0.6): epoch 1/1: loss ")
+    # One cycle (one-shot) is plain fit progress.
+    seen.clear()
+    run_schedule(mlp(), PruneConfig(ratio=0.6), "oneshot", 1, tc, digits, SPEC, seen.append)
+    assert seen and not any(isinstance(p, CycleProgress) for p in seen)
+
+
+def test_dynamic_notes_that_keep_best_does_not_apply(digits) -> None:  # type: ignore[no-untyped-def]
+    from pruning_core.schedules import DYNAMIC_KEEP_BEST_NOTE
+
+    for keep in (True, False):
+        tc = TrainConfig(epochs=1, batch_size=256, lr=3e-3, device="cpu", keep_best=keep)
+        res = run_schedule(mlp(), PruneConfig(ratio=0.5), "dynamic", 2, tc, digits, SPEC)
+        assert (DYNAMIC_KEEP_BEST_NOTE in res.prune.notes) is keep

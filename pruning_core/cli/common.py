@@ -171,22 +171,26 @@ def stderr_progress(label: str, quiet: bool = False) -> ProgressFn:
     A training report (`train.Progress`) prints one line per epoch (and a live bar on a
     terminal); any other report prints `label  42.0%  message`, one line each.
     """
+    from pruning_core.schedules import CycleProgress
+
     tty = sys.stderr.isatty()
 
     def report(p: ProgressReport) -> None:
         if quiet:
             return
+        # A linear/AGP schedule's epochs are its cycle's: say which cycle.
+        where = f"{label} {p.where}" if isinstance(p, CycleProgress) else label
         if not isinstance(p, Progress):
             sys.stderr.write(f"{label} {p.fraction * 100:5.1f}%  {p.message}\n")
         elif p.val_accuracy is not None:
             end = "\n"
             sys.stderr.write(
-                f"\r{label} epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  val acc {p.val_accuracy:.4f}{end}"
+                f"\r{where} epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  val acc {p.val_accuracy:.4f}{end}"
             )
         elif tty:
             bar = int(30 * p.fraction)
             sys.stderr.write(
-                f"\r{label} [{'#' * bar}{'.' * (30 - bar)}] {p.step}/{p.total_steps} loss {p.loss:.4f}"
+                f"\r{where} [{'#' * bar}{'.' * (30 - bar)}] {p.step}/{p.total_steps} loss {p.loss:.4f}"
             )
         sys.stderr.flush()
 
