@@ -238,3 +238,38 @@ def test_app_command_serves_the_app_with_warm_imports(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_evaluate_measures_an_int8_folders_sparsity_on_its_graph(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The int8 graph's own weights, measured: the float model's zeros and removed channels stay
+    # (int8 rounding may add a few zeros, never remove one), against the dense architecture.
+    ch, q = tmp_path / "ch", tmp_path / "chq"
+    code, _, err = cli("prune", "--model", "digits-cnn", "--method", "magnitude", "--granularity",
+                       "channel", "--ratio", "0.5", "--out", str(ch), "--quiet")  # fmt: skip
+    assert code == 0, err
+    code, _, err = cli("quantize", str(ch), "--mode", "static", "--val-limit", "32", "--out",
+                       str(q), "--json")  # fmt: skip
+    assert code == 0, err
+    docs = []
+    for model in (ch, q):
+        code, out, err = cli("evaluate", "--model", str(model), "--dataset", "digits", "--limit",
+                             "16", "--json")  # fmt: skip
+        assert code == 0, err
+        docs.append(json.loads(out))
+    fp, int8 = docs
+    assert fp["sparsity"] > 0.5
+    assert fp["sparsity"] <= int8["sparsity"] <= fp["sparsity"] + 0.03
+    assert int8["sparsity_from"] == (
+        "int8 weights that dequantize to exactly 0 and removed weights, of the dense "
+        "digits-cnn's 151,072 Linear/Conv weights"
+    )
+    # A dense model's int8 graph: only what int8 rounds to zero (dynamic: integer weights).
+    code, _, err = cli("quantize", "digits-mlp", "--mode", "dynamic", "--val-limit", "32",
+                       "--out", str(tmp_path / "mq"), "--json")  # fmt: skip
+    assert code == 0, err
+    code, out, err = cli("evaluate", "--model", str(tmp_path / "mq"), "--dataset", "digits",
+                         "--limit", "16", "--json")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert 0 <= doc["sparsity"] < 0.03
+    assert doc["sparsity_from"].endswith("of the dense digits-mlp's 17,024 Linear/Conv weights")
