@@ -65,6 +65,35 @@ def no_home_reason(model_ref: str) -> str:
     return f"{model_ref} names no dataset"
 
 
+def _trained_on(model_ref: str, depth: int = 0) -> str | None:
+    """The dataset `model_ref`'s weights were trained on, following a pruned folder back to
+    the model it was pruned from (its recipe's `model`): pruning there, fine-tune included,
+    does not make another dataset the weights' own. None when nothing says (an untrained
+    registry model, a source folder no longer where the recipe names it). Never raises."""
+    path = Path(model_ref)
+    if not path.is_dir():
+        if path.exists() or ":" in model_ref or depth == 0:
+            return None
+        try:
+            entry = get_entry(model_ref)
+        except UserError:
+            return None
+        return entry.default_dataset if entry.sample else None
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    recipe = meta.get("recipe")
+    settings = recipe.get("settings") if isinstance(recipe, dict) else None
+    source = settings.get("model") if isinstance(settings, dict) else None
+    if isinstance(source, str) and source and depth < 8:
+        return _trained_on(source, depth + 1)  # a `prune` output: its source's
+    named = meta.get("dataset")  # trained there (`train`), or a sample's own folder
+    return named if isinstance(named, str) and named else None
+
+
 def dataset_mismatch(model_ref: str, dataset_ref: str) -> str | None:
     """One line when `dataset_ref` is not the dataset the model was trained for, else None.
 
@@ -78,14 +107,24 @@ def dataset_mismatch(model_ref: str, dataset_ref: str) -> str | None:
     """
     from pruning_core.data import list_datasets
 
-    home = home_dataset(model_ref)
+    home = recorded = home_dataset(model_ref)
+    # A folder pruned on another dataset records that one, but its weights were trained on
+    # its source's: that is the dataset its accuracy means something on.
+    trained = _trained_on(model_ref)
+    if trained is not None:
+        home = trained
     names = {d.name for d in list_datasets()}
     # Only two different registry names are surely different data: `idx:DIR` may well be
     # the MNIST a `mnist` model was trained on, and a folder's path may be written two ways.
     if home is None or home == dataset_ref or home not in names or dataset_ref not in names:
         return None
     name = Path(model_ref).name if Path(model_ref).is_dir() else model_ref
+    how = (
+        f" (it was pruned on {recorded}, which its folder records)"
+        if recorded is not None and recorded != home
+        else ""
+    )
     return (
-        f"{name} was trained on {home}, not on {dataset_ref}: its accuracy here says little "
-        f"about pruning (pick {home}, or fine-tune it on {dataset_ref} first)."
+        f"{name} was trained on {home}, not on {dataset_ref}{how}: its accuracy here says "
+        f"little about pruning (pick {home}, or fine-tune it on {dataset_ref} first)."
     )

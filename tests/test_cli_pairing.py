@@ -110,3 +110,36 @@ def test_bench_refuses_an_int8_folder_that_names_no_architecture(
     (q / "quantized.json").write_text(json.dumps(meta))
     code, _, err = cli("bench", "--model", "digits-mlp", "--pruned", str(q))
     assert code == 2 and "names no architecture" in err and err.count("\n") == 1
+
+
+def test_a_folder_pruned_on_another_dataset_is_flagged_by_what_its_weights_know(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # digits-mlp pruned on shapes records shapes; its weights still know digits only, so
+    # taking the folder's own dataset (prune without --dataset) warns as --dataset shapes does.
+    first = tmp_path / "p"
+    base = ["prune", "--method", "magnitude", "--granularity", "unstructured", "--ratio", "0.5"]
+    code, _, err = cli(*base, "--model", "digits-mlp", "--dataset", "shapes", "--out", str(first))
+    assert code == 0 and "digits-mlp was trained on digits, not on shapes" in err
+    said = (
+        "warning: p was trained on digits, not on shapes (it was pruned on shapes, which its "
+        "folder records): its accuracy here says little about pruning (pick digits, or "
+        "fine-tune it on shapes first).\n"
+    )
+    code, _, err = cli(*base, "--model", str(first), "--out", str(tmp_path / "again"))
+    assert code == 0 and err == said
+    code, _, err = cli("evaluate", "--model", str(first), "--dataset", "shapes", "--limit", "16")
+    assert code == 0 and err == said
+    # On the data its weights were trained on: nothing to say.
+    code, _, err = cli("evaluate", "--model", str(first), "--dataset", "digits", "--limit", "16")
+    assert code == 0 and err == ""
+    # Pruned again from there, the lineage holds: its source's source trained on digits.
+    assert dataset_mismatch(str(tmp_path / "again"), "shapes") == said[
+        len("warning: ") : -1
+    ].replace("p was", "again was")
+    # A folder trained on its dataset (`train` writes no recipe) is that dataset's model.
+    trained = tmp_path / "t"
+    trained.mkdir()
+    (trained / "model.json").write_text(json.dumps({"arch": "digits-mlp", "dataset": "shapes"}))
+    assert dataset_mismatch(str(trained), "shapes") is None
+    assert dataset_mismatch(str(trained), "digits") is not None
