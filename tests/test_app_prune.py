@@ -206,3 +206,37 @@ def test_overrides_of_one_granularity_do_not_carry_to_another() -> None:
     # Back to unstructured: nothing comes back either (the user set it for the other one).
     at.selectbox(key="prune_granularity").set_value("unstructured").run()
     assert not at.session_state["prune_overrides"]
+
+
+def _layers_label(at: AppTest) -> str:
+    """The label of the per-layer expander."""
+    return next(e.label for e in at.expander if e.label.startswith("Per-layer ratios"))
+
+
+def test_the_per_layer_count_is_that_of_the_current_run() -> None:
+    # The label was drawn before the sliders turned a move into an override: it showed the
+    # previous run's count ("0 set" after the first move, "1 set" after moving it back).
+    at = _mlp_with_layers_open()
+    assert _layers_label(at) == "Per-layer ratios (0 set)"
+    _unit(at, "fc1").set_value(0.9).run()
+    assert not at.exception
+    assert at.session_state["prune_overrides"] == {"fc1": 0.9}
+    assert _layers_label(at) == "Per-layer ratios (1 set)"
+    _unit(at, "fc2").set_value(0.2).run()
+    assert _layers_label(at) == "Per-layer ratios (2 set)"
+    # Back to the global ratio: no longer an override, and the expander stays open (its
+    # sliders are drawn) although its label changed.
+    at.button(key="prune_clear_overrides").click().run()
+    assert _layers_label(at) == "Per-layer ratios (0 set)"
+    assert len([s for s in at.slider if str(s.key).startswith("prune_unit_")]) == 2
+
+
+def test_the_table_count_takes_this_runs_edits() -> None:
+    # Models with more units than sliders fit get a table: its label counts the edits the
+    # browser sent in this run too (Streamlit's documented data_editor state).
+    from ui.prune_widgets import _table_edits
+
+    units = ["a", "b", "c"]
+    state = {"edited_rows": {1: {"ratio": 0.3}, 0: {"ratio": None}}, "added_rows": []}
+    assert _table_edits(units, {"a": 0.5}, state) == {"b": 0.3}
+    assert _table_edits(units, {"a": 0.5}, None) == {"a": 0.5}

@@ -97,13 +97,27 @@ def overrides_editor(
     if not plan.per_layer:
         st.caption(unavailable or "")
         return {}
+    # Open as the user left it (first shown: open when ratios are set). The label is part of
+    # the expander's identity, so a count that changes makes a new expander: it must start as
+    # the old one was, not closed under the slider being moved.
+    was_open = st.session_state.get(LAYERS_OPEN)
+    is_open = bool(overrides) if was_open is None else bool(was_open)
+    version = st.session_state.get(_VERSION, 0)
+    sliders = len(units) <= MAX_SLIDERS
+    if is_open:
+        # Resolved before the label is drawn: a move in the browser is already in the session
+        # state, and the label counts it in this run (drawn first, it showed the last run's).
+        if sliders:
+            overrides = _resolve_sliders(preview, overrides, ratio, version)
+        else:
+            overrides = _table_edits(units, overrides, st.session_state.get(_table_key(version)))
     box = st.expander(
         f"Per-layer ratios ({len(overrides)} set)",
-        expanded=bool(overrides),
+        expanded=is_open,
         key=LAYERS_OPEN,
         on_change="rerun",
     )
-    if box.open is False:
+    if not is_open:
         # Drawn only when open: a slider move would otherwise resend and redraw one slider per
         # unit that follows the global ratio, which doubled the move's time on shapes-resnet
         # (1 student, Chromium: preview p50 176 ms with them, 98 ms without).
@@ -113,15 +127,14 @@ def overrides_editor(
             (
                 "A slider left where the global ratio is follows it; one you move keeps its "
                 "own ratio. "
-                if len(units) <= MAX_SLIDERS
+                if sliders
                 else "Leave a ratio empty to use the slider. "
             )
             + "Sensitive layers (first conv, the classifier's input) usually deserve less "
             "pruning."
         )
-        version = st.session_state.get(_VERSION, 0)
-        if len(units) <= MAX_SLIDERS:
-            overrides = _unit_sliders(preview, overrides, ratio, version)
+        if sliders:
+            _unit_sliders(preview, version)
         else:
             overrides = _unit_table(preview, overrides, version)
         st.session_state[_OVERRIDES] = overrides
@@ -219,20 +232,19 @@ def take_overrides(overrides: dict[str, float], note: str) -> None:
     _set_overrides(overrides, st.session_state.get(_VERSION, 0))
 
 
-def _unit_sliders(
+def _resolve_sliders(
     preview: SliderPreview, overrides: dict[str, float], ratio: float, version: int
 ) -> dict[str, float]:
-    """One slider per unit, two columns; a slider at the global ratio is no override.
+    """Before the per-unit sliders are drawn: set the value each takes this run, and return the
+    overrides they make (unit name -> ratio).
 
-    The keys stay the same when the global slider moves (new keys would make the browser
-    rebuild every slider on each move): a unit that follows the global ratio has its value set
-    before it is drawn, and a value that differs from the one this page last gave it was moved
-    by the user, so it becomes that unit's override (held in `_OVERRIDES`).
+    A slider at the global ratio is no override. The keys stay the same when the global
+    slider moves (new keys would make the browser rebuild every slider on each move): a unit
+    that follows the global ratio has its value set here, before it is drawn, and a value that
+    differs from the one this page last gave it was moved by the user, so it becomes that
+    unit's override (held in `_OVERRIDES`).
     """
-    units = preview.unit_names
-    word = preview.engine.plan.unit_word
     given: dict[str, float] = st.session_state.setdefault(_GIVEN, {})
-    cols = st.columns(2)
     out = dict(overrides)
     follow = min(ratio, MAX_UNIT_RATIO)
     # A run started by a global move sends the per-layer sliders as the browser last showed
@@ -242,8 +254,8 @@ def _unit_sliders(
     followed = st.session_state.get(_FOLLOWED)
     st.session_state[_FOLLOWED] = float(ratio)
     global_moved = followed is not None and not math.isclose(followed, ratio)
-    for i, u in enumerate(units):
-        key = f"prune_unit_{version}_{u}"
+    for u in preview.unit_names:
+        key = _slider_key(version, u)
         now = st.session_state.get(key)
         moved = (
             not global_moved
@@ -262,6 +274,24 @@ def _unit_sliders(
             # sent back as the browser's, which snapped a slider being moved by quick arrow
             # presses back to a value the user had already passed (20 presses -> 15 taken).
             st.session_state[key] = want
+            now = want
+        if u in overrides or moved or not math.isclose(now, follow, abs_tol=1e-9):
+            out[u] = float(now)
+    return out
+
+
+def _slider_key(version: int, unit: str) -> str:
+    """The widget key of a unit's slider (`version`: new keys when the ratios are replaced)."""
+    return f"prune_unit_{version}_{unit}"
+
+
+def _unit_sliders(preview: SliderPreview, version: int) -> None:
+    """One slider per unit, two columns, each at the value `_resolve_sliders` set."""
+    word = preview.engine.plan.unit_word
+    given: dict[str, float] = st.session_state.setdefault(_GIVEN, {})
+    cols = st.columns(2)
+    for i, u in enumerate(preview.unit_names):
+        key = _slider_key(version, u)
         value = cols[i % 2].slider(
             f"{u} (size {preview.unit_sizes[u]:,})",
             min_value=0.0,
@@ -273,9 +303,6 @@ def _unit_sliders(
             "overrides the global ratio.",
         )
         given[key] = float(value)
-        if u in overrides or moved or not math.isclose(value, follow, abs_tol=1e-9):
-            out[u] = float(value)
-    return out
 
 
 def _unit_table(
@@ -293,7 +320,7 @@ def _unit_table(
     )
     edited = st.data_editor(
         table,
-        key=f"prune_editor_{version}",
+        key=_table_key(version),
         hide_index=True,
         disabled=["layer", "size"],
         column_config={
@@ -310,6 +337,33 @@ def _unit_table(
     return {
         str(r["layer"]): float(r["ratio"]) for _, r in edited.iterrows() if pd.notna(r["ratio"])
     }
+
+
+def _table_key(version: int) -> str:
+    """The widget key of the per-layer table (`version`: new keys when the ratios are replaced)."""
+    return f"prune_editor_{version}"
+
+
+def _table_edits(units: list[str], overrides: dict[str, float], state: Any) -> dict[str, float]:
+    """The overrides as the table returns them once drawn: `overrides` with the edits the
+    browser sent (`state`, the table's session state: {"edited_rows": {row: {"ratio": value}},
+    ...}, Streamlit's documented format; rows are `units`' positions) applied; a cleared cell
+    drops its unit."""
+    out = dict(overrides)
+    edited = state.get("edited_rows", {}) if isinstance(state, dict) else {}
+    for row, change in edited.items():
+        try:
+            unit = units[int(row)]
+        except (ValueError, IndexError):
+            continue
+        if not isinstance(change, dict) or "ratio" not in change:
+            continue
+        value = change["ratio"]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            out.pop(unit, None)
+        else:
+            out[unit] = float(value)
+    return out
 
 
 def _set_overrides(overrides: dict[str, float], version: int) -> None:
