@@ -14,13 +14,7 @@ from pruning_core import plots
 from pruning_core.export import csv_bytes
 from pruning_core.plans.masks import UnstructuredPlan
 from pruning_core.stats import count_params
-from ui.choices import (
-    criteria_help,
-    criterion_choices,
-    granularities_help,
-    granularity_choices,
-    granularity_label,
-)
+from ui.choices import criteria_help, criterion_choices
 from ui.companions_panel import companions_panel
 from ui.jobs_panel import measurement_panel, measurement_result, start_button
 from ui.session import pruned
@@ -39,7 +33,7 @@ from ui.tradeoff_panels import (
     size_accuracy_panel,
     strategies_panel,
 )
-from ui.widgets import data_table, explain, model_and_data_or_stop
+from ui.widgets import data_table, explain, granularity_select, model_and_data_or_stop
 
 init_state()
 st.title("Trade-offs")
@@ -78,14 +72,7 @@ with tab_acc:
         help="Criteria that score the weights; random is the baseline any criterion must "
         "beat.\n" + criteria_help(),
     )
-    c2.selectbox(
-        "Granularity",
-        granularity_choices(),
-        key="tradeoff_granularity",
-        persist_state="session",
-        format_func=granularity_label,
-        help=granularities_help(),
-    )
+    granularity_select(c2, model_ref, key="tradeoff_granularity", persist_state="session")
     c3.text_input(
         "Ratios",
         key="tradeoff_ratios",

@@ -84,3 +84,30 @@ def test_runs_are_recorded_and_comparable() -> None:
     at.run()
     assert not at.exception
     assert at.multiselect(key="tradeoff_compare").value
+
+
+def test_a_granularity_the_model_cannot_take_falls_back_with_a_note() -> None:
+    # Heads picked on shapes-vit stayed picked on digits-mlp (no attention) until the sweep
+    # failed; now the menu offers what the model takes and says, in one line, what it changed.
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["model_ref"] = "shapes-vit"
+    at.session_state["dataset_ref"] = "shapes"
+    at.run()
+    at.switch_page("pages/5_tradeoffs.py").run()
+    assert "Attention heads" in at.selectbox(key="tradeoff_granularity").options  # labels
+    at.selectbox(key="tradeoff_granularity").set_value("head").run()
+    assert not at.exception
+    at.switch_page("pages/1_model_and_data.py").run()
+    at.selectbox(key="model_ref").set_value("digits-mlp").run()
+    assert at.session_state["dataset_ref"] == "digits"
+    at.switch_page("pages/5_tradeoffs.py").run()
+    assert not at.exception, at.exception
+    box = at.selectbox(key="tradeoff_granularity")
+    assert box.value == "unstructured"
+    assert "Attention heads" not in box.options
+    assert not [o for o in box.options if o.startswith("Residual blocks")]
+    notes = [c.value for c in at.caption if "Attention heads" in c.value]
+    assert len(notes) == 1 and "attention" in notes[0].split("Attention heads", 1)[1], notes
+    # The note goes once the user picks a granularity themselves.
+    at.selectbox(key="tradeoff_granularity").set_value("channel").run()
+    assert not [c.value for c in at.caption if "Attention heads" in c.value]

@@ -21,6 +21,7 @@ from pruning_core.progress import ProgressReport
 from pruning_core.prune import PruneConfig
 from pruning_core.slider import EstimateCache, SliderPreview
 from pruning_core.stats import ActivationStats, activation_stats, layer_table
+from ui.choices import unfit_granularities
 from ui.loaders import shared_data, shared_model
 from ui.state import session_cached
 
@@ -32,6 +33,7 @@ __all__ = [
     "dense_estimate",
     "dense_layer_table",
     "dense_size",
+    "dense_unfit_granularities",
     "model_layer_table",
     "preview_for",
     "sensitivity_for",
@@ -45,6 +47,14 @@ def dense_layer_table(ref: str) -> pd.DataFrame:
     """`stats.layer_table` of the dense shared model (computed once per server)."""
     loaded = shared_model(ref)
     return layer_table(loaded.model, loaded.spec)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def dense_unfit_granularities(ref: str) -> dict[str, str]:
+    """The granularities the dense shared model cannot take, with why
+    (`ui.choices.unfit_granularities`; once per server)."""
+    loaded = shared_model(ref)
+    return unfit_granularities(loaded.model, loaded.spec)
 
 
 def model_layer_table(loaded: LoadedModel, token: Any) -> pd.DataFrame:

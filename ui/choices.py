@@ -9,8 +9,13 @@ a share of rank) says so in its `Plan.wording`, which the labels and help texts 
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+from torch import nn
+
 from pruning_core.plans import Plan, Wording, get_plan, list_granularities
 from pruning_core.prune import MethodInfo, list_methods
+from pruning_core.spec import InputSpec
 from ui.texts import SCOPE_HELP, SCOPE_LABELS
 
 __all__ = [
@@ -32,13 +37,26 @@ __all__ = [
     "scope_help",
     "scope_label",
     "scored_by_criterion",
+    "unfit_granularities",
 ]
 
 
-def granularity_choices() -> list[str]:
+def granularity_choices(unfit: Collection[str] = ()) -> list[str]:
     """Every registered granularity as the app offers it, in registry order (masks first,
-    then structures from the finest)."""
-    return [c for p in list_granularities() for c in p.choices()]
+    then structures from the finest), less those in `unfit` (`unfit_granularities`)."""
+    return [c for p in list_granularities() for c in p.choices() if c not in unfit]
+
+
+def unfit_granularities(model: nn.Module, spec: InputSpec | None = None) -> dict[str, str]:
+    """The granularities `model` cannot take, each with the one line saying why (the plan's
+    `Plan.refusal`: heads without attention, blocks without an identity shortcut); cheap, and
+    the model is not touched."""
+    return {
+        c: why
+        for p in list_granularities()
+        if (why := p.refusal(model, spec)) is not None
+        for c in p.choices()
+    }
 
 
 def plan_of(granularity: str) -> type[Plan]:

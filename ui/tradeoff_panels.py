@@ -18,11 +18,11 @@ from pruning_core.models import LoadedModel
 from pruning_core.per_class import change_headline
 from pruning_core.store import RunStore
 from pruning_core.strategies import STRATEGY_LABELS
-from ui.choices import criterion_choices, criterion_label, granularity_label, plan_of
+from ui.choices import criterion_choices, criterion_label, plan_of
 from ui.jobs_panel import job_runner, measurement_panel, measurement_result, start_button
 from ui.state import keep_settings, remember, restore_settings, session_cached
 from ui.tradeoff_jobs import per_class_job, run_model_source, size_points, strategies_job
-from ui.widgets import data_table
+from ui.widgets import data_table, granularity_select
 
 __all__ = ["compare_runs_panel", "per_class_panel", "size_accuracy_panel", "strategies_panel"]
 
@@ -174,9 +174,6 @@ def strategies_panel(
         "in the run store."
     )
     restore_settings(_KEPT, _SETTINGS)
-    grans = _ratio_granularities()
-    if st.session_state["tradeoff_strat_granularity"] not in grans:
-        st.session_state["tradeoff_strat_granularity"] = grans[0]
     c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 2, 2])
     quantity = c1.selectbox(
         "Budget on", list(_QUANTITY_LABELS), key="tradeoff_strat_quantity",
@@ -188,8 +185,8 @@ def strategies_panel(
         "Share of dense", 0.05, 0.95, step=0.05, key="tradeoff_strat_share",
         help="What the pruned model may cost, as a share of the dense model's cost.",
     )  # fmt: skip
-    gran = c3.selectbox(
-        "Granularity", grans, key="tradeoff_strat_granularity", format_func=granularity_label
+    gran = granularity_select(
+        c3, selection[0], _ratio_granularities(), key="tradeoff_strat_granularity"
     )
     methods = criterion_choices(gran)
     if st.session_state["tradeoff_strat_method"] not in methods:

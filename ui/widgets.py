@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -11,6 +12,8 @@ from pruning_core.data import DataBundle, list_datasets
 from pruning_core.errors import UserError
 from pruning_core.models import LoadedModel, model_choices
 from ui import architectures
+from ui.caches import dense_unfit_granularities
+from ui.choices import granularities_help, granularity_choices, granularity_label
 from ui.jobs_panel import jobs_sidebar
 from ui.loaders import baseline, shared_data, shared_model
 from ui.pairing import mismatch, switch_note
@@ -171,3 +174,61 @@ def data_table(
         column_config={**number_formats(df), **(column_config or {})},
         key=key,
     )
+
+
+# Per select box key: (model, the choice put in place, the note saying so) of the last fallback.
+_FALLBACKS = "_granularity_fallbacks"
+
+
+def granularity_select(
+    container: Any,
+    model_ref: str,
+    choices: Sequence[str] | None = None,
+    *,
+    key: str,
+    **kwargs: Any,
+) -> str:
+    """A granularity select box in `container` under `key` (other keyword arguments go to
+    `st.selectbox`) offering what the model takes: `choices` (default: every granularity) less those the model
+    refuses (`ui.choices.unfit_granularities`). A kept value the model cannot take (picked for
+    another model) becomes the first offered, with one line under the box saying so, shown
+    while that value and the model stay.
+
+    Returns:
+        The granularity picked.
+    """
+    unfit = dense_unfit_granularities(model_ref)
+    offered = [g for g in choices if g not in unfit] if choices is not None else None
+    options = offered if offered is not None else granularity_choices(unfit)
+    ss = st.session_state
+    notes: dict[str, tuple[str, str, str]] = ss.setdefault(_FALLBACKS, {})
+    kept = ss.get(key)
+    if options and kept not in options:
+        # Set before the box is drawn, and only on this change (see `ui.state.KEEP`).
+        ss[key] = options[0]
+        try:
+            was = granularity_label(str(kept))
+        except UserError:  # a granularity no longer registered
+            was = str(kept)
+        why = (
+            f"does not apply to {model_ref} ({unfit[kept]})"
+            if kept in unfit
+            else "is not offered here"
+        )
+        notes[key] = (
+            model_ref,
+            options[0],
+            f"{was} {why}: {granularity_label(options[0])} instead.",
+        )
+    kwargs.setdefault("help", granularities_help(options))
+    picked = str(
+        container.selectbox(
+            "Granularity", options, key=key, format_func=granularity_label, **kwargs
+        )
+    )
+    note = notes.get(key)
+    if note is not None and note[:2] == (model_ref, picked):
+        container.caption(note[2])
+    else:
+        notes.pop(key, None)
+    return picked

@@ -258,6 +258,13 @@ class Plan:
         """The names per-layer ratios accept for this model (no scoring)."""
         return [u.name for u in cls(model, config, spec=spec).units]
 
+    @classmethod
+    def refusal(cls, model: nn.Module, spec: InputSpec | None = None) -> str | None:
+        """Why this granularity cannot prune `model` at all, when a quick look tells (no plan
+        built, the model untouched): the line building the plan would raise. None: it may, and
+        building the plan decides. Menus leave out what a model refuses (`ui.choices`)."""
+        return None
+
     # -- the steps ----------------------------------------------------------------------------
 
     def score(

@@ -133,6 +133,16 @@ class BlockStep:
     most: bool
 
 
+def _no_blocks(model: nn.Module) -> str:
+    """Block pruning's one line for a model with no removable block."""
+    return (
+        f"block pruning found no residual block with an identity shortcut in "
+        f"{type(model).__name__} (no module returns its input once its own weights are zero; "
+        "blocks with a projection or pooling shortcut change the shape and cannot be removed): "
+        "use channel or unstructured pruning"
+    )
+
+
 @register_granularity
 class BlockPlan(GroupPlan):
     """Residual blocks with an identity shortcut, replaced by nn.Identity."""
@@ -162,12 +172,7 @@ class BlockPlan(GroupPlan):
             if not any(s == b or s.startswith(b + ".") for s in skip)
         ]
         if not self.blocks:
-            raise UserError(
-                f"block pruning found no residual block with an identity shortcut in "
-                f"{type(model).__name__} (no module returns its input once its own weights are "
-                "zero; blocks with a projection or pooling shortcut change the shape and cannot "
-                "be removed): use channel or unstructured pruning"
-            )
+            raise UserError(_no_blocks(model))
         self.units = [
             Unit(self.UNIT, len(self.blocks), members=tuple(self.blocks), roundable=False)
         ]
@@ -193,6 +198,16 @@ class BlockPlan(GroupPlan):
             for b in removable_blocks(model, spec or guess_spec(model))
             if not any(s == b or s.startswith(b + ".") for s in skip)
         ]
+
+    @classmethod
+    def refusal(cls, model: nn.Module, spec: InputSpec | None = None) -> str | None:
+        from pruning_core.plans.guess import guess_spec
+
+        try:
+            found = removable_blocks(model, spec or guess_spec(model))
+        except UserError as e:
+            return str(e)
+        return None if found else _no_blocks(model)
 
     def resolve_overrides(self, layer_ratios: Mapping[str, float]) -> dict[str, float]:
         if layer_ratios:

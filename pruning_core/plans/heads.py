@@ -78,10 +78,8 @@ class HeadPlan(GroupPlan):
     def __init__(
         self, model: nn.Module, config: PlanConfig, *, spec: InputSpec | None, data: Any = None
     ) -> None:
-        if not has_attention(model):
-            raise UserError(
-                "head pruning needs attention layers, and this model has none (use channel or block)"
-            )
+        if (why := self.refusal(model, spec)) is not None:
+            raise UserError(why)
         self.model = model
         self.spec = spec
         self.notes = []
@@ -117,6 +115,12 @@ class HeadPlan(GroupPlan):
     ) -> list[str]:
         skip = set(ignored_modules(model, config.ignore))
         return [n for n, _ in attention_modules(model) if not ({n, f"{n}.qkv", f"{n}.proj"} & skip)]
+
+    @classmethod
+    def refusal(cls, model: nn.Module, spec: InputSpec | None = None) -> str | None:
+        if has_attention(model):
+            return None
+        return "head pruning needs attention layers, and this model has none (use channel or block)"
 
     def score(
         self,
