@@ -208,11 +208,12 @@ def test_a_rerun_does_not_push_kept_values_to_the_browser() -> None:
 
 def test_what_a_reloaded_tab_needs_is_resumed() -> None:
     # The literal keys in `RESUMED` are these modules' own: a rename must not drop them.
-    from ui import companions_panel, prune_widgets, tradeoff_panels
+    from ui import companions_panel, dynamic_panel, prune_widgets, runtime_panel, tradeoff_panels
     from ui.state import RESUMED
 
     wanted = {prune_widgets._OVERRIDES, prune_widgets._OWNER, prune_widgets._NOTE,
-              tradeoff_panels._KEPT, companions_panel._KEPT}  # fmt: skip
+              tradeoff_panels._KEPT, companions_panel._KEPT, dynamic_panel._KEPT,
+              runtime_panel._KEPT}  # fmt: skip
     assert wanted <= set(RESUMED), sorted(wanted - set(RESUMED))
 
 
@@ -239,3 +240,31 @@ def test_a_reloaded_tab_keeps_the_per_layer_ratios_and_panel_settings() -> None:
     assert again.session_state["prune_overrides"] == {"fc2": 0.55}
     again.switch_page("pages/5_tradeoffs.py").run()
     assert again.number_input(key="tradeoff_strat_epochs").value == 0
+
+
+def test_the_dynamic_and_runtime_panels_keep_their_settings() -> None:
+    # Their widgets had no kept copy: a page change or a reloaded tab brought back keep 0.5,
+    # image 0, the magnitude gate and every batch size.
+    at = AppTest.from_file(APP, default_timeout=180).run()  # Model & data, digits-cnn
+    at.multiselect(key="runtime_batches").set_value([1, 8]).run()
+    at.switch_page("pages/2_inspect.py").run()
+    at.radio(key="dynamic_gate").set_value("learned").run()
+    at.slider(key="dynamic_keep").set_value(0.25).run()
+    at.number_input(key="dynamic_image").set_value(7).run()
+    assert not at.exception, at.exception
+    at.switch_page("pages/1_model_and_data.py").run()
+    assert at.multiselect(key="runtime_batches").value == [1, 8]
+    at.switch_page("pages/2_inspect.py").run()
+    assert not at.exception, at.exception
+    assert at.slider(key="dynamic_keep").value == 0.25
+
+    again = AppTest.from_file(APP, default_timeout=180)
+    again.query_params["session"] = at.query_params["session"]
+    again.run()
+    assert not again.exception, again.exception
+    assert again.multiselect(key="runtime_batches").value == [1, 8]
+    again.switch_page("pages/2_inspect.py").run()
+    assert not again.exception, again.exception
+    assert again.radio(key="dynamic_gate").value == "learned"
+    assert again.slider(key="dynamic_keep").value == 0.25
+    assert again.number_input(key="dynamic_image").value == 7

@@ -33,7 +33,7 @@ from pruning_core.models import LoadedModel
 from pruning_core.plots_dynamic import channel_use_figure, skipped_share_figure
 from ui.jobs_panel import follow_job, job_runner, progress_and_cancel
 from ui.loaders import shared_data, shared_model
-from ui.state import session_cached
+from ui.state import keep_settings, restore_settings, session_cached
 from ui.texts_dynamic import (
     DYNAMIC_EXPLAINED,
     DYNAMIC_NO_CONVS,
@@ -55,6 +55,15 @@ _JOB, _JOB_FOR, _TRAINED, _ERROR = (
     "dynamic_trained",
     "dynamic_gates_error",
 )
+# The panel's own settings: kept under a plain key across page changes and a reloaded tab
+# (Streamlit forgets the value of a widget a run does not draw), restored before their widgets
+# are drawn (`ui.state.restore_settings`).
+_KEPT = "_inspect_dynamic_settings"
+_SETTINGS: dict[str, Any] = {
+    "dynamic_gate": next(iter(GATES)),
+    "dynamic_keep": 0.5,
+    "dynamic_image": 0,
+}
 
 
 @st.cache_data(show_spinner="Gating the validation images...", max_entries=32)
@@ -213,6 +222,10 @@ def dynamic_panel(model_ref: str, dataset_ref: str) -> None:
     except UserError:
         st.info(DYNAMIC_NO_CONVS)
         return
+    restore_settings(_KEPT, _SETTINGS)
+    n_val = data.num_examples("val")
+    if int(st.session_state["dynamic_image"]) > n_val - 1:  # kept from a larger dataset
+        st.session_state["dynamic_image"] = n_val - 1
     c0, c1, c2 = st.columns([2, 3, 2])
     gate = str(
         c0.radio(
@@ -229,23 +242,21 @@ def dynamic_panel(model_ref: str, dataset_ref: str) -> None:
         "Share of channels computed per layer (keep)",
         min_value=0.1,
         max_value=1.0,
-        value=0.5,
         step=0.05,
         key="dynamic_keep",
         help="Each gated convolution computes the top ceil(keep x channels) output channels "
         "for each image and outputs zeros for the rest.",
     )
-    n_val = data.num_examples("val")
     index = int(
         c2.number_input(
             f"Validation image (0 to {n_val - 1:,})",
             min_value=0,
             max_value=n_val - 1,
-            value=0,
             step=1,
             key="dynamic_image",
         )
     )
+    keep_settings(_KEPT, _SETTINGS)
     keep = round(float(keep), 2)
     trained = (
         _learned_section(loaded, data, (model_ref, dataset_ref, keep))

@@ -13,6 +13,7 @@ minutes old.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -24,12 +25,18 @@ from pruning_core.ort import to_ort
 from pruning_core.plots import batch_sweep_figure
 from ui.latency_panel import DEVICE, latency_cache
 from ui.loaders import shared_model
+from ui.state import keep_settings, restore_settings
 from ui.texts_runtime import RUNTIMES_EXPLAINED
 
 __all__ = ["BATCH_CHOICES", "runtime_context", "runtime_ratios", "runtime_sweep_panel"]
 
 BATCH_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128)
 _LABELS = {"dense": "eager PyTorch", "onnxruntime": "ONNX Runtime"}
+# The panel's own settings: kept under a plain key across page changes and a reloaded tab
+# (Streamlit forgets the value of a widget a run does not draw), restored before their widgets
+# are drawn (`ui.state.restore_settings`).
+_KEPT = "_model_runtime_settings"
+_SETTINGS: dict[str, Any] = {"runtime_batches": list(SWEEP_BATCH_SIZES)}
 
 
 def runtime_context(model_ref: str, sizes: Sequence[int]) -> Hashable:
@@ -98,12 +105,13 @@ def runtime_sweep_panel(model_ref: str) -> None:
     ratios and why runtimes differ."""
     st.subheader("Eager PyTorch vs ONNX Runtime")
     c1, c2 = st.columns([3, 1])
+    restore_settings(_KEPT, _SETTINGS)
     picked = c1.multiselect(
-        "Batch sizes", list(BATCH_CHOICES), default=list(SWEEP_BATCH_SIZES),
-        key="runtime_batches",
+        "Batch sizes", list(BATCH_CHOICES), key="runtime_batches",
         help="Images per timed call. Latency is shown per image (ms per call / batch size), "
         "so the batches share one axis.",
     )  # fmt: skip
+    keep_settings(_KEPT, _SETTINGS)
     sizes = sorted({int(b) for b in picked})
     context = runtime_context(model_ref, sizes)
     cache = latency_cache()

@@ -173,9 +173,12 @@ RESUMED: tuple[str, ...] = (
     "prune_overrides",
     "_prune_overrides_for",
     "prune_suggestion_note",
-    # The settings kept by `keep_settings` (the strategies and companions panels).
+    # The settings kept by `keep_settings` (the strategies, companions, dynamic-pruning and
+    # runtime panels).
     "_tradeoff_strategy_settings",
     "_tradeoff_companions_settings",
+    "_inspect_dynamic_settings",
+    "_model_runtime_settings",
     *(f"tradeoff_{slot}_{what}" for slot in JOB_SLOTS
       for what in ("job", "for", "result", "error")),
 )  # fmt: skip
