@@ -65,6 +65,13 @@ def no_home_reason(model_ref: str) -> str:
     return f"{model_ref} names no dataset"
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _trained_on(model_ref: str, depth: int = 0) -> str | None:
     """The dataset `model_ref`'s weights were trained on, following a pruned folder back to
     the model it was pruned from (its recipe's `model`): pruning there, fine-tune included,
@@ -82,6 +89,11 @@ def _trained_on(model_ref: str, depth: int = 0) -> str | None:
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        # An int8 folder: its weights are those of the float model it names as its source.
+        quant = _read_json(path / QUANT_META_FILE)
+        source = quant.get("source") if isinstance(quant, dict) else None
+        if isinstance(source, str) and source and depth < 8:
+            return _trained_on(source, depth + 1)
         return None
     if not isinstance(meta, dict):
         return None

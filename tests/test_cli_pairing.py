@@ -137,6 +137,14 @@ def test_a_folder_pruned_on_another_dataset_is_flagged_by_what_its_weights_know(
     assert dataset_mismatch(str(tmp_path / "again"), "shapes") == said[
         len("warning: ") : -1
     ].replace("p was", "again was")
+    # Quantized from there (on the folder's own dataset, no --dataset): said too, and the int8
+    # folder is flagged by its float source's weights.
+    code, _, err = cli("quantize", str(first), "--mode", "dynamic", "--val-limit", "16", "--out",
+                       str(tmp_path / "q"), "--json")  # fmt: skip
+    assert code == 0 and said in err
+    assert dataset_mismatch(str(tmp_path / "q"), "shapes") == said[len("warning: ") : -1].replace(
+        "p was", "q was"
+    )
     # A folder trained on its dataset (`train` writes no recipe) is that dataset's model.
     trained = tmp_path / "t"
     trained.mkdir()

@@ -117,8 +117,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     ds = _dataset_ref(args, meta)
     data = load_dataset(ds)
     data.check_spec(loaded.spec)
-    if args.dataset:
-        warn_mismatch(args.model, ds)
+    # Also the folder's own dataset: a folder pruned on another dataset than its weights know.
+    warn_mismatch(args.model, ds)
     extra = {
         "arch": loaded.arch,
         "arch_kwargs": meta.get("arch_kwargs") or loaded.arch_kwargs,
