@@ -4,7 +4,10 @@ A model directory (written by `train`, `prune` and the sample-model script) hold
 `model.safetensors` (tensors only, nothing executable) and `model.json` (architecture name and
 arguments, input spec, and the *surgery* that turns a freshly built architecture into the saved
 shape: module attributes changed by structured pruning, submodules replaced by identities).
-Reloading never unpickles code.
+Reloading never unpickles code. A zip of a model directory (what `export --format checkpoint
+--out FILE.zip` and the app's Export page write) loads too: `unzipped_model` extracts it with the
+dataset archives' checks (`data.archive.safe_extract_zip`: no `..`, absolute paths or links,
+bounded entries and bytes) into a temporary folder that is removed once the model is read.
 
 Tensor policy (every checkpoint file, model directory and upload goes through `read_state_file`
 and `check_state_dict`): each entry must be a dense tensor; complex and quantized tensors are
@@ -17,11 +20,14 @@ every threshold meaningless.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import shutil
+import tempfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +35,23 @@ import torch
 from torch import nn
 
 from pruning_core.errors import UserError, first_line, shown
-from pruning_core.fsio import atomic_path, write_json
+from pruning_core.fsio import atomic_path, clean_stale, temp_prefix, write_json
 from pruning_core.surgery import surgery_of
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "MAX_MODEL_ZIP_BYTES",
+    "MAX_MODEL_ZIP_FILES",
     "META_FILE",
     "MODEL_FILE",
+    "MODEL_ZIP_SUFFIX",
     "QUANT_META_FILE",
     "QUANT_ONNX_FILE",
     "check_loaded_finite",
     "check_state_dict",
     "check_tensors",
     "dtype_kind",
+    "is_model_zip",
     "is_quantized_dir",
     "load_state",
     "nonfinite_count",
@@ -49,8 +59,10 @@ __all__ = [
     "read_model_meta",
     "read_model_state",
     "read_state_file",
+    "read_zipped_meta",
     "save_model_dir",
     "state_versions",
+    "unzipped_model",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -61,6 +73,17 @@ META_FILE = "model.json"
 # float model folder's files, so that loaders can tell the two apart without importing ONNX.
 QUANT_ONNX_FILE = "model.onnx"
 QUANT_META_FILE = "quantized.json"
+# A zipped model directory (the Export page's download, `export --format checkpoint --out X.zip`).
+MODEL_ZIP_SUFFIX = ".zip"
+# A model folder is a handful of files; its weights are at most those of the largest model the
+# loader builds (`models.validate.MAX_PARAMS`, 1e9 float32 parameters: 4e9 bytes) plus JSON.
+MAX_MODEL_ZIP_FILES = 64
+MAX_MODEL_ZIP_BYTES = 4 << 30
+# Temporary extractions carry this name and the process id (`fsio.temp_prefix`), so the next
+# load removes those of killed runs (`fsio.clean_stale`).
+_ZIP_TMP_NAME = "pruning-lab-model-zip"
+# Largest model.json read straight out of a zip (`read_zipped_meta`).
+_MAX_ZIPPED_META_BYTES = 1 << 20
 
 
 def is_quantized_dir(directory: Path | str) -> bool:
@@ -388,3 +411,101 @@ def read_model_dir(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     """
     meta = read_model_meta(directory)
     return read_model_state(directory), meta
+
+
+def is_model_zip(ref: Path | str) -> bool:
+    """True when `ref` names an existing `.zip` file (a zipped model directory, if anything)."""
+    return str(ref).lower().endswith(MODEL_ZIP_SUFFIX) and Path(ref).is_file()
+
+
+def _zip_folder(root: Path, name: str) -> Path:
+    """The model folder inside an extracted zip: its top, or the one folder at its top."""
+    tops = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+    folders = [p for p in tops if p.is_dir() and not p.is_symlink()]
+    for cand in (root, *(folders if len(folders) == 1 else ())):
+        if (cand / META_FILE).is_file() or is_quantized_dir(cand):
+            return cand
+    raise UserError(
+        f"{name} holds no model folder ({META_FILE} and {MODEL_FILE}, at its top or in its one "
+        "folder): pass a zip from `export --format checkpoint` or the app's Export page, or a "
+        "model folder"
+    )
+
+
+@contextlib.contextmanager
+def unzipped_model(path: Path, *, label: str | None = None) -> Iterator[Path]:
+    """Extract a zipped model directory safely and yield the model folder inside it.
+
+    Extraction is `data.archive.safe_extract_zip` (the checks of dataset uploads: no absolute
+    paths, `..`, links or encryption; at most `MAX_MODEL_ZIP_FILES` entries and
+    `MAX_MODEL_ZIP_BYTES` uncompressed bytes, counted while streaming) into a temporary folder
+    of the system's temporary directory, removed when the block ends, however it ends. A
+    killed run's folder is removed by the next call. The folder is the zip's top when it holds
+    `model.json` (or an int8 model's `quantized.json`), else its one top-level folder.
+    Messages raised inside the block name the zip, not the temporary folder.
+
+    Args:
+        path: The `.zip` file.
+        label: How messages name it (default: its path), e.g. an upload's original name.
+
+    Yields:
+        The extracted model folder (read it inside the block: it is gone afterwards).
+
+    Raises:
+        UserError: Not a readable zip, an unsafe entry, too many entries or bytes, no model
+            folder inside, a temporary directory that cannot be written, or any UserError of
+            the block (with the temporary folder's path replaced by the zip's name).
+    """
+    from pruning_core.data.archive import safe_extract_zip
+
+    path = Path(path)
+    name = label or str(path)
+    base = Path(tempfile.gettempdir())
+    clean_stale(base, _ZIP_TMP_NAME)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(_ZIP_TMP_NAME), dir=base))
+    except OSError as e:
+        raise UserError(
+            f"cannot unzip {name}: {base} is not writable ({e.strerror or e})"
+        ) from None
+    root = tmp / "model"
+    try:
+        try:
+            safe_extract_zip(
+                path, root, max_files=MAX_MODEL_ZIP_FILES, max_bytes=MAX_MODEL_ZIP_BYTES
+            )
+            yield _zip_folder(root, name)
+        except UserError as e:
+            text = str(e).replace(str(root), name)
+            raise UserError(text.replace(str(path), name) if label else text) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_zipped_meta(path: Path | str) -> dict[str, Any] | None:
+    """The `model.json` (or an int8 model's `quantized.json`) of a zipped model folder, read
+    in memory without extracting anything, for what only needs the description (the dataset
+    a model names). The folder is found as `unzipped_model` finds it.
+
+    Returns:
+        The decoded JSON object, or None when the zip holds none, or it is over 1 MiB,
+        unreadable or not an object. Never raises: loading the model says what is wrong.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename.replace("\\", "/").strip("/"): i for i in zf.infolist()}
+            tops = {n.split("/", 1)[0] for n in infos if "/" in n}
+            tops -= {t for t in tops if t.startswith(".") or t == "__MACOSX"}
+            for folder in ("", *(f"{t}/" for t in tops if len(tops) == 1)):
+                for name in (META_FILE, QUANT_META_FILE):
+                    info = infos.get(folder + name)
+                    if info is None or info.file_size > _MAX_ZIPPED_META_BYTES:
+                        continue
+                    with zf.open(info) as f:
+                        doc = json.loads(f.read(_MAX_ZIPPED_META_BYTES + 1))
+                    return doc if isinstance(doc, dict) else None
+    except (zipfile.BadZipFile, OSError, ValueError, RecursionError, EOFError, RuntimeError):
+        return None
+    return None

@@ -1,19 +1,27 @@
 """Which dataset goes with a model, for the app and the CLI alike.
 
 A model's *home* dataset is the registry's `default_dataset` for a named model, or the
-`dataset` its folder names (`model.json` of sample models, `train` and `prune` outputs and
-prepared architectures; `quantized.json` of an int8 folder). Unknown homes (a bare checkpoint,
-a library architecture) are never flagged. A dataset of the same class count feeds any model
-(images are resized and converted), so a mismatch is a warning, not an error: the accuracy
-of a model on data it was not trained for says little about pruning.
+`dataset` its folder (or a zip of it) names (`model.json` of sample models, `train` and `prune`
+outputs and prepared architectures; `quantized.json` of an int8 folder). Unknown homes (a bare
+checkpoint, a library architecture) are never flagged. A dataset of the same class count feeds
+any model (images are resized and converted), so a mismatch is a warning, not an error: the
+accuracy of a model on data it was not trained for says little about pruning.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from pruning_core.checkpoint import META_FILE, QUANT_META_FILE, read_model_meta
+from pruning_core.checkpoint import (
+    META_FILE,
+    QUANT_META_FILE,
+    is_model_zip,
+    read_model_meta,
+    read_zipped_meta,
+    unzipped_model,
+)
 from pruning_core.errors import UserError
 from pruning_core.models import get_entry
 
@@ -24,8 +32,8 @@ def home_dataset(model_ref: str) -> str | None:
     """The dataset `model_ref` was trained or built for, or None when nothing says.
 
     Args:
-        model_ref: A registry name, a model folder or an int8 folder (a checkpoint file or a
-            library architecture has no known home).
+        model_ref: A registry name, a model folder, an int8 folder or a zip of either (a
+            checkpoint file or a library architecture has no known home).
 
     Returns:
         The dataset reference its registry entry or folder names, or None. Never raises: an
@@ -41,6 +49,10 @@ def home_dataset(model_ref: str) -> str | None:
             named = meta.get("dataset") if isinstance(meta, dict) else None
             return named if isinstance(named, str) and named else None
         return None
+    if is_model_zip(path):
+        meta = read_zipped_meta(path)
+        named = meta.get("dataset") if meta else None
+        return named if isinstance(named, str) and named else None
     if path.exists() or ":" in model_ref:  # a checkpoint file or a library architecture
         return None
     try:
@@ -53,13 +65,16 @@ def no_home_reason(model_ref: str) -> str:
     """Why `model_ref` gives no dataset of its own, for a command that needs one.
 
     Raises:
-        UserError: The model itself is the problem: an unknown name, or a folder whose
-            model.json is missing or unreadable (the loader's own message), which a "give
-            --dataset" would only hide.
+        UserError: The model itself is the problem: an unknown name, a folder whose
+            model.json is missing or unreadable, or a zip that is unsafe or holds no model
+            folder (the loader's own message), which a "give --dataset" would only hide.
     """
     path = Path(model_ref)
     if path.is_dir() and not (path / QUANT_META_FILE).is_file():
         read_model_meta(path)
+    elif is_model_zip(path) and read_zipped_meta(path) is None:
+        with unzipped_model(path):  # says why it holds no model
+            pass
     elif not path.exists() and ":" not in model_ref:
         get_entry(model_ref)
     return f"{model_ref} names no dataset"
@@ -78,7 +93,9 @@ def _trained_on(model_ref: str, depth: int = 0) -> str | None:
     does not make another dataset the weights' own. None when nothing says (an untrained
     registry model, a source folder no longer where the recipe names it). Never raises."""
     path = Path(model_ref)
-    if not path.is_dir():
+    if is_model_zip(path):
+        meta: Any = read_zipped_meta(path)
+    elif not path.is_dir():
         if path.exists() or ":" in model_ref or depth == 0:
             return None
         try:
@@ -86,15 +103,16 @@ def _trained_on(model_ref: str, depth: int = 0) -> str | None:
         except UserError:
             return None
         return entry.default_dataset if entry.sample else None
-    try:
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        # An int8 folder: its weights are those of the float model it names as its source.
-        quant = _read_json(path / QUANT_META_FILE)
-        source = quant.get("source") if isinstance(quant, dict) else None
-        if isinstance(source, str) and source and depth < 8:
-            return _trained_on(source, depth + 1)
-        return None
+    else:
+        try:
+            meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            # An int8 folder: its weights are those of the float model it names as its source.
+            quant = _read_json(path / QUANT_META_FILE)
+            source = quant.get("source") if isinstance(quant, dict) else None
+            if isinstance(source, str) and source and depth < 8:
+                return _trained_on(source, depth + 1)
+            return None
     if not isinstance(meta, dict):
         return None
     recipe = meta.get("recipe")

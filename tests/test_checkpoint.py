@@ -128,3 +128,256 @@ def test_output_dir_leaves_nothing_on_failure(tmp_path: Path) -> None:
     ):
         pass
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+# --- zipped model folders (the Export page's download, export --format checkpoint X.zip) ---
+
+
+@pytest.fixture(scope="module")
+def channel_pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits-cnn pruned by channel at 0.5 (physically shrunk), as `prune --out` writes it."""
+    import copy
+
+    from pruning_core.export import save_checkpoint
+    from pruning_core.prune import PruneConfig, prune_
+
+    base = load_model("digits-cnn")
+    m = copy.deepcopy(base.model)
+    res = prune_(
+        m, PruneConfig(method="magnitude", granularity="channel", ratio=0.5), spec=base.spec
+    )
+    out = tmp_path_factory.mktemp("ck") / "a"
+    return save_checkpoint(
+        out, m, arch="digits-cnn", arch_kwargs=base.arch_kwargs, spec=base.spec,
+        extra_meta={"dataset": "digits", "pruned": {"sparsity": res.sparsity}},
+        files={"metrics.json": {"model": "digits-cnn", "dataset": "digits"}},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty temporary directory for this test (where zips are extracted): it must stay
+    empty."""
+    import tempfile
+
+    d = tmp_path / "systmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
+def _zip(path: Path, entries: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _folder_entries(folder: Path, prefix: str) -> dict[str, bytes]:
+    return {f"{prefix}{p.name}": p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_exported_zip_evaluates_as_its_folder(  # type: ignore[no-untyped-def]
+    cli, channel_pruned: Path, tmp_path: Path, scratch: Path
+) -> None:
+    import json
+
+    from pruning_core import export
+
+    z = tmp_path / "a.zip"
+    code, _, err = cli("export", "--pruned", str(channel_pruned), "--format", "checkpoint",
+                       "--out", str(z))  # fmt: skip
+    assert code == 0, err
+    # The app's download (`export.checkpoint_zip`, a folder of another name inside).
+    loaded = load_model(str(channel_pruned))
+    app = tmp_path / "from app.zip"
+    app.write_bytes(export.checkpoint_zip(
+        loaded.model, arch="digits-cnn", arch_kwargs=loaded.meta["arch_kwargs"],
+        spec=loaded.spec, extra_meta={"dataset": "digits"}, folder="pruned model",
+    ))  # fmt: skip
+    # The folder's files zipped at the top, as a user re-zipping it might.
+    flat = _zip(tmp_path / "flat.zip", _folder_entries(channel_pruned, ""))
+    docs = {}
+    for ref in (channel_pruned, z, app, flat):
+        code, out, err = cli("evaluate", "--model", str(ref), "--dataset", "digits", "--json")
+        assert code == 0, (ref, err)
+        docs[ref] = json.loads(out)
+    want = docs[channel_pruned]
+    assert 0.5 < want["sparsity"] < 1 and want["accuracy"] > 0.1
+    for ref in (z, app, flat):
+        got = docs[ref]
+        assert (got["accuracy"], got["sparsity"]) == (want["accuracy"], want["sparsity"]), ref
+    a, b = loaded.model.state_dict(), load_model(str(z)).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_model(str(z)).meta["dataset"] == "digits"
+    assert list(scratch.iterdir()) == []  # every extraction removed
+
+
+def test_exported_zip_prunes_again_on_its_own_dataset(  # type: ignore[no-untyped-def]
+    cli, channel_pruned: Path, tmp_path: Path, scratch: Path
+) -> None:
+    import json
+
+    z = _zip(tmp_path / "a.zip", _folder_entries(channel_pruned, "a/"))
+    out = tmp_path / "b"
+    # No --dataset: the zip's model.json names digits.
+    code, stdout, err = cli("prune", "--model", str(z), "--criterion", "magnitude",
+                            "--granularity", "unstructured", "--ratio", "0.5", "--out",
+                            str(out), "--json", "--quiet")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["dataset"] == "digits"
+    assert json.loads((out / "recipe.json").read_text())["settings"]["model"] == str(z)
+    before = load_model(str(channel_pruned))
+    after = load_model(str(out))
+    assert after.meta["surgery"] == before.meta["surgery"]  # still shrunk
+    assert list(scratch.iterdir()) == []
+
+
+def _forged_sizes(data: bytes, size: int) -> bytes:
+    """Every central-directory entry claims `size` uncompressed bytes (a zip-bomb header)."""
+    import struct
+
+    buf = bytearray(data)
+    at = buf.find(b"PK\x01\x02")
+    while at != -1:
+        struct.pack_into("<I", buf, at + 24, size)
+        at = buf.find(b"PK\x01\x02", at + 4)
+    return bytes(buf)
+
+
+def _hostile(kind: str, folder: Path, tmp_path: Path) -> Path:
+    import io
+    import stat
+    import zipfile
+
+    good = _folder_entries(folder, "a/")
+    path = tmp_path / f"{kind}.zip"
+    if kind == "traversal":
+        return _zip(path, {**good, "../evil/model.json": b"{}"})
+    if kind == "absolute":
+        return _zip(path, {**good, "/tmp/evil-model.json": b"{}"})
+    if kind == "symlink":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in good.items():
+                zf.writestr(name, data)
+            link = zipfile.ZipInfo("a/evil")
+            link.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(link, "/etc/passwd")
+        path.write_bytes(buf.getvalue())
+        return path
+    if kind == "oversized":
+        # Two members claiming ~4 GiB each: over MAX_MODEL_ZIP_BYTES, refused before extraction.
+        raw = _zip(tmp_path / "small.zip", {"a/model.json": b"{}", "a/model.safetensors": b"x"})
+        path.write_bytes(_forged_sizes(raw.read_bytes(), 0xFFFFFFF0))
+        raw.unlink()
+        return path
+    if kind == "no-model-json":
+        return _zip(path, {"a/model.safetensors": good["a/model.safetensors"]})
+    if kind == "not-a-zip":
+        path.write_bytes(b"this is not a zip archive")
+        return path
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("traversal", "escapes the folder"),
+        ("absolute", "absolute path"),
+        ("symlink", "symbolic link"),
+        ("oversized", "over the limit"),
+        ("no-model-json", "holds no model folder"),
+        ("not-a-zip", "not a readable zip"),
+    ],
+)
+def test_hostile_zip_is_one_line_and_leaves_nothing(  # type: ignore[no-untyped-def]
+    cli, channel_pruned: Path, tmp_path: Path, scratch: Path, kind: str, message: str
+) -> None:
+    z = _hostile(kind, channel_pruned, tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(UserError, match=message) as e:
+        load_model(str(z))
+    assert "\n" not in str(e.value) and str(scratch) not in str(e.value)
+    code, out, err = cli("evaluate", "--model", str(z), "--dataset", "digits")
+    assert code == 2 and out == ""
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing extracted, nothing escaped
+    assert list(scratch.iterdir()) == []
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_zip_over_the_byte_limit_is_refused(
+    channel_pruned: Path, tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pruning_core import checkpoint
+
+    # A real model over a (lowered) limit: the limit is read at each load, not frozen.
+    monkeypatch.setattr(checkpoint, "MAX_MODEL_ZIP_BYTES", 64 * 1024)
+    z = _zip(tmp_path / "big.zip", _folder_entries(channel_pruned, "a/"))
+    with pytest.raises(UserError, match="limit"):
+        load_model(str(z))
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_zip_whose_model_is_broken_names_the_zip(
+    channel_pruned: Path, tmp_path: Path, scratch: Path
+) -> None:
+    entries = _folder_entries(channel_pruned, "a/")
+    z = _zip(tmp_path / "bad.zip", {**entries, "a/model.json": b'{"arch": "no-such-model"}'})
+    with pytest.raises(UserError, match=r"bad\.zip/a/model\.json: arch: unknown model") as e:
+        load_model(str(z))
+    assert str(scratch) not in str(e.value)
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("m.onnx", "is an ONNX graph .*pass the model folder it was exported from"),
+        ("r.html", "is an HTML report, not a model; pass the model folder"),
+        ("recipe.json", "a recipe runs with prune --recipe FILE"),
+        ("model.json", "pass the folder that holds it"),
+        ("q/model.onnx", "graph of an int8 model: pass its folder"),
+        ("q.zip", "int8 model .*unzip it: evaluate and bench take its folder"),
+    ],
+)
+def test_exports_that_are_not_models_say_what_to_pass(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, scratch: Path, name: str, message: str
+) -> None:
+    q = tmp_path / "q"
+    q.mkdir()
+    (q / "model.onnx").write_bytes(b"graph")
+    (q / "quantized.json").write_text("{}")
+    _zip(tmp_path / "q.zip", _folder_entries(q, "q/"))
+    for other in ("m.onnx", "r.html", "recipe.json", "model.json"):
+        (tmp_path / other).write_text("{}")
+    with pytest.raises(UserError, match=message):
+        load_model(str(tmp_path / name))
+    code, _, err = cli("prune", "--model", str(tmp_path / name), "--dataset", "digits",
+                       "--ratio", "0.5", "--out", str(tmp_path / "out"))  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and list(scratch.iterdir()) == []
+
+
+def test_export_reads_a_checkpoint_zip_as_its_folder(  # type: ignore[no-untyped-def]
+    cli, channel_pruned: Path, tmp_path: Path, scratch: Path
+) -> None:
+    import json
+    import zipfile
+
+    z = _zip(tmp_path / "a.zip", _folder_entries(channel_pruned, "a/"))
+    again = tmp_path / "again.zip"
+    code, out, err = cli("export", "--pruned", str(z), "--format", "checkpoint", "--out",
+                         str(again), "--json")  # fmt: skip
+    assert code == 0, err
+    assert "metrics.json" in json.loads(out)["files"]  # read from inside the zip
+    with zipfile.ZipFile(again) as zf:
+        assert "again/metrics.json" in zf.namelist()
+    a = load_model(str(channel_pruned)).model.state_dict()
+    b = load_model(str(again)).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert list(scratch.iterdir()) == []

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pruning_core.checkpoint import save_model_dir
+from pruning_core.checkpoint import is_model_zip, save_model_dir
 from pruning_core.cli.common import add_model_args, resolve, stderr_progress, warn_mismatch
 from pruning_core.data import list_datasets, load_dataset
 from pruning_core.errors import UserError
@@ -315,7 +315,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(args.dataset)
     kept: dict[str, Any] = {}
     enforcer: MaskEnforcer | None = None
-    if Path(args.model).is_dir():
+    if Path(args.model).is_dir() or is_model_zip(args.model):
         if args.pretrained:
             raise UserError(
                 "--pretrained starts an architecture afresh; a model folder has its own weights"

@@ -31,7 +31,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
             "report (plots inlined, opens offline) with measured latency."
         ),
     )
-    p.add_argument("--pruned", required=True, type=Path, help="a model directory (from prune)")
+    p.add_argument(
+        "--pruned", required=True, type=Path, help="a model directory (from prune) or a zip of one"
+    )
     p.add_argument("--format", required=True, choices=["onnx", "checkpoint", "report"])
     p.add_argument("--out", required=True, type=Path, help="output file (.onnx, .zip, .html)")
     p.add_argument(
@@ -109,11 +111,21 @@ def _example(loaded: Any, ref: str | None) -> torch.Tensor | None:
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     """Export the pruned model; returns what was written."""
-    from pruning_core import export
+    from pruning_core.checkpoint import is_model_zip, unzipped_model
 
     _check_out(args.out, args.format)
-    loaded = _load(args.pruned)
-    metrics = export.read_pruned_dir(args.pruned)
+    if is_model_zip(args.pruned):
+        # A checkpoint zip is read as its folder (metrics.json included), extracted safely.
+        with unzipped_model(args.pruned) as folder:
+            return _export(args, folder)
+    return _export(args, args.pruned)
+
+
+def _export(args: argparse.Namespace, source: Path) -> dict[str, Any]:
+    from pruning_core import export
+
+    loaded = _load(source)
+    metrics = export.read_pruned_dir(source)
     out: Path = args.out
     if args.format == "checkpoint":
         files = {k: v for k, v in (("metrics.json", metrics),) if v}

@@ -2,7 +2,8 @@
 
 `list_models()` and `create_model(name)` are the public surface (timm style); `load_model(ref)`
 resolves anything the CLI and the app accept as a model: a registry name, a model directory
-written by `train`/`prune`, or a checkpoint file with an architecture name.
+written by `train`/`prune`, a zip of one (the Export page's download), or a checkpoint file with
+an architecture name.
 """
 
 from __future__ import annotations
@@ -22,16 +23,21 @@ from pruning_core.checkpoint import (
     CHECKPOINT_SUFFIXES,
     META_FILE,
     MODEL_FILE,
+    MODEL_ZIP_SUFFIX,
+    QUANT_META_FILE,
+    QUANT_ONNX_FILE,
     check_loaded_finite,
     check_state_dict,
     check_tensors,
+    is_model_zip,
     is_quantized_dir,
     load_state,
     read_model_meta,
     read_model_state,
     read_state_file,
+    unzipped_model,
 )
-from pruning_core.errors import UserError, first_line
+from pruning_core.errors import UserError, first_line, shown
 from pruning_core.models import architectures as A
 from pruning_core.models import validate as V
 from pruning_core.models.families import FAMILIES, Family, fit_size
@@ -498,7 +504,9 @@ def load_model(
     """Resolve a model reference.
 
     Args:
-        ref: Registry name, model directory, or checkpoint file (`.pt`, `.pth`, `.safetensors`).
+        ref: Registry name, model directory, a `.zip` of one (extracted safely into a temporary
+            folder, see `checkpoint.unzipped_model`), or checkpoint file (`.pt`, `.pth`,
+            `.safetensors`).
         arch: Architecture of a checkpoint file (a registry name).
         trust: Allow a full pickled module (runs code from the file).
         num_classes, in_channels, image_size: Override the architecture's defaults for a
@@ -510,11 +518,19 @@ def load_model(
         UserError: Unknown names, missing/corrupt/untrusted files, mismatched architectures,
             refused tensors (non-floating where the model is floating, complex, NaN/inf; see
             `checkpoint`), and for model directories any breach of the model.json schema
-            (`models.validate`).
+            (`models.validate`). An unsafe or oversized zip, or one without a model folder; an
+            int8 folder or zip (it runs only in ONNX Runtime); and files that are exports
+            but not models (`.onnx`, a report, a recipe) are refused in one line that says
+            what to pass instead.
     """
     _check_not_blank(ref)
     path = Path(ref)
-    is_path = path.exists() or os.sep in ref or ref.endswith(CHECKPOINT_SUFFIXES)
+    is_path = (
+        path.exists()
+        or os.sep in ref
+        or ref.endswith(CHECKPOINT_SUFFIXES)
+        or ref.lower().endswith(MODEL_ZIP_SUFFIX)
+    )
     if not is_path:
         spec = model_spec(
             ref, num_classes=num_classes, in_channels=in_channels, image_size=image_size
@@ -528,14 +544,11 @@ def load_model(
             ref,
         )
     if path.is_dir():
-        if is_quantized_dir(path):
-            raise UserError(
-                f"{path} is an int8 model (from pruning-lab quantize): it runs only in ONNX "
-                "Runtime; evaluate and bench take it, anything else its float original"
-            )
-        if not (path / MODEL_FILE).exists():
-            raise UserError(f"{path} holds no {MODEL_FILE}: not a model directory")
-        return _load_model_dir(path, ref)
+        return _load_dir(path, ref, path)
+    if is_model_zip(path):
+        with unzipped_model(path, label=label) as folder:
+            return _load_dir(folder, ref, label or path, zipped=True)
+    _refuse_export(path, label)
     obj, _ = read_state_file(path, trust=trust, label=label)
     source = f"checkpoint {label or path.name}"
     if isinstance(obj, nn.Module):
@@ -556,6 +569,53 @@ def load_model(
     load_state(model, obj)
     check_loaded_finite(model, source)
     return LoadedModel(model.eval(), spec, arch, ref)
+
+
+def _load_dir(path: Path, ref: str, name: Path | str, *, zipped: bool = False) -> LoadedModel:
+    """A model directory (`name`: how messages call it, e.g. the zip it was extracted from)."""
+    if is_quantized_dir(path):
+        where = "unzip it: evaluate and bench take its folder" if zipped else (
+            "evaluate and bench take it"
+        )  # fmt: skip
+        raise UserError(
+            f"{name} is an int8 model (from pruning-lab quantize): it runs only in ONNX "
+            f"Runtime; {where}, anything else its float original"
+        )
+    if not (path / MODEL_FILE).exists():
+        raise UserError(f"{name} holds no {MODEL_FILE}: not a model directory")
+    return _load_model_dir(path, ref)
+
+
+# Files Pruning Lab exports that hold no model to load back: what each is, and what to pass.
+_ZIPPED = "(or its zip from export --format checkpoint)"
+_NOT_MODELS = {
+    ".onnx": "is an ONNX graph (export --format onnx): it runs in ONNX Runtime and does not "
+    f"load back as a PyTorch model; pass the model folder it was exported from {_ZIPPED}",
+    ".html": f"is an HTML report, not a model; pass the model folder it reports on {_ZIPPED}",
+    ".htm": f"is an HTML report, not a model; pass the model folder it reports on {_ZIPPED}",
+    ".csv": f"is a table, not a model; pass a model folder {_ZIPPED}",
+}
+
+
+def _refuse_export(path: Path, label: str | None) -> None:
+    """Refuse, in one line, an exported file that is not a model (it would read as corrupt)."""
+    name = shown(label or path.name)
+    suffix = path.suffix.lower()
+    if path.name == QUANT_ONNX_FILE and is_quantized_dir(path.parent):
+        raise UserError(
+            f"{name} is the graph of an int8 model: pass its folder {shown(str(path.parent))} "
+            "(evaluate and bench take it)"
+        )
+    if suffix in _NOT_MODELS:
+        raise UserError(f"{name} {_NOT_MODELS[suffix]}")
+    if suffix == ".json":
+        if path.name in (META_FILE, QUANT_META_FILE):
+            raise UserError(f"{name} describes a model folder; pass the folder that holds it")
+        raise UserError(
+            f"{name} is a JSON file, not a model (a recipe runs with prune --recipe FILE); pass "
+            f"a model folder {_ZIPPED}, a registry name or a weights file (.pt, .pth, "
+            ".safetensors)"
+        )
 
 
 def _build(
