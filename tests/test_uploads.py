@@ -152,3 +152,60 @@ def test_streamlit_limit_matches() -> None:
         (Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text()
     )
     assert cfg["server"]["maxUploadSize"] == uploads.MAX_UPLOAD_MB
+
+
+def _model_zip(model: torch.nn.Module, folder: str = "pruned-model") -> bytes:
+    """A model folder zipped as the Export page's download button offers it."""
+    from pruning_core.export import checkpoint_zip
+
+    base = load_model("digits-cnn")
+    return checkpoint_zip(
+        model, arch="digits-cnn", arch_kwargs=base.arch_kwargs, spec=base.spec,
+        extra_meta={"dataset": "digits"}, folder=folder,
+    )  # fmt: skip
+
+
+def test_model_zip_upload_names_its_own_architecture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import copy
+    import tempfile
+
+    from pruning_core.prune import PruneConfig, prune_
+
+    base = load_model("digits-cnn")
+    m = copy.deepcopy(base.model)
+    prune_(m, PruneConfig(method="magnitude", granularity="channel", ratio=0.5), spec=base.spec)
+    data = _model_zip(m)
+    # Where the zip is extracted (torch keeps caches in the temporary directory too).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "systmp"))
+    (tmp_path / "systmp").mkdir()
+    # The picker still says digits-mlp: a model zip's own model.json decides.
+    ref = uploads.save_checkpoint_upload("pruned-model.zip", data, "digits-mlp")
+    assert list((tmp_path / "systmp").iterdir()) == []
+    back = load_model(ref)
+    assert back.arch == "digits-cnn" and back.meta["dataset"] == "digits"
+    assert back.meta["surgery"]  # still physically shrunk
+    a, b = m.state_dict(), back.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"../../escape.json": b"{}"}, "escapes the folder"),
+        ({"pruned-model/model.safetensors": b"x"}, "pruned-model.zip holds no model folder"),
+    ],
+)
+def test_hostile_model_zip_upload_leaves_nothing(
+    _home: Path, monkeypatch: pytest.MonkeyPatch, entries: dict[str, bytes], message: str
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(_home / "systmp"))
+    (_home / "systmp").mkdir()
+    with pytest.raises(UserError, match=message) as e:
+        uploads.save_checkpoint_upload("pruned-model.zip", _zip(entries), "digits-cnn")
+    assert "\n" not in str(e.value) and ".pl-tmp-" not in str(e.value)  # names the upload
+    assert _files(uploads.uploads_dir()) == [] and _files(_home / "systmp") == []
+    assert not list(_home.parent.rglob("escape.json"))

@@ -2,6 +2,8 @@
 
 Uploaded bytes are untrusted. A checkpoint is read with `weights_only=True` (through
 `pruning_core.models.load_model`): a pickle that would run code is refused without running it.
+A zipped model folder (the Export page's download) is extracted by `load_model` with the
+dataset zips' checks and loaded with the architecture its model.json names.
 An accepted checkpoint is re-saved as a model directory (safetensors + model.json) under the
 data directory, so every page and the command line load it by path without knowing the
 architecture. A dataset zip is saved under the data directory and opened by
@@ -28,7 +30,7 @@ from typing import Any
 
 import streamlit as st
 
-from pruning_core.checkpoint import CHECKPOINT_SUFFIXES, save_model_dir
+from pruning_core.checkpoint import CHECKPOINT_SUFFIXES, MODEL_ZIP_SUFFIX, save_model_dir
 from pruning_core.data import data_root, load_dataset
 from pruning_core.data.archive import clean_cache
 from pruning_core.errors import UserError
@@ -94,12 +96,14 @@ def save_checkpoint_upload(
     image_size: int | None = None,
     limit: int = MAX_UPLOAD_BYTES,
 ) -> str:
-    """Check an uploaded state_dict / safetensors file and keep it as a model directory.
+    """Check an uploaded state_dict / safetensors file or model zip and keep it as a model
+    directory.
 
     Args:
         name: The uploaded file's name (its suffix says the format).
         data: Its bytes.
-        arch: Registry architecture the weights belong to.
+        arch: Registry architecture the weights belong to (a model zip names its own, and
+            keeps its description: dataset, pruning record, recipe).
         num_classes, in_channels, image_size: Override the architecture's defaults.
         limit: Largest accepted size in bytes.
 
@@ -108,10 +112,11 @@ def save_checkpoint_upload(
 
     Raises:
         UserError: Wrong suffix, empty or too large, corrupt, a pickle that is not plain
-            tensors, weights that do not fit the architecture, or a data folder that cannot be
-            written (unwritable, disk full). Nothing is left behind.
+            tensors, weights that do not fit the architecture, an unsafe zip or one without a
+            model folder, or a data folder that cannot be written (unwritable, disk full).
+            Nothing is left behind.
     """
-    suffix = _check_bytes(name, data, CHECKPOINT_SUFFIXES, limit)
+    suffix = _check_bytes(name, data, (*CHECKPOINT_SUFFIXES, MODEL_ZIP_SUFFIX), limit)
     entry = get_entry(arch)
     _check_folders()
     digest = hashlib.sha256(data).hexdigest()[:12]
@@ -133,8 +138,15 @@ def save_checkpoint_upload(
             label=name,
         )
         kwargs = loaded.arch_kwargs
+        kept: dict[str, Any] = {}
+        if suffix == MODEL_ZIP_SUFFIX and loaded.arch is not None:
+            arch, entry = loaded.arch, get_entry(loaded.arch)
+            kwargs = loaded.meta.get("arch_kwargs") or kwargs
+            # The surgery and format versions are recorded afresh by save_model_dir.
+            kept = {k: v for k, v in loaded.meta.items() if k not in ("surgery", "state_versions")}
         target = root / f"{_stem(name)}-{arch.replace(':', '-')}-{digest}"
         meta: dict[str, Any] = {
+            **kept,
             "arch": arch,
             "arch_kwargs": kwargs,
             "spec": loaded.spec.to_dict(),
@@ -228,6 +240,8 @@ def _accept(
 def _on_checkpoint() -> None:
     arch = st.session_state.get("upload_arch") or "digits-cnn"
     classes = st.session_state.get("upload_classes")
+    f = st.session_state.get("upload_ckpt_file")
+    zipped = f is not None and f.name.lower().endswith(MODEL_ZIP_SUFFIX)
     _accept(
         "upload_ckpt_file",
         "model_ref",
@@ -235,7 +249,7 @@ def _on_checkpoint() -> None:
         lambda f: save_checkpoint_upload(
             f.name, f.getvalue(), arch, num_classes=int(classes) if classes else None
         ),
-        f" as {arch}: it is now the current model",
+        ": it is now the current model" if zipped else f" as {arch}: it is now the current model",
     )
 
 
@@ -278,13 +292,17 @@ def upload_panel() -> None:
             st.success(msg)
         left, right = st.columns(2)
         with left:
-            st.markdown("**Checkpoint** (a state_dict `.pt`/`.pth` or `.safetensors`)")
+            st.markdown(
+                "**Checkpoint** (a state_dict `.pt`/`.pth`, `.safetensors`, or a model `.zip` "
+                "from Export)"
+            )
             st.file_uploader(
                 "Checkpoint file",
-                type=["pt", "pth", "safetensors"],
+                type=["pt", "pth", "safetensors", "zip"],
                 key="upload_ckpt_file",
                 help=f"Up to {MAX_UPLOAD_MB} MB. Read with weights_only=True: a file holding "
-                "Python objects (a pickled model) is refused, since unpickling can run code.",
+                "Python objects (a pickled model) is refused, since unpickling can run code. "
+                "A model zip names its own architecture.",
             )
             archs = _architectures()
             st.selectbox(
