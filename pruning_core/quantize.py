@@ -80,6 +80,7 @@ __all__ = [
     "QuantizeResult",
     "QuantizedModel",
     "accuracy_within_int8_tolerance",
+    "int8_sparsity",
     "int8_verdict",
     "is_quantized_dir",
     "load_quantized",
@@ -222,6 +223,123 @@ class QuantizedModel(OrtModule):
     def mode(self) -> str:
         """`dynamic` or `static`."""
         return str(self.meta.get("mode", ""))
+
+
+# ONNX operators whose second input is a layer's weight (a Linear's or a convolution's).
+_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger")
+# Operators that move a constant's elements without changing them: its zeros are the source's.
+_MOVES = ("Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def int8_sparsity(q: QuantizedModel) -> dict[str, Any]:
+    """The sparsity of an int8 model (`terms.SPARSITY_MEANS`), measured on its graph's weights.
+
+    An int8 folder holds an ONNX graph, not PyTorch layers: each Conv/Gemm/MatMul weight is an
+    int8 tensor (behind a DequantizeLinear, or the integer input of ConvInteger/MatMulInteger)
+    or a float one. A weight is zero when it dequantizes to exactly 0 (its value equals its
+    zero point), so int8 rounding can add zeros to the float model's; weights a shrunk model
+    no longer has count against the dense architecture `quantized.json` names.
+
+    Args:
+        q: The int8 model (its graph and `quantized.json`).
+
+    Returns:
+        `sparsity` and `sparsity_from`; `sparsity` None, and `sparsity_from` saying why, when a
+        weight is computed in the graph in a way this count does not read.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(q.onnx_bytes).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    made = {o: n for n in graph.node for o in n.output}
+
+    def axis_of(node: Any, default: int) -> int:
+        return next((int(a.i) for a in node.attribute if a.name == "axis"), default)
+
+    def along(v: Any, ndim: int, axis: int) -> Any:
+        """A per-axis scale or zero point shaped to broadcast over a tensor of `ndim` dims."""
+        v = np.asarray(v)
+        if v.size == 1:
+            return v.reshape(())
+        shape = [1] * ndim
+        shape[axis % ndim] = -1
+        return v.reshape(shape)
+
+    def zeros_of(name: str) -> tuple[int, int] | None:
+        """(exact zeros, elements) of a constant weight, or None when it is not one."""
+        if name in consts:
+            w = consts[name]
+            return int(w.size - np.count_nonzero(w)), int(w.size)
+        node = made.get(name)
+        if node is None:
+            return None
+        if node.op_type in _MOVES and node.input[0]:
+            return zeros_of(node.input[0])
+        if node.op_type == "DequantizeLinear" and node.input[0] in consts:
+            x = consts[node.input[0]].astype(np.float64)
+            scale = consts.get(node.input[1])
+            if scale is None:
+                return None
+            zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else 0
+            axis = axis_of(node, 1)
+            y = (x - along(zp, x.ndim, axis)) * along(scale, x.ndim, axis)
+            return int(y.size - np.count_nonzero(y)), int(y.size)
+        return None
+
+    zeros = counted = 0
+    seen: set[str] = set()
+    for n in graph.node:
+        if n.op_type not in _WEIGHT_OPS or len(n.input) < 2 or n.input[1] in seen:
+            continue
+        w = n.input[1]
+        got = zeros_of(w)
+        if got is None:
+            if n.op_type in ("MatMul", "MatMulInteger") and w not in consts and w in made:
+                # Two activations multiplied (attention's q k^T): no weight. A weight computed
+                # by another operator would land here too, so such a graph is checked below.
+                continue
+            return {"sparsity": None,
+                    "sparsity_from": f"not measured: the int8 graph's {n.op_type} weight {w} is "
+                    "computed in the graph, not stored, so its zeros cannot be read"}  # fmt: skip
+        seen.add(w)
+        if n.op_type in ("ConvInteger", "MatMulInteger") and len(n.input) > 3 and n.input[3]:
+            # The integer weight's zero point: a weight equal to it is 0.
+            q8 = consts.get(w)
+            zp = consts.get(n.input[3])
+            if q8 is None or zp is None:
+                return {"sparsity": None,
+                        "sparsity_from": f"not measured: the zero point of {w} is not stored"}  # fmt: skip
+            axis = 0 if n.op_type == "ConvInteger" else -1
+            same = q8.astype(np.int64) == along(zp, q8.ndim, axis).astype(np.int64)
+            got = (int(np.count_nonzero(same)), int(q8.size))
+        zeros += got[0]
+        counted += got[1]
+    dense, arch = counted, None
+    meta = q.meta
+    if isinstance(meta.get("arch"), str) and isinstance(meta.get("arch_kwargs"), dict):
+        from pruning_core.models import arch_weight_counts
+
+        try:
+            dense, arch = (
+                sum(arch_weight_counts(meta["arch"], meta["arch_kwargs"]).values()),
+                meta["arch"],
+            )
+        except Exception:  # an architecture that no longer builds: the graph's own count
+            dense = counted
+    if not dense:
+        return {"sparsity": None, "sparsity_from": "not measured: no Linear/Conv weights"}
+    removed = max(dense - counted, 0)
+    of = f"dense {arch}'s" if arch and dense >= counted else "int8 graph's"
+    return {
+        "sparsity": round(min(1.0, (zeros + removed) / max(dense, counted)), 6),
+        "sparsity_from": "int8 weights that dequantize to exactly 0"
+        + (" and removed weights" if removed else "")
+        + f", of the {of} {max(dense, counted):,} Linear/Conv weights",
+    }
 
 
 @dataclass(frozen=True)

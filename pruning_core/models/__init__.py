@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ __all__ = [
     "InputSpec",
     "LoadedModel",
     "ModelEntry",
+    "arch_weight_counts",
     "build_for_data",
     "create_model",
     "dense_weight_counts",
@@ -482,13 +483,25 @@ def dense_weight_counts(loaded: LoadedModel) -> dict[str, int]:
     if loaded.arch is not None and loaded.meta.get("surgery"):
         kw = loaded.meta.get("arch_kwargs")
         try:
-            entry = get_entry(loaded.arch)
-            return counted_weights(
-                V.build_skeleton(entry.builder, kw if isinstance(kw, dict) else loaded.arch_kwargs)
+            return arch_weight_counts(
+                loaded.arch, kw if isinstance(kw, dict) else loaded.arch_kwargs
             )
         except Exception:
             pass
     return counted_weights(loaded.model)
+
+
+def arch_weight_counts(arch: str, kwargs: Mapping[str, Any]) -> dict[str, int]:
+    """`layers.counted_weights` of the registry architecture `arch` built with `kwargs`, on the
+    meta device (no memory): the dense denominator of a shrunk or exported model's sparsity.
+
+    Raises:
+        UserError: `arch` is not in the registry.
+        Exception: Whatever the builder raises for `kwargs` (callers fall back to their own count).
+    """
+    from pruning_core.layers import counted_weights
+
+    return counted_weights(V.build_skeleton(get_entry(arch).builder, kwargs))
 
 
 def load_model(
