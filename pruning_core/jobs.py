@@ -255,16 +255,17 @@ class JobContext:
         """
 
         def on_progress(p: Any) -> None:
+            # A linear/AGP schedule's epochs restart each cycle: say which cycle it is.
+            where = getattr(p, "where", "")
+            head = f"{label} {where} epoch" if where else f"{label} epoch"
             if p.val_accuracy is not None:
                 self.log(step=p.step, epoch=p.epoch, loss=p.loss, accuracy=p.val_accuracy, lr=p.lr)
-                msg = f"{label} epoch {p.epoch}/{p.epochs}: val accuracy {p.val_accuracy:.4f}"
+                msg = f"{head} {p.epoch}/{p.epochs}: val accuracy {p.val_accuracy:.4f}"
                 self.report(p.fraction, msg, val_accuracy=p.val_accuracy)
                 return
             if p.step % max(every, 1) == 0:
                 self.log(step=p.step, epoch=p.epoch, loss=p.loss, lr=p.lr)
-            self.report(
-                p.fraction, f"{label} epoch {p.epoch}/{p.epochs}, step {p.step}/{p.total_steps}"
-            )
+            self.report(p.fraction, f"{head} {p.epoch}/{p.epochs}, step {p.step}/{p.total_steps}")
 
         return on_progress
 

@@ -319,3 +319,32 @@ def test_job_nice_outside_0_to_19_is_refused(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("PRUNING_LAB_JOB_NICE", "-1")
     with pytest.raises(UserError, match="PRUNING_LAB_JOB_NICE"):
         JobRunner()
+
+
+def test_fit_progress_says_the_cycle_of_a_linear_schedule() -> None:
+    # A linear/AGP schedule's epochs restart each cycle: the job's message says which cycle.
+    from pruning_core.schedules import CycleProgress
+    from pruning_core.train import Progress
+
+    seen: list[str] = []
+    r = JobRunner(max_workers=1, max_queue=1, torch_threads=1)
+    try:
+
+        def job(ctx: JobContext) -> None:
+            on = ctx.fit_progress()
+            on(CycleProgress(1, 1, 5, 10, 0.5, 1e-3, cycle=2, cycles=3, target_ratio=0.6))
+            seen.append(ctx.job.message)
+            on(CycleProgress(1, 1, 10, 10, 0.4, 1e-3, 0.9, cycle=2, cycles=3, target_ratio=0.6))
+            seen.append(ctx.job.message)
+            on(Progress(1, 2, 3, 20, 0.5, 1e-3))
+            seen.append(ctx.job.message)
+
+        j = r.submit(job, name="fit", kind="finetune")
+        assert j.wait(30) and j.status == "done", j.error
+    finally:
+        r.shutdown(timeout=5)
+    assert seen == [
+        "fine-tune cycle 2/3 (ratio 0.6) epoch 1/1, step 5/10",
+        "fine-tune cycle 2/3 (ratio 0.6) epoch 1/1: val accuracy 0.9000",
+        "fine-tune epoch 1/2, step 3/20",
+    ]
