@@ -224,8 +224,8 @@ def test_the_per_layer_count_is_that_of_the_current_run() -> None:
     assert _layers_label(at) == "Per-layer ratios (1 set)"
     _unit(at, "fc2").set_value(0.2).run()
     assert _layers_label(at) == "Per-layer ratios (2 set)"
-    # Back to the global ratio: no longer an override, and the expander stays open (its
-    # sliders are drawn) although its label changed.
+    # Cleared: none set, and the expander stays open (its sliders are drawn) although its
+    # label, part of its identity, changed.
     at.button(key="prune_clear_overrides").click().run()
     assert _layers_label(at) == "Per-layer ratios (0 set)"
     assert len([s for s in at.slider if str(s.key).startswith("prune_unit_")]) == 2

@@ -106,8 +106,11 @@ def test_a_granularity_the_model_cannot_take_falls_back_with_a_note() -> None:
     assert box.value == "unstructured"
     assert "Attention heads" not in box.options
     assert not [o for o in box.options if o.startswith("Residual blocks")]
-    notes = [c.value for c in at.caption if "Attention heads" in c.value]
-    assert len(notes) == 1 and "attention" in notes[0].split("Attention heads", 1)[1], notes
+    notes = [c for c in at.caption if "Attention heads" in c.value]
+    assert [c.value for c in notes] == [
+        "Attention heads does not apply to digits-mlp: Unstructured (single weights) instead."
+    ]
+    assert "needs attention layers" in notes[0].proto.help  # the plan's own reason
     # The note goes once the user picks a granularity themselves.
     at.selectbox(key="tradeoff_granularity").set_value("channel").run()
     assert not [c.value for c in at.caption if "Attention heads" in c.value]

@@ -201,7 +201,7 @@ def granularity_select(
     offered = [g for g in choices if g not in unfit] if choices is not None else None
     options = offered if offered is not None else granularity_choices(unfit)
     ss = st.session_state
-    notes: dict[str, tuple[str, str, str]] = ss.setdefault(_FALLBACKS, {})
+    notes: dict[str, tuple[str, str, str, str | None]] = ss.setdefault(_FALLBACKS, {})
     kept = ss.get(key)
     if options and kept not in options:
         # Set before the box is drawn, and only on this change (see `ui.state.KEEP`).
@@ -210,16 +210,10 @@ def granularity_select(
             was = granularity_label(str(kept))
         except UserError:  # a granularity no longer registered
             was = str(kept)
-        why = (
-            f"does not apply to {model_ref} ({unfit[kept]})"
-            if kept in unfit
-            else "is not offered here"
-        )
-        notes[key] = (
-            model_ref,
-            options[0],
-            f"{was} {why}: {granularity_label(options[0])} instead.",
-        )
+        where = f"does not apply to {model_ref}" if kept in unfit else "is not offered here"
+        # The plan's reason is a long line: under the note's "?", so the column stays short.
+        text = f"{was} {where}: {granularity_label(options[0])} instead."
+        notes[key] = (model_ref, options[0], text, unfit.get(str(kept)))
     kwargs.setdefault("help", granularities_help(options))
     picked = str(
         container.selectbox(
@@ -228,7 +222,7 @@ def granularity_select(
     )
     note = notes.get(key)
     if note is not None and note[:2] == (model_ref, picked):
-        container.caption(note[2])
+        container.caption(note[2], help=note[3])
     else:
         notes.pop(key, None)
     return picked
