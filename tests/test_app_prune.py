@@ -213,22 +213,34 @@ def _layers_label(at: AppTest) -> str:
     return next(e.label for e in at.expander if e.label.startswith("Per-layer ratios"))
 
 
+def _layers_count(at: AppTest) -> str:
+    """The open expander's count ("N of M with their own ratio")."""
+    return next(c.value for c in at.caption if "with their own ratio" in c.value).split(".")[0]
+
+
 def test_the_per_layer_count_is_that_of_the_current_run() -> None:
-    # The label was drawn before the sliders turned a move into an override: it showed the
-    # previous run's count ("0 set" after the first move, "1 set" after moving it back).
+    # The count was drawn before the sliders turned a move into an override: it showed the
+    # previous run's ("0 set" after the first move, "1 set" after moving it back).
     at = _mlp_with_layers_open()
-    assert _layers_label(at) == "Per-layer ratios (0 set)"
+    assert _layers_count(at) == "0 of 2 with their own ratio"
     _unit(at, "fc1").set_value(0.9).run()
     assert not at.exception
     assert at.session_state["prune_overrides"] == {"fc1": 0.9}
-    assert _layers_label(at) == "Per-layer ratios (1 set)"
+    assert _layers_count(at) == "1 of 2 with their own ratio"
     _unit(at, "fc2").set_value(0.2).run()
-    assert _layers_label(at) == "Per-layer ratios (2 set)"
-    # Cleared: none set, and the expander stays open (its sliders are drawn) although its
-    # label, part of its identity, changed.
+    assert _layers_count(at) == "2 of 2 with their own ratio"
+    # Open, the label stays the same while sliders move (it is the expander's identity: a new
+    # one took the keyboard focus from the slider being moved).
+    assert _layers_label(at) == "Per-layer ratios"
+    # Cleared: none set, and the expander stays open (its sliders are drawn).
     at.button(key="prune_clear_overrides").click().run()
-    assert _layers_label(at) == "Per-layer ratios (0 set)"
+    assert _layers_count(at) == "0 of 2 with their own ratio"
     assert len([s for s in at.slider if str(s.key).startswith("prune_unit_")]) == 2
+    # Closed, the label counts what is set.
+    _unit(at, "fc1").set_value(0.7).run()
+    at.session_state["prune_layers_open"] = False
+    at.run()
+    assert _layers_label(at) == "Per-layer ratios (1 set)"
 
 
 def test_the_table_count_takes_this_runs_edits() -> None:

@@ -111,8 +111,11 @@ def overrides_editor(
             overrides = _resolve_sliders(preview, overrides, ratio, version)
         else:
             overrides = _table_edits(units, overrides, st.session_state.get(_table_key(version)))
+    # The count is in the label only while closed: the label is part of the expander's
+    # identity, and a new expander under a slider being moved with the arrow keys took its
+    # focus away at the first press on each layer. Open, the caption below counts.
     box = st.expander(
-        f"Per-layer ratios ({len(overrides)} set)",
+        "Per-layer ratios" if is_open else f"Per-layer ratios ({len(overrides)} set)",
         expanded=is_open,
         key=LAYERS_OPEN,
         on_change="rerun",
@@ -124,7 +127,8 @@ def overrides_editor(
         return overrides
     with box:
         st.caption(
-            (
+            f"{len(overrides)} of {len(units)} with their own ratio. "
+            + (
                 "A slider left where the global ratio is follows it; one you move keeps its "
                 "own ratio. "
                 if sliders
