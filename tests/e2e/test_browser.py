@@ -32,10 +32,24 @@ def _nav(page: Any, title: str) -> None:
     The click is dispatched rather than `click()`ed: Playwright's click also waits for the
     navigations it schedules, and Streamlit's page switch plus the URL's session token (a
     `replaceState` while the sidebar's job list refreshes) can leave that wait hanging though
-    the page has changed; the title is what a user sees.
+    the page has changed; the title is what a user sees. A click dispatched on a link that
+    the sidebar replaced at that moment (its job list redraws every 2 s while jobs run) reaches
+    a detached node and does nothing, where a real pointer would hit the new link: so the
+    click is repeated while the title does not come, within LONG in all.
     """
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.dispatch_event("click")
-    page.wait_for_selector(f'h1:has-text("{title}")', timeout=LONG)
+    link = page.locator('[data-testid="stSidebarNav"] a', has_text=title).first
+    heading = f'h1:has-text("{title}")'
+    deadline = LONG
+    while True:
+        link.dispatch_event("click")
+        wait = min(30_000, deadline)
+        try:
+            page.wait_for_selector(heading, timeout=wait)
+            return
+        except Exception:
+            deadline -= wait
+            if deadline <= 0:
+                raise
 
 
 def _pick(page: Any, key: str, option: str) -> None:
