@@ -386,18 +386,16 @@ def test_cli_prune_budget_writes_searched_ratios_into_the_recipe(cli, tmp_path: 
     out = tmp_path / "run"
     args = ["prune", "--model", "digits-cnn", "--dataset", "digits", "--method", "magnitude",
             "--granularity", "channel", "--quiet"]  # fmt: skip
-    code, stdout, err = cli(*args, "--budget", "macs=0.5", "--out", str(out), "--json")
+    # One search (the suite's time): its summary on stdout, its record in metrics.json.
+    code, stdout, err = cli(*args, "--budget", "macs=0.5", "--out", str(out))
     assert code == 0, err
-    metrics = json.loads(stdout)
+    metrics = json.loads((out / "metrics.json").read_text())
     found = metrics["budget"]
     assert found["met"] and metrics["macs_after"] == found["measured_cost"]
     assert metrics["macs_after"] <= 0.5 * metrics["macs_before"]
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["settings"]["layer_ratios"] == found["ratios"]
     assert metrics["pruned_accuracy"] == found["measured_accuracy"]
-
-    code, stdout, err = cli(*args, "--budget", "macs=0.5", "--out", str(tmp_path / "b"))
-    assert code == 0, err
     assert "predicted" in stdout and "measured" in stdout and "budget accuracy" in stdout
     # Which candidate won is printed, not only kept in metrics.json.
     chosen = next(c for c in found["candidates"] if c["chosen"])["candidate"].split(" = ")[0]
