@@ -61,7 +61,14 @@ import torch
 from torch import nn
 
 from pruning_core.calibration import calibration_batches
-from pruning_core.checkpoint import QUANT_META_FILE, QUANT_ONNX_FILE, is_quantized_dir
+from pruning_core.checkpoint import (
+    QUANT_META_FILE,
+    QUANT_ONNX_FILE,
+    is_model_zip,
+    is_quantized_dir,
+    read_zipped_meta,
+    unzipped_model,
+)
 from pruning_core.errors import UserError, first_line, shown
 from pruning_core.evaluate import EvalResult, evaluate, predict_logits
 from pruning_core.fsio import check_output_dir, output_dir, write_json
@@ -82,6 +89,7 @@ __all__ = [
     "accuracy_within_int8_tolerance",
     "int8_sparsity",
     "int8_verdict",
+    "is_int8_model",
     "is_quantized_dir",
     "load_quantized",
     "quantize",
@@ -674,13 +682,26 @@ def save_quantized(out: Path, graph: bytes, meta: Mapping[str, Any]) -> Path:
     return Path(out)
 
 
+def is_int8_model(ref: Path | str) -> bool:
+    """True for an int8 model: a folder `quantize` wrote, or a zip of one (the Export page's
+    int8 download), told from its `quantized.json` without extracting anything."""
+    if is_quantized_dir(ref):
+        return True
+    if not is_model_zip(ref):
+        return False
+    meta = read_zipped_meta(ref)
+    return isinstance(meta, dict) and meta.get("format") == QUANT_FORMAT
+
+
 def load_quantized(
     directory: Path | str, *, threads: int = 1, device: str | torch.device = "cpu"
 ) -> QuantizedModel:
-    """Reopen a quantized model directory.
+    """Reopen a quantized model directory, or a zip of one.
 
     Args:
-        directory: Written by `quantize` / `save_quantized`.
+        directory: Written by `quantize` / `save_quantized`, or a zip of it (extracted safely
+            into a temporary folder, `checkpoint.unzipped_model`; the graph is read into
+            memory, so the folder goes once loaded).
         threads: ONNX Runtime intra-op threads.
         device: `cpu` or `cuda` (CUDA execution provider).
 
@@ -693,6 +714,9 @@ def load_quantized(
             not fit the spec, or one ONNX Runtime cannot load.
     """
     d = Path(directory)
+    if is_model_zip(d):
+        with unzipped_model(d) as folder:
+            return load_quantized(folder, threads=threads, device=device)
     if not d.is_dir():
         raise UserError(f"{shown(str(d))}: no such directory")
     if not is_quantized_dir(d):

@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 
 from pruning_core.models import create_model
@@ -257,6 +258,22 @@ def test_evaluate_measures_an_int8_folders_sparsity_on_its_graph(cli, tmp_path: 
         assert code == 0, err
         docs.append(json.loads(out))
     fp, int8 = docs
+    # Its zip (the Export page's int8 download) evaluates as its folder, nothing left behind.
+    import shutil
+    import tempfile
+
+    zipped = shutil.make_archive(str(tmp_path / "chq"), "zip", tmp_path, "chq")
+    scratch = tmp_path / "systmp"
+    scratch.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(scratch))
+        code, out, err = cli("evaluate", "--model", zipped, "--dataset", "digits", "--limit",
+                             "16", "--json")  # fmt: skip
+    assert code == 0, err
+    assert {k: v for k, v in json.loads(out).items() if k != "model"} == {
+        k: v for k, v in int8.items() if k != "model"
+    }
+    assert list(scratch.iterdir()) == []
     assert fp["sparsity"] > 0.5
     assert fp["sparsity"] <= int8["sparsity"] <= fp["sparsity"] + 0.03
     assert int8["sparsity_from"] == (

@@ -126,10 +126,10 @@ def cmd_datasets(args: argparse.Namespace) -> Any:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.device import resolve_device
-    from pruning_core.quantize import int8_sparsity, is_quantized_dir, load_quantized
+    from pruning_core.quantize import int8_sparsity, is_int8_model, load_quantized
 
-    if is_quantized_dir(args.model):
-        # An int8 folder (from `quantize`) runs only in ONNX Runtime, on the CPU: measured
+    if is_int8_model(args.model):
+        # An int8 folder (from `quantize`) or its zip runs only in ONNX Runtime, on the CPU: measured
         # through the runtime that runs it, as `quantize` measured it.
         import torch
 

@@ -297,14 +297,14 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from pruning_core.latency import batch_sweep, benchmark_backends
     from pruning_core.layers import example_input
     from pruning_core.models import load_model
-    from pruning_core.quantize import is_quantized_dir, load_quantized
+    from pruning_core.quantize import is_int8_model, load_quantized
 
     backends = _parse_backends(args.backends)
     device = resolve_device(args.device)
     pruned: nn.Module
     if args.pruned:
         dense_loaded, _ = resolve(args)
-        if is_quantized_dir(args.pruned):
+        if is_int8_model(args.pruned):
             q = load_quantized(args.pruned, threads=args.threads)
             pruned, spec, arch = q, q.spec, q.meta.get("arch")
         else:
@@ -327,7 +327,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
             )
         dense: nn.Module | None = dense_loaded.model
         dense_note = f"--model '{args.model}'"
-    elif is_quantized_dir(args.model):
+    elif is_int8_model(args.model):
         q = load_quantized(args.model, threads=args.threads)
         pruned, spec = q, q.spec
         dense, dense_note = _int8_dense(q)

@@ -560,7 +560,7 @@ def load_model(
         return _load_dir(path, ref, path)
     if is_model_zip(path):
         with unzipped_model(path, label=label) as folder:
-            return _load_dir(folder, ref, label or path, zipped=True)
+            return _load_dir(folder, ref, label or path)
     _refuse_export(path, label)
     obj, _ = read_state_file(path, trust=trust, label=label)
     source = f"checkpoint {label or path.name}"
@@ -584,15 +584,12 @@ def load_model(
     return LoadedModel(model.eval(), spec, arch, ref)
 
 
-def _load_dir(path: Path, ref: str, name: Path | str, *, zipped: bool = False) -> LoadedModel:
+def _load_dir(path: Path, ref: str, name: Path | str) -> LoadedModel:
     """A model directory (`name`: how messages call it, e.g. the zip it was extracted from)."""
     if is_quantized_dir(path):
-        where = "unzip it: evaluate and bench take its folder" if zipped else (
-            "evaluate and bench take it"
-        )  # fmt: skip
         raise UserError(
             f"{name} is an int8 model (from pruning-lab quantize): it runs only in ONNX "
-            f"Runtime; {where}, anything else its float original"
+            "Runtime; evaluate and bench take it, anything else its float original"
         )
     if not (path / MODEL_FILE).exists():
         raise UserError(f"{name} holds no {MODEL_FILE}: not a model directory")
