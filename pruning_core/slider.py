@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning_core.evaluate import predict_logits
-from pruning_core.layers import model_sparsity, trainable_copy, weight_of
-from pruning_core.models import LoadedModel
+from pruning_core.layers import model_sparsity, rebased_sparsity, trainable_copy, weight_of
+from pruning_core.models import LoadedModel, sparsity_base
 from pruning_core.prune import Preview, PruneConfig, settle_structured
 from pruning_core.stats import count_macs, layer_macs, own_macs, weight_layers
 
@@ -274,6 +274,10 @@ class SliderPreview:
         self.macs_dense, self.layer_macs, self.own_macs = _dense_counts(
             base, self.model, tuple(self.engine.plan.work_modules())
         )
+        # A shrunk model (a pruned folder or upload) states its sparsity against its dense
+        # architecture, as `evaluate` and Apply do: the weights it no longer has.
+        own, dense = sparsity_base(base)
+        self._gone = max(dense - own, 0)
         self._estimates = estimates if estimates is not None else EstimateCache()
         # Seconds per image of this preview's last estimate step (None: none measured yet).
         self._seconds_per_image: float | None = None
@@ -364,7 +368,8 @@ class SliderPreview:
                 }
             )
         layers = pd.DataFrame(rows, columns=["layer", "params", "sparsity", "pruned"])
-        share = model_sparsity(removed, sizes)
+        counted = sum(sizes.values())
+        share = rebased_sparsity(model_sparsity(removed, sizes), counted, counted + self._gone)
         stats = PreviewStats(
             params_nonzero=int(nonzero.sum()) - round(removed_params),
             macs_effective=macs,

@@ -26,8 +26,8 @@ from pruning_core.data import DataBundle, load_dataset
 from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.fsio import output_dir, write_json
-from pruning_core.layers import counted_weights, in_model_order, rebased_sparsity
-from pruning_core.models import LoadedModel, dense_weight_counts, get_entry, load_model
+from pruning_core.layers import in_model_order, rebased_sparsity
+from pruning_core.models import LoadedModel, get_entry, load_model, sparsity_base
 from pruning_core.recipe import Recipe
 from pruning_core.schedules import ScheduleResult, run_schedule
 from pruning_core.spec import InputSpec
@@ -252,8 +252,7 @@ def run_recipe(
     torch.manual_seed(recipe.seed)
     dense = measure(net, data, spec)
     # A shrunk folder pruned again: the plans count against the weights it still has.
-    counted = sum(counted_weights(net).values())
-    dense_count = sum(dense_weight_counts(model).values())
+    counted, dense_count = sparsity_base(model)
     teacher = copy.deepcopy(net).eval() if recipe.finetune.distill_weight > 0 else None
     if teacher is not None:
         for p in teacher.parameters():

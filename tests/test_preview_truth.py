@@ -3,6 +3,8 @@ the applied, physically shrunk model compute the same function, so they score th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from sample_pairs import REFUSED, SAMPLES
@@ -96,3 +98,50 @@ def test_a_chained_run_reports_the_models_sparsity_not_only_its_last_step() -> N
     removed = sum(before.values()) - sum(now.values())
     assert second.sparsity == pytest.approx((zeros + removed) / sum(before.values()), abs=1e-9)
     assert second.sparsity > first.sparsity > 0.4
+
+
+@pytest.fixture(scope="module")
+def shrunk_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits-cnn with half its channels removed, saved as a model folder."""
+    from pruning_core.recipe import Recipe
+    from pruning_core.workflow import run_recipe
+
+    recipe = Recipe.from_settings(
+        {
+            "model": "digits-cnn",
+            "dataset": "digits",
+            "method": "magnitude",
+            "granularity": "channel",
+            "ratio": 0.5,
+        }
+    )
+    out = tmp_path_factory.mktemp("shrunk") / "model"
+    run_recipe(recipe).save(out)
+    return out
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "channel"])
+def test_a_shrunk_models_preview_counts_against_its_dense_architecture(
+    granularity: str, shrunk_folder: Path
+) -> None:
+    # A pruned folder (or the app's upload of one) pruned again: the preview, Apply's prune_
+    # restated by `sparsity_base`, and a count of zeros and removed weights against the dense
+    # architecture (what `evaluate` prints) are one number; at ratio 0 it is the folder's own.
+    from pruning_core.layers import measured_model_sparsity, rebased_sparsity
+    from pruning_core.models import dense_weight_counts, sparsity_base
+
+    data = load_dataset("digits")
+    shrunk = load_model(str(shrunk_folder))
+    dense = dense_weight_counts(shrunk)
+    config = PruneConfig(criterion="magnitude", granularity=granularity, ratio=0.5)
+    preview = SliderPreview(shrunk, config, data)
+    at_zero = preview.update(0.0).sparsity
+    assert at_zero == pytest.approx(measured_model_sparsity(shrunk.model, dense), abs=1e-9)
+    assert at_zero > 0.3  # the channels the folder no longer has
+    stats = preview.update(0.5)
+    applied = trainable_copy(shrunk.model)
+    res = prune_(applied, config, data=data, spec=shrunk.spec, scores=preview.engine)
+    restated = rebased_sparsity(res.sparsity, *sparsity_base(shrunk))
+    assert restated == pytest.approx(stats.sparsity, abs=1e-9)
+    assert restated == pytest.approx(measured_model_sparsity(applied, dense), abs=1e-9)
+    assert stats.sparsity > at_zero

@@ -26,8 +26,8 @@ from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.experiments import DEFAULT_SENSITIVITY_RATIOS, predicted_drop, suggest_ratios
 from pruning_core.jobs import Job
-from pruning_core.layers import trainable_copy
-from pruning_core.models import LoadedModel
+from pruning_core.layers import rebased_sparsity, trainable_copy
+from pruning_core.models import LoadedModel, sparsity_base
 from pruning_core.plans import layer_cap
 from pruning_core.progress import ProgressReport
 from pruning_core.prune import PruneConfig, prune_
@@ -101,6 +101,8 @@ def apply_pruning(
     data = shared_data(dataset_ref)
     with st.spinner("Pruning your copy of the model and measuring it on the validation split"):
         result = prune_(model, config, data=data, spec=base.spec, scores=preview.engine)
+        # A shrunk base (a pruned upload): against its dense architecture, as the preview.
+        result.sparsity = rebased_sparsity(result.sparsity, *sparsity_base(base))
         ev = evaluate(model, data, base.spec)
         summary = model_summary(model, base.spec)
     loaded = LoadedModel(model, base.spec, base.arch, base.source, dict(base.meta))

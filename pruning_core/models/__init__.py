@@ -60,6 +60,7 @@ __all__ = [
     "model_choices",
     "model_spec",
     "sample_models_dir",
+    "sparsity_base",
 ]
 
 _MNIST = ((0.1307,), (0.3081,))
@@ -489,6 +490,16 @@ def dense_weight_counts(loaded: LoadedModel) -> dict[str, int]:
         except Exception:
             pass
     return counted_weights(loaded.model)
+
+
+def sparsity_base(loaded: LoadedModel) -> tuple[int, int]:
+    """(Linear/Conv weights `loaded` has, those of the dense architecture it was built from):
+    what `layers.rebased_sparsity` takes to state a sparsity counted on this model against the
+    dense one (`terms.SPARSITY_MEANS`), as `evaluate` counts it. Equal for a model that was
+    never shrunk. Take it before pruning the model in place."""
+    from pruning_core.layers import counted_weights
+
+    return sum(counted_weights(loaded.model).values()), sum(dense_weight_counts(loaded).values())
 
 
 def arch_weight_counts(arch: str, kwargs: Mapping[str, Any]) -> dict[str, int]:
