@@ -39,8 +39,8 @@ from pruning_core.errors import UserError
 from pruning_core.evaluate import evaluate
 from pruning_core.executor import Executor, get_executor
 from pruning_core.fsio import atomic_path
-from pruning_core.layers import is_weight_layer, weight_of
-from pruning_core.models import LoadedModel
+from pruning_core.layers import is_weight_layer, rebased_sparsity, weight_of
+from pruning_core.models import LoadedModel, sparsity_base
 from pruning_core.plans import get_plan
 from pruning_core.progress import ProgressFn, Report
 from pruning_core.prune import (
@@ -195,6 +195,8 @@ def sweep(
     net, spec = _unpack(model, spec, "sweep")
     # A pruned folder's own zeros stay zero through every fine-tune (`prune.hold_masks`).
     keep_zeros = isinstance(model, LoadedModel) and "pruned" in model.meta
+    # A shrunk folder: its points' sparsity against the dense architecture, as `evaluate`.
+    counted, dense_count = sparsity_base(model) if isinstance(model, LoadedModel) else (1, 1)
     data.check_spec(spec)
     ratios = _check_ratios(ratios)
     methods = [str(m).strip() for m in methods if str(m).strip()]
@@ -248,7 +250,7 @@ def sweep(
                 "method": method_label(method, cfg.granularity),
                 "granularity": cfg.granularity,
                 "ratio": r,
-                "sparsity": res.sparsity,
+                "sparsity": rebased_sparsity(res.sparsity, counted, dense_count),
                 "accuracy": acc,
                 "finetuned_accuracy": math.nan,
                 "params_nonzero": count_params(pruned, nonzero=True),
@@ -281,7 +283,7 @@ def sweep(
                 progress(
                     Report(
                         done / total,
-                        f"{method_phrase(method, cfg.granularity)} ratio {r:g}: sparsity {res.sparsity:.3f}, "
+                        f"{method_phrase(method, cfg.granularity)} ratio {r:g}: sparsity {row['sparsity']:.3f}, "
                         f"accuracy {row['accuracy']:.4f}{ft}",
                     )
                 )

@@ -145,3 +145,9 @@ def test_a_shrunk_models_preview_counts_against_its_dense_architecture(
     assert restated == pytest.approx(stats.sparsity, abs=1e-9)
     assert restated == pytest.approx(measured_model_sparsity(applied, dense), abs=1e-9)
     assert stats.sparsity > at_zero
+    # A sweep's point at the same ratio says the same (its CSV, the Trade-offs plot).
+    from pruning_core.experiments import sweep
+
+    df = sweep(shrunk, data, methods=["magnitude"], ratios=[0.5], granularity=granularity,
+               eval_limit=32)  # fmt: skip
+    assert float(df["sparsity"].iloc[0]) == pytest.approx(stats.sparsity, abs=1e-9)
