@@ -289,3 +289,24 @@ def test_schedules_say_their_cycle_and_what_keep_best_does(cli, tmp_path: Path) 
         assert (DYNAMIC_KEEP_BEST_NOTE in stdout) is said
         notes = json.loads((out / "metrics.json").read_text())["notes"]
         assert (DYNAMIC_KEEP_BEST_NOTE in notes) is said
+
+
+def test_nm_refuses_per_layer_and_recipe_ratios_it_would_not_use(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # 2:4 removes 2 of every 4 weights whatever is asked: a per-layer 0.3 (a ratios file or a
+    # recipe) ran at 0.5 while the recipe recorded 0.3.
+    ratios = tmp_path / "ratios.json"
+    ratios.write_text('{"fc1": 0.3}')
+    base = [*BASE, "--model", "digits-cnn", "--criterion", "magnitude", "--granularity", "2:4"]
+    code, _, err = cli(*base, "--ratios-file", str(ratios), "--out", str(tmp_path / "a"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--ratios-file fc1 0.3: 2:4 granularity fixes the ratio at 0.5" in err
+    assert not (tmp_path / "a").exists()
+    recipe = tmp_path / "r.json"
+    code, _, err = cli(*base, "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    doc = json.loads((tmp_path / "b" / "recipe.json").read_text())
+    doc["settings"]["ratio"] = 0.3
+    recipe.write_text(json.dumps(doc))
+    code, _, err = cli("prune", "--recipe", str(recipe), "--out", str(tmp_path / "c"), "--quiet")
+    assert code == 2 and "r.json's ratio 0.3: 2:4 granularity fixes the ratio at 0.5" in err
+    assert not (tmp_path / "c").exists()

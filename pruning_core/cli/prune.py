@@ -199,8 +199,16 @@ def _recipe(args: argparse.Namespace) -> Recipe:
     recipe = (
         Recipe.read(args.recipe, given) if args.recipe is not None else Recipe.from_settings(given)
     )
+    p = recipe.prune
     if getattr(args, "ratio", None) is not None:
-        check_fixed_ratio(recipe.prune.granularity, [args.ratio], "--ratio")
+        check_fixed_ratio(p.granularity, [args.ratio], "--ratio")
+    elif getattr(args, "recipe", None) is not None and p.ratio:
+        check_fixed_ratio(p.granularity, [p.ratio], f"{args.recipe}'s ratio")
+    # Per-layer ratios (a --ratios-file, or the recipe's) that N:M would not use either.
+    from_file = getattr(args, "ratios_file", None) is not None
+    source = "--ratios-file" if from_file else f"{getattr(args, 'recipe', None)}'s layer_ratios"
+    for name, r in p.layer_ratios:
+        check_fixed_ratio(p.granularity, [r], f"{source} {name}")
     if not getattr(args, "recalibrate_bn", True):
         recipe = dataclasses.replace(recipe, prune=recipe.prune.replace(recalibrate_bn=False))
     if getattr(args, "budget", None) is not None and recipe.schedule.kind != "oneshot":
