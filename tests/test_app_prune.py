@@ -252,3 +252,29 @@ def test_the_table_count_takes_this_runs_edits() -> None:
     state = {"edited_rows": {1: {"ratio": 0.3}, 0: {"ratio": None}}, "added_rows": []}
     assert _table_edits(units, {"a": 0.5}, state) == {"b": 0.3}
     assert _table_edits(units, {"a": 0.5}, None) == {"a": 0.5}
+
+
+def test_the_block_pickers_count_is_that_of_the_current_run() -> None:
+    # The label was drawn before the picker read the browser's pick: "(0 chosen)" after the
+    # first pick, "(1 chosen)" after the second.
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["model_ref"] = "shapes-resnet"
+    at.session_state["dataset_ref"] = "shapes"
+    at.session_state["prune_estimate"] = False
+    at.session_state["prune_granularity"] = "block"
+    at.run()
+    assert not at.exception
+
+    def label() -> str:
+        return next(e.label for e in at.expander if e.label.startswith("Blocks to remove"))
+
+    picker = next(m for m in at.multiselect if str(m.key).startswith("prune_blocks_"))
+    options = list(picker.options)
+    assert label() == "Blocks to remove (0 chosen)" and len(options) >= 2
+    picker.set_value(options[:1]).run()
+    assert label() == "Blocks to remove (1 chosen)"
+    picker = next(m for m in at.multiselect if str(m.key).startswith("prune_blocks_"))
+    picker.set_value(options[:2]).run()
+    assert not at.exception
+    assert label() == "Blocks to remove (2 chosen)"
+    assert at.session_state["prune_overrides"] == dict.fromkeys(options[:2], 1.0)

@@ -59,6 +59,8 @@ _GIVEN = "_prune_unit_given"
 # The global ratio the per-layer sliders were last drawn with (a run where it changed was a
 # global move, so no per-layer slider was moved in it).
 _FOLLOWED = "_prune_unit_followed"
+# The block picker's last (label, expanded): a changed label is a new expander.
+_BLOCKS_DRAWN = "_prune_blocks_drawn"
 # Up to this many units get one slider each (a page of sliders stays readable); more: a table.
 MAX_SLIDERS = 40
 
@@ -194,16 +196,28 @@ def _block_editor(
     blocks = block_names(preview)
     top = kept_block(preview)
     chosen = [b for b in blocks if overrides.get(b, 0.0) >= 1.0 and b != top]
-    with st.expander(f"Blocks to remove ({len(chosen)} chosen)", expanded=bool(chosen)):
+    version = st.session_state.get(_VERSION, 0)
+    key = f"prune_blocks_{version}"
+    # A pick in the browser is already in the session state: the label counts it in this run
+    # (it showed the last run's). A new count is a new expander (the label is its identity):
+    # once the picker was drawn, it opens as the user had it, not closed under them.
+    seen = key in st.session_state
+    if not seen:
+        st.session_state[key] = chosen
+    now = [b for b in st.session_state[key] if b in blocks and b != top]
+    label = f"Blocks to remove ({len(now)} chosen)"
+    last = st.session_state.get(_BLOCKS_DRAWN)
+    if last is not None and last[0] == label:
+        expanded = last[1]  # the same expander: its first state, the browser keeps the rest
+    else:
+        expanded = bool(now) or (seen and last is not None)
+    st.session_state[_BLOCKS_DRAWN] = (label, expanded)
+    with st.expander(label, expanded=expanded):
         st.caption(
             "Leave it empty and the share slider removes the blocks the criterion ranks lowest; "
             f"blocks chosen here replace the slider. {top} is kept: the criterion ranks it "
             "highest, and block pruning always keeps at least one block."
         )
-        version = st.session_state.get(_VERSION, 0)
-        key = f"prune_blocks_{version}"
-        if key not in st.session_state:
-            st.session_state[key] = chosen
         picked = st.multiselect(
             "Blocks removed",
             [b for b in blocks if b != top],
