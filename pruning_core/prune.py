@@ -688,11 +688,15 @@ def prune_(
     selection = preview.select(config.ratio, dict(config.layer_ratios), config.scope)
     done = preview.plan.apply(model, selection, physical=config.structured_mode == "physical")
     settle_structured(model, config, data, spec)
+    notes = list(preview.notes)
+    plan = preview.plan
+    if plan.structured and config.ratio > 0 and not any(selection.values()):
+        notes.append(plan.nothing_removed(config.ratio, config.max_layer_ratio, config.scope))
     return PruneResult(
         masks=done.masks,
         layer_sparsity=done.layer_sparsity,
         sparsity=done.sparsity,
         removed=done.removed,
         seconds=time.perf_counter() - start,
-        notes=list(preview.notes),
+        notes=notes,
     )

@@ -310,3 +310,16 @@ def test_nm_refuses_per_layer_and_recipe_ratios_it_would_not_use(cli, tmp_path: 
     code, _, err = cli("prune", "--recipe", str(recipe), "--out", str(tmp_path / "c"), "--quiet")
     assert code == 2 and "r.json's ratio 0.3: 2:4 granularity fixes the ratio at 0.5" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_ratio_that_removes_no_block_says_so(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # shapes-resnet has 4 removable blocks: 0.2 rounds down to none. It ran, exit 0, with
+    # "sparsity 0.00%" and no word about why.
+    code, out, err = cli("prune", "--model", "shapes-resnet", "--criterion", "magnitude",
+                         "--granularity", "block", "--ratio", "0.2", "--out", str(tmp_path / "b"),
+                         "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert "ratio 0.2 removes none of the 4 removable blocks" in out
+    assert "0.25 removes the first" in out
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["sparsity"] == 0 and any("removes none" in n for n in metrics["notes"])

@@ -305,6 +305,15 @@ class Plan:
         the selected weights."""
         raise NotImplementedError
 
+    def nothing_removed(self, ratio: float, max_layer_ratio: float, scope: str) -> str:
+        """The note for a ratio above 0 whose selection removes nothing (whole units: a
+        share of few units rounds down to none), so the run does not pass for pruning."""
+        return (
+            f"ratio {ratio:g} removes nothing: each {self.unit_word} loses whole units only "
+            "(channels, heads, rank), and its share rounds down to none; a larger ratio "
+            "removes some"
+        )
+
     def work_modules(self) -> list[str]:
         """Modules whose own work (MACs outside their Linear/Conv layers, `stats.own_macs`: an
         attention's query-key and attention-value products) a selection can remove; none

@@ -275,6 +275,16 @@ class BlockPlan(GroupPlan):
             most=k >= max(n for _, n in steps[key]),
         )
 
+    def nothing_removed(self, ratio: float, max_layer_ratio: float, scope: str) -> str:
+        step = self.ratio_step(min(ratio, 0.99), max_layer_ratio, scope=scope)
+        head = (
+            f"ratio {ratio:g} removes none of the {step.removable} removable blocks (a whole "
+            "number of blocks, rounded down)"
+        )
+        if step.most:
+            return f"{head}: no ratio removes one here (one block always stays)"
+        return f"{head}: {step.high + 0.01:.2f} removes the first"
+
     def work_modules(self) -> list[str]:
         return list(self.blocks)
 
