@@ -132,6 +132,24 @@ def test_a_layer_that_would_not_shrink_stays_dense_and_notes_say_why() -> None:
     assert type(out[0]) is nn.Linear and count_params(out) == count_params(net)
 
 
+def test_a_sparse_layer_is_factorised_only_below_its_non_zero_weights() -> None:
+    # After unstructured pruning, factors sized against the dense shape added weights (shapes-
+    # vit: 56,970 -> 64,460 non-zero): the break-even counts the layer's non-zeros now, and
+    # the masked preview's sparsity is the factorised model's.
+    net = _net()
+    prune_(net, PruneConfig(granularity="unstructured", ratio=0.7, ignore=()))
+    before = count_params(net, nonzero=True)
+    assert break_even_rank(48, 512, 8192) == 14  # 15 * (48 + 512) = 8,400 >= 8,192 non-zeros
+    for ratio in (0.3, 0.6, 0.9):
+        config = PruneConfig(granularity="lowrank", ratio=ratio, ignore=())
+        physical, masked = copy.deepcopy(net), copy.deepcopy(net)
+        res = prune_(physical, config)
+        preview = prune_(masked, config.replace(structured_mode="mask"))
+        assert count_params(physical, nonzero=True) <= before
+        assert preview.sparsity == pytest.approx(res.sparsity, abs=1e-9)
+    assert any("non-zero weights" in n for n in res.notes)
+
+
 def test_energy_keeps_the_smallest_rank_holding_the_share() -> None:
     torch.manual_seed(0)
     u, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))

@@ -151,3 +151,27 @@ def test_a_shrunk_models_preview_counts_against_its_dense_architecture(
     df = sweep(shrunk, data, methods=["magnitude"], ratios=[0.5], granularity=granularity,
                eval_limit=32)  # fmt: skip
     assert float(df["sparsity"].iloc[0]) == pytest.approx(stats.sparsity, abs=1e-9)
+
+
+def test_low_rank_of_a_sparse_model_previews_what_it_applies() -> None:
+    # An earlier run's zeros: low rank factorises a layer only below its non-zero weights (it
+    # added weights), and the preview counts the zeros of the layers it leaves alone.
+    from pruning_core.stats import count_params, model_stats
+
+    base = load_model("digits-cnn")
+    data = load_dataset("digits")
+    prune_(base.model, PruneConfig(granularity="unstructured", ratio=0.6), data=data,
+           spec=base.spec)  # fmt: skip
+    before = count_params(base.model, nonzero=True)
+    for ratio in (0.3, 0.6):
+        config = PruneConfig(criterion="magnitude", granularity="lowrank", ratio=ratio)
+        preview = SliderPreview(base, config, data)
+        stats = preview.update(ratio)
+        applied = trainable_copy(base.model)
+        res = prune_(applied, config, data=data, spec=base.spec, scores=preview.engine)
+        assert stats.sparsity == pytest.approx(res.sparsity, abs=1e-9)
+        assert stats.macs_effective == pytest.approx(
+            model_stats(applied, base.spec)["macs_effective"], rel=1e-9
+        )
+        assert count_params(applied, nonzero=True) <= before
+        assert res.sparsity >= 0.59  # the zeros stay counted

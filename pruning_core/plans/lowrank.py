@@ -21,7 +21,8 @@ singular value). Two granularities share it:
   does not change it).
 
 A layer is factorised only when that saves parameters and MACs, r * (in + out) < in * out
-(in counts the kernel's positions); at a ratio that would keep more rank, it stays dense
+(in counts the kernel's positions; a layer an earlier run made sparse: below its non-zero
+weights); at a ratio that would keep more rank, it stays dense
 (`notes` give each layer's break-even). Mask mode (the preview) writes each weight's rank-r
 approximation in place (same shapes); physical mode replaces the layer with
 `layers.LowRankLinear` / `layers.LowRankConv2d` holding U sqrt(S) and sqrt(S) Vh, which computes
@@ -93,20 +94,28 @@ class _Layer:
     rows: int  # out
     cols: int  # in * kh * kw
     rank: int  # min(rows, cols) for a dense layer, the bottleneck width for a pair
-    break_even: int  # largest rank r with r * (rows + cols) < rows * cols
+    break_even: int  # largest rank r with r * (rows + cols) < its non-zero weights
 
     @property
     def params(self) -> int:
-        """Weights it holds now."""
+        """Weights it holds now (zeros included)."""
         if isinstance(self.module, LOW_RANK_LAYERS):
             return self.rank * (self.rows + self.cols)
         return self.rows * self.cols
 
 
-def break_even_rank(rows: int, cols: int) -> int:
-    """The largest rank r whose factorised pair is smaller than the dense layer:
-    r * (rows + cols) < rows * cols (0 when no rank is)."""
-    return max(0, math.ceil(rows * cols / (rows + cols)) - 1)
+def break_even_rank(rows: int, cols: int, weights: int | None = None) -> int:
+    """The largest rank r whose factorised pair is smaller than the layer:
+    r * (rows + cols) < weights (0 when no rank is).
+
+    Args:
+        rows: Output size of the layer's matrix.
+        cols: Input size (in * kh * kw for a convolution).
+        weights: The non-zero weights the layer holds (default rows * cols, a dense layer): a
+            layer an earlier run made sparse gains from factors only below its non-zeros.
+    """
+    held = rows * cols if weights is None else weights
+    return max(0, math.ceil(held / (rows + cols)) - 1)
 
 
 def svd_of(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -280,7 +289,9 @@ class LowRankPlan(Plan):
             )
             rows, cols = int(weight_of(tail).shape[0]), int(weight_of(head)[0].numel())
             rank = min(rows, cols, int(getattr(m, "rank", rows))) if pair else min(rows, cols)
-            b = break_even_rank(rows, cols) if rows and cols else 0
+            # A pair's factors are dense; a layer's own zeros (an earlier run) raise the bar.
+            held = None if pair else int(torch.count_nonzero(weight_of(m)))
+            b = break_even_rank(rows, cols, held) if rows and cols else 0
             if why is None and (rank < 2 or b < 1):
                 why = (
                     f"already at rank {rank}"
@@ -305,7 +316,8 @@ class LowRankPlan(Plan):
         else:
             least = f"{share[lo]:.0%} of the rank ({lo}) to {share[hi]:.0%} ({hi})"
         self.notes.append(
-            "a layer is factorised only below its break-even rank (r x (in + out) < in x out); "
+            "a layer is factorised only below its break-even rank (r x (in + out) < its "
+            "non-zero weights, in x out when dense); "
             f"above it, it stays dense: that takes removing at least {least}"
         )
 
@@ -464,16 +476,17 @@ class LowRankPlan(Plan):
         return {u.name: int(c) for u, c in zip(pool, counts, strict=True)}
 
     def kept_share(self, selection: Mapping[str, Any]) -> dict[str, float]:
-        """Per layer, the share of its weights, and of its MACs, that a selection leaves once
-        factorised: rank * (out + in) / (out * in), 1.0 for a layer left dense. (The preview
-        holds rank-r weights in dense shapes, so counting its non-zero weights says nothing;
-        this is what the factorised model will count.)"""
+        """Per factorised layer, the share of its weights, and of its MACs, that a selection
+        leaves: rank * (out + in) / (out * in). (The preview holds rank-r weights in dense
+        shapes, so counting its non-zero weights says nothing; this is what the factorised
+        model will count.) A layer left as it is is not listed: its own zeros (an earlier run's)
+        count, as in the factorised model."""
         out: dict[str, float] = {}
         for u in self.units:
             k = len(selection.get(u.name, ()))
-            lay = self._layers[u.name]
-            kept = (u.size - k) * (lay.rows + lay.cols) if k else lay.params
-            out[u.name] = kept / lay.params
+            if k:
+                lay = self._layers[u.name]
+                out[u.name] = (u.size - k) * (lay.rows + lay.cols) / lay.params
         return out
 
     # -- masks and applying ----------------------------------------------------------------------
@@ -526,9 +539,15 @@ class LowRankPlan(Plan):
         # One definition of sparsity (`terms.SPARSITY_MEANS`): factorised, the model's zeros and
         # the weights it no longer has, so an earlier run's zeros count too; approximated in
         # place, the weights the factors would save. Per layer, the share of its rank removed.
-        sparsity = (
-            measured_model_sparsity(model, counted)
-            if physical
-            else (before - after) / max(sum(counted.values()), 1)
-        )
+        if physical:
+            sparsity = measured_model_sparsity(model, counted)
+        else:
+            # The rank-r weights hold no zeros: the layers left alone keep theirs.
+            mods = dict(model.named_modules())
+            zeros = sum(
+                k - int(torch.count_nonzero(weight_of(mods[n])))
+                for n, k in counted.items()
+                if n not in removed
+            )
+            sparsity = (zeros + before - after) / max(sum(counted.values()), 1)
         return Applied(masks={}, layer_sparsity=per, sparsity=sparsity, removed=removed)
