@@ -25,7 +25,7 @@ from pruning_core.checkpoint import (
 from pruning_core.errors import UserError
 from pruning_core.models import get_entry
 
-__all__ = ["dataset_mismatch", "home_dataset", "no_home_reason"]
+__all__ = ["dataset_mismatch", "home_dataset", "no_home_reason", "trained_on"]
 
 
 def home_dataset(model_ref: str) -> str | None:
@@ -87,11 +87,13 @@ def _read_json(path: Path) -> object:
         return None
 
 
-def _trained_on(model_ref: str, depth: int = 0) -> str | None:
-    """The dataset `model_ref`'s weights were trained on, following a pruned folder back to
-    the model it was pruned from (its recipe's `model`): pruning there, fine-tune included,
-    does not make another dataset the weights' own. None when nothing says (an untrained
-    registry model, a source folder no longer where the recipe names it). Never raises."""
+def trained_on(model_ref: str, depth: int = 0) -> str | None:
+    """The dataset `model_ref`'s weights were trained on: what a pruned folder's `model.json`
+    records (`trained_on`, written when it was pruned, so a copied folder or one whose source
+    is gone keeps it), else following it back to the model it was pruned from (its recipe's
+    `model`): pruning there, fine-tune included, does not make another dataset the weights'
+    own. None when nothing says (an untrained registry model, an older folder whose source is
+    no longer where its recipe names it). Never raises."""
     path = Path(model_ref)
     if is_model_zip(path):
         meta: Any = read_zipped_meta(path)
@@ -111,15 +113,18 @@ def _trained_on(model_ref: str, depth: int = 0) -> str | None:
             quant = _read_json(path / QUANT_META_FILE)
             source = quant.get("source") if isinstance(quant, dict) else None
             if isinstance(source, str) and source and depth < 8:
-                return _trained_on(source, depth + 1)
+                return trained_on(source, depth + 1)
             return None
     if not isinstance(meta, dict):
         return None
+    recorded = meta.get("trained_on")
+    if isinstance(recorded, str) and recorded:
+        return recorded
     recipe = meta.get("recipe")
     settings = recipe.get("settings") if isinstance(recipe, dict) else None
     source = settings.get("model") if isinstance(settings, dict) else None
     if isinstance(source, str) and source and depth < 8:
-        return _trained_on(source, depth + 1)  # a `prune` output: its source's
+        return trained_on(source, depth + 1)  # a `prune` output: its source's
     named = meta.get("dataset")  # trained there (`train`), or a sample's own folder
     return named if isinstance(named, str) and named else None
 
@@ -140,7 +145,7 @@ def dataset_mismatch(model_ref: str, dataset_ref: str) -> str | None:
     home = recorded = home_dataset(model_ref)
     # A folder pruned on another dataset records that one, but its weights were trained on
     # its source's: that is the dataset its accuracy means something on.
-    trained = _trained_on(model_ref)
+    trained = trained_on(model_ref)
     if trained is not None:
         home = trained
     names = {d.name for d in list_datasets()}

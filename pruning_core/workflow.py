@@ -162,12 +162,19 @@ class RecipeResult:
 
     def model_meta(self) -> dict[str, Any]:
         """What `model.json` records beside the architecture (see `checkpoint.save_model_dir`)."""
+        from pruning_core.pairing import home_dataset, trained_on
+
         p = self.recipe.prune
+        # The weights' own dataset, found now while the source is at hand: a copied folder,
+        # or one whose source is gone, still tells a mismatched dataset (`pairing`).
+        source = self.recipe.model
+        trained = trained_on(source) or home_dataset(source)
         return {
             "arch": self.loaded.arch,
             "arch_kwargs": self.arch_kwargs(),
             "spec": self.loaded.spec.to_dict(),
             "dataset": self.recipe.dataset,
+            **({"trained_on": trained} if trained else {}),
             "pruned": {
                 "method": p.method,
                 "granularity": p.granularity,

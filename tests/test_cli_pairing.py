@@ -151,3 +151,10 @@ def test_a_folder_pruned_on_another_dataset_is_flagged_by_what_its_weights_know(
     (trained / "model.json").write_text(json.dumps({"arch": "digits-mlp", "dataset": "shapes"}))
     assert dataset_mismatch(str(trained), "shapes") is None
     assert dataset_mismatch(str(trained), "digits") is not None
+    # The lineage is written into the pruned folder: its source moved away (or the folder
+    # copied to another machine), it is still flagged. It was found on disk, then lost.
+    first.rename(tmp_path / "moved")
+    assert json.loads((tmp_path / "again" / "model.json").read_text())["trained_on"] == "digits"
+    code, _, err = cli("evaluate", "--model", str(tmp_path / "again"), "--dataset", "shapes",
+                       "--limit", "16")  # fmt: skip
+    assert code == 0 and "again was trained on digits, not on shapes" in err
