@@ -399,6 +399,11 @@ def _cycles(
             if tr.cancelled:
                 result.cancelled = True
         result.curve.append(row)
+        if n == 1 and schedule.kind in ("linear", "agp") and schedule.steps > 1:
+            res.notes.append(
+                f"{config.granularity} is one fixed pattern: the {schedule.kind} schedule's "
+                f"{schedule.steps} steps ran as one (nothing to ramp)"
+            )
         result.prune = res
         if result.cancelled or (cancel is not None and cancel.is_set()):
             result.cancelled = True

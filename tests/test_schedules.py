@@ -153,3 +153,16 @@ def test_dynamic_notes_that_keep_best_does_not_apply(digits) -> None:  # type: i
         tc = TrainConfig(epochs=1, batch_size=256, lr=3e-3, device="cpu", keep_best=keep)
         res = run_schedule(mlp(), PruneConfig(ratio=0.5), "dynamic", 2, tc, digits, SPEC)
         assert (DYNAMIC_KEEP_BEST_NOTE in res.prune.notes) is keep
+
+
+def test_a_fixed_pattern_says_its_schedule_ran_as_one_step(digits) -> None:  # type: ignore[no-untyped-def]
+    # 2:4 with a 3-step linear schedule ran one cycle without a word.
+    tc = TrainConfig(epochs=0, device="cpu")
+    nm = PruneConfig(granularity="2:4")
+    res = run_schedule(mlp(), nm, "linear", 3, tc, digits, SPEC)
+    assert len(res.curve) == 1
+    assert any(
+        "2:4 is one fixed pattern" in n and "3 steps ran as one" in n for n in res.prune.notes
+    )
+    res = run_schedule(mlp(), PruneConfig(ratio=0.5), "linear", 3, tc, digits, SPEC)
+    assert len(res.curve) == 3 and not any("fixed pattern" in n for n in res.prune.notes)

@@ -392,7 +392,8 @@ def start_finetune(recipe: Recipe, model_ref: str, dataset_ref: str) -> Job:
     fn = make_finetune_job(dense, shared_data(dataset_ref), recipe, holder)
     job = submit_job(
         fn,
-        name=f"fine-tune {model_ref} ({recipe.schedule.kind}, {recipe.finetune.epochs} epochs)",
+        name=f"fine-tune {model_ref} ({recipe.schedule.kind}, {recipe.finetune.epochs} "
+        f"epoch{'' if recipe.finetune.epochs == 1 else 's'})",
         kind="finetune",
         config=recipe.to_document(),
         model_ref=model_ref,
