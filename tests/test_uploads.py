@@ -188,6 +188,11 @@ def test_model_zip_upload_names_its_own_architecture(
     assert back.meta["surgery"]  # still physically shrunk
     a, b = m.state_dict(), back.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The app names it by the file the user uploaded, not the server path it is kept under.
+    ref2 = uploads.save_checkpoint_upload("модель ✓ export.zip", data, "digits-mlp")
+    assert uploads.uploaded_name(ref2) == "модель ✓ export.zip (uploaded)"
+    assert uploads.uploaded_name("digits-cnn") is None
+    assert uploads.uploaded_name(str(tmp_path)) is None
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -47,6 +48,22 @@ MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20
 def uploads_dir() -> Path:
     """Where accepted uploads are kept (`<data home>/uploads`)."""
     return data_home() / "uploads"
+
+
+def uploaded_name(ref: str) -> str | None:
+    """How the app names an uploaded model: the file the user uploaded ("my model.zip
+    (uploaded)", as its `model.json` records it), not the server path it is kept under; None
+    for any other reference. Never raises."""
+    path = Path(ref)
+    try:
+        if path.parent.resolve() != (uploads_dir() / "models").resolve():
+            return None
+        meta = json.loads((path / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    up = meta.get("uploaded") if isinstance(meta, dict) else None
+    name = up.get("file") if isinstance(up, dict) else None
+    return f"{name} (uploaded)" if isinstance(name, str) and name else None
 
 
 def _check_folders(data: bool = False) -> None:

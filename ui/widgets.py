@@ -18,6 +18,7 @@ from ui.jobs_panel import jobs_sidebar
 from ui.loaders import baseline, shared_data, shared_model
 from ui.pairing import mismatch, switch_note
 from ui.state import init_state
+from ui.uploads import uploaded_name
 
 
 def model_and_data_picker() -> tuple[str, str]:
@@ -38,7 +39,7 @@ def model_and_data_picker() -> tuple[str, str]:
         models,
         key="model_ref",
         persist_state="session",
-        format_func=lambda n: labels.get(n) or architectures.describe(n) or n,
+        format_func=lambda n: labels.get(n) or architectures.describe(n) or uploaded_name(n) or n,
         on_change=architectures.on_model_change,
         help="Sample models are trained and ship with the app; torchvision and timm "
         "architectures are built for the dataset and start untrained.",
@@ -137,8 +138,10 @@ def sidebar_frame() -> None:
     init_state()
     with st.sidebar:
         st.caption("Current selection")
+        ref = st.session_state["model_ref"]
         st.markdown(
-            f"**Model** `{st.session_state['model_ref']}`  \n**Dataset** `{st.session_state['dataset_ref']}`"
+            f"**Model** `{uploaded_name(ref) or ref}`  \n"
+            f"**Dataset** `{st.session_state['dataset_ref']}`"
         )
         jobs_sidebar()
 
