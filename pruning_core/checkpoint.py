@@ -477,7 +477,9 @@ def unzipped_model(path: Path, *, label: str | None = None) -> Iterator[Path]:
             yield _zip_folder(root, name)
         except UserError as e:
             text = str(e).replace(str(root), name)
-            raise UserError(text.replace(str(path), name) if label else text) from None
+            text = text.replace(str(path), name) if label else text
+            # An unsafe entry's message names the entry only: say which zip it is in.
+            raise UserError(text if name in text else f"{name}: {text}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

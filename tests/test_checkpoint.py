@@ -305,6 +305,7 @@ def test_hostile_zip_is_one_line_and_leaves_nothing(  # type: ignore[no-untyped-
     code, out, err = cli("evaluate", "--model", str(z), "--dataset", "digits")
     assert code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert z.name in err  # which zip: the entry alone does not say
     assert sorted(tmp_path.rglob("*")) == before  # nothing extracted, nothing escaped
     assert list(scratch.iterdir()) == []
     assert not (tmp_path.parent / "evil").exists()
