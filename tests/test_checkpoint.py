@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pruned_folders import channel_pruned_digits_cnn
 from safetensors.torch import save_file
 
 from pruning_core.checkpoint import save_model_dir
@@ -136,22 +137,10 @@ def test_output_dir_leaves_nothing_on_failure(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def channel_pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits-cnn pruned by channel at 0.5 (physically shrunk), as `prune --out` writes it."""
-    import copy
-
-    from pruning_core.export import save_checkpoint
-    from pruning_core.prune import PruneConfig, prune_
-
-    base = load_model("digits-cnn")
-    m = copy.deepcopy(base.model)
-    res = prune_(
-        m, PruneConfig(method="magnitude", granularity="channel", ratio=0.5), spec=base.spec
+    return channel_pruned_digits_cnn(
+        tmp_path_factory.mktemp("ck") / "a",
+        meta=lambda res: {"pruned": {"sparsity": res.sparsity}},
     )
-    out = tmp_path_factory.mktemp("ck") / "a"
-    return save_checkpoint(
-        out, m, arch="digits-cnn", arch_kwargs=base.arch_kwargs, spec=base.spec,
-        extra_meta={"dataset": "digits", "pruned": {"sparsity": res.sparsity}},
-        files={"metrics.json": {"model": "digits-cnn", "dataset": "digits"}},
-    )  # fmt: skip
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from pruned_folders import channel_pruned_digits_cnn
 
 from pruning_core.checkpoint import save_model_dir
 from pruning_core.fsio import write_json
@@ -18,23 +19,14 @@ from pruning_core.prune import PruneConfig, prune_
 @pytest.fixture(scope="module")
 def pruned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A channel-pruned digits-cnn directory as `pruning-lab prune` writes it (no training)."""
-    from pruning_core.models import get_entry
-
-    base = load_model("digits-cnn")
-    m = copy.deepcopy(base.model)
-    res = prune_(
-        m, PruneConfig(method="magnitude", granularity="channel", ratio=0.5), spec=base.spec
-    )
-    d = tmp_path_factory.mktemp("pruned") / "p"
-    meta = {"arch": "digits-cnn", "arch_kwargs": base.arch_kwargs, "spec": base.spec.to_dict(),
-            "dataset": "digits"}  # fmt: skip
-    save_model_dir(d, m, meta, reference=get_entry("digits-cnn").builder(**base.arch_kwargs))
-    write_json(d / "metrics.json", {
-        "model": "digits-cnn", "dataset": "digits", "method": "magnitude",
-        "granularity": "channel", "sparsity": res.sparsity, "dense_accuracy": 0.98,
-        "pruned_accuracy": 0.5, "finetuned_accuracy": None, "layer_sparsity": res.layer_sparsity,
-    })  # fmt: skip
-    return d
+    return channel_pruned_digits_cnn(
+        tmp_path_factory.mktemp("pruned") / "p",
+        metrics=lambda res: {
+            "method": "magnitude", "granularity": "channel", "sparsity": res.sparsity,
+            "dense_accuracy": 0.98, "pruned_accuracy": 0.5, "finetuned_accuracy": None,
+            "layer_sparsity": res.layer_sparsity,
+        },
+    )  # fmt: skip
 
 
 def test_onnx(cli, pruned_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
