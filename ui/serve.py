@@ -9,10 +9,17 @@ starts; a page that needs a module still being imported waits only for the rest 
 first, alone (two threads importing pandas at once can see it half initialised). A second
 thread then fills the shared caches of every sample model before the students arrive
 (`ui.prewarm`: baselines and dense latencies; `PRUNING_LAB_PREWARM=0` turns it off).
+
+What those leave behind (modules, the sample models and their caches: about 290,000 objects)
+is then frozen out of Python's cyclic garbage collector (`gc.freeze`): a full collection had
+to walk them all, ~0.3 s holding the GIL on the 2-core machine, during which no session's
+messages were sent. `.streamlit/config.toml` also turns off Streamlit's forced full collection
+after every script run (`runner.postScriptGC`), which ran that walk after every slider move.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 from pathlib import Path
@@ -32,6 +39,7 @@ def warm_up() -> None:
 
     with torch.no_grad(), FlopCounterMode(display=False):
         torch.nn.Linear(2, 2)(torch.zeros(1, 2))
+    gc.freeze()  # imported modules live as long as the server: no collection walks them again
 
 
 def prewarm(after: threading.Thread) -> None:
@@ -44,6 +52,7 @@ def prewarm(after: threading.Thread) -> None:
     from ui.state import DEFAULTS
 
     warm_when_ready(first=DEFAULTS["model_ref"])
+    gc.freeze()  # nor the sample models and caches the warm-up filled
 
 
 def main() -> None:
