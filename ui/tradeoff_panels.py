@@ -18,7 +18,7 @@ from pruning_core.models import LoadedModel
 from pruning_core.per_class import change_headline
 from pruning_core.store import RunStore
 from pruning_core.strategies import STRATEGY_LABELS
-from ui.choices import criterion_choices, criterion_label, plan_of
+from ui.choices import criterion_choices, criterion_label, granularity_label, plan_of
 from ui.jobs_panel import job_runner, measurement_panel, measurement_result, start_button
 from ui.state import keep_settings, remember, restore_settings, session_cached
 from ui.tradeoff_jobs import per_class_job, run_model_source, size_points, strategies_job
@@ -186,7 +186,11 @@ def strategies_panel(
         help="What the pruned model may cost, as a share of the dense model's cost.",
     )  # fmt: skip
     gran = granularity_select(
-        c3, selection[0], _ratio_granularities(), key="tradeoff_strat_granularity"
+        c3,
+        selection[0],
+        _ratio_granularities(),
+        key="tradeoff_strat_granularity",
+        fallback=_SETTINGS["tradeoff_strat_granularity"],
     )
     methods = criterion_choices(gran)
     if st.session_state["tradeoff_strat_method"] not in methods:
@@ -214,8 +218,15 @@ def strategies_panel(
     if res is None or res["df"].empty:
         st.info(
             "Run the comparison to see the four strategies side by side: accuracy before and "
-            "after the same fine-tune, at the same measured cost. The defaults (MACs at 0.5 of "
-            "dense, channel pruning, one epoch) take about a minute on the sample models."
+            "after the same fine-tune, at the same measured cost. The button runs the settings "
+            f"above ({_QUANTITY_LABELS[quantity].split(' (')[0]} at {float(share):g} of dense, "
+            f"{granularity_label(str(gran))}, "
+            + (
+                f"{int(epochs)} fine-tune epoch{'s' if int(epochs) != 1 else ''}"
+                if epochs
+                else "no fine-tune"
+            )
+            + "): about a minute on the sample models with one epoch."
         )
         return
     df, a = res["df"], res["attrs"]

@@ -189,13 +189,15 @@ def granularity_select(
     choices: Sequence[str] | None = None,
     *,
     key: str,
+    fallback: str | None = None,
     **kwargs: Any,
 ) -> str:
     """A granularity select box in `container` under `key` (other keyword arguments go to
-    `st.selectbox`) offering what the model takes: `choices` (default: every granularity) less those the model
-    refuses (`ui.choices.unfit_granularities`). A kept value the model cannot take (picked for
-    another model) becomes the first offered, with one line under the box saying so, shown
-    while that value and the model stay.
+    `st.selectbox`) offering what the model takes: `choices` (default: every granularity) less
+    those the model refuses (`ui.choices.unfit_granularities`). A kept value the model cannot
+    take (picked for another model) becomes `fallback` when offered (the panel's default),
+    else the first offered, with one line under the box saying so, shown while that value and
+    the model stay.
 
     Returns:
         The granularity picked.
@@ -207,16 +209,17 @@ def granularity_select(
     notes: dict[str, tuple[str, str, str, str | None]] = ss.setdefault(_FALLBACKS, {})
     kept = ss.get(key)
     if options and kept not in options:
+        instead = fallback if fallback in options else options[0]
         # Set before the box is drawn, and only on this change (see `ui.state.KEEP`).
-        ss[key] = options[0]
+        ss[key] = instead
         try:
             was = granularity_label(str(kept))
         except UserError:  # a granularity no longer registered
             was = str(kept)
         where = f"does not apply to {model_ref}" if kept in unfit else "is not offered here"
         # The plan's reason is a long line: under the note's "?", so the column stays short.
-        text = f"{was} {where}: {granularity_label(options[0])} instead."
-        notes[key] = (model_ref, options[0], text, unfit.get(str(kept)))
+        text = f"{was} {where}: {granularity_label(instead)} instead."
+        notes[key] = (model_ref, instead, text, unfit.get(str(kept)))
     kwargs.setdefault("help", granularities_help(options))
     picked = str(
         container.selectbox(
