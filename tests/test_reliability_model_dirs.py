@@ -106,6 +106,12 @@ def _budget(meta: Meta, _state: State) -> None:
     }  # fmt: skip
 
 
+def _other_arch(meta: Meta, state: State) -> None:
+    """A shrunk digits-cnn's surgery record under model.json's arch edited to digits-mlp."""
+    _set("arch", "digits-mlp")(meta, state)
+    _surgery({"attrs": {"conv2": {"out_channels": 16}}})(meta, state)
+
+
 CASES: list[tuple[str, Mutation, str]] = [
     ("unknown arch", _set("arch", "nope"), "model.json: arch: unknown model 'nope'"),
     ("arch not a string", _set("arch", 5), "model.json: arch must be a registry name"),
@@ -208,6 +214,14 @@ CASES: list[tuple[str, Mutation, str]] = [
         "surgery on a missing module",
         _surgery({"attrs": {"conv9": {"out_channels": 8}}}),
         "surgery.attrs.conv9: the model has no module 'conv9'",
+    ),
+    (
+        # A shrunk digits-cnn folder whose model.json was edited to another architecture: the
+        # refusal says which architecture the record was tried on.
+        "surgery made on another architecture",
+        _other_arch,
+        "surgery.attrs.conv2: the model has no module 'conv2' (model.json names architecture "
+        "'digits-mlp': the folder's surgery record does not fit it)",
     ),
     (
         "identity on an unknown path",

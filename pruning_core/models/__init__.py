@@ -733,7 +733,15 @@ def _fit(
     model: nn.Module, m: V.ModelMeta, state: dict[str, torch.Tensor], where: str, source: str
 ) -> None:
     """Apply the recorded surgery and check that `state` fits the result exactly."""
-    apply_surgery(model, m.surgery, state, where=where)
+    try:
+        apply_surgery(model, m.surgery, state, where=where)
+    except UserError as e:
+        # A record made on another architecture (model.json's arch edited, or a folder's
+        # weights copied under another name): say which architecture it was tried on.
+        raise UserError(
+            f"{e} (model.json names architecture {m.arch!r}: the folder's surgery record does "
+            "not fit it)"
+        ) from None
     check_state_dict(model, state, m.arch, source=source)
     V.check_module_shapes(model, source)
 
