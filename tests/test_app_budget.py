@@ -13,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import pruning_core.budget
+import pruning_core.calibration
 import ui.actions
 from pruning_core.errors import UserError
 from pruning_core.models import list_models
@@ -30,12 +31,16 @@ RATIO = 0.3
 
 @pytest.fixture
 def fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The smallest settings: few images and one ratio per curve (the app's take minutes)."""
+    """The smallest settings: few images and one ratio per curve (the app's take minutes), and
+    BatchNorm re-estimated on 2 x 32 calibration images instead of 2 x 128 after each
+    structured point (most of the shapes-resnet cases' time; nothing asserted here depends on
+    how many)."""
     monkeypatch.setattr(ui.actions, "SENSITIVITY_IMAGES", 40)
     monkeypatch.setattr(ui.actions, "SENSITIVITY_RATIOS", (0.6,))
     monkeypatch.setattr(ui.actions, "BUDGET_IMAGES", 40)
     monkeypatch.setattr(ui.actions, "BUDGET_RATIOS", (0.5,))
     monkeypatch.setattr(ui.actions, "BUDGET_EVAL_IMAGES", 100)
+    monkeypatch.setattr(pruning_core.calibration, "CALIB_BATCH_SIZE", 32)
 
 
 def _page(model_ref: str, granularity: str) -> AppTest:
