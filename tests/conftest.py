@@ -31,12 +31,15 @@ def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
     return run
 
 
-@pytest.fixture
-def serve_app(tmp_path: Path) -> Iterator[Callable[[float], str]]:
+@pytest.fixture(scope="session")
+def serve_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[float], str]]:
     """Serve the app on a free 127.0.0.1 port for the load test's websocket client
-    (`benchmarks.load_test.Server`, home and log under `tmp_path`): call it with the seconds
-    to wait for a healthy server (`RuntimeError` past them); it returns the server's URL. The
-    server stops when the test ends.
+    (`benchmarks.load_test.Server`, home and log in a session temporary folder): call it with
+    the seconds to wait for a healthy server (`RuntimeError` past them); it returns the
+    server's URL. One server for the test session, started by the first call (a later call
+    starts it again only if it has exited): each websocket client is its own Streamlit
+    session, and starting and stopping a server per test cost seconds each on CI. It stops
+    when the session ends.
 
     Skips when `websockets` is missing or nothing can be bound on 127.0.0.1.
     """
@@ -52,6 +55,7 @@ def serve_app(tmp_path: Path) -> Iterator[Callable[[float], str]]:
     # No file watcher: it would walk the whole checkout (the virtual environment included). No
     # start-up warm-up of every sample model (ui.prewarm): these tests use the default model,
     # and on CI's 2 cores the other models' baselines and timings only slow the test's steps.
+    tmp_path = tmp_path_factory.mktemp("served-app")
     server = Server(
         home=tmp_path / "home",
         log=tmp_path / "server.log",
@@ -60,7 +64,8 @@ def serve_app(tmp_path: Path) -> Iterator[Callable[[float], str]]:
     )
 
     def start(timeout: float) -> str:
-        server.start(timeout=timeout)
+        if server.proc is None or server.proc.poll() is not None:
+            server.start(timeout=timeout)
         return server.url
 
     try:
