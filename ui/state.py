@@ -251,8 +251,18 @@ def leave_pages_folder_mode(*, restart: bool = True) -> None:
     for; app.py itself, run as that mode's main page, calls this with `restart=False` and goes
     on. AppTest enters the mode on every run: after the first, the mode is only left, never
     restarted (a restart would drop the run's button clicks).
+
+    Streamlit re-reads config.toml whenever it changes while the server runs (a `git pull`, a
+    teacher's edit; it watches the file even with the file watcher off), which puts the option
+    back to the file's False: the page links vanished from every tab until a restart. The
+    first run after that turns it on again and, like the first time, starts again so its own
+    tab shows them too.
     """
     if not PagesManager.uses_pages_directory:
+        if st.get_option("client.showSidebarNavigation") is False:  # config.toml re-read
+            st.set_option("client.showSidebarNavigation", True)
+            if restart:
+                st.rerun()
         return
     PagesManager.uses_pages_directory = False
     if st.get_option("client.showSidebarNavigation") is False:  # config.toml's: the first time
