@@ -258,14 +258,9 @@ def leave_pages_folder_mode(*, restart: bool = True) -> None:
     first run after that turns it on again and, like the first time, starts again so its own
     tab shows them too.
     """
-    if not PagesManager.uses_pages_directory:
-        if st.get_option("client.showSidebarNavigation") is False:  # config.toml re-read
-            st.set_option("client.showSidebarNavigation", True)
-            if restart:
-                st.rerun()
-        return
     PagesManager.uses_pages_directory = False
-    if st.get_option("client.showSidebarNavigation") is False:  # config.toml's: the first time
+    # config.toml's False: the first time in the server, or the file re-read since.
+    if st.get_option("client.showSidebarNavigation") is False:
         st.set_option("client.showSidebarNavigation", True)
         if restart:
             st.rerun()
