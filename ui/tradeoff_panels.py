@@ -220,20 +220,15 @@ def strategies_panel(
             "Run the comparison to see the four strategies side by side: accuracy before and "
             "after the same fine-tune, at the same measured cost. The button runs the settings "
             f"above ({_QUANTITY_LABELS[quantity].split(' (')[0]} at {float(share):g} of dense, "
-            f"{granularity_label(str(gran))}, "
-            + (
-                f"{int(epochs)} fine-tune epoch{'s' if int(epochs) != 1 else ''}"
-                if epochs
-                else "no fine-tune"
-            )
-            + "): about a minute on the sample models with one epoch."
+            f"{granularity_label(str(gran))}, {_finetune_words(int(epochs))}): about a minute "
+            "on the sample models with one epoch."
         )
         return
     df, a = res["df"], res["attrs"]
     ep = int(a.get("epochs", 0))
     sub = (
         f"{a.get('budget_words', a.get('budget'))}; {a.get('method')} {a.get('granularity')}; "
-        f"{'fine-tune ' + str(ep) + ' epoch' + ('s' if ep != 1 else '') if ep else 'no fine-tune'}"
+        f"{_finetune_words(ep)}"
         f"; validation split, {data.num_examples('val'):,} images"
         + ("; cancelled: partial" if res.get("cancelled") else "")
     )
@@ -243,6 +238,11 @@ def strategies_panel(
     st.download_button(
         "Download CSV", csv_bytes(df), "strategies.csv", "text/csv", key="tradeoff_strat_csv"
     )
+
+
+def _finetune_words(epochs: int) -> str:
+    """The strategies' shared fine-tune in words: "fine-tune 3 epochs", or "no fine-tune"."""
+    return f"fine-tune {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "no fine-tune"
 
 
 def _strategies_words(df: pd.DataFrame) -> str:
