@@ -1,14 +1,42 @@
-"""Helpers shared by the app tests: applying a pruning through the Prune page, Plotly charts of
-an AppTest run as plain dicts, and waiting for a background job of the page."""
+"""Helpers shared by the app tests: the whole app opened on a page, picking another model,
+applying a pruning through the Prune page, Plotly charts of an AppTest run as plain dicts, and
+waiting for a background job of the page."""
 
 from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def app_on(model_ref: str, dataset_ref: str, page: str) -> AppTest:
+    """The whole app (app.py's navigation) run on `model_ref` and `dataset_ref`, then page
+    `page` opened (a path such as "pages/5_tradeoffs.py")."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["model_ref"] = model_ref
+    at.session_state["dataset_ref"] = dataset_ref
+    at.run()
+    at.switch_page(page).run()
+    return at
+
+
+def pick_model(at: AppTest, model_ref: str, then: str) -> AppTest:
+    """Pick `model_ref` on Model & data as a user does (its dataset follows), then open page
+    `then`.
+
+    Returns:
+        `at`, for chaining.
+    """
+    at.switch_page("pages/1_model_and_data.py").run()
+    at.selectbox(key="model_ref").set_value(model_ref).run()
+    at.switch_page(then).run()
+    return at
 
 
 def apply_prune(

@@ -4,28 +4,18 @@ empty state names the settings the button will run, not fixed defaults."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from streamlit.testing.v1 import AppTest
-
-ROOT = Path(__file__).resolve().parents[1]
+from apptest_helpers import app_on, pick_model
 
 
 def test_strategies_fall_back_to_their_default_and_say_what_will_run() -> None:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["model_ref"] = "shapes-vit"
-    at.session_state["dataset_ref"] = "shapes"
-    at.run()
-    at.switch_page("pages/5_tradeoffs.py").run()
+    at = app_on("shapes-vit", "shapes", "pages/5_tradeoffs.py")
     at.selectbox(key="tradeoff_strat_granularity").set_value("head").run()
     at.number_input(key="tradeoff_strat_epochs").set_value(0).run()
     assert not at.exception, at.exception
     said = " ".join(i.value for i in at.info)
     assert "Attention heads, no fine-tune" in said, said
 
-    at.switch_page("pages/1_model_and_data.py").run()
-    at.selectbox(key="model_ref").set_value("digits-mlp").run()
-    at.switch_page("pages/5_tradeoffs.py").run()
+    pick_model(at, "digits-mlp", then="pages/5_tradeoffs.py")
     assert not at.exception, at.exception
     box = at.selectbox(key="tradeoff_strat_granularity")
     assert box.value == "channel"

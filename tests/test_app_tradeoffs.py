@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apptest_helpers import plain, wait_job
+from apptest_helpers import app_on, pick_model, plain, wait_job
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,18 +98,12 @@ def test_runs_are_recorded_and_comparable() -> None:
 def test_a_granularity_the_model_cannot_take_falls_back_with_a_note() -> None:
     # Heads picked on shapes-vit stayed picked on digits-mlp (no attention) until the sweep
     # failed; now the menu offers what the model takes and says, in one line, what it changed.
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["model_ref"] = "shapes-vit"
-    at.session_state["dataset_ref"] = "shapes"
-    at.run()
-    at.switch_page("pages/5_tradeoffs.py").run()
+    at = app_on("shapes-vit", "shapes", "pages/5_tradeoffs.py")
     assert "Attention heads" in at.selectbox(key="tradeoff_granularity").options  # labels
     at.selectbox(key="tradeoff_granularity").set_value("head").run()
     assert not at.exception
-    at.switch_page("pages/1_model_and_data.py").run()
-    at.selectbox(key="model_ref").set_value("digits-mlp").run()
+    pick_model(at, "digits-mlp", then="pages/5_tradeoffs.py")
     assert at.session_state["dataset_ref"] == "digits"
-    at.switch_page("pages/5_tradeoffs.py").run()
     assert not at.exception, at.exception
     box = at.selectbox(key="tradeoff_granularity")
     assert box.value == "unstructured"
