@@ -1304,6 +1304,30 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def host_speed_ms(repeats: int = 5) -> dict[str, float]:
+    """Time a fixed single-threaded workload (a Python loop and zlib over 4 MiB): the host's
+    speed when a level starts and ends, best and median of `repeats`, in ms (lower = faster).
+
+    On a shared virtual machine the same code measured slider -> preview p50 of 118-156 ms and
+    70-101 ms a quarter of an hour apart, with a quiet load average both times: this number
+    says which kind of minutes a run had, so runs compare (a noisy neighbour shows as a median
+    well above the best, or a best above other runs' best).
+    """
+    import zlib
+
+    block = bytes(range(256)) * 16384  # 4 MiB
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        acc = 0
+        for i in range(300_000):
+            acc += i * i % 7
+        zlib.compress(block, 6)
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return {"best": round(times[0], 1), "median": round(times[len(times) // 2], 1)}
+
+
 async def run_level(
     browser: Any,
     client: str,
@@ -1329,7 +1353,12 @@ async def run_level(
         seed=args.seed,
         linger_s=args.linger if client == "ws" else 0.0,
     )
-    level: dict[str, Any] = {"students": n, "client": client, "loadavg_start": _loadavg()}
+    level: dict[str, Any] = {
+        "students": n,
+        "client": client,
+        "loadavg_start": _loadavg(),
+        "host_speed_start_ms": host_speed_ms(),
+    }
 
     def student(url: str, s: Student) -> Awaitable[None]:
         if client == "ws":
@@ -1434,6 +1463,7 @@ async def run_level(
     level["records"] = records
     level["reruns"] = len(records)
     level["loadavg_end"] = _loadavg()
+    level["host_speed_end_ms"] = host_speed_ms()
     level["wall_s"] = round(time.monotonic() - t_level, 1)
     return level
 
@@ -1817,6 +1847,17 @@ def render_section(doc: dict[str, Any]) -> str:
         lambda lv: f"{lv['resources']['client_pss_peak_mib']:,.0f}",
     )
     row("load average start -> end", lambda lv: f"{lv['loadavg_start']} -> {lv['loadavg_end']}")
+    row(
+        "host speed check, best / median of 5 (ms, lower = faster; `host_speed_ms`): start -> end",
+        lambda lv: (
+            " -> ".join(
+                f"{h['best']:g} / {h['median']:g}"
+                for h in (lv["host_speed_start_ms"], lv["host_speed_end_ms"])
+            )
+            if "host_speed_start_ms" in lv
+            else "-"
+        ),
+    )
     row(
         "wall time (s)",
         lambda lv: (
