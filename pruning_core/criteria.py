@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeGuard, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -198,6 +198,14 @@ class Criterion:
     def to_dict(self) -> dict[str, Any]:
         """`{"name": ..., option: value, ...}` (JSON-ready)."""
         return {"name": self.name, **dataclasses.asdict(self)}
+
+    def refusal(self, model: nn.Module, spec: InputSpec | None = None) -> str | None:
+        """Why this criterion cannot score `model` at all, in one line, or None (it can).
+
+        Cheap and read-only: menus call it to offer only the criteria that fit (as
+        `Plan.refusal` does for granularities); scoring still raises `UserError` itself.
+        """
+        return None
 
     def weight_scores(
         self,
@@ -654,6 +662,14 @@ class Taylor(Calibrated):
         return torch.tensor(out, dtype=torch.float32)
 
 
+_NO_BN = "bn-scale needs BatchNorm layers after the convolutions; this model has none"
+
+
+def _has_gamma(m: Any) -> TypeGuard[nn.modules.batchnorm._BatchNorm]:
+    """A BatchNorm layer with a learned scale (gamma) to read."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+
+
 @register_criterion
 @dataclass(frozen=True)
 class BNScale(Criterion):
@@ -671,6 +687,12 @@ class BNScale(Criterion):
     summary = "|BatchNorm gamma| of each channel (network slimming)"
     reference = "Liu et al. 2017 (ICCV), Network Slimming"
 
+    def refusal(self, model: nn.Module, spec: InputSpec | None = None) -> str | None:
+        """A model without any BatchNorm layer has no gamma to score."""
+        if any(_has_gamma(m) for m in model.modules()):
+            return None
+        return _NO_BN
+
     def channel_scores(
         self,
         model: nn.Module,
@@ -684,12 +706,10 @@ class BNScale(Criterion):
         out = {}
         for n in layers:
             bn = mods.get(bn_of.get(n, ""))
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.weight is not None:
+            if _has_gamma(bn):
                 out[n] = bn.weight.detach().float().abs().cpu()
         if not out:
-            raise UserError(
-                "bn-scale needs BatchNorm layers after the convolutions; this model has none"
-            )
+            raise UserError(_NO_BN)
         return out
 
     def block_scores(
@@ -701,11 +721,7 @@ class BNScale(Criterion):
     ) -> torch.Tensor:
         out = []
         for name, block in zip(blocks, _block_modules(model, blocks), strict=True):
-            bns = [
-                m
-                for m in block.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
-            ]
+            bns = [m for m in block.modules() if _has_gamma(m)]
             if not bns:
                 raise UserError(
                     f"bn-scale block pruning needs BatchNorm in every block; '{name}' has none"

@@ -26,3 +26,23 @@ def test_strategies_fall_back_to_their_default_and_say_what_will_run() -> None:
     ], notes
     said = " ".join(i.value for i in at.info)
     assert "MACs at 0.5 of dense" in said and "Attention heads" not in said, said
+
+
+def test_strategies_criterion_falls_back_when_the_model_has_no_batchnorm() -> None:
+    """bn-scale picked on a model with BatchNorm, then a model without any: the criterion box
+    no longer offers it, falls back to the panel's default (magnitude) and says why."""
+    at = app_on("shapes-resnet", "shapes", "pages/5_tradeoffs.py")
+    box = at.selectbox(key="tradeoff_strat_method")
+    assert "BN scale (network slimming)" in box.options, box.options
+    box.set_value("bn-scale").run()
+    assert not at.exception, at.exception
+
+    pick_model(at, "digits-mlp", then="pages/5_tradeoffs.py")
+    assert not at.exception, at.exception
+    box = at.selectbox(key="tradeoff_strat_method")
+    assert box.value == "magnitude"
+    assert "BN scale (network slimming)" not in box.options, box.options
+    notes = [c for c in at.caption if c.value.startswith("BN scale")]
+    assert [c.value for c in notes] == [
+        "BN scale (network slimming) does not apply to digits-mlp: Magnitude (L1/L2) instead."
+    ], [c.value for c in notes]

@@ -21,7 +21,7 @@ from pruning_core.progress import ProgressReport
 from pruning_core.prune import PruneConfig
 from pruning_core.slider import EstimateCache, SliderPreview
 from pruning_core.stats import ActivationStats, activation_stats, layer_table
-from ui.choices import unfit_granularities
+from ui.choices import unfit_criteria, unfit_granularities
 from ui.loaders import shared_data, shared_model
 from ui.state import session_cached
 
@@ -33,6 +33,7 @@ __all__ = [
     "dense_estimate",
     "dense_layer_table",
     "dense_size",
+    "dense_unfit_criteria",
     "dense_unfit_granularities",
     "model_layer_table",
     "preview_for",
@@ -55,6 +56,14 @@ def dense_unfit_granularities(ref: str) -> dict[str, str]:
     (`ui.choices.unfit_granularities`; once per server)."""
     loaded = shared_model(ref)
     return unfit_granularities(loaded.model, loaded.spec)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def dense_unfit_criteria(ref: str) -> dict[str, str]:
+    """The criteria the dense shared model cannot be scored by, with why
+    (`ui.choices.unfit_criteria`; once per server)."""
+    loaded = shared_model(ref)
+    return unfit_criteria(loaded.model, loaded.spec)
 
 
 def model_layer_table(loaded: LoadedModel, token: Any) -> pd.DataFrame:

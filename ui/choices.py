@@ -13,6 +13,7 @@ from collections.abc import Collection
 
 from torch import nn
 
+from pruning_core.criteria import get_criterion
 from pruning_core.plans import Plan, Wording, get_plan, list_granularities
 from pruning_core.prune import MethodInfo, list_methods
 from pruning_core.spec import InputSpec
@@ -37,6 +38,7 @@ __all__ = [
     "scope_help",
     "scope_label",
     "scored_by_criterion",
+    "unfit_criteria",
     "unfit_granularities",
 ]
 
@@ -56,6 +58,17 @@ def unfit_granularities(model: nn.Module, spec: InputSpec | None = None) -> dict
         for p in list_granularities()
         if (why := p.refusal(model, spec)) is not None
         for c in p.choices()
+    }
+
+
+def unfit_criteria(model: nn.Module, spec: InputSpec | None = None) -> dict[str, str]:
+    """The criteria `model` cannot be scored by, each with the one line saying why (the
+    criterion's `Criterion.refusal`: bn-scale without BatchNorm); cheap, the model is not
+    touched."""
+    return {
+        m.name: why
+        for m in list_methods()
+        if (why := get_criterion(m.name).refusal(model, spec)) is not None
     }
 
 

@@ -18,11 +18,11 @@ from pruning_core.models import LoadedModel
 from pruning_core.per_class import change_headline
 from pruning_core.store import RunStore
 from pruning_core.strategies import STRATEGY_LABELS
-from ui.choices import criterion_choices, criterion_label, granularity_label, plan_of
+from ui.choices import granularity_label, plan_of
 from ui.jobs_panel import job_runner, measurement_panel, measurement_result, start_button
 from ui.state import keep_settings, remember, restore_settings, session_cached
 from ui.tradeoff_jobs import per_class_job, run_model_source, size_points, strategies_job
-from ui.widgets import data_table, granularity_select
+from ui.widgets import criterion_select, data_table, granularity_select
 
 __all__ = ["compare_runs_panel", "per_class_panel", "size_accuracy_panel", "strategies_panel"]
 
@@ -192,11 +192,12 @@ def strategies_panel(
         key="tradeoff_strat_granularity",
         fallback=_SETTINGS["tradeoff_strat_granularity"],
     )
-    methods = criterion_choices(gran)
-    if st.session_state["tradeoff_strat_method"] not in methods:
-        st.session_state["tradeoff_strat_method"] = methods[0]
-    method = c4.selectbox(
-        "Criterion", methods, key="tradeoff_strat_method", format_func=criterion_label
+    method = criterion_select(
+        c4,
+        selection[0],
+        gran,
+        key="tradeoff_strat_method",
+        fallback=_SETTINGS["tradeoff_strat_method"],
     )
     epochs = c5.number_input(
         "Fine-tune epochs", 0, 5, key="tradeoff_strat_epochs",

@@ -12,8 +12,14 @@ from pruning_core.data import DataBundle, list_datasets
 from pruning_core.errors import UserError
 from pruning_core.models import LoadedModel, model_choices
 from ui import architectures
-from ui.caches import dense_unfit_granularities
-from ui.choices import granularities_help, granularity_choices, granularity_label
+from ui.caches import dense_unfit_criteria, dense_unfit_granularities
+from ui.choices import (
+    criterion_choices,
+    criterion_label,
+    granularities_help,
+    granularity_choices,
+    granularity_label,
+)
 from ui.jobs_panel import jobs_sidebar
 from ui.loaders import baseline, shared_data, shared_model
 from ui.pairing import mismatch, switch_note
@@ -179,7 +185,8 @@ def data_table(
     )
 
 
-# Per select box key: (model, the choice put in place, the note saying so) of the last fallback.
+# Per select box key: (model, the choice put in place, the note saying so, why) of the last
+# fallback.
 _FALLBACKS = "_granularity_fallbacks"
 
 
@@ -205,27 +212,75 @@ def granularity_select(
     unfit = dense_unfit_granularities(model_ref)
     offered = [g for g in choices if g not in unfit] if choices is not None else None
     options = offered if offered is not None else granularity_choices(unfit)
+    kwargs.setdefault("help", granularities_help(options))
+    return _fitted_select(
+        container, "Granularity", options, unfit, model_ref,
+        key=key, fallback=fallback, format_func=granularity_label, say_unoffered=True, **kwargs,
+    )  # fmt: skip
+
+
+def criterion_select(
+    container: Any,
+    model_ref: str,
+    granularity: str,
+    *,
+    key: str,
+    fallback: str | None = None,
+    **kwargs: Any,
+) -> str:
+    """A criterion select box in `container` under `key` offering the criteria that score
+    `granularity` (`ui.choices.criterion_choices`) less those the model refuses
+    (`ui.choices.unfit_criteria`: bn-scale without BatchNorm). A kept value that no longer fits
+    (picked for another model or granularity) becomes `fallback` when offered, else the first
+    offered; a model change that caused it says so under the box, as `granularity_select`.
+
+    Returns:
+        The criterion picked.
+    """
+    unfit = dense_unfit_criteria(model_ref)
+    options = [c for c in criterion_choices(granularity) if c not in unfit]
+    return _fitted_select(
+        container, "Criterion", options or criterion_choices(granularity), unfit, model_ref,
+        key=key, fallback=fallback, format_func=criterion_label, **kwargs,
+    )  # fmt: skip
+
+
+def _fitted_select(
+    container: Any,
+    label: str,
+    options: Sequence[str],
+    unfit: dict[str, str],
+    model_ref: str,
+    *,
+    key: str,
+    fallback: str | None,
+    format_func: Any,
+    say_unoffered: bool = False,
+    **kwargs: Any,
+) -> str:
+    """A select box of `options` under `key`: a kept value not among them becomes `fallback`
+    (when offered) or the first option, set before the box is drawn. One line under the box
+    says so, while that choice and the model stay, when the model refuses the kept value
+    (`unfit`: value -> why) or, with `say_unoffered`, when the panel does not offer it."""
     ss = st.session_state
     notes: dict[str, tuple[str, str, str, str | None]] = ss.setdefault(_FALLBACKS, {})
     kept = ss.get(key)
     if options and kept not in options:
-        instead = fallback if fallback in options else options[0]
+        instead = fallback if fallback is not None and fallback in options else options[0]
         # Set before the box is drawn, and only on this change (see `ui.state.KEEP`).
         ss[key] = instead
         try:
-            was = granularity_label(str(kept))
-        except UserError:  # a granularity no longer registered
+            was = format_func(str(kept))
+        except UserError:  # a choice no longer registered
             was = str(kept)
-        where = f"does not apply to {model_ref}" if kept in unfit else "is not offered here"
-        # The plan's reason is a long line: under the note's "?", so the column stays short.
-        text = f"{was} {where}: {granularity_label(instead)} instead."
-        notes[key] = (model_ref, instead, text, unfit.get(str(kept)))
-    kwargs.setdefault("help", granularities_help(options))
-    picked = str(
-        container.selectbox(
-            "Granularity", options, key=key, format_func=granularity_label, **kwargs
-        )
-    )
+        if kept in unfit:
+            # The refusal is a long line: under the note's "?", so the column stays short.
+            text = f"{was} does not apply to {model_ref}: {format_func(instead)} instead."
+            notes[key] = (model_ref, instead, text, unfit[str(kept)])
+        elif say_unoffered:
+            text = f"{was} is not offered here: {format_func(instead)} instead."
+            notes[key] = (model_ref, instead, text, None)
+    picked = str(container.selectbox(label, options, key=key, format_func=format_func, **kwargs))
     note = notes.get(key)
     if note is not None and note[:2] == (model_ref, picked):
         container.caption(note[2], help=note[3])
