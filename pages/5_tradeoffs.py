@@ -32,6 +32,7 @@ from ui.tradeoff_panels import (
     per_class_panel,
     size_accuracy_panel,
     strategies_panel,
+    sweep_empty_state,
 )
 from ui.widgets import data_table, explain, granularity_select, model_and_data_or_stop
 
@@ -102,9 +103,12 @@ with tab_acc:
     res = measurement_result("sweep", sel)
     if res is None:
         st.info(
-            "Run the sweep to see accuracy against sparsity. The defaults (magnitude vs random, "
-            "three ratios, one fine-tune epoch) take seconds on the sample models."
-        )
+            sweep_empty_state(
+                st.session_state["tradeoff_methods"], st.session_state["tradeoff_ratios"],
+                st.session_state["tradeoff_granularity"],
+                int(st.session_state["tradeoff_ft_epochs"]),
+            )
+        )  # fmt: skip
     else:
         df = res["df"]
         sub = (

@@ -18,10 +18,16 @@ from pruning_core.models import LoadedModel
 from pruning_core.per_class import change_headline
 from pruning_core.store import RunStore
 from pruning_core.strategies import STRATEGY_LABELS
-from ui.choices import granularity_label, plan_of
+from ui.choices import criterion_label, granularity_label, plan_of
 from ui.jobs_panel import job_runner, measurement_panel, measurement_result, start_button
 from ui.state import keep_settings, remember, restore_settings, session_cached
-from ui.tradeoff_jobs import per_class_job, run_model_source, size_points, strategies_job
+from ui.tradeoff_jobs import (
+    parse_ratios,
+    per_class_job,
+    run_model_source,
+    size_points,
+    strategies_job,
+)
 from ui.widgets import criterion_select, data_table, granularity_select
 
 __all__ = ["compare_runs_panel", "per_class_panel", "size_accuracy_panel", "strategies_panel"]
@@ -221,8 +227,9 @@ def strategies_panel(
             "Run the comparison to see the four strategies side by side: accuracy before and "
             "after the same fine-tune, at the same measured cost. The button runs the settings "
             f"above ({_QUANTITY_LABELS[quantity].split(' (')[0]} at {float(share):g} of dense, "
-            f"{granularity_label(str(gran))}, {_finetune_words(int(epochs))}): about a minute "
-            "on the sample models with one epoch."
+            f"{granularity_label(str(gran))}, {_finetune_words(int(epochs))}): it measures "
+            "per-layer sensitivity, then prunes and fine-tunes four copies (about a minute on "
+            "the sample models with one epoch; each further epoch adds four fine-tune epochs)."
         )
         return
     df, a = res["df"], res["attrs"]
@@ -238,6 +245,21 @@ def strategies_panel(
     data_table(_strategies_table(df), key="tradeoff_strat_table")
     st.download_button(
         "Download CSV", csv_bytes(df), "strategies.csv", "text/csv", key="tradeoff_strat_csv"
+    )
+
+
+def sweep_empty_state(methods: list[str], ratios_text: str, granularity: str, epochs: int) -> str:
+    """What the sweep's Run button will do, from the settings above it (shown before a run)."""
+    try:
+        n = len(parse_ratios(ratios_text))
+        points = f"{n} ratio{'s' if n != 1 else ''}"
+    except UserError:
+        points = "the ratios above (not readable yet: see the Ratios box)"
+    names = ", ".join(criterion_label(m) for m in methods) or "no criterion picked yet"
+    return (
+        "Run the sweep to see accuracy against sparsity. The button runs the settings above "
+        f"({names}; {granularity_label(granularity)}; {points}; {_finetune_words(epochs)}): "
+        "each criterion at each ratio on a fresh copy of the dense model."
     )
 
 
