@@ -224,6 +224,13 @@ CASES: list[tuple[str, Mutation, str]] = [
         "'digits-mlp': the folder's surgery record does not fit it)",
     ),
     (
+        # The digits-cnn folder's model.json edited to another architecture (no surgery to
+        # trip on): the refusal says the architecture came from model.json.
+        "arch edited to another architecture",
+        _set("arch", "digits-mlp"),
+        "/m/model.json)",
+    ),
+    (
         "identity on an unknown path",
         _surgery({"identity": ["layer9.0"]}),
         "surgery.identity[0]: the model has no module 'layer9.0'",

@@ -742,7 +742,11 @@ def _fit(
             f"{e} (model.json names architecture {m.arch!r}: the folder's surgery record does "
             "not fit it)"
         ) from None
-    check_state_dict(model, state, m.arch, source=source)
+    try:
+        check_state_dict(model, state, m.arch, source=source)
+    except UserError as e:
+        # The architecture is model.json's word, not the weights': an edited arch shows here.
+        raise UserError(f"{e} (architecture named by {where})") from None
     V.check_module_shapes(model, source)
 
 
