@@ -11,7 +11,6 @@ from pruning_core.prune import SCOPES
 from pruning_core.slider import SliderPreview
 from ui.actions import apply_pruning, block_choice
 from ui.budget_panel import budget_panel
-from ui.caches import preview_for
 from ui.choices import (
     criteria_help,
     criterion_caption,
@@ -30,7 +29,13 @@ from ui.choices import (
     scored_by_criterion,
 )
 from ui.latency_panel import applied_latency_panel
-from ui.prune_widgets import committed_panel, overrides_editor, preview_panel, ratio_note
+from ui.prune_widgets import (
+    committed_panel,
+    overrides_editor,
+    preview_or_stop,
+    preview_panel,
+    ratio_note,
+)
 from ui.session import pruned
 from ui.state import init_state, keep, selection, yield_to_newer_run
 from ui.texts import CRITERIA_EXPLAINED
@@ -91,11 +96,7 @@ with c3:
     )
     st.caption(scope_caption(granularity))
 
-try:
-    preview, base = preview_for(model_ref, dataset_ref, method, granularity)
-except UserError as e:
-    st.info(f"{granularity_label(granularity)} pruning does not apply here: {e}")
-    st.stop()
+preview, base = preview_or_stop(model_ref, dataset_ref, method, granularity)
 
 recalibrate_bn = st.toggle(
     "BatchNorm recalibration",

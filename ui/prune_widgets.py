@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from pruning_core.errors import UserError
+from pruning_core.models import LoadedModel
 from pruning_core.plans.blocks import BlockPlan
 from pruning_core.plots import histogram_figure, layer_sparsity_figure, mask_figure
 from pruning_core.slider import PreviewStats, SliderPreview, mask_grid, mask_is_averaged
@@ -28,8 +29,8 @@ from ui.actions import (
     suggest_overrides,
     suggest_unavailable,
 )
-from ui.caches import dense_estimate
-from ui.choices import preview_note, saves_zeros
+from ui.caches import dense_estimate, dense_unfit_criteria, preview_for
+from ui.choices import criterion_label, granularity_label, preview_note, saves_zeros
 from ui.session import PrunedModel, clear_pruned
 from ui.state import estimate_lane, keep, newer_run_waiting, yield_to_newer_run
 from ui.texts import ZEROS_NO_SPEEDUP
@@ -41,6 +42,7 @@ __all__ = [
     "committed_panel",
     "estimate_metric",
     "overrides_editor",
+    "preview_or_stop",
     "preview_panel",
     "ratio_note",
     "take_overrides",
@@ -63,6 +65,28 @@ _FOLLOWED = "_prune_unit_followed"
 _BLOCKS_DRAWN = "_prune_blocks_drawn"
 # Up to this many units get one slider each (a page of sliders stays readable); more: a table.
 MAX_SLIDERS = 40
+
+
+def preview_or_stop(
+    model_ref: str, dataset_ref: str, method: str, granularity: str
+) -> tuple[SliderPreview, LoadedModel]:
+    """This session's slider engine for the selection (`ui.caches.preview_for`); when the
+    criterion or the granularity cannot prune the model, one line saying which and why, and
+    the page stops there (the controls above stay, to pick another).
+    """
+    refusal = dense_unfit_criteria(model_ref).get(method)
+    if refusal is not None:
+        # Said before any scoring, and of the criterion: the granularity is not the cause.
+        st.info(
+            f"{criterion_label(method, granularity)} does not apply here: {refusal}; pick "
+            "another criterion."
+        )
+        st.stop()
+    try:
+        return preview_for(model_ref, dataset_ref, method, granularity)
+    except UserError as e:
+        st.info(f"{granularity_label(granularity)} pruning does not apply here: {e}")
+        st.stop()
 
 
 def overrides_editor(

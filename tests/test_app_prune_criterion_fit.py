@@ -1,0 +1,27 @@
+"""The Prune page when the criterion, not the granularity, cannot prune the model: the one
+line names the criterion (bn-scale on a model without BatchNorm), not "Channels pruning does not
+apply here"."""
+
+from __future__ import annotations
+
+from apptest_helpers import app_on
+
+
+def test_a_criterion_the_model_refuses_is_named_as_the_cause() -> None:
+    at = app_on("digits-mlp", "digits", "pages/3_prune.py")
+    at.selectbox(key="prune_granularity").set_value("channel").run()
+    at.selectbox(key="prune_method").set_value("bn-scale").run()
+    assert not at.exception, at.exception
+    said = [i.value for i in at.info if "does not apply here" in i.value]
+    assert said == [
+        "BN scale (network slimming) does not apply here: bn-scale needs BatchNorm layers after "
+        "the convolutions; this model has none; pick another criterion."
+    ], said
+    # Nothing below the refusal: no sliders for a preview that cannot exist.
+    assert not [s for s in at.slider if s.key == "prune_ratio"]
+
+    # Another criterion on the same granularity works at once.
+    at.selectbox(key="prune_method").set_value("magnitude").run()
+    assert not at.exception, at.exception
+    assert not [i.value for i in at.info if "does not apply here" in i.value]
+    assert [s for s in at.slider if s.key == "prune_ratio"]
