@@ -14,7 +14,7 @@ from pruning_core import plots
 from pruning_core.export import csv_bytes
 from pruning_core.plans.masks import UnstructuredPlan
 from pruning_core.stats import count_params
-from ui.choices import criteria_help, criterion_choices
+from ui.choices import criteria_help, criterion_choices, criterion_label
 from ui.companions_panel import companions_panel
 from ui.jobs_panel import measurement_panel, measurement_result, start_button
 from ui.session import pruned
@@ -70,6 +70,7 @@ with tab_acc:
         criterion_choices(),
         key="tradeoff_methods",
         persist_state="session",
+        format_func=criterion_label,
         help="Criteria that score the weights; random is the baseline any criterion must "
         "beat.\n" + criteria_help(),
     )
