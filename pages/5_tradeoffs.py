@@ -14,7 +14,7 @@ from pruning_core import plots
 from pruning_core.export import csv_bytes
 from pruning_core.plans.masks import UnstructuredPlan
 from pruning_core.stats import count_params
-from ui.choices import criteria_help, criterion_choices, criterion_label
+from ui.choices import criteria_help, criterion_choices
 from ui.companions_panel import companions_panel
 from ui.jobs_panel import measurement_panel, measurement_result, start_button
 from ui.session import pruned
@@ -34,7 +34,13 @@ from ui.tradeoff_panels import (
     strategies_panel,
     sweep_empty_state,
 )
-from ui.widgets import data_table, explain, granularity_select, model_and_data_or_stop
+from ui.widgets import (
+    criteria_multiselect,
+    data_table,
+    explain,
+    granularity_select,
+    model_and_data_or_stop,
+)
 
 init_state()
 st.title("Trade-offs")
@@ -65,16 +71,19 @@ with tab_acc:
         "fine-tuning (prune, then retrain with the pruned weights held at zero)."
     )
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
-    c1.multiselect(
-        "Methods",
-        criterion_choices(),
+    # The granularity first: the criteria offered are those that score it.
+    sweep_gran = granularity_select(
+        c2, model_ref, key="tradeoff_granularity", persist_state="session"
+    )
+    criteria_multiselect(
+        c1,
+        model_ref,
+        sweep_gran,
         key="tradeoff_methods",
         persist_state="session",
-        format_func=criterion_label,
         help="Criteria that score the weights; random is the baseline any criterion must "
         "beat.\n" + criteria_help(),
     )
-    granularity_select(c2, model_ref, key="tradeoff_granularity", persist_state="session")
     c3.text_input(
         "Ratios",
         key="tradeoff_ratios",

@@ -245,6 +245,57 @@ def criterion_select(
     )  # fmt: skip
 
 
+def criteria_multiselect(
+    container: Any,
+    model_ref: str,
+    granularity: str,
+    *,
+    key: str,
+    **kwargs: Any,
+) -> list[str]:
+    """A "Methods" multiselect in `container` under `key` offering the criteria that score
+    `granularity` and the model (as `criterion_select`). Kept criteria that no longer fit
+    (picked for another granularity or model) are dropped before the box is drawn (the first
+    offered when none is left), with one line under the box naming them while the selection,
+    model and granularity stay.
+
+    Returns:
+        The criteria picked (registry names).
+    """
+    unfit = dense_unfit_criteria(model_ref)
+    options = [c for c in criterion_choices(granularity) if c not in unfit]
+    ss = st.session_state
+    notes: dict[str, tuple[Any, ...]] = ss.setdefault(_FALLBACKS, {})
+    kept = [str(m) for m in ss.get(key) or []]
+    dropped = [m for m in kept if m not in options]
+    if options and dropped:
+        # Set before the box is drawn, and only on this change (see `ui.state.KEEP`).
+        ss[key] = [m for m in kept if m in options] or options[:1]
+        said = "; ".join(
+            f"{criterion_label(m)} (does not apply to {model_ref})"
+            if m in unfit
+            else f"{criterion_label(m)} (does not score {granularity_label(granularity)})"
+            for m in dropped
+        )
+        notes[key] = (
+            (model_ref, granularity, tuple(ss[key])),
+            f"Left out: {said}.",
+            "; ".join(unfit[m] for m in dropped if m in unfit) or None,
+        )
+    picked = [
+        str(m)
+        for m in container.multiselect(
+            "Methods", options, key=key, format_func=criterion_label, **kwargs
+        )
+    ]
+    note = notes.get(key)
+    if note is not None and note[0] == (model_ref, granularity, tuple(picked)):
+        container.caption(note[1], help=note[2])
+    else:
+        notes.pop(key, None)
+    return picked
+
+
 def _fitted_select(
     container: Any,
     label: str,
