@@ -199,11 +199,15 @@ class Criterion:
         """`{"name": ..., option: value, ...}` (JSON-ready)."""
         return {"name": self.name, **dataclasses.asdict(self)}
 
-    def refusal(self, model: nn.Module, spec: InputSpec | None = None) -> str | None:
-        """Why this criterion cannot score `model` at all, in one line, or None (it can).
+    def refusal(
+        self, model: nn.Module, spec: InputSpec | None = None, granularity: str | None = None
+    ) -> str | None:
+        """Why this criterion cannot score `model` (at `granularity`, a plan name such as
+        "channel" or "block"; None: at any), in one line, or None (it can).
 
-        Cheap and read-only: menus call it to offer only the criteria that fit (as
-        `Plan.refusal` does for granularities); scoring still raises `UserError` itself.
+        Read-only, and cheap enough to call once per model and granularity: menus call it to
+        offer only the criteria that fit (as `Plan.refusal` does for granularities); scoring
+        still raises `UserError` itself.
         """
         return None
 
@@ -662,7 +666,11 @@ class Taylor(Calibrated):
         return torch.tensor(out, dtype=torch.float32)
 
 
-_NO_BN = "bn-scale needs BatchNorm layers after the convolutions; this model has none"
+_NO_BN = "bn-scale needs BatchNorm layers after the layers it prunes; this model has none"
+
+
+def _no_block_bn(block: str) -> str:
+    return f"bn-scale block pruning needs BatchNorm in every block; '{block}' has none"
 
 
 def _has_gamma(m: Any) -> TypeGuard[nn.modules.batchnorm._BatchNorm]:
@@ -687,11 +695,28 @@ class BNScale(Criterion):
     summary = "|BatchNorm gamma| of each channel (network slimming)"
     reference = "Liu et al. 2017 (ICCV), Network Slimming"
 
-    def refusal(self, model: nn.Module, spec: InputSpec | None = None) -> str | None:
-        """A model without any BatchNorm layer has no gamma to score."""
-        if any(_has_gamma(m) for m in model.modules()):
-            return None
-        return _NO_BN
+    # Attention projections are not followed by BatchNorm: there is no gamma per head.
+    declines = ("head",)
+
+    def refusal(
+        self, model: nn.Module, spec: InputSpec | None = None, granularity: str | None = None
+    ) -> str | None:
+        """No BatchNorm with a learned scale at all; for blocks, a block without one."""
+        if not any(_has_gamma(m) for m in model.modules()):
+            return _NO_BN
+        if granularity == "block":
+            from pruning_core.plans.blocks import removable_blocks
+            from pruning_core.plans.guess import guess_spec
+
+            try:
+                blocks = removable_blocks(model, spec or guess_spec(model))
+            except UserError:
+                return None  # the block granularity's own refusal says why
+            mods = dict(model.named_modules())
+            bare = [b for b in blocks if not any(_has_gamma(m) for m in mods[b].modules())]
+            if bare:
+                return _no_block_bn(bare[0])
+        return None
 
     def channel_scores(
         self,
@@ -723,9 +748,7 @@ class BNScale(Criterion):
         for name, block in zip(blocks, _block_modules(model, blocks), strict=True):
             bns = [m for m in block.modules() if _has_gamma(m)]
             if not bns:
-                raise UserError(
-                    f"bn-scale block pruning needs BatchNorm in every block; '{name}' has none"
-                )
+                raise UserError(_no_block_bn(name))
             out.append(float(bns[-1].weight.detach().abs().mean()))
         return torch.tensor(out, dtype=torch.float32)
 

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pruning_core.criteria import get_criterion
 from pruning_core.data import DataBundle
 from pruning_core.device import resolve_device
 from pruning_core.errors import UserError
@@ -216,6 +217,11 @@ def sweep(
     for m in methods:
         for r in grid_ratios:
             configs[m].replace(ratio=r)
+        # A criterion the model cannot feed (bn-scale without BatchNorm) fails here, not after
+        # the other methods' points are done and lost.
+        why = get_criterion(m).refusal(net, spec, plan.name)
+        if why is not None:
+            raise UserError(f"criterion '{m}' cannot score this model: {why}")
     ft_config = None
     if finetune_epochs > 0:
         ft_config = dataclasses.replace(train_config or DEFAULT_FINETUNE, epochs=finetune_epochs)

@@ -15,7 +15,7 @@ def test_a_criterion_the_model_refuses_is_named_as_the_cause() -> None:
     said = [i.value for i in at.info if "does not apply here" in i.value]
     assert said == [
         "BN scale (network slimming) does not apply here: bn-scale needs BatchNorm layers after "
-        "the convolutions; this model has none; pick another criterion."
+        "the layers it prunes; this model has none; pick another criterion."
     ], said
     # Nothing below the refusal: no sliders for a preview that cannot exist.
     assert not [s for s in at.slider if s.key == "prune_ratio"]
@@ -25,3 +25,15 @@ def test_a_criterion_the_model_refuses_is_named_as_the_cause() -> None:
     assert not at.exception, at.exception
     assert not [i.value for i in at.info if "does not apply here" in i.value]
     assert [s for s in at.slider if s.key == "prune_ratio"]
+
+
+def test_a_block_without_batchnorm_is_named_for_block_pruning() -> None:
+    """shapes-vit has BatchNorm (its conv stem) but none in its transformer blocks: bn-scale
+    fits its channels, not its blocks, and the page says which."""
+    at = app_on("shapes-vit", "shapes", "pages/3_prune.py")
+    at.selectbox(key="prune_granularity").set_value("block").run()
+    at.selectbox(key="prune_method").set_value("bn-scale").run()
+    assert not at.exception, at.exception
+    said = [i.value for i in at.info if "does not apply here" in i.value]
+    assert len(said) == 1 and said[0].startswith("BN scale (network slimming) does not apply"), said
+    assert "needs BatchNorm in every block; 'blocks.0' has none" in said[0], said

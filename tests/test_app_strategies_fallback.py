@@ -46,3 +46,16 @@ def test_strategies_criterion_falls_back_when_the_model_has_no_batchnorm() -> No
     assert [c.value for c in notes] == [
         "BN scale (network slimming) does not apply to digits-mlp: Magnitude (L1/L2) instead."
     ], [c.value for c in notes]
+
+
+def test_strategies_criterion_a_granularity_does_not_score_is_replaced_and_said() -> None:
+    at = app_on("shapes-resnet", "shapes", "pages/5_tradeoffs.py")
+    at.selectbox(key="tradeoff_strat_method").set_value("bn-scale").run()
+    at.selectbox(key="tradeoff_strat_granularity").set_value("unstructured").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="tradeoff_strat_method").value == "magnitude"
+    notes = [c.value for c in at.caption if c.value.startswith("BN scale")]
+    assert notes == [
+        "BN scale (network slimming) does not score Unstructured (single weights): "
+        "Magnitude (L1/L2) instead."
+    ], notes

@@ -8,9 +8,12 @@ import torch
 from torch import nn
 
 from pruning_core.criteria import get_criterion
+from pruning_core.data import load_dataset
 from pruning_core.errors import UserError
+from pruning_core.experiments import sweep
+from pruning_core.models import load_model
 from pruning_core.prune import list_methods
-from ui.choices import unfit_criteria
+from ui.choices import criterion_choices, unfit_criteria
 
 
 def _convnet(bn: bool, affine: bool = True) -> nn.Module:
@@ -51,3 +54,30 @@ def test_refusal_leaves_the_model_as_it_was() -> None:
         get_criterion(m.name).refusal(model)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bn_scale_is_not_offered_for_heads_and_refuses_blocks_without_batchnorm() -> None:
+    # Attention projections have no BatchNorm after them: no gamma per head.
+    assert "bn-scale" not in criterion_choices("head")
+    assert "bn-scale" in criterion_choices("channel")
+    vit = load_model("shapes-vit")  # BatchNorm in its conv stem, none in its blocks
+    assert "bn-scale" not in unfit_criteria(vit.model, vit.spec, "channel")
+    why = unfit_criteria(vit.model, vit.spec, "block")["bn-scale"]
+    assert why == "bn-scale block pruning needs BatchNorm in every block; 'blocks.0' has none"
+    resnet = load_model("shapes-resnet")  # BatchNorm in every residual block
+    assert "bn-scale" not in unfit_criteria(resnet.model, resnet.spec, "block")
+
+
+def test_a_sweep_refuses_an_unfit_criterion_before_any_work() -> None:
+    mlp, data = load_model("digits-mlp"), load_dataset("digits")
+    calls: list[object] = []
+    with pytest.raises(UserError) as e:
+        sweep(
+            mlp, data, methods=["magnitude", "bn-scale"], ratios=[0.5], granularity="channel",
+            progress=calls.append,
+        )  # fmt: skip
+    assert str(e.value) == (
+        "criterion 'bn-scale' cannot score this model: bn-scale needs BatchNorm layers after "
+        "the layers it prunes; this model has none"
+    )
+    assert calls == []  # not one point measured (and lost)

@@ -58,12 +58,12 @@ def dense_unfit_granularities(ref: str) -> dict[str, str]:
     return unfit_granularities(loaded.model, loaded.spec)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def dense_unfit_criteria(ref: str) -> dict[str, str]:
-    """The criteria the dense shared model cannot be scored by, with why
-    (`ui.choices.unfit_criteria`; once per server)."""
+@st.cache_data(show_spinner=False, max_entries=64)
+def dense_unfit_criteria(ref: str, granularity: str | None = None) -> dict[str, str]:
+    """The criteria the dense shared model cannot be scored by at `granularity`, with why
+    (`ui.choices.unfit_criteria`; once per server and granularity)."""
     loaded = shared_model(ref)
-    return unfit_criteria(loaded.model, loaded.spec)
+    return unfit_criteria(loaded.model, loaded.spec, granularity)
 
 
 def model_layer_table(loaded: LoadedModel, token: Any) -> pd.DataFrame:

@@ -61,14 +61,17 @@ def unfit_granularities(model: nn.Module, spec: InputSpec | None = None) -> dict
     }
 
 
-def unfit_criteria(model: nn.Module, spec: InputSpec | None = None) -> dict[str, str]:
-    """The criteria `model` cannot be scored by, each with the one line saying why (the
-    criterion's `Criterion.refusal`: bn-scale without BatchNorm); cheap, the model is not
-    touched."""
+def unfit_criteria(
+    model: nn.Module, spec: InputSpec | None = None, granularity: str | None = None
+) -> dict[str, str]:
+    """The criteria `model` cannot be scored by at `granularity` (any text `plan_of` reads;
+    None: at any), each with the one line saying why (the criterion's `Criterion.refusal`:
+    bn-scale without BatchNorm, or for blocks a block without one); the model is not touched."""
+    plan = plan_of(granularity).name if granularity is not None else None
     return {
         m.name: why
         for m in list_methods()
-        if (why := get_criterion(m.name).refusal(model, spec)) is not None
+        if (why := get_criterion(m.name).refusal(model, spec, plan)) is not None
     }
 
 

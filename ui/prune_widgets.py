@@ -74,7 +74,7 @@ def preview_or_stop(
     criterion or the granularity cannot prune the model, one line saying which and why, and
     the page stops there (the controls above stay, to pick another).
     """
-    refusal = dense_unfit_criteria(model_ref).get(method)
+    refusal = dense_unfit_criteria(model_ref, granularity).get(method)
     if refusal is not None:
         # Said before any scoring, and of the criterion: the granularity is not the cause.
         st.info(

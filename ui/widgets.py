@@ -215,7 +215,8 @@ def granularity_select(
     kwargs.setdefault("help", granularities_help(options))
     return _fitted_select(
         container, "Granularity", options, unfit, model_ref,
-        key=key, fallback=fallback, format_func=granularity_label, say_unoffered=True, **kwargs,
+        key=key, fallback=fallback, format_func=granularity_label,
+        unoffered="is not offered here", **kwargs,
     )  # fmt: skip
 
 
@@ -237,11 +238,12 @@ def criterion_select(
     Returns:
         The criterion picked.
     """
-    unfit = dense_unfit_criteria(model_ref)
+    unfit = dense_unfit_criteria(model_ref, granularity)
     options = [c for c in criterion_choices(granularity) if c not in unfit]
     return _fitted_select(
         container, "Criterion", options or criterion_choices(granularity), unfit, model_ref,
-        key=key, fallback=fallback, format_func=criterion_label, **kwargs,
+        key=key, fallback=fallback, format_func=criterion_label,
+        unoffered=f"does not score {granularity_label(granularity)}", **kwargs,
     )  # fmt: skip
 
 
@@ -262,7 +264,7 @@ def criteria_multiselect(
     Returns:
         The criteria picked (registry names).
     """
-    unfit = dense_unfit_criteria(model_ref)
+    unfit = dense_unfit_criteria(model_ref, granularity)
     options = [c for c in criterion_choices(granularity) if c not in unfit]
     ss = st.session_state
     notes: dict[str, tuple[Any, ...]] = ss.setdefault(_FALLBACKS, {})
@@ -306,13 +308,14 @@ def _fitted_select(
     key: str,
     fallback: str | None,
     format_func: Any,
-    say_unoffered: bool = False,
+    unoffered: str | None = None,
     **kwargs: Any,
 ) -> str:
     """A select box of `options` under `key`: a kept value not among them becomes `fallback`
     (when offered) or the first option, set before the box is drawn. One line under the box
     says so, while that choice and the model stay, when the model refuses the kept value
-    (`unfit`: value -> why) or, with `say_unoffered`, when the panel does not offer it."""
+    (`unfit`: value -> why) or, given `unoffered` (why in words), when the panel does not offer
+    it."""
     ss = st.session_state
     notes: dict[str, tuple[str, str, str, str | None]] = ss.setdefault(_FALLBACKS, {})
     kept = ss.get(key)
@@ -328,8 +331,8 @@ def _fitted_select(
             # The refusal is a long line: under the note's "?", so the column stays short.
             text = f"{was} does not apply to {model_ref}: {format_func(instead)} instead."
             notes[key] = (model_ref, instead, text, unfit[str(kept)])
-        elif say_unoffered:
-            text = f"{was} is not offered here: {format_func(instead)} instead."
+        elif unoffered is not None:
+            text = f"{was} {unoffered}: {format_func(instead)} instead."
             notes[key] = (model_ref, instead, text, None)
     picked = str(container.selectbox(label, options, key=key, format_func=format_func, **kwargs))
     note = notes.get(key)
