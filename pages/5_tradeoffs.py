@@ -26,6 +26,7 @@ from ui.tradeoff_jobs import (
     parse_ratios,
     sensitivity_job,
     sweep_job,
+    sweep_ratios,
 )
 from ui.tradeoff_panels import (
     compare_runs_panel,
@@ -104,7 +105,9 @@ with tab_acc:
     start_button(
         "Run the sweep", "sweep", lambda: sweep_job(
             loaded.model, spec, data, st.session_state["tradeoff_methods"],
-            parse_ratios(st.session_state["tradeoff_ratios"]),
+            sweep_ratios(
+                st.session_state["tradeoff_ratios"], st.session_state["tradeoff_granularity"]
+            ),
             st.session_state["tradeoff_granularity"],
             int(st.session_state["tradeoff_ft_epochs"]), DEVICE,
         ), sel, key="tradeoff_run_sweep",

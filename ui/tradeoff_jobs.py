@@ -35,6 +35,7 @@ from pruning_core.per_class import (
     per_class_accuracy,
     per_class_change,
 )
+from pruning_core.plans import get_plan
 from pruning_core.recipe import Recipe
 from pruning_core.spec import InputSpec
 from pruning_core.store import RunStore
@@ -91,6 +92,19 @@ def parse_ratios(text: str, lo: float = 0.0, hi: float = 0.98) -> list[float]:
     if any(not lo < v <= hi for v in vals):
         raise UserError(f"give ratios in ({lo:g}, {hi:g}], e.g. 0.5, 0.7, 0.9")
     return vals
+
+
+def sweep_ratios(text: str, granularity: str) -> list[float]:
+    """The sweep's ratios from its Ratios box (`parse_ratios`); a pattern granularity (N:M)
+    fixes its own share, so the box is not read (what it holds may be anything).
+
+    Raises:
+        UserError: Unreadable ratios for a granularity that takes them.
+    """
+    plan, canonical = get_plan(granularity)
+    if plan.fixed_ratio:
+        return [plan.effective_ratio(canonical, 0.0)]
+    return parse_ratios(text)
 
 
 def frame_result(ctx: JobContext, df: pd.DataFrame, csv_name: str) -> dict[str, Any]:

@@ -217,8 +217,8 @@ def strategies_panel(
             loaded, data, budget, str(gran), str(method), int(epochs), device, selection,
         ), selection, key="tradeoff_run_strategies",
         help="Finds each strategy's ratios (the budget search and the suggestion measure "
-        "per-layer sensitivity first), then prunes and fine-tunes four copies: about a minute "
-        "on the sample models.",
+        "per-layer sensitivity first), then prunes four copies and fine-tunes each for the "
+        "epochs set (0: none); a progress bar follows it.",
     )  # fmt: skip
     measurement_panel("strategies", selection)
     res = measurement_result("strategies", selection)
@@ -228,8 +228,12 @@ def strategies_panel(
             "after the same fine-tune, at the same measured cost. The button runs the settings "
             f"above ({_QUANTITY_LABELS[quantity].split(' (')[0]} at {float(share):g} of dense, "
             f"{granularity_label(str(gran))}, {_finetune_words(int(epochs))}): it measures "
-            "per-layer sensitivity, then prunes and fine-tunes four copies (about a minute on "
-            "the sample models with one epoch; each further epoch adds four fine-tune epochs)."
+            "per-layer sensitivity, then prunes four copies"
+            + (
+                f" and fine-tunes each for {int(epochs)} epoch{'s' if int(epochs) != 1 else ''}."
+                if int(epochs)
+                else "."
+            )
         )
         return
     df, a = res["df"], res["attrs"]
@@ -250,11 +254,14 @@ def strategies_panel(
 
 def sweep_empty_state(methods: list[str], ratios_text: str, granularity: str, epochs: int) -> str:
     """What the sweep's Run button will do, from the settings above it (shown before a run)."""
-    try:
-        n = len(parse_ratios(ratios_text))
-        points = f"{n} ratio{'s' if n != 1 else ''}"
-    except UserError:
-        points = "the ratios above (not readable yet: see the Ratios box)"
+    if plan_of(granularity).fixed_ratio:
+        points = "one point per criterion (the pattern fixes the share removed)"
+    else:
+        try:
+            n = len(parse_ratios(ratios_text))
+            points = f"{n} ratio{'s' if n != 1 else ''}"
+        except UserError as e:
+            points = f"no ratios yet: {e}"
     names = ", ".join(criterion_label(m) for m in methods) or "no criterion picked yet"
     return (
         "Run the sweep to see accuracy against sparsity. The button runs the settings above "
