@@ -414,3 +414,14 @@ def test_sample_folders_pass_unchanged() -> None:
         before = _digest(d)
         assert load_model(str(d)).arch == name
         assert _digest(d) == before
+
+
+def test_only_weights_of_another_architecture_point_at_model_json(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A tensor missing from the weights file is the file's fault: its refusal does not send
+    the user to model.json (an edited arch, with layers missing on both sides, does)."""
+    meta, state = _sample()
+    _tensor("fc2.bias", None)(meta, state)
+    d = _write(tmp_path / "m", meta, state)
+    code, _, err = cli("inspect", "--model", str(d))
+    _assert_refused((code, "", err), "missing keys fc2.bias")
+    assert "model.json" not in err, err

@@ -745,8 +745,13 @@ def _fit(
     try:
         check_state_dict(model, state, m.arch, source=source)
     except UserError as e:
-        # The architecture is model.json's word, not the weights': an edited arch shows here.
-        raise UserError(f"{e} (architecture named by {where})") from None
+        # Layers the weights lack and layers the architecture lacks at once: the weights are of
+        # another architecture than the one model.json names (an edited arch), so say where
+        # the name came from; a damaged weights file (one side only) is the file's fault.
+        names = set(model.state_dict())
+        if names - set(state) and set(state) - names:
+            raise UserError(f"{e} (architecture named by {where})") from None
+        raise
     V.check_module_shapes(model, source)
 
 
