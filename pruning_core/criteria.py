@@ -200,14 +200,19 @@ class Criterion:
         return {"name": self.name, **dataclasses.asdict(self)}
 
     def refusal(
-        self, model: nn.Module, spec: InputSpec | None = None, granularity: str | None = None
+        self,
+        model: nn.Module,
+        spec: InputSpec | None = None,
+        granularity: str | None = None,
+        blocks: Sequence[str] | None = None,
     ) -> str | None:
         """Why this criterion cannot score `model` (at `granularity`, a plan name such as
         "channel" or "block"; None: at any), in one line, or None (it can).
 
         Read-only, and cheap enough to call once per model and granularity: menus call it to
         offer only the criteria that fit (as `Plan.refusal` does for granularities); scoring
-        still raises `UserError` itself.
+        still raises `UserError` itself. Call it through `Plan.criterion_refusal`, which gives
+        what the plan found (`blocks`: the removable blocks, for block pruning).
         """
         return None
 
@@ -699,19 +704,16 @@ class BNScale(Criterion):
     declines = ("head",)
 
     def refusal(
-        self, model: nn.Module, spec: InputSpec | None = None, granularity: str | None = None
+        self,
+        model: nn.Module,
+        spec: InputSpec | None = None,
+        granularity: str | None = None,
+        blocks: Sequence[str] | None = None,
     ) -> str | None:
         """No BatchNorm with a learned scale at all; for blocks, a block without one."""
         if not any(_has_gamma(m) for m in model.modules()):
             return _NO_BN
-        if granularity == "block":
-            from pruning_core.plans.blocks import removable_blocks
-            from pruning_core.plans.guess import guess_spec
-
-            try:
-                blocks = removable_blocks(model, spec or guess_spec(model))
-            except UserError:
-                return None  # the block granularity's own refusal says why
+        if granularity == "block" and blocks:
             mods = dict(model.named_modules())
             bare = [b for b in blocks if not any(_has_gamma(m) for m in mods[b].modules())]
             if bare:

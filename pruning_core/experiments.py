@@ -214,12 +214,15 @@ def sweep(
         )
         for m in methods
     }
+    # A granularity the model cannot take at all is said by its own plan below, whatever the
+    # criterion.
+    plan_fits = plan.refusal(net, spec) is None
     for m in methods:
         for r in grid_ratios:
             configs[m].replace(ratio=r)
         # A criterion the model cannot feed (bn-scale without BatchNorm) fails here, not after
         # the other methods' points are done and lost.
-        why = get_criterion(m).refusal(net, spec, plan.name)
+        why = plan.criterion_refusal(get_criterion(m), net, spec) if plan_fits else None
         if why is not None:
             raise UserError(f"criterion '{m}' cannot score this model: {why}")
     ft_config = None

@@ -37,3 +37,14 @@ def test_a_block_without_batchnorm_is_named_for_block_pruning() -> None:
     said = [i.value for i in at.info if "does not apply here" in i.value]
     assert len(said) == 1 and said[0].startswith("BN scale (network slimming) does not apply"), said
     assert "needs BatchNorm in every block; 'blocks.0' has none" in said[0], said
+
+
+def test_a_granularity_the_model_refuses_is_named_before_any_criterion() -> None:
+    """digits-mlp has no residual blocks: picking bn-scale there blames the granularity, since
+    no other criterion would help."""
+    at = app_on("digits-mlp", "digits", "pages/3_prune.py")
+    at.selectbox(key="prune_granularity").set_value("block").run()
+    at.selectbox(key="prune_method").set_value("bn-scale").run()
+    assert not at.exception, at.exception
+    said = [i.value for i in at.info if "does not apply here" in i.value]
+    assert len(said) == 1 and said[0].startswith("Residual blocks"), said

@@ -67,12 +67,15 @@ def unfit_criteria(
     """The criteria `model` cannot be scored by at `granularity` (any text `plan_of` reads;
     None: at any), each with the one line saying why (the criterion's `Criterion.refusal`:
     bn-scale without BatchNorm, or for blocks a block without one); the model is not touched."""
-    plan = plan_of(granularity).name if granularity is not None else None
-    return {
-        m.name: why
-        for m in list_methods()
-        if (why := get_criterion(m.name).refusal(model, spec, plan)) is not None
-    }
+    plan = plan_of(granularity) if granularity is not None else None
+
+    def why(name: str) -> str | None:
+        criterion = get_criterion(name)
+        if plan is None:
+            return criterion.refusal(model, spec)
+        return plan.criterion_refusal(criterion, model, spec)
+
+    return {m.name: w for m in list_methods() if (w := why(m.name)) is not None}
 
 
 def plan_of(granularity: str) -> type[Plan]:

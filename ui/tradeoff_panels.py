@@ -254,7 +254,8 @@ def strategies_panel(
 
 def sweep_empty_state(methods: list[str], ratios_text: str, granularity: str, epochs: int) -> str:
     """What the sweep's Run button will do, from the settings above it (shown before a run)."""
-    if plan_of(granularity).fixed_ratio:
+    fixed = plan_of(granularity).fixed_ratio
+    if fixed:
         points = "one point per criterion (the pattern fixes the share removed)"
     else:
         try:
@@ -266,7 +267,7 @@ def sweep_empty_state(methods: list[str], ratios_text: str, granularity: str, ep
     return (
         "Run the sweep to see accuracy against sparsity. The button runs the settings above "
         f"({names}; {granularity_label(granularity)}; {points}; {_finetune_words(epochs)}): "
-        "each criterion at each ratio on a fresh copy of the dense model."
+        f"each criterion{'' if fixed else ' at each ratio'} on a fresh copy of the dense model."
     )
 
 

@@ -259,6 +259,14 @@ class Plan:
         return [u.name for u in cls(model, config, spec=spec).units]
 
     @classmethod
+    def criterion_refusal(
+        cls, criterion: Criterion, model: nn.Module, spec: InputSpec | None = None
+    ) -> str | None:
+        """Why `criterion` cannot score `model` at this granularity (`Criterion.refusal`, given
+        what this plan finds in the model), or None. Read-only."""
+        return criterion.refusal(model, spec, cls.name)
+
+    @classmethod
     def refusal(cls, model: nn.Module, spec: InputSpec | None = None) -> str | None:
         """Why this granularity cannot prune `model` at all, when a quick look tells (no plan
         built, the model untouched): the line building the plan would raise. None: it may, and

@@ -209,6 +209,18 @@ class BlockPlan(GroupPlan):
             return str(e)
         return None if found else _no_blocks(model)
 
+    @classmethod
+    def criterion_refusal(
+        cls, criterion: Criterion, model: nn.Module, spec: InputSpec | None = None
+    ) -> str | None:
+        from pruning_core.plans.guess import guess_spec
+
+        try:
+            found = removable_blocks(model, spec or guess_spec(model))
+        except UserError:
+            found = []  # this granularity's own refusal says why
+        return criterion.refusal(model, spec, cls.name, blocks=found)
+
     def resolve_overrides(self, layer_ratios: Mapping[str, float]) -> dict[str, float]:
         if layer_ratios:
             raise UserError(
