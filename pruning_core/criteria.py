@@ -211,7 +211,7 @@ class Criterion:
 
         Read-only, and cheap enough to call once per model and granularity: menus call it to
         offer only the criteria that fit (as `Plan.refusal` does for granularities); scoring
-        still raises `UserError` itself. Call it through `Plan.criterion_refusal`, which gives
+        still raises `UserError` itself. Call it through `Plan.criterion_refusals`, which gives
         what the plan found (`blocks`: the removable blocks, for block pruning).
         """
         return None

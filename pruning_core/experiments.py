@@ -214,17 +214,17 @@ def sweep(
         )
         for m in methods
     }
-    # A granularity the model cannot take at all is said by its own plan below, whatever the
-    # criterion.
-    plan_fits = plan.refusal(net, spec) is None
     for m in methods:
         for r in grid_ratios:
             configs[m].replace(ratio=r)
-        # A criterion the model cannot feed (bn-scale without BatchNorm) fails here, not after
-        # the other methods' points are done and lost.
-        why = plan.criterion_refusal(get_criterion(m), net, spec) if plan_fits else None
-        if why is not None:
-            raise UserError(f"criterion '{m}' cannot score this model: {why}")
+    # A criterion the model cannot feed (bn-scale without BatchNorm) fails here, not after the
+    # other methods' points are done and lost; a granularity the model cannot take at all is
+    # said by its own plan below, whatever the criterion.
+    if plan.refusal(net, spec) is None:
+        refused = plan.criterion_refusals([get_criterion(m) for m in methods], net, spec)
+        for m in methods:
+            if m in refused:
+                raise UserError(f"criterion '{m}' cannot score this model: {refused[m]}")
     ft_config = None
     if finetune_epochs > 0:
         ft_config = dataclasses.replace(train_config or DEFAULT_FINETUNE, epochs=finetune_epochs)

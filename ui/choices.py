@@ -67,15 +67,10 @@ def unfit_criteria(
     """The criteria `model` cannot be scored by at `granularity` (any text `plan_of` reads;
     None: at any), each with the one line saying why (the criterion's `Criterion.refusal`:
     bn-scale without BatchNorm, or for blocks a block without one); the model is not touched."""
-    plan = plan_of(granularity) if granularity is not None else None
-
-    def why(name: str) -> str | None:
-        criterion = get_criterion(name)
-        if plan is None:
-            return criterion.refusal(model, spec)
-        return plan.criterion_refusal(criterion, model, spec)
-
-    return {m.name: w for m in list_methods() if (w := why(m.name)) is not None}
+    criteria = [get_criterion(m.name) for m in list_methods()]
+    if granularity is not None:
+        return plan_of(granularity).criterion_refusals(criteria, model, spec)
+    return {c.name: why for c in criteria if (why := c.refusal(model, spec)) is not None}
 
 
 def plan_of(granularity: str) -> type[Plan]:

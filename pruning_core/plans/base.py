@@ -259,12 +259,15 @@ class Plan:
         return [u.name for u in cls(model, config, spec=spec).units]
 
     @classmethod
-    def criterion_refusal(
-        cls, criterion: Criterion, model: nn.Module, spec: InputSpec | None = None
-    ) -> str | None:
-        """Why `criterion` cannot score `model` at this granularity (`Criterion.refusal`, given
-        what this plan finds in the model), or None. Read-only."""
-        return criterion.refusal(model, spec, cls.name)
+    def criterion_refusals(
+        cls, criteria: Sequence[Criterion], model: nn.Module, spec: InputSpec | None = None
+    ) -> dict[str, str]:
+        """Why each of `criteria` that cannot score `model` at this granularity cannot
+        (`Criterion.refusal`, given what this plan finds in the model, looked for once):
+        {criterion name: one line}. Read-only."""
+        return {
+            c.name: why for c in criteria if (why := c.refusal(model, spec, cls.name)) is not None
+        }
 
     @classmethod
     def refusal(cls, model: nn.Module, spec: InputSpec | None = None) -> str | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,16 +210,20 @@ class BlockPlan(GroupPlan):
         return None if found else _no_blocks(model)
 
     @classmethod
-    def criterion_refusal(
-        cls, criterion: Criterion, model: nn.Module, spec: InputSpec | None = None
-    ) -> str | None:
+    def criterion_refusals(
+        cls, criteria: Sequence[Criterion], model: nn.Module, spec: InputSpec | None = None
+    ) -> dict[str, str]:
         from pruning_core.plans.guess import guess_spec
 
-        try:
+        try:  # one probe of the model for every criterion
             found = removable_blocks(model, spec or guess_spec(model))
         except UserError:
             found = []  # this granularity's own refusal says why
-        return criterion.refusal(model, spec, cls.name, blocks=found)
+        return {
+            c.name: why
+            for c in criteria
+            if (why := c.refusal(model, spec, cls.name, blocks=found)) is not None
+        }
 
     def resolve_overrides(self, layer_ratios: Mapping[str, float]) -> dict[str, float]:
         if layer_ratios:
