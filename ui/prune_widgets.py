@@ -30,7 +30,7 @@ from ui.actions import (
     suggest_unavailable,
 )
 from ui.caches import dense_estimate, dense_unfit_criteria, dense_unfit_granularities, preview_for
-from ui.choices import criterion_label, granularity_label, plan_of, preview_note, saves_zeros
+from ui.choices import criterion_label, granularity_label, preview_note, saves_zeros
 from ui.session import PrunedModel, clear_pruned
 from ui.state import estimate_lane, keep, newer_run_waiting, yield_to_newer_run
 from ui.texts import ZEROS_NO_SPEEDUP
@@ -74,11 +74,10 @@ def preview_or_stop(
     criterion or the granularity cannot prune the model, one line saying which and why, and
     the page stops there (the controls above stay, to pick another).
     """
-    # The granularity's own refusal first: no criterion can help there.
-    refusal = dense_unfit_criteria(model_ref, granularity).get(method)
-    if refusal is not None and plan_of(granularity).name not in {
-        plan_of(g).name for g in dense_unfit_granularities(model_ref)
-    }:
+    # The granularity's own refusal first (below, from the plan): no criterion can help there.
+    fits = granularity not in dense_unfit_granularities(model_ref)
+    refusal = dense_unfit_criteria(model_ref, granularity).get(method) if fits else None
+    if refusal is not None:
         # Said before any scoring, and of the criterion: the granularity is not the cause.
         st.info(
             f"{criterion_label(method, granularity)} does not apply here: {refusal}; pick "

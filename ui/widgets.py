@@ -188,6 +188,9 @@ def data_table(
 # Per select box key: (model, the choice put in place, the note saying so, why) of the last
 # fallback.
 _FALLBACKS = "_granularity_fallbacks"
+# Per multiselect key: ((model, granularity, the choices left), the note, why) of the last
+# criteria left out.
+_LEFT_OUT = "_criteria_left_out"
 
 
 def granularity_select(
@@ -267,7 +270,9 @@ def criteria_multiselect(
     unfit = dense_unfit_criteria(model_ref, granularity)
     options = [c for c in criterion_choices(granularity) if c not in unfit]
     ss = st.session_state
-    notes: dict[str, tuple[Any, ...]] = ss.setdefault(_FALLBACKS, {})
+    notes: dict[str, tuple[tuple[str, str, tuple[str, ...]], str, str | None]] = ss.setdefault(
+        _LEFT_OUT, {}
+    )
     kept = [str(m) for m in ss.get(key) or []]
     dropped = [m for m in kept if m not in options]
     if options and dropped:
